@@ -1,0 +1,197 @@
+"""Small shared helpers: rank-0 discipline, atomic writes, run provenance, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- ranks
+def rank() -> int:
+    """Global rank of this process (0 when not distributed)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """Number of processes in the job (1 when not distributed)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    """True on rank 0: the one process that prints, logs and writes shared files."""
+    return rank() == 0
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """``print`` on rank 0 only, flushed."""
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    A reader never sees a partial file; a killed writer leaves the old file (or none) in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: "str | os.PathLike[str]", obj: Any) -> None:
+    """:func:`atomic_write_bytes` for indented JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: "str | os.PathLike[str]") -> None:
+    """``torch.save`` to a temporary file, then rename."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- provenance
+def git_commit() -> str | None:
+    """The commit of the emgscale checkout, with ``-dirty`` when it has local changes; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> dict[str, Any]:
+    """What the run ran on: CPU count, memory, accelerator, library versions."""
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpus"] = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------- progress
+def progress(
+    items: Iterable[T],
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    enabled: bool | None = None,
+    postfix: Callable[[], dict[str, Any]] | None = None,
+) -> Iterator[T]:
+    """Wrap an iterable with a progress display (rate and ETA), on rank 0 only.
+
+    In a terminal this is a tqdm bar; otherwise (logs, CI) it prints a line at most every 10 s.
+    """
+    if enabled is None:
+        enabled = is_main() and os.environ.get("EMGSCALE_PROGRESS", "1") != "0"
+    if not enabled:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(items, total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        for i, x in enumerate(bar):
+            if postfix is not None and i % 10 == 0:
+                bar.set_postfix(postfix(), refresh=False)
+            yield x
+        return
+    t0 = last = time.monotonic()
+    n = 0
+    for x in items:
+        yield x
+        n += 1
+        now = time.monotonic()
+        if now - last >= 10.0 or (total is not None and n == total):
+            last = now
+            rate = n / max(now - t0, 1e-9)
+            eta = f", ETA {format_seconds((total - n) / rate)}" if total else ""
+            extra = "".join(f", {k} {v}" for k, v in (postfix() if postfix else {}).items())
+            print(f"[{desc}] {n}{'/' + str(total) if total else ''} {unit}, {rate:.2f} {unit}/s{eta}{extra}",
+                  file=sys.stderr, flush=True)
+
+
+def format_seconds(s: float) -> str:
+    """``1h02m03s`` style duration."""
+    s = int(max(s, 0))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
