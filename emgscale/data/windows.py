@@ -1,0 +1,204 @@
+"""Windows of sessions as training/evaluation samples, and their collation into batches.
+
+A *sample* is the unit every loader yields (from HDF5 sessions here, from WebDataset shards in
+:mod:`emgscale.shard`) and :func:`collate` batches. It is a dict:
+
+=================  =========================================================================
+``key``            ``"<user>/<session>/<offset>"``, stable and readable
+``emg``            float32 ``(T, 2, 16)``: band 0 left, band 1 right, with past/future context
+``labels``         int64 ``(S,)`` class labels of the keys pressed in the un-padded window
+``label_time_s``   float64 ``(S,)`` press times in seconds from the first row of ``emg``
+``user``           user id (string)
+``session``        session name
+``start``          session row of ``emg[0]``
+``offset``         session row where the un-padded window starts
+``sample_rate_hz`` sampling rate of ``emg``
+=================  =========================================================================
+
+Windowing follows the reference: ``window_samples`` (4 s) windows every ``stride_samples``, rows
+``[offset - pad_left, offset + window + pad_right)`` clipped to the session, labels from the
+un-padded window only; training jitter moves ``offset`` forward by ``randint(0, min(stride, leftover))``.
+``window_samples=None`` makes one sample of the whole session (the paper's test setting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from emgscale.data.errors import DataError
+from emgscale.data.session import ON_KEYBOARD, EMGSession
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How a session is cut into samples.
+
+    Attributes:
+        window_samples: un-padded window length (8000 = 4 s at 2 kHz); None = the whole session.
+        stride_samples: step between windows; None = ``window_samples`` (no overlap).
+        pad_left_samples: past context read before the window (1800 = 900 ms).
+        pad_right_samples: future context read after it (200 = 100 ms).
+        jitter: move each window's start by a random amount within the stride (training).
+    """
+
+    window_samples: int | None = 8000
+    stride_samples: int | None = None
+    pad_left_samples: int = 1800
+    pad_right_samples: int = 200
+    jitter: bool = False
+
+    @property
+    def stride(self) -> int | None:
+        return self.stride_samples or self.window_samples
+
+    def num_windows(self, num_rows: int) -> int:
+        """``max(L - W, 0) // stride + 1`` as the reference (0 for a session shorter than a window)."""
+        if self.window_samples is None:
+            return 1 if num_rows > 0 else 0
+        if num_rows < self.window_samples:
+            return 0
+        return (num_rows - self.window_samples) // self.stride + 1
+
+    def whole_session(self) -> "WindowSpec":
+        return WindowSpec(None, None, 0, 0, False)
+
+
+def read_window(
+    session: EMGSession, index: int, spec: WindowSpec, rng: np.random.Generator | None = None
+) -> dict[str, Any]:
+    """Sample ``index`` of ``session`` under ``spec`` (see the module docstring for the fields)."""
+    n = len(session)
+    if spec.window_samples is None:
+        offset, window = 0, n
+    else:
+        window = spec.window_samples
+        offset = index * spec.stride
+        leftover = n - (offset + window)
+        if leftover < 0:
+            raise IndexError(f"{session.path}: window {index} does not fit in {n} rows")
+        if spec.jitter and leftover > 0:
+            rng = rng or np.random.default_rng()
+            offset += int(rng.integers(0, min(spec.stride, leftover)))
+    start = max(offset - spec.pad_left_samples, 0)
+    stop = min(offset + window + spec.pad_right_samples, n)
+    emg, t = session.window(start, stop)
+    w0, w1 = offset - start, offset - start + window - 1
+    if session.condition != ON_KEYBOARD:
+        raise DataError(session.path, f"condition is {session.condition!r}; windows need 'on_keyboard' sessions")
+    label = session.keystroke_labels(t[w0], t[w1])
+    return {
+        "key": f"{session.user}/{session.session_name}/{offset}",
+        "emg": emg,
+        "labels": label.labels,
+        "label_time_s": label.timestamps - t[0],
+        "user": session.user,
+        "session": session.session_name,
+        "start": start,
+        "offset": offset,
+        "sample_rate_hz": session.sample_rate_hz,
+    }
+
+
+class SessionWindows(torch.utils.data.Dataset):
+    """Map-style dataset of the windows of some session files, read lazily from HDF5.
+
+    This is the direct-from-HDF5 loader (what the reference does); :mod:`emgscale.shard` streams the
+    same samples from WebDataset shards. Files are opened per worker on first use.
+
+    Args:
+        paths: session files.
+        spec: the windowing.
+        seed: seeds the jitter (per worker and epoch through torch's worker seed).
+        skip_bad: report a bad file and leave it out instead of raising.
+    """
+
+    def __init__(self, paths: Sequence["str | Path"], spec: WindowSpec, seed: int = 0, skip_bad: bool = False):
+        self.paths = [Path(p) for p in paths]
+        self.spec = spec
+        self.seed = seed
+        self.skipped: list[tuple[str, str]] = []
+        self._index: list[tuple[int, int]] = []
+        for i, p in enumerate(self.paths):
+            try:
+                with EMGSession(p) as s:
+                    count = spec.num_windows(len(s))
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                self.skipped.append((str(p), e.problem))
+                continue
+            self._index.extend((i, j) for j in range(count))
+        self._open: dict[int, EMGSession] = {}
+        self._rng: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        fi, wi = self._index[item]
+        if fi not in self._open:
+            self._open[fi] = EMGSession(self.paths[fi])
+        if self._rng is None:
+            self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**31])
+        return read_window(self._open[fi], wi, self.spec, self._rng)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_open"], state["_rng"] = {}, None  # h5py handles don't cross process boundaries
+        return state
+
+
+@dataclass
+class Batch:
+    """A padded batch; tensors travel with their lengths.
+
+    Attributes:
+        emg: float32 ``(B, T, 2, 16)``, zero-padded in time.
+        emg_lengths: int64 ``(B,)`` valid rows of each sequence.
+        labels: int64 ``(B, S)`` padded with 0 (only ``label_lengths`` tells padding apart).
+        label_lengths: int64 ``(B,)``.
+        keys, users: per-sample identifiers.
+    """
+
+    emg: torch.Tensor
+    emg_lengths: torch.Tensor
+    labels: torch.Tensor
+    label_lengths: torch.Tensor
+    keys: list[str]
+    users: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to(self, device: "torch.device | str") -> "Batch":
+        return Batch(self.emg.to(device, non_blocking=True), self.emg_lengths.to(device),
+                     self.labels.to(device), self.label_lengths.to(device), self.keys, self.users)
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> Batch:
+    """Zero-pad samples into a :class:`Batch`."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    emg = [torch.as_tensor(np.asarray(s["emg"], dtype=np.float32)) for s in samples]
+    labels = [torch.as_tensor(np.asarray(s["labels"], dtype=np.int64)) for s in samples]
+    return Batch(
+        emg=torch.nn.utils.rnn.pad_sequence(emg, batch_first=True),
+        emg_lengths=torch.tensor([len(e) for e in emg], dtype=torch.int64),
+        labels=torch.nn.utils.rnn.pad_sequence(labels, batch_first=True) if any(len(x) for x in labels)
+        else torch.zeros(len(labels), 0, dtype=torch.int64),
+        label_lengths=torch.tensor([len(x) for x in labels], dtype=torch.int64),
+        keys=[str(s["key"]) for s in samples],
+        users=[str(s["user"]) for s in samples],
+    )
+
+
+def iter_session_windows(path: "str | Path", spec: WindowSpec) -> Iterator[dict[str, Any]]:
+    """All windows of one session in order (no jitter), opening the file once."""
+    with EMGSession(path) as s:
+        for i in range(spec.num_windows(len(s))):
+            yield read_window(s, i, spec)
