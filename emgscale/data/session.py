@@ -188,7 +188,7 @@ class EMGSession:
         stop = len(self) if stop is None else stop
         t = np.asarray(self._read(start, stop, [TIME_FIELD]), dtype=np.float64)
         if t.size > 1 and np.any(np.diff(t) < 0):
-            bad = int(np.argmax(np.diff(t) < 0)) + start
+            bad = int(np.argmax(np.diff(t) < 0)) + 1 + start
             raise DataError(self.path, f"timestamps not monotonic at row {bad}")
         return t
 
@@ -211,7 +211,7 @@ class EMGSession:
             bad = int(np.argmax(~np.isfinite(emg).reshape(len(emg), -1).all(axis=1))) + start
             raise DataError(self.path, f"EMG has NaN or inf at row {bad}")
         if t.size > 1 and np.any(np.diff(t) < 0):
-            bad = int(np.argmax(np.diff(t) < 0)) + start
+            bad = int(np.argmax(np.diff(t) < 0)) + 1 + start
             raise DataError(self.path, f"timestamps not monotonic at row {bad}")
         return emg, t
 

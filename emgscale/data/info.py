@@ -1,0 +1,102 @@
+"""Dataset statistics: per-session summaries of a session file, a data root or a split.
+
+Library side of ``python -m emgscale.data info``; like the reference's dataset-statistics script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emgscale.data.errors import DataError
+from emgscale.data.session import EMGSession
+from emgscale.data.splits import SPLIT_NAMES, load_split, session_files
+
+
+@dataclass
+class InfoReport:
+    """Summaries of the sessions found, bad files met, and per-part totals when a split was given."""
+
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[dict[str, str]] = field(default_factory=list)
+    totals: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "bad": self.bad, "totals": self.totals}
+
+
+def _summarise(path: Path, labels: bool) -> dict[str, Any]:
+    with EMGSession(path) as s:
+        row = s.info().to_dict()
+        if labels:
+            row["labels"] = s.ground_truth().text
+    return row
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "sessions": len(rows),
+        "users": len({r["user"] for r in rows}),
+        "hours": sum(r["duration_s"] for r in rows) / 3600.0,
+        "keystrokes": sum(r["num_keystrokes"] for r in rows),
+        "label_chars": sum(r["label_length"] for r in rows),
+    }
+
+
+def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: bool = False,
+                 skip_bad: bool = False) -> InfoReport:
+    """Summarise a session file, every session under a data root, or the sessions of a split.
+
+    Args:
+        path: a ``.hdf5`` session file or a data root folder.
+        split: an official split YAML; ``path`` must then be the data root.
+        labels: include each session's label text.
+        skip_bad: report bad files in ``InfoReport.bad`` and go on, instead of raising.
+
+    Raises:
+        DataError: a bad file (unless ``skip_bad``), or sessions of the split missing from the root.
+    """
+    path = Path(path)
+    report = InfoReport()
+    if split is not None:
+        sp = load_split(split)
+        parts = {part: sp.resolve(path, part) for part in SPLIT_NAMES}
+    elif path.is_dir():
+        parts = {"all": session_files(path)}
+    elif path.exists():
+        parts = {"all": [path]}
+    else:
+        raise DataError(path, "no such session file or data root")
+    for part, files in parts.items():
+        rows = []
+        for f in files:
+            try:
+                row = _summarise(f, labels)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                report.bad.append({"path": e.path, "problem": e.problem})
+                continue
+            row["part"] = part
+            rows.append(row)
+        report.sessions.extend(rows)
+        report.totals[part] = _totals(rows)
+    return report
+
+
+def format_report(report: InfoReport, labels: bool = False) -> str:
+    """A human-readable table of the report."""
+    lines = [f"{'user':>10}  {'condition':<12} {'part':<5} {'min':>7} {'samples':>10} {'keys':>6} {'label':>6}  session"]
+    for r in report.sessions:
+        lines.append(f"{r['user']:>10}  {r['condition']:<12} {r['part']:<5} {r['duration_s'] / 60:7.2f} "
+                     f"{r['num_samples']:10d} {r['num_keystrokes']:6d} {r['label_length']:6d}  {r['session']}")
+        if labels:
+            lines.append(f"{'':>12}{r['labels']!r}")
+    lines.append("")
+    for part, t in report.totals.items():
+        lines.append(f"[{part}] {t['sessions']} sessions, {t['users']} users, {t['hours']:.2f} h, "
+                     f"{t['keystrokes']} keystrokes, {t['label_chars']} label characters")
+    for b in report.bad:
+        lines.append(f"BAD {b['path']}: {b['problem']}")
+    return "\n".join(lines)
