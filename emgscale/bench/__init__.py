@@ -1,0 +1,1 @@
+"""Benchmarks: single-user, zero-shot, personalized, few-shot and sweeps, with one runner."""

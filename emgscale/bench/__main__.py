@@ -1,0 +1,43 @@
+"""``python -m emgscale.bench single_user|zero_shot|personalized|few_shot|sweep|all|demo [options]``.
+
+``demo`` is the README's main job: the default synthetic corpus -> shards -> a small generic model
+-> zero-shot and personalized evaluation -> tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from emgscale.bench.suites import SUITES
+
+GROUPS = {"all": list(SUITES), "demo": ["zero_shot", "personalized"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m emgscale.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("benchmark", choices=[*SUITES, *GROUPS])
+    p.add_argument("--budget", default="small", help="tiny | small | paper (default small)")
+    p.add_argument("--out", default="results", help="results folder (default results/)")
+    p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default <out>/cache)")
+    p.add_argument("--data-root", help="session files (real data); default: the synthetic corpus")
+    p.add_argument("--splits-dir", help="split YAMLs (generic.yaml, user0.yaml..., single_user.yaml)")
+    p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
+    p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
+    p.add_argument("--lm-text", nargs="*", type=Path, help="text files for the character LM")
+    p.add_argument("--workers", type=int, default=1, help="shard-writing processes")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value for every training run, e.g. run.workers=8")
+    a = p.parse_args(argv)
+    from emgscale.bench.runner import run_benchmark
+
+    for name in GROUPS.get(a.benchmark, [a.benchmark]):
+        run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
+                      cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
+                      workers=a.workers, overrides=a.overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

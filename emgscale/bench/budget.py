@@ -1,0 +1,74 @@
+"""Budgets: how much compute a benchmark spends (epochs, model sizes, corpus size, users).
+
+``tiny`` is for tests (seconds), ``small`` finishes each benchmark on the synthetic corpus in under
+30 minutes on 2 CPU cores, ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
+and is meant for GPUs and Ray clusters (``--workers``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Compute settings shared by every benchmark.
+
+    Attributes:
+        name: ``tiny`` | ``small`` | ``paper``.
+        train: ``dotted.key=value`` overrides applied to every training run.
+        finetune: overrides for fine-tuning runs (personalized, few-shot), on top of ``train``.
+        model_suffix: model config variant (``configs/models/<arch><suffix>.yaml`` when it exists).
+        corpus: synthetic corpus flags (used only when no ``--data-root`` is given).
+        max_heldout_users: evaluate at most this many held-out users (0 = all).
+        lm_order: character n-gram order of the LM.
+    """
+
+    name: str
+    train: tuple[str, ...]
+    finetune: tuple[str, ...]
+    model_suffix: str
+    corpus: dict = field(default_factory=dict)
+    max_heldout_users: int = 0
+    lm_order: int = 6
+
+
+BUDGETS: dict[str, Budget] = {
+    "tiny": Budget(
+        name="tiny",
+        train=("run.max_epochs=2", "run.steps_per_epoch=3", "data.batch_size=4", "optim.warmup_epochs=0.5",
+               "run.ckpt_every_steps=0", "run.log_every_steps=1", "run.tensorboard=false", "swad.n_converge=1",
+               "swad.n_tolerance=1", "optim.lr=3e-3"),
+        finetune=("run.max_epochs=1", "run.steps_per_epoch=2", "optim.warmup_epochs=0"),
+        model_suffix="_tiny",
+        corpus={"users": 4, "sessions_per_user": 4, "minutes": 0.5, "heldout_users": 2},
+        max_heldout_users=2,
+        lm_order=4,
+    ),
+    "small": Budget(
+        name="small",
+        train=("run.max_epochs=12", "run.steps_per_epoch=30", "data.batch_size=16", "optim.warmup_epochs=1",
+               "optim.lr=2e-3", "run.ckpt_every_steps=60", "run.eval_every_steps=30", "run.val_max_batches=8",
+               "run.bf16=true"),
+        finetune=("run.max_epochs=5", "run.steps_per_epoch=20", "optim.warmup_epochs=0.5", "optim.lr=1e-3"),
+        model_suffix="_small",
+        corpus={"users": 10, "sessions_per_user": 4, "minutes": 3.0, "heldout_users": 2},
+        max_heldout_users=2,
+    ),
+    "paper": Budget(
+        name="paper",
+        train=("run.max_epochs=150", "data.batch_size=32", "optim.warmup_epochs=10", "optim.lr=1e-3"),
+        finetune=("run.max_epochs=150", "optim.warmup_epochs=10", "optim.lr=1e-3"),
+        model_suffix="",
+        corpus={"users": 108, "sessions_per_user": 10, "minutes": 20.0, "heldout_users": 8},
+        max_heldout_users=0,
+    ),
+}
+
+
+def get_budget(name: str) -> Budget:
+    """The named budget, or a ValueError listing the valid names."""
+    try:
+        return BUDGETS[name]
+    except KeyError:
+        raise ValueError(f"unknown budget {name!r}; choose one of {sorted(BUDGETS)}") from None

@@ -1,0 +1,115 @@
+"""Run a benchmark end to end and write its JSON, markdown table and plots under one results folder."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emgscale.bench.budget import get_budget
+from emgscale.bench.report import aggregate, markdown_table, plot_bars, plot_lines, series_from
+from emgscale.bench.steps import Corpus, ensure_corpus, ensure_lm
+from emgscale.bench.suites import SUITES, BenchContext
+from emgscale.common import atomic_write_json, atomic_write_text, git_commit, hardware, print0
+
+REPO = Path(__file__).resolve().parents[2]
+LM_TEXT_DIR = Path(__file__).resolve().parents[1] / "data" / "lm_text"
+
+
+def default_lm_texts() -> list[Path]:
+    """The LM text shipped with the package (disjoint from the synthetic corpus's prompts)."""
+    return sorted(LM_TEXT_DIR.glob("*.txt"))
+
+
+def load_definition(definitions_dir: Path, name: str, budget: str) -> dict[str, Any]:
+    """``benchmarks/<name>.yaml``; a ``budgets: {<budget>: {...}}`` section overrides the top level."""
+    path = definitions_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no benchmark definition (expected one of {sorted(SUITES)})")
+    d = yaml.safe_load(path.read_text()) or {}
+    d.update((d.pop("budgets", None) or {}).get(budget, {}))
+    return d
+
+
+def _lm(cache: Path, texts: list[Path] | None, order: int) -> Path | None:
+    try:
+        return ensure_lm(cache, texts or default_lm_texts(), order)
+    except (FileNotFoundError, RuntimeError, ImportError) as e:
+        print0(f"[bench] no language model ({e}); reporting greedy CER only")
+        return None
+
+
+def _render(name: str, title: str, table: dict[str, Any], out: Path) -> tuple[str, list[str]]:
+    agg = aggregate(table["rows"])
+    md = markdown_table(agg, title, table.get("variant_header", "variant"))
+    pngs = []
+    for p in table.get("plots", []):
+        path = out / f"{p['name']}.png"
+        if p["kind"] == "bars":
+            plot_bars(agg, title, path)
+        else:
+            plot_lines(series_from(agg, p["x"]), p["xlabel"], p.get("title", title), path, logx=p.get("logx", False))
+        pngs.append(path.name)
+    md += "\n" + "".join(f"![{n}]({n})\n" for n in pngs)
+    return md, pngs
+
+
+def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "small",
+                  data_root: "str | Path | None" = None, splits_dir: "str | Path | None" = None,
+                  cache: "str | Path | None" = None, definitions_dir: "str | Path | None" = None,
+                  configs_dir: "str | Path | None" = None, lm_texts: list[Path] | None = None,
+                  workers: int = 1, overrides: list[str] = ()) -> dict[str, Any]:
+    """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``.
+
+    Args:
+        name: one of single_user, zero_shot, personalized, few_shot, sweep.
+        budget: tiny | small | paper.
+        data_root, splits_dir: real (or any) data; default: the synthetic corpus of the budget.
+        cache: where corpora, shards, LMs, checkpoints and evaluations are kept and reused.
+        definitions_dir, configs_dir: ``benchmarks/`` and ``configs/`` of the checkout.
+        lm_texts: text for the character LM (default: shipped LM text).
+        workers: shard-writing processes.
+        overrides: extra ``dotted.key=value`` for every training run (e.g. ``run.workers=8``).
+
+    Returns:
+        The JSON result (rows, aggregated tables, settings, provenance).
+    """
+    if name not in SUITES:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(SUITES)}")
+    t0 = time.monotonic()
+    b = get_budget(budget)
+    out_dir = Path(out) / name
+    cache = Path(cache) if cache else Path(out) / "cache"
+    definitions_dir = Path(definitions_dir) if definitions_dir else REPO / "benchmarks"
+    configs_dir = Path(configs_dir) if configs_dir else REPO / "configs"
+    if data_root is not None:
+        corpus = Corpus(Path(data_root), Path(splits_dir) if splits_dir else Path(data_root) / "splits")
+    else:
+        corpus = ensure_corpus(cache, b.corpus)
+    ctx = BenchContext(cache=cache, budget=b, corpus=corpus, configs_dir=configs_dir,
+                       lm=_lm(cache, lm_texts, b.lm_order), workers=workers, overrides=list(overrides))
+    definition = load_definition(definitions_dir, name, budget)
+    print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}")
+    res = SUITES[name](ctx, definition)
+    tables = res.get("tables") or {name: res}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_parts, result_tables = [], {}
+    for tname, table in tables.items():
+        title = name.replace("_", " ") if tname == name else f"{name}: {tname.replace('_', ' ')}"
+        md, pngs = _render(tname, title, table, out_dir)
+        md_parts.append(md)
+        result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs}
+    wall = time.monotonic() - t0
+    note = (f"_CER in %, mean ± population std over users; whole-session val/test; +LM = beam search with a "
+            f"{b.lm_order}-gram character KenLM. Budget `{budget}`, data `{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
+    markdown = "\n".join(md_parts) + "\n" + note
+    result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
+              "data_root": str(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
+              "overrides": list(overrides), "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
+    atomic_write_json(out_dir / "results.json", result)
+    atomic_write_text(out_dir / "table.md", markdown)
+    print0(markdown)
+    return result

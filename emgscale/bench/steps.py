@@ -1,0 +1,159 @@
+"""Cached pipeline steps of the benchmarks: corpus -> shards -> LM -> training -> emissions -> CER.
+
+Each step's output lives in ``<cache>/<kind>/<hash>/`` where the hash is of the settings that determine
+it, and is reused when its ``DONE.json`` marker is there: benchmarks share corpora, shards, LMs and
+checkpoints made with the same config instead of recomputing them. A step killed half-way leaves no
+marker; training resumes from its last checkpoint on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from emgscale.common import atomic_write_json, print0
+
+DONE = "DONE.json"
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """Run ``make(folder)`` once per ``key``; later calls return the folder and what ``make`` returned."""
+    folder = Path(cache) / kind / config_hash(key)
+    marker = folder / DONE
+    if marker.is_file():
+        return folder, json.loads(marker.read_text())["result"]
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "key.json", key)
+    result = make(folder)
+    atomic_write_json(marker, {"key": key, "result": result})
+    return folder, result
+
+
+@dataclass
+class Corpus:
+    """A data root with its split files."""
+
+    data_root: Path
+    splits_dir: Path
+
+    def split(self, name: str) -> Path:
+        path = self.splits_dir / f"{name}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such split file")
+        return path
+
+    def heldout_splits(self, limit: int = 0) -> list[Path]:
+        """The personalized split files ``user0.yaml``, ``user1.yaml``, ... (the held-out users)."""
+        found = sorted(self.splits_dir.glob("user[0-9]*.yaml"), key=lambda p: int(p.stem[4:]))
+        return found[:limit] if limit else found
+
+
+def ensure_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> Corpus:
+    """The default synthetic corpus for these flags (generated once)."""
+    from emgscale.config import from_dict
+    from emgscale.synth import SynthConfig, generate_corpus
+
+    key = {"synth": corpus_flags, "seed": seed}
+
+    def make(folder: Path) -> dict[str, Any]:
+        cfg = from_dict(SynthConfig, {**corpus_flags, "seed": seed, "out": str(folder / "corpus")})
+        generate_corpus(cfg)
+        return {"data_root": str(folder / "corpus")}
+
+    folder, res = cached(cache, "corpus", key, make)
+    root = Path(res["data_root"])
+    return Corpus(root, root / "splits")
+
+
+def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int = 1) -> Path:
+    """WebDataset shards of a split (train/val windows), made once."""
+    from emgscale.config import from_dict
+    from emgscale.shard import ShardConfig, shard_corpus
+
+    key = {"data_root": str(Path(data_root).resolve()), "split": Path(split_file).read_text()}
+
+    def make(folder: Path) -> dict[str, Any]:
+        cfg = from_dict(ShardConfig, {"data_root": str(data_root), "split": str(split_file),
+                                      "out": str(folder / "shards"), "workers": workers})
+        shard_corpus(cfg)
+        return {"shards": str(folder / "shards")}
+
+    _, res = cached(cache, "shards", key, make)
+    return Path(res["shards"])
+
+
+def ensure_lm(cache: Path, text_files: list[Path], order: int) -> Path:
+    """A KenLM character n-gram of ``text_files`` (built once)."""
+    from emgscale.lm import build_lm
+
+    key = {"texts": [hashlib.sha256(Path(t).read_bytes()).hexdigest() for t in text_files], "order": order}
+
+    def make(folder: Path) -> dict[str, Any]:
+        out = folder / f"char{order}gram.bin"
+        build_lm([str(t) for t in text_files], order=order, out=str(out))
+        return {"lm": str(out)}
+
+    _, res = cached(cache, "lm", key, make)
+    return Path(res["lm"])
+
+
+def ensure_trained(cache: Path, files: list[str], overrides: list[str]) -> Path:
+    """Train (or resume, or reuse) the run these config files and overrides define; returns its folder."""
+    from emgscale.config import to_dict
+    from emgscale.train import load_train_config, train
+
+    cfg = load_train_config(files, overrides)
+    key = to_dict(cfg)
+    key["run"] = {k: v for k, v in key["run"].items() if k not in ("out_dir", "tensorboard")}
+    folder = Path(cache) / "runs" / config_hash(key)
+    if (folder / DONE).is_file():
+        return folder
+    cfg = load_train_config(files, [*overrides, f"run.out_dir={folder}"])
+    print0(f"[bench] training {folder.name}: {' '.join(overrides)}")
+    result = train(cfg, resume=True)
+    atomic_write_json(folder / DONE, {"key": key, "best_val_cer": result.best_val_cer, "steps": result.steps,
+                                      "wall_s": result.wall_s})
+    return folder
+
+
+def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, Any]:
+    """CER of decoded emissions: aggregate and per user (the paper's definition)."""
+    from emgscale.metrics import CERMeter
+
+    meter = CERMeter()
+    for e in emissions:
+        meter.update(decoder.decode(e["log_probs"]), e["target"], session=e["session"], user=e["user"])
+    return {"cer": meter.cer, "per_user": meter.per_user()}
+
+
+def run_emissions(checkpoint: Path, data_root: Path, split_file: Path, part: str, which: str = "model",
+                  users: list[str] | None = None) -> list[dict[str, Any]]:
+    """Whole-session log-probs of every session of ``part`` (computed once, decoded many ways)."""
+    import torch
+
+    from emgscale.checkpoint import load_model
+    from emgscale.data.session import EMGSession
+    from emgscale.data.splits import load_split
+    from emgscale.evaluate import infer_session
+
+    model, tcfg = load_model(checkpoint, which=which)
+    out = []
+    for ref in load_split(split_file)[part]:
+        if users is not None and ref.user not in users:
+            continue
+        with EMGSession(Path(data_root) / f"{ref.session}.hdf5") as s:
+            lp = infer_session(model, s, sample_rate_hz=tcfg.model.features.input_sample_rate_hz,
+                               device="cuda" if torch.cuda.is_available() else "cpu")
+            target = s.ground_truth(s.start_time, s.end_time).labels.tolist()
+            out.append({"session": ref.session, "user": s.user, "log_probs": lp.astype(np.float32), "target": target})
+    return out

@@ -1,0 +1,172 @@
+"""The benchmarks: single_user, zero_shot, personalized, few_shot and sweep.
+
+Each takes a :class:`BenchContext` and its definition (a YAML under ``benchmarks/``) and returns result
+rows ``{"variant", "user", "part", "decoder", "cer"}`` plus plot specs; :mod:`emgscale.bench.runner`
+turns them into tables, JSON and PNGs. All training goes through :func:`emgscale.train.train` and all
+evaluation is whole-session, greedy and with the character LM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emgscale.bench.budget import Budget
+from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained, run_emissions, score_sessions
+from emgscale.checkpoint import BEST, LAST, load_checkpoint
+from emgscale.common import print0
+
+
+@dataclass
+class BenchContext:
+    """Where things are and what they may cost."""
+
+    cache: Path
+    budget: Budget
+    corpus: Corpus
+    configs_dir: Path
+    lm: Path | None = None
+    workers: int = 1
+    overrides: list[str] = field(default_factory=list)
+
+    def heldout(self) -> list[Path]:
+        return self.corpus.heldout_splits(self.budget.max_heldout_users)
+
+
+def model_files(ctx: BenchContext, arch: str) -> list[str]:
+    """``configs/models/<arch><budget suffix>.yaml`` when it exists, else ``<arch>.yaml``."""
+    for name in (f"{arch}{ctx.budget.model_suffix}", arch):
+        path = ctx.configs_dir / "models" / f"{name}.yaml"
+        if path.is_file():
+            return [str(path)]
+    raise FileNotFoundError(f"no model config for {arch!r} under {ctx.configs_dir / 'models'}")
+
+
+def train_run(ctx: BenchContext, split_file: Path, arch: str, extra: list[str] = (),
+              init_from: Path | None = None) -> Path:
+    """Train on ``split_file`` (cached); returns the run's checkpoint folder."""
+    shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers)
+    overrides = [*ctx.budget.train, *(ctx.budget.finetune if init_from else ()),
+                 f"data.split={split_file}", f"data.data_root={ctx.corpus.data_root}", f"data.shards={shards}",
+                 *(["run.init_from=" + str(init_from)] if init_from else []), *extra, *ctx.overrides]
+    return ensure_trained(ctx.cache, model_files(ctx, arch), overrides) / "checkpoints"
+
+
+def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: str,
+              which: str = "model") -> list[dict[str, Any]]:
+    """Per-user val and test CER, greedy and +LM, of one checkpoint on one split (cached)."""
+    from emgscale.decode import DecoderConfig, build_decoder
+
+    ck = load_checkpoint(checkpoint)
+    key = {"checkpoint": str(checkpoint), "step": ck["step"], "which": which, "split": str(split_file),
+           "lm": str(ctx.lm) if ctx.lm else None}
+
+    def make(_: Path) -> dict[str, Any]:
+        rows = []
+        decoders = {"greedy": build_decoder(DecoderConfig(kind="greedy"))}
+        if ctx.lm is not None:
+            decoders["lm"] = build_decoder(DecoderConfig(kind="beam", lm_path=str(ctx.lm)))
+        for part in ("val", "test"):
+            em = run_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
+            for name, dec in decoders.items():
+                for user, u in score_sessions(em, dec)["per_user"].items():
+                    rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"]})
+        return {"rows": rows}
+
+    _, res = cached(ctx.cache, "eval", key, make)
+    return [{"variant": variant, **r} for r in res["rows"]]
+
+
+def generic_run(ctx: BenchContext, d: dict[str, Any]) -> Path:
+    """The generic (zero-shot) model's checkpoint folder, trained with SWAD."""
+    return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), d.get("arch", "tds"),
+                     extra=[f"swad.mode={d.get('swad', 'swad')}"])
+
+
+def _has_average(path: Path) -> bool:
+    return load_checkpoint(path).get("averaged_model") is not None
+
+
+def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
+    """Train and test on one subject's split, one model per architecture."""
+    split = ctx.corpus.split(d.get("split", "single_user"))
+    rows = []
+    for arch in d["archs"]:
+        ck = train_run(ctx, split, arch)
+        rows += eval_rows(ctx, ck / BEST, split, arch)
+    return {"rows": rows, "variant_header": "architecture", "plots": [{"kind": "bars", "name": "cer_by_arch"}]}
+
+
+def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
+    """Generic model on held-out users never seen in training: final, best and SWAD-averaged weights."""
+    ck = generic_run(ctx, d)
+    rows = []
+    for split in ctx.heldout():
+        rows += eval_rows(ctx, ck / LAST, split, "final checkpoint")
+        rows += eval_rows(ctx, ck / BEST, split, "best val checkpoint")
+        if _has_average(ck / LAST):
+            rows += eval_rows(ctx, ck / LAST, split, "SWAD average", which="averaged")
+        else:
+            print0("[bench] SWAD found no loss valley in this budget: no averaged model to report")
+    return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
+
+
+def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
+    """Per held-out user: zero-shot generic, from random init, and fine-tuned from the generic model."""
+    generic = generic_run(ctx, d)
+    rows = []
+    for split in ctx.heldout():
+        rows += eval_rows(ctx, generic / BEST, split, "generic (zero-shot)")
+        rows += eval_rows(ctx, train_run(ctx, split, d.get("arch", "tds")) / BEST, split, "personalized, random init")
+        ft = train_run(ctx, split, d.get("arch", "tds"), init_from=generic / BEST)
+        rows += eval_rows(ctx, ft / BEST, split, "personalized, fine-tuned generic")
+    return {"rows": rows, "variant_header": "model", "plots": [{"kind": "bars", "name": "personalized"}]}
+
+
+def few_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune the generic model on 30 s .. 5 min of a held-out user's data; test on that user."""
+    generic = generic_run(ctx, d)
+    minutes = [float(m) for m in d["minutes"]]
+    rows = []
+    for split in ctx.heldout():
+        rows += eval_rows(ctx, generic / BEST, split, "0 min")
+        for m in minutes:
+            ck = train_run(ctx, split, d.get("arch", "tds"), extra=[f"data.max_minutes_per_user={m}"],
+                           init_from=generic / BEST)
+            rows += eval_rows(ctx, ck / BEST, split, f"{m:g} min")
+    return {"rows": rows, "variant_header": "user data for fine-tuning",
+            "plots": [{"kind": "lines", "name": "cer_vs_minutes", "x": [0.0] + minutes,
+                       "xlabel": "minutes of the user's data", "title": "Few-shot fine-tuning"}]}
+
+
+SWEEP_AXES = {
+    "channels": ("channels per band", lambda v: [f"model.features.channels={list(range(0, 16, 16 // int(v)))}"]),
+    "sample_rate_hz": ("sampling rate (Hz)", lambda v: [f"model.features.sample_rate_hz={float(v)}"]),
+    "minutes": ("minutes of training data per user", lambda v: [f"data.max_minutes_per_user={float(v)}"]),
+    "arch": ("architecture", None),
+}
+
+
+def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
+    """CER against channels per band, sampling rate, amount of data and architecture (personalized, random init)."""
+    tables = {}
+    for axis, values in d["axes"].items():
+        if axis not in SWEEP_AXES:
+            raise ValueError(f"sweep axis {axis!r} unknown; choose from {sorted(SWEEP_AXES)}")
+        label, to_overrides = SWEEP_AXES[axis]
+        rows = []
+        for v in values:
+            for split in ctx.heldout():
+                arch = str(v) if axis == "arch" else d.get("arch", "tds")
+                ck = train_run(ctx, split, arch, extra=[] if to_overrides is None else to_overrides(v))
+                rows += eval_rows(ctx, ck / BEST, split, f"{v}")
+        tables[axis] = {"rows": rows, "variant_header": label,
+                        "plots": [{"kind": "bars" if axis == "arch" else "lines", "name": f"cer_vs_{axis}",
+                                   "x": [float(x) for x in values] if axis != "arch" else None,
+                                   "xlabel": label, "title": f"CER vs {label}", "logx": axis != "arch"}]}
+    return {"tables": tables}
+
+
+SUITES = {"single_user": single_user, "zero_shot": zero_shot, "personalized": personalized,
+          "few_shot": few_shot, "sweep": sweep}

@@ -1,0 +1,43 @@
+"""``python -m emgscale.eval CHECKPOINT --split test|val --decoder greedy|beam [--lm PATH] [--out R.json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from emgscale.config import ConfigError, from_dict, parse_overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m emgscale.eval", description=__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--split-file", help="split YAML (default: the training config's)")
+    p.add_argument("--data-root", help="session folder (default: the training config's)")
+    p.add_argument("--decoder", default="greedy", help="greedy | beam | flashlight")
+    p.add_argument("--lm", help="KenLM binary/ARPA character LM for beam decoding")
+    p.add_argument("--weights", default="auto", choices=["auto", "model", "averaged"])
+    p.add_argument("--users", help="comma-separated user ids to evaluate")
+    p.add_argument("--out", help="write the JSON result here")
+    p.add_argument("overrides", nargs="*", help="EvalConfig dotted.key=value, e.g. decoder.beam_size=20")
+    a = p.parse_args(argv)
+    from emgscale.evaluate import EvalConfig, evaluate
+
+    raw = {"checkpoint": a.checkpoint, "split": a.split, "split_file": a.split_file, "data_root": a.data_root,
+           "weights": a.weights, "out": a.out, "decoder": {"kind": a.decoder, "lm_path": a.lm},
+           "users": a.users.split(",") if a.users else None}
+    for k, v in parse_overrides(a.overrides).items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    try:
+        cfg = from_dict(EvalConfig, raw)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    result = evaluate(cfg)
+    print(json.dumps({"cer": result["cer"], "summary": result["summary"], "per_user": result["per_user"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
