@@ -26,16 +26,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from emgscale.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from emgscale.common import is_main, print0, progress, rank, world_size
 from emgscale.config import ConfigError, build_config, save_config, to_dict
-from emgscale.data.charset import charset
 from emgscale.loader import DataConfig, build_loader
 from emgscale.models import ModelConfig, build_model
 from emgscale.swad import SWADConfig, WeightAverager
-from emgscale.train_log import MetricsLogger, evaluate_ctc
+from emgscale.train_log import MetricsLogger, ctc_loss, evaluate_ctc
 
 
 @dataclass
@@ -126,13 +124,6 @@ def _optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     raise ConfigError(f"optim.optimizer: unknown optimizer {cfg.optimizer!r} (adam | adamw)")
-
-
-def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, labels: torch.Tensor,
-             label_lengths: torch.Tensor) -> torch.Tensor:
-    """Mean CTC loss (per target length, as ``nn.CTCLoss``) from ``(B, T, C)`` log-probs."""
-    return F.ctc_loss(log_probs.float().transpose(0, 1), labels, out_lengths, label_lengths,
-                      blank=charset().blank, reduction="mean", zero_infinity=True)
 
 
 def train(cfg: TrainConfig, *, resume: bool | str = False,

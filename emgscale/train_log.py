@@ -8,8 +8,17 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+import torch.nn.functional as F
 
+from emgscale.data.charset import charset
 from emgscale.data.windows import Batch
+
+
+def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, labels: torch.Tensor,
+             label_lengths: torch.Tensor) -> torch.Tensor:
+    """Mean CTC loss (per target length, as ``nn.CTCLoss``) from ``(B, T, C)`` log-probs and the model's lengths."""
+    return F.ctc_loss(log_probs.float().transpose(0, 1), labels, out_lengths, label_lengths,
+                      blank=charset().blank, reduction="mean", zero_infinity=True)
 
 
 @torch.no_grad()
@@ -19,9 +28,8 @@ def evaluate_ctc(model: torch.nn.Module, loader: Iterable[Batch], device: torch.
 
     CER is the paper's: edit distance summed over samples divided by the total target length.
     """
-    from emgscale.decode import greedy_decode
+    from emgscale.decode.greedy import greedy_decode
     from emgscale.metrics import edit_distance
-    from emgscale.train import ctc_loss
 
     was_training = model.training
     model.eval()
