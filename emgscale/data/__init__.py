@@ -1,14 +1,28 @@
-"""Data layer: the real emg2qwerty HDF5 format, labels and charset, splits, windows."""
+"""Data layer: the real emg2qwerty HDF5 format, labels and charset, splits, windows.
 
-from emgscale.data.charset import CharacterSet, charset
-from emgscale.data.errors import DataError
-from emgscale.data.labels import LabelData
-from emgscale.data.session import EMGSession, SessionInfo
-from emgscale.data.splits import Split, SessionRef, load_split, read_metadata, session_files
-from emgscale.data.windows import Batch, SessionWindows, WindowSpec, collate, read_window
+Names are imported lazily so that ``emgscale.data.charset`` and friends load without torch
+(the synthetic-corpus workers and the shard writers never need it).
+"""
 
-__all__ = [
-    "Batch", "CharacterSet", "DataError", "EMGSession", "LabelData", "SessionInfo", "SessionRef",
-    "SessionWindows", "Split", "WindowSpec", "charset", "collate", "load_split", "read_metadata",
-    "read_window", "session_files",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Eager: light, and the function ``charset`` must shadow the submodule of the same name.
+from emgscale.data.charset import CharacterSet, charset  # noqa: E402
+from emgscale.data.errors import DataError  # noqa: E402
+
+_EXPORTS = {
+    "CharacterSet": "charset", "charset": "charset", "DataError": "errors", "LabelData": "labels",
+    "EMGSession": "session", "SessionInfo": "session", "Split": "splits", "SessionRef": "splits",
+    "load_split": "splits", "read_metadata": "splits", "session_files": "splits", "Batch": "windows",
+    "SessionWindows": "windows", "WindowSpec": "windows", "collate": "windows", "read_window": "windows",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"emgscale.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'emgscale.data' has no attribute {name!r}")
