@@ -16,13 +16,14 @@ optimiser, scheduler, step, data position and RNG state, so a killed run continu
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -240,8 +241,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False,
     done = cfg.run.max_steps > 0 and step >= cfg.run.max_steps
     emg_seconds, t_rate = 0.0, time.monotonic()
     while epoch < cfg.run.max_epochs and not done:
-        loader = train_loader(epoch)
-        batches = iter(loader)
+        batches = _epoch_batches(train_loader, epoch, steps_per_epoch)
         for _ in range(step_in_epoch):  # fast-forward to the resumed position in this epoch
             next(batches)
         if restored_rng is not None:
@@ -281,7 +281,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False,
             if cfg.run.eval_every_steps and step % cfg.run.eval_every_steps == 0:
                 validate()
                 model.train()
-            if (cfg.run.max_steps > 0 and step >= cfg.run.max_steps) or step_in_epoch >= steps_per_epoch:
+            if cfg.run.max_steps > 0 and step >= cfg.run.max_steps:
                 break
         done = cfg.run.max_steps > 0 and step >= cfg.run.max_steps
         if step_in_epoch >= steps_per_epoch:
@@ -299,6 +299,21 @@ def train(cfg: TrainConfig, *, resume: bool | str = False,
     best = ckpt_dir / BEST
     return TrainResult(str(out_dir), step, epoch, best_cer, str(last) if last else None,
                        str(best) if best.exists() else None, history, time.monotonic() - t_start)
+
+
+def _epoch_batches(make_loader: Callable[[int], Any], epoch: int, steps: int) -> Iterator[Any]:
+    """Exactly ``steps`` batches for ``epoch``: passes over the training data (each seeded by
+    ``(epoch, pass)``) until the epoch is full, so a fixed epoch length works with any amount of data."""
+    made = 0
+    for n_pass in itertools.count():
+        got = 0
+        for batch in make_loader(epoch * 1_000 + n_pass):
+            yield batch
+            made, got = made + 1, got + 1
+            if made >= steps:
+                return
+        if got == 0:
+            raise ConfigError(f"the training data yields no batch in epoch {epoch}: check data.split / data.shards")
 
 
 def load_train_config(paths: list[str], overrides: list[str]) -> TrainConfig:

@@ -88,13 +88,14 @@ def test_tiny_run_learns(corpus, tmp_path):
 
 
 def test_finetune_loads_weights(corpus, tmp_path):
-    """run.init_from starts from the given checkpoint's weights."""
+    """run.init_from starts from the given checkpoint's weights (a near-zero LR keeps them)."""
     a = train(load_train_config([], _overrides(corpus, tmp_path / "a", "run.max_epochs=1", "run.steps_per_epoch=2")))
     cfg = load_train_config([], _overrides(corpus, tmp_path / "b", "run.max_epochs=1", "run.steps_per_epoch=1",
                                            f"run.init_from={a.last_checkpoint}", "optim.lr=1e-12"))
     b = train(cfg)
     wa, wb = load_checkpoint(a.last_checkpoint)["model"], load_checkpoint(b.last_checkpoint)["model"]
-    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+    params = [k for k in wa if not any(t in k for t in ("running_", "num_batches"))]  # BN stats move in train mode
+    assert params and all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in params)
 
 
 def test_sigkill_and_resume_equals_uninterrupted(corpus, tmp_path):
