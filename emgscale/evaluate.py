@@ -4,8 +4,9 @@
 
 Each session of the split is run through the model whole, in overlapping chunks when it is long
 (:func:`infer_session`): chunk ``k`` owns the output frames of its ``chunk_seconds`` and sees
-``context_seconds`` more input on each side, so for a model whose receptive field fits in the
-context (TDS, CNN) the stitched output equals the unchunked one; models with unbounded context
+``context_seconds`` more input on each side (chunks start at multiples of the model's
+``alignment_samples``), so for a model whose receptive field fits in the context (TDS, CNN, local or
+chunked attention) the stitched output equals the unchunked one; models with unbounded context
 (bidirectional RNNs, global attention) see at least that much context. Labels are every keystroke
 between the session's first and last sample, as the paper's test.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -58,16 +59,6 @@ class EvalConfig:
     out: str | None = None
 
 
-def stride_samples(model: torch.nn.Module) -> int:
-    """Input samples per output frame, from the model's exact output-length formula."""
-    big = torch.tensor([1_000_000, 2_000_000])
-    o = model.output_lengths(big)
-    per = 1_000_000 / float(o[1] - o[0])
-    if abs(per - round(per)) > 1e-6:
-        raise ValueError(f"model stride {per} samples per frame is not an integer")
-    return int(round(per))
-
-
 @torch.no_grad()
 def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sample_rate_hz: float = 2000.0,
                   chunk_seconds: float = 60.0, context_seconds: float = 4.0,
@@ -83,7 +74,8 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
     model.eval()
     n = len(emg)
     full = int(model.output_lengths(torch.tensor([n]))[0])
-    s = stride_samples(model)
+    s = int(model.samples_per_frame)  # input samples per output frame
+    align = int(getattr(model, "alignment_samples", s))  # chunks start at multiples of this
 
     def run(a: int, b: int) -> np.ndarray:
         chunk = emg.emg(a, b) if isinstance(emg, EMGSession) else emg[a:b]
@@ -92,10 +84,10 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
             lp, ol = model(x, torch.tensor([b - a], device=device))
         return lp[0, : int(ol[0])].float().cpu().numpy()
 
-    step = max(s, int(round(chunk_seconds * sample_rate_hz / s)) * s) if chunk_seconds > 0 else n
+    step = max(align, int(round(chunk_seconds * sample_rate_hz / align)) * align) if chunk_seconds > 0 else n
     if step >= n:
         return run(0, n)
-    ctx = int(np.ceil(context_seconds * sample_rate_hz / s)) * s
+    ctx = int(np.ceil(context_seconds * sample_rate_hz / align)) * align
     pieces = []
     for own_start in range(0, n, step):
         first, last = own_start // s, min((own_start + step) // s, full)
@@ -111,8 +103,37 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
     return lp
 
 
+def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: list[Any], *,
+                      sample_rate_hz: float = 2000.0, chunk_seconds: float = 60.0, context_seconds: float = 4.0,
+                      device: "torch.device | str" = "cpu", bf16: bool = False,
+                      desc: str = "inference") -> Iterator[dict[str, Any]]:
+    """Whole-session log-probs and targets of the sessions ``refs`` (:class:`SessionRef`) under ``data_root``.
+
+    Yields ``{"session", "user", "log_probs" (T', C) float32, "target" (labels)}``, one session at a time.
+    """
+    for ref in progress(refs, total=len(refs), desc=desc, unit="session"):
+        path = Path(data_root) / f"{ref.session}.hdf5"
+        if not path.is_file():
+            raise DataError(path, "session named by the split is missing")
+        with EMGSession(path) as sess:
+            lp = infer_session(model, sess, sample_rate_hz=sample_rate_hz, chunk_seconds=chunk_seconds,
+                               context_seconds=context_seconds, device=device, bf16=bf16)
+            target = sess.ground_truth(sess.start_time, sess.end_time).labels.tolist()
+            yield {"session": ref.session, "user": sess.user, "log_probs": lp, "target": target}
+
+
+def score(emissions: Iterable[dict[str, Any]], decoder: Any) -> CERMeter:
+    """Decode every session's emissions and accumulate the paper's CER."""
+    meter = CERMeter()
+    for e in emissions:
+        meter.update(decoder.decode(e["log_probs"]), e["target"], session=e["session"], user=e["user"])
+    return meter
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on whole sessions; returns (and optionally writes) the JSON result."""
+    from emgscale.config import to_dict
+
     t0 = time.monotonic()
     which = cfg.weights
     if which == "auto":
@@ -130,20 +151,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     split = load_split(split_file)
     refs = [r for r in split[cfg.split] if cfg.users is None or r.user in set(cfg.users)]
     decoder = build_decoder(cfg.decoder)
-    meter = CERMeter()
-    rate = train_cfg.model.features.input_sample_rate_hz
-    for ref in progress(refs, total=len(refs), desc=f"eval {cfg.split}", unit="session"):
-        path = Path(data_root) / f"{ref.session}.hdf5"
-        if not path.is_file():
-            raise DataError(path, f"session of split '{split.name}' missing")
-        with EMGSession(path) as sess:
-            target = sess.ground_truth(sess.start_time, sess.end_time).labels.tolist()
-            user = sess.user
-            lp = infer_session(model, sess, sample_rate_hz=rate, chunk_seconds=cfg.chunk_seconds,
-                               context_seconds=cfg.context_seconds, device=device, bf16=cfg.bf16)
-        meter.update(decoder.decode(lp), target, session=ref.session, user=user)
-    from emgscale.config import to_dict
-
+    meter = score(session_emissions(model, data_root, refs, sample_rate_hz=train_cfg.model.features.input_sample_rate_hz,
+                                    chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
+                                    device=device, bf16=cfg.bf16, desc=f"eval {cfg.split}"), decoder)
     result = {
         "checkpoint": str(cfg.checkpoint), "weights": which, "split_file": str(split_file), "part": cfg.split,
         "decoder": to_dict(cfg.decoder), "config": to_dict(cfg), "train_config": to_dict(train_cfg),

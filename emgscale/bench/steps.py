@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from emgscale.common import atomic_write_json, print0
 
 DONE = "DONE.json"
@@ -128,32 +126,24 @@ def ensure_trained(cache: Path, files: list[str], overrides: list[str]) -> Path:
 
 def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, Any]:
     """CER of decoded emissions: aggregate and per user (the paper's definition)."""
-    from emgscale.metrics import CERMeter
+    from emgscale.evaluate import score
 
-    meter = CERMeter()
-    for e in emissions:
-        meter.update(decoder.decode(e["log_probs"]), e["target"], session=e["session"], user=e["user"])
+    meter = score(emissions, decoder)
     return {"cer": meter.cer, "per_user": meter.per_user()}
 
 
-def run_emissions(checkpoint: Path, data_root: Path, split_file: Path, part: str, which: str = "model",
-                  users: list[str] | None = None) -> list[dict[str, Any]]:
+def run_emissions(checkpoint: Path, data_root: Path, split_file: Path, part: str,
+                  which: str = "model") -> list[dict[str, Any]]:
     """Whole-session log-probs of every session of ``part`` (computed once, decoded many ways)."""
     import torch
 
     from emgscale.checkpoint import load_model
-    from emgscale.data.session import EMGSession
     from emgscale.data.splits import load_split
-    from emgscale.evaluate import infer_session
+    from emgscale.evaluate import session_emissions
 
     model, tcfg = load_model(checkpoint, which=which)
-    out = []
-    for ref in load_split(split_file)[part]:
-        if users is not None and ref.user not in users:
-            continue
-        with EMGSession(Path(data_root) / f"{ref.session}.hdf5") as s:
-            lp = infer_session(model, s, sample_rate_hz=tcfg.model.features.input_sample_rate_hz,
-                               device="cuda" if torch.cuda.is_available() else "cpu")
-            target = s.ground_truth(s.start_time, s.end_time).labels.tolist()
-            out.append({"session": ref.session, "user": s.user, "log_probs": lp.astype(np.float32), "target": target})
-    return out
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    return list(session_emissions(model, data_root, load_split(split_file)[part], device=device,
+                                  sample_rate_hz=tcfg.model.features.input_sample_rate_hz,
+                                  desc=f"emissions {Path(split_file).stem}/{part}"))
