@@ -41,7 +41,7 @@ BUDGETS: dict[str, Budget] = {
                "swad.n_tolerance=1", "optim.lr=3e-3"),
         finetune=("run.max_epochs=1", "run.steps_per_epoch=2", "optim.warmup_epochs=0"),
         model_suffix="_tiny",
-        corpus={"users": 4, "sessions_per_user": 4, "minutes": 0.5, "heldout_users": 2},
+        corpus={"users": 4, "sessions_per_user": 6, "minutes": 0.3, "heldout_users": 2, "contact_artifact_prob": 0.0},
         max_heldout_users=2,
         lm_order=4,
     ),
@@ -52,7 +52,7 @@ BUDGETS: dict[str, Budget] = {
                "run.bf16=true"),
         finetune=("run.max_epochs=5", "run.steps_per_epoch=20", "optim.warmup_epochs=0.5", "optim.lr=1e-3"),
         model_suffix="_small",
-        corpus={"users": 10, "sessions_per_user": 4, "minutes": 3.0, "heldout_users": 2},
+        corpus={"users": 10, "sessions_per_user": 6, "minutes": 2.0, "heldout_users": 2},
         max_heldout_users=2,
     ),
     "paper": Budget(

@@ -82,7 +82,8 @@ def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int =
 
     def make(folder: Path) -> dict[str, Any]:
         cfg = from_dict(ShardConfig, {"data_root": str(data_root), "split": str(split_file),
-                                      "out": str(folder / "shards"), "workers": workers})
+                                      "out": str(folder / "shards"), "workers": workers,
+                                      "parts": ["train", "val"]})
         shard_corpus(cfg)
         return {"shards": str(folder / "shards")}
 
