@@ -181,17 +181,22 @@ class Batch:
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
-    """Zero-pad samples into a :class:`Batch`."""
+    """Zero-pad samples into a :class:`Batch` (one preallocated array per field, one copy per sample)."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    emg = [torch.as_tensor(np.asarray(s["emg"], dtype=np.float32)) for s in samples]
-    labels = [torch.as_tensor(np.asarray(s["labels"], dtype=np.int64)) for s in samples]
+    lengths = [len(s["emg"]) for s in samples]
+    label_lengths = [len(s["labels"]) for s in samples]
+    first = np.asarray(samples[0]["emg"])
+    emg = np.zeros((len(samples), max(lengths), *first.shape[1:]), dtype=np.float32)
+    labels = np.zeros((len(samples), max(label_lengths)), dtype=np.int64)
+    for i, s in enumerate(samples):
+        emg[i, : lengths[i]] = s["emg"]
+        labels[i, : label_lengths[i]] = s["labels"]
     return Batch(
-        emg=torch.nn.utils.rnn.pad_sequence(emg, batch_first=True),
-        emg_lengths=torch.tensor([len(e) for e in emg], dtype=torch.int64),
-        labels=torch.nn.utils.rnn.pad_sequence(labels, batch_first=True) if any(len(x) for x in labels)
-        else torch.zeros(len(labels), 0, dtype=torch.int64),
-        label_lengths=torch.tensor([len(x) for x in labels], dtype=torch.int64),
+        emg=torch.from_numpy(emg),
+        emg_lengths=torch.tensor(lengths, dtype=torch.int64),
+        labels=torch.from_numpy(labels),
+        label_lengths=torch.tensor(label_lengths, dtype=torch.int64),
         keys=[str(s["key"]) for s in samples],
         users=[str(s["user"]) for s in samples],
     )

@@ -1,0 +1,120 @@
+"""The shard side of :func:`emgscale.loader.build_loader`: manifest -> URLs, subsets, epoch sizes, pipelines."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from webdataset.shardlists import expand_urls
+
+from emgscale.data.windows import WindowSpec
+from emgscale.shard import stream
+from emgscale.shard.manifest import MANIFEST, load_manifest
+from emgscale.shard.records import KIND_SESSION, KIND_TRAIN
+
+if TYPE_CHECKING:
+    from emgscale.loader import DataConfig, Loader, _Selection
+
+
+def shard_url(base: str, name: str) -> str:
+    """URL of ``name`` (``train/train-000000.tar``, ``manifest.json``) under a shard location.
+
+    ``base`` is a local folder, a URL prefix (``https://host/shards``) or a template containing
+    ``{name}`` (``pipe:aws s3 cp s3://bucket/shards/{name} -``).
+    """
+    if "{name}" in base:
+        return base.replace("{name}", name)
+    if base.startswith("pipe:") or "://" in base:
+        return base.rstrip("/") + "/" + name
+    return str(Path(base) / name)
+
+
+class _KeepSessions:
+    """Picklable record filter: a record is kept when its session is in the set."""
+
+    def __init__(self, sessions: set[str]) -> None:
+        self.sessions = frozenset(sessions)
+
+    def __call__(self, meta: dict[str, Any]) -> bool:
+        return meta["session"] in self.sessions
+
+
+class _KeepSelection:
+    """Picklable record filter on user and session (no manifest to resolve sessions with)."""
+
+    def __init__(self, sel: "_Selection") -> None:
+        self.sel = sel
+
+    def __call__(self, meta: dict[str, Any]) -> bool:
+        return self.sel.keep(str(meta["user"]), meta["session"])
+
+
+def shard_loader(cfg: "DataConfig", part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
+                 batch_size: int, sel: "_Selection", limit: int | None) -> "Loader":
+    """See :func:`emgscale.loader.build_loader`."""
+    from emgscale.loader import Loader, _check_windowing, minutes_budget
+
+    base = str(cfg.shards)
+    workers = max(1, cfg.num_workers)
+    filtered = bool(sel.users or sel.sessions or sel.max_minutes is not None)
+    max_rows: dict[str, int] | None = None
+    counts: list[int] | None = None
+    if ".tar" in base:  # an explicit list / brace pattern of shards, no manifest
+        if sel.max_minutes is not None:
+            raise ValueError("max_minutes_per_user needs a shard manifest (data.shards = a shard folder or prefix)")
+        urls = expand_urls(base)
+        keep: Any = _KeepSelection(sel) if filtered else None
+        windows, kind, where = None, None, base
+    else:
+        manifest = load_manifest(cfg.shards_manifest or shard_url(base, MANIFEST))
+        _check_windowing(cfg, manifest, part)
+        entries = manifest.shards_of(part)
+        if not entries:
+            raise ValueError(f"the shards at {manifest.location} have no {part!r} part (they have "
+                             f"{sorted(manifest.parts)})")
+        kind, where = entries[0]["kind"], manifest.location
+        sessions = {k: v for k, v in manifest.sessions.get(part, {}).items() if sel.keep(v["user"], k)}
+        rows = {k: v["num_rows"] for k, v in sessions.items()}
+        if sel.max_minutes is not None:
+            if kind == KIND_SESSION:
+                raise ValueError(f"max_minutes_per_user needs windowed samples; the {part!r} shards hold whole sessions")
+            max_rows = minutes_budget([(v["user"], k, v["start_time_s"], v["num_rows"], v["sample_rate_hz"])
+                                       for k, v in sessions.items()], sel.max_minutes)
+            rows = max_rows
+        spec = WindowSpec(cfg.window_samples, cfg.stride_samples, cfg.pad_left_samples, cfg.pad_right_samples)
+        windows = sum(1 if kind == KIND_SESSION else spec.num_windows(r) for r in rows.values())
+        if filtered:
+            entries = [e for e in entries if rows.keys() & set(e["sessions"])]
+            keep = _KeepSessions(set(rows))
+        else:
+            keep = None
+            counts = [e["num_windows"] for e in entries]
+        urls = [shard_url(base, e["name"]) for e in entries]
+    if not urls:
+        raise ValueError(f"no {part!r} shards hold the selected users/sessions at {where}")
+    if train:
+        total = cfg.train_samples_per_epoch or windows
+        if not total:
+            raise ValueError("set data.train_samples_per_epoch: the shards have no manifest to count windows from")
+        per_worker = math.ceil(math.ceil(total / (world * batch_size)) / workers)
+        pipeline = stream.train_pipeline(urls, seed=seed, epoch=epoch, rank=rank, batch_size=batch_size,
+                                         batches_per_worker=per_worker, record_buffer=cfg.record_shuffle_buffer,
+                                         sample_buffer=cfg.shuffle_buffer, keep=keep, max_rows=max_rows,
+                                         jitter=True)
+        num_batches: int | None = per_worker * workers
+        num_samples: int | None = num_batches * batch_size
+    else:
+        pipeline = stream.eval_pipeline(urls, rank=rank, world=world, batch_size=batch_size, keep=keep,
+                                        max_rows=max_rows)
+        num_batches = num_samples = None
+        if counts is not None and (kind != KIND_TRAIN or world * workers <= len(counts)):
+            per = [stream.eval_samples_per_reader(counts, rank * workers + w, world * workers) for w in range(workers)]
+            num_samples, num_batches = sum(per), sum(math.ceil(n / batch_size) for n in per)
+    iterable: Any = pipeline
+    if cfg.num_workers > 0:
+        iterable = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=cfg.num_workers,
+                                               pin_memory=cfg.pin_memory)
+    mode = "train stream" if train else "eval pass"
+    return Loader(iterable, num_batches, num_samples, f"{part} shards ({mode}) at {where}", limit, batch_size)

@@ -1,0 +1,80 @@
+"""Each benchmark runs end to end on a tiny synthetic corpus with the tiny budget, sharing one cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emgscale.bench.__main__ import main
+from emgscale.bench.report import aggregate, markdown_table
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """One results folder (and cache) for every benchmark of this module."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def _check(out: Path, name: str, min_variants: int) -> dict:
+    res = json.loads((out / name / "results.json").read_text())
+    table = (out / name / "table.md").read_text()
+    assert res["benchmark"] == name and res["budget"] == "tiny" and res["wall_s"] > 0 and res["hardware"]
+    for t in res["tables"].values():
+        assert len(t["aggregate"]) >= min_variants
+        for png in t["plots"]:
+            assert (out / name / png).stat().st_size > 1000
+        for row in t["aggregate"]:
+            assert "test_greedy_mean" in row and "val_greedy_mean" in row
+    assert "±" in table
+    return res
+
+
+def test_aggregate_is_mean_and_population_std():
+    """Table cells are mean ± population std over users (the paper's Table 3)."""
+    rows = [{"variant": "a", "user": u, "part": "test", "decoder": "greedy", "cer": c} for u, c in (("1", 0.2), ("2", 0.4))]
+    agg = aggregate(rows)
+    assert agg[0]["test_greedy_mean"] == pytest.approx(0.3) and agg[0]["test_greedy_std"] == pytest.approx(0.1)
+    assert "30.00 ± 10.00" in markdown_table(agg, "t")
+
+
+def test_zero_shot_and_personalized_demo(out):
+    """`bench demo` (the README's main job) writes zero-shot and personalized tables with SWAD and fine-tuning rows."""
+    assert main(["demo", "--budget", "tiny", "--out", str(out)]) == 0
+    z = _check(out, "zero_shot", 2)
+    variants = [r["variant"] for r in z["tables"]["zero_shot"]["aggregate"]]
+    assert variants[:2] == ["final checkpoint", "best val checkpoint"]
+    p = _check(out, "personalized", 3)
+    assert [r["variant"] for r in p["tables"]["personalized"]["aggregate"]] == [
+        "generic (zero-shot)", "personalized, random init", "personalized, fine-tuned generic"]
+
+
+def test_single_user(out):
+    """The single-user benchmark trains one model per listed architecture."""
+    assert main(["single_user", "--budget", "tiny", "--out", str(out)]) == 0
+    _check(out, "single_user", 2)
+
+
+def test_few_shot(out):
+    """Few-shot fine-tuning reports 0 min plus each listed amount, with a CER-vs-minutes plot."""
+    assert main(["few_shot", "--budget", "tiny", "--out", str(out)]) == 0
+    res = _check(out, "few_shot", 2)
+    assert res["tables"]["few_shot"]["plots"] == ["cer_vs_minutes.png"]
+
+
+@pytest.mark.slow
+def test_sweep(out):
+    """The sweep writes one table and plot per axis (channels, rate, minutes, architecture)."""
+    assert main(["sweep", "--budget", "tiny", "--out", str(out)]) == 0
+    res = _check(out, "sweep", 2)
+    assert set(res["tables"]) == {"channels", "sample_rate_hz", "minutes", "arch"}
+
+
+def test_rerun_reuses_cache(out):
+    """A second run with the same settings trains nothing new (same config hash -> same checkpoints)."""
+    runs = sorted((out / "cache" / "runs").iterdir())
+    before = {p.name: (p / "DONE.json").stat().st_mtime for p in runs}
+    assert main(["zero_shot", "--budget", "tiny", "--out", str(out)]) == 0
+    after = {p.name: (p / "DONE.json").stat().st_mtime for p in sorted((out / "cache" / "runs").iterdir())}
+    assert after == before
