@@ -20,8 +20,9 @@ if [ ! -f "$stamp" ]; then
   python -m pip install -q -e ".[all]"
   touch "$stamp"
 fi
-# KenLM's estimator and binarizer ship in no wheel: build them once into $VENV/bin.
-if [ ! -x "$VENV/bin/lmplz" ] || [ ! -x "$VENV/bin/build_binary" ]; then
+# KenLM's estimator, binarizer and C++ query library ship in no wheel: build them once into
+# $VENV/bin and $VENV/kenlm (the native beam-search decoder compiles against the library).
+if [ ! -x "$VENV/bin/lmplz" ] || [ ! -x "$VENV/bin/build_binary" ] || [ ! -f "$VENV/kenlm/lib/libkenlm.a" ]; then
   bash scripts/build_kenlm.sh "$VENV/bin"
 fi
 echo "[setup] environment ready: $VENV"

@@ -1,0 +1,157 @@
+// Python bindings of the native decoder: BeamDecoder (one LM, many utterances, threaded batches).
+// The search itself is in search.hh; emgscale/decode/reference.py is its specification.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "search.hh"
+
+namespace py = pybind11;
+
+namespace emgscale_beam {
+
+class BeamDecoder {
+ public:
+  // label_tokens[c]: the LM token of label c ("" for labels that are not LM tokens); actions[c]: the
+  // Action for label c when an LM is loaded (kScore labels whose token is out of the LM vocabulary
+  // become boundaries, as in the reference decoder).
+  BeamDecoder(const std::string& lm_path, std::vector<std::string> label_tokens, std::vector<int> actions,
+              int blank, int beam_size, double beam_threshold, double label_threshold, int max_labels,
+              double lm_weight, double insertion_bonus, int64_t gc_min_nodes)
+      : actions_(std::move(actions)) {
+    if (label_tokens.size() != actions_.size())
+      throw std::invalid_argument("label_tokens and actions differ in length");
+    if (blank < 0 || blank >= static_cast<int>(actions_.size()))
+      throw std::invalid_argument("blank label out of range");
+    if (beam_size < 1) throw std::invalid_argument("beam_size must be >= 1");
+    if (gc_min_nodes < 1) throw std::invalid_argument("gc_min_nodes must be >= 1");
+    opt_ = {blank, beam_size, beam_threshold, label_threshold, max_labels, lm_weight, insertion_bonus,
+            static_cast<size_t>(gc_min_nodes)};
+    words_.assign(actions_.size(), 0);
+    if (!lm_path.empty()) {
+      lm_ = std::make_unique<LanguageModel>(lm_path);
+      for (size_t c = 0; c < actions_.size(); ++c) {
+        if (actions_[c] != kScore) continue;
+        lm::WordIndex w = label_tokens[c] == "</s>" ? 0 : lm_->index(label_tokens[c]);
+        if (w == 0) actions_[c] = kBoundary;  // </s>, or out of the LM's vocabulary
+        words_[c] = w;
+      }
+    }
+  }
+
+  int num_classes() const { return static_cast<int>(actions_.size()); }
+  int lm_order() const { return lm_ ? lm_->order() : 0; }
+  std::vector<int> actions() const { return actions_; }
+
+  Result run(const float* lp, int64_t length, int n) const {
+    Search s(lm_.get(), actions_, words_, opt_);
+    const int C = num_classes();
+    for (int64_t t = 0; t < length; ++t) s.step(lp + t * C, C);
+    return s.finish(n);
+  }
+
+  py::list nbest(py::array_t<float, py::array::c_style | py::array::forcecast> log_probs, int64_t length, int n) {
+    check(log_probs, 2);
+    length = resolve_length(length, log_probs.shape(0));
+    Result r;
+    {
+      py::gil_scoped_release release;
+      r = run(log_probs.data(), length, n);
+    }
+    py::list out;
+    for (size_t i = 0; i < r.labels.size(); ++i) out.append(py::make_tuple(r.labels[i], r.scores[i]));
+    return out;
+  }
+
+  std::vector<std::vector<int>> decode_batch(py::array_t<float, py::array::c_style | py::array::forcecast> log_probs,
+                                             std::vector<int64_t> lengths, int num_threads) {
+    check(log_probs, 3);
+    const int64_t B = log_probs.shape(0), T = log_probs.shape(1), C = log_probs.shape(2);
+    if (static_cast<int64_t>(lengths.size()) != B)
+      throw std::invalid_argument("lengths must have one entry per batch item");
+    for (int64_t& l : lengths) l = resolve_length(l, T);
+    std::vector<std::vector<int>> out(B);
+    const float* base = log_probs.data();
+    {
+      py::gil_scoped_release release;
+      std::atomic<int64_t> next(0);
+      std::vector<std::exception_ptr> errors(std::max(num_threads, 1));
+      auto work = [&](int k) {
+        try {
+          for (int64_t i; (i = next.fetch_add(1)) < B;) out[i] = run(base + i * T * C, lengths[i], 1).labels[0];
+        } catch (...) {
+          errors[k] = std::current_exception();
+          next = B;  // stop the others early
+        }
+      };
+      int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, B)));
+      std::vector<std::thread> pool;
+      for (int k = 1; k < nt; ++k) pool.emplace_back(work, k);
+      work(0);
+      for (auto& th : pool) th.join();
+      for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    }
+    return out;
+  }
+
+  double score_labels(const std::vector<int>& labels, bool eos) const {
+    for (int c : labels)
+      if (c < 0 || c >= num_classes() || c == opt_.blank) throw std::invalid_argument("label out of range (or blank)");
+    Search s(lm_.get(), actions_, words_, opt_);
+    return s.score_labels(labels, eos);
+  }
+
+ private:
+  void check(const py::array_t<float, py::array::c_style | py::array::forcecast>& a, int ndim) const {
+    if (a.ndim() != ndim) throw std::invalid_argument("log_probs must have " + std::to_string(ndim) + " dimensions");
+    if (a.shape(ndim - 1) != num_classes())
+      throw std::invalid_argument("log_probs has " + std::to_string(a.shape(ndim - 1)) + " classes, expected " +
+                                  std::to_string(num_classes()));
+  }
+  static int64_t resolve_length(int64_t length, int64_t T) {
+    if (length < 0) return T;
+    if (length > T)
+      throw std::invalid_argument("length " + std::to_string(length) + " exceeds " + std::to_string(T) + " frames");
+    return length;
+  }
+
+  std::vector<int> actions_;
+  std::vector<lm::WordIndex> words_;
+  Options opt_;
+  std::unique_ptr<LanguageModel> lm_;
+};
+
+}  // namespace emgscale_beam
+
+using emgscale_beam::BeamDecoder;
+
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Backspace-aware CTC prefix beam search with a KenLM n-gram (emgscale)";
+  m.attr("KENLM_MAX_ORDER") = KENLM_MAX_ORDER;
+  py::class_<BeamDecoder>(m, "BeamDecoder")
+      .def(py::init<const std::string&, std::vector<std::string>, std::vector<int>, int, int, double, double, int,
+                    double, double, int64_t>(),
+           py::arg("lm_path"), py::arg("label_tokens"), py::arg("actions"), py::arg("blank"), py::arg("beam_size"),
+           py::arg("beam_threshold"), py::arg("label_threshold"), py::arg("max_labels"), py::arg("lm_weight"),
+           py::arg("insertion_bonus"), py::arg("gc_min_nodes") = 1 << 16)
+      .def_property_readonly("num_classes", &BeamDecoder::num_classes)
+      .def_property_readonly("lm_order", &BeamDecoder::lm_order)
+      .def_property_readonly("actions", &BeamDecoder::actions)
+      .def("nbest", &BeamDecoder::nbest, py::arg("log_probs"), py::arg("length"), py::arg("n"))
+      .def("decode_batch", &BeamDecoder::decode_batch, py::arg("log_probs"), py::arg("lengths"),
+           py::arg("num_threads") = 1)
+      .def("score_labels", &BeamDecoder::score_labels, py::arg("labels"), py::arg("eos"));
+}

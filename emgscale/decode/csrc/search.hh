@@ -1,0 +1,392 @@
+// Backspace-aware CTC prefix beam search with a KenLM character n-gram (emgscale native decoder).
+//
+// The algorithm and every scoring rule are mirrored step for step by the pure-Python reference in
+// emgscale/decode/reference.py; tests check that both give the same hypotheses. Read that file first:
+// it is the specification, this one is the fast version.
+//
+// Hypotheses are label prefixes, merged by a 64-bit rolling hash of the label sequence. Each keeps
+// the log-probability of ending in blank (b) and in a non-blank (nb), a node in a label trie (to read
+// the labels back), and a node in an LM trie: the LM trie holds one KenLM state per LM token of the
+// *text after edits*, so a backspace moves to the parent node (pops the last character and undoes its
+// score) and "ab<bksp>c" is scored exactly as "ac". Both tries are garbage-collected, so memory stays
+// bounded on hour-long sessions and time is linear in length.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "kenlm_model.hh"
+#include "util.hh"
+
+namespace emgscale_beam {
+
+struct Options {
+  int blank = 98;
+  int beam_size = 50;
+  double beam_threshold = 0.0;   // <= 0: off
+  double label_threshold = 0.0;  // <= 0: off
+  int max_labels = 0;            // <= 0: off
+  double lm_weight = 0.0;
+  double insertion_bonus = 0.0;
+  size_t gc_min_nodes = 1 << 16;  // collect the tries when they grow past max(this, 2 x live)
+};
+
+struct LMNode {
+  int32_t parent;
+  uint32_t key;   // word index + 1 for a scored token, 0 for a boundary (cache key with parent)
+  float score;    // log10 score of this node's token given the parent context
+  bool bos;       // the KenLM state is the begin-of-sentence state
+  lm::ngram::State state;
+};
+
+struct Hyp {
+  uint64_t hash, parent_hash;  // parent_hash: the prefix without its last label (0 for the root)
+  int32_t node;  // label trie
+  int32_t lm;    // LM trie
+  int32_t last;  // last label, -1 for the empty prefix
+  double b, nb;
+  double total() const { return log_add(b, nb); }
+};
+
+// A candidate for the next beam: an existing hypothesis (node >= 0) or a new extension.
+struct Entry {
+  uint64_t hash, parent_hash;
+  int32_t node, parent, label, lm, last;
+  double b, nb, total;
+  bool extended;  // received its (unique) extension contribution this frame
+};
+
+struct Result {
+  std::vector<std::vector<int>> labels;
+  std::vector<double> scores;
+};
+
+class Search {
+ public:
+  Search(const LanguageModel* lm, const std::vector<int>& actions, const std::vector<lm::WordIndex>& words,
+         const Options& opt)
+      : lm_(lm), actions_(actions), words_(words), opt_(opt), node_gc_at_(opt.gc_min_nodes),
+        lm_gc_at_(opt.gc_min_nodes) {
+    for (size_t c = 0; c < actions_.size(); ++c)
+      if (actions_[c] == kBackspace) backspace_label_ = static_cast<int>(c);
+    bool found;
+    beam_map_.reset(1);
+    beam_map_.find_or_insert(0, &found) = 0;
+    nodes_.push_back({-1, -1});
+    LMNode root{-1, 0, 0.f, true, {}};
+    if (lm_) root.state = lm_->bos_state();
+    lm_nodes_.push_back(root);
+    beam_.push_back({0, 0, 0, 0, -1, 0.0, kNegInf});
+  }
+
+  // Weighted LM score + insertion bonus of appending `label` to LM context `parent`, and the new context.
+  std::pair<int32_t, double> lm_step(int32_t parent, int label) {
+    if (!lm_) return {0, 0.0};
+    int act = actions_[label];
+    if (act == kPass) return {parent, 0.0};
+    if (act == kBackspace) {
+      if (parent == 0) return {0, 0.0};
+      const LMNode& p = lm_nodes_[parent];
+      return {p.parent, -(opt_.lm_weight * p.score + opt_.insertion_bonus)};
+    }
+    uint32_t key = act == kScore ? static_cast<uint32_t>(words_[label]) + 1u : 0u;
+    uint64_t ck = (static_cast<uint64_t>(parent) << 32) | key;
+    int32_t child = lm_cache_.find(ck);
+    if (child < 0) {
+      LMNode n{parent, key, 0.f, false, {}};
+      const LMNode& p = lm_nodes_[parent];
+      if (act == kScore) {
+        n.score = lm_->score(p.state, words_[label], &n.state);
+      } else {  // boundary: end the sentence (or word) and start a new one
+        if (p.bos) {
+          n.score = lm_->unk_score();
+        } else {
+          lm::ngram::State ignored;
+          n.score = lm_->score(p.state, lm_->eos(), &ignored);
+        }
+        n.state = lm_->bos_state();
+        n.bos = true;
+      }
+      child = static_cast<int32_t>(lm_nodes_.size());
+      lm_nodes_.push_back(n);
+      lm_cache_.insert(ck, child);
+    }
+    return {child, opt_.lm_weight * lm_nodes_[child].score + opt_.insertion_bonus};
+  }
+
+  // Upper bound of lm_step's score for `label` after `h` (exact for backspace); +inf when unknown.
+  double gain_bound(const Hyp& h, int label) const {
+    if (!lm_) return 0.0;
+    int act = actions_[label];
+    if (act == kPass) return 0.0;
+    if (act == kBackspace)
+      return h.lm == 0 ? 0.0 : -(opt_.lm_weight * lm_nodes_[h.lm].score + opt_.insertion_bonus);
+    return opt_.lm_weight >= 0 ? opt_.insertion_bonus : std::numeric_limits<double>::infinity();
+  }
+
+  void step(const float* row, int num_classes) {
+    // Per-frame candidate labels: within label_threshold of the frame's best, at most max_labels.
+    float best = row[0];
+    for (int c = 1; c < num_classes; ++c) best = std::max(best, row[c]);
+    cands_.clear();
+    for (int c = 0; c < num_classes; ++c)
+      if (opt_.label_threshold <= 0 || row[c] >= best - opt_.label_threshold) cands_.push_back(c);
+    // Best first (stable: ties by label), so the extension loop below can stop early.
+    std::sort(cands_.begin(), cands_.end(), [row](int a, int b) { return row[a] != row[b] ? row[a] > row[b] : a < b; });
+    if (opt_.max_labels > 0 && static_cast<int>(cands_.size()) > opt_.max_labels) cands_.resize(opt_.max_labels);
+    is_cand_.assign(num_classes, 0);
+    for (int c : cands_) is_cand_[c] = 1;
+    const int blank = opt_.blank;
+
+    entries_.clear();
+    map_.reset(beam_.size() * (cands_.size() + 1));
+    auto entry = [&](uint64_t hash, bool* found) -> Entry& {
+      int32_t& slot = map_.find_or_insert(hash, found);
+      if (!*found) {
+        slot = static_cast<int32_t>(entries_.size());
+        entries_.push_back({hash, 0, -1, -1, -1, -1, -1, kNegInf, kNegInf, kNegInf, false});
+      }
+      return entries_[slot];
+    };
+    bool found;
+    // Stay on the same prefix: a blank, or a repeat of the last label (collapsed by CTC).
+    for (const Hyp& h : beam_) {
+      bool stays = is_cand_[blank] || (h.last >= 0 && is_cand_[h.last]);
+      if (!stays) continue;
+      Entry& e = entry(h.hash, &found);
+      e.node = h.node;
+      e.lm = h.lm;
+      e.last = h.last;
+      e.parent_hash = h.parent_hash;
+      if (is_cand_[blank]) e.b = log_add(e.b, h.total() + row[blank]);
+      if (h.last >= 0 && is_cand_[h.last]) e.nb = log_add(e.nb, h.nb + row[h.last]);
+    }
+    // Exact pruning: a new extension enters the beam only if it beats the beam_size-th best stay
+    // and the best stay minus beam_threshold (stay scores only grow). Extensions that would merge
+    // into a stay entry are never skipped (see the pass after the loop). The result is the same as
+    // expanding every candidate; reference.py, which does, checks that.
+    // `heap_` holds (lower bounds of) the beam_size best totals seen so far, a min-heap.
+    heap_.clear();
+    top_ = kNegInf;
+    for (const Entry& e : entries_) admit(log_add(e.b, e.nb));
+    const double regular_gain = std::max(0.0, lm_ ? (opt_.lm_weight >= 0 ? opt_.insertion_bonus
+                                                                         : std::numeric_limits<double>::infinity())
+                                                  : 0.0);
+    const int bksp = backspace_label_;
+    // Extend the prefix by a label (after a blank when it repeats the last one).
+    for (size_t i = 0; i < beam_.size(); ++i) {
+      const Hyp h = beam_[i];
+      const double total = h.total();
+      bool bksp_done = bksp < 0 || !is_cand_[bksp];
+      for (int c : cands_) {
+        if (c == blank) continue;
+        // No later regular label can enter (the margin leaves near-ties to extend()'s exact test).
+        if (row[c] < cutoff() - total - regular_gain - 1e-9) break;
+        if (c == bksp) bksp_done = true;
+        extend(h, total, c, row, true);
+      }
+      if (!bksp_done) extend(h, total, bksp, row, true);
+    }
+    // Merges skipped above: extensions whose prefix is already a stay entry.
+    for (const Hyp& g : beam_) {
+      if (g.last < 0 || !is_cand_[g.last]) continue;
+      int32_t* ei = map_.find(g.hash);
+      if (ei == nullptr || entries_[*ei].extended) continue;
+      int32_t* hi = beam_map_.find(g.parent_hash);
+      if (hi == nullptr) continue;
+      const Hyp& h = beam_[*hi];
+      extend(h, h.total(), g.last, row, false);
+    }
+    prune();
+  }
+
+  // Adds the extension of `h` by `label` unless it provably cannot enter the beam (bound < cutoff).
+  void extend(const Hyp& h, double total, int c, const float* row, bool may_skip) {
+    double from = c == h.last ? h.b : total;
+    if (from == kNegInf) return;
+    uint64_t hash = extend_hash(h.hash, static_cast<uint64_t>(c));
+    if (may_skip && from + row[c] + gain_bound(h, c) < cutoff()) {
+      int32_t* ei = map_.find(hash);  // a merge into a stay entry is always added
+      if (ei == nullptr) return;
+    }
+    std::pair<int32_t, double> step = lm_step(h.lm, c);
+    bool found;
+    int32_t& slot = map_.find_or_insert(hash, &found);
+    if (!found) {
+      slot = static_cast<int32_t>(entries_.size());
+      entries_.push_back({hash, h.hash, -1, h.node, c, step.first, c, kNegInf, kNegInf, kNegInf, false});
+    }
+    Entry& e = entries_[slot];
+    e.nb = log_add(e.nb, from + row[c] + step.second);
+    e.extended = true;
+    if (!found) admit(e.nb);  // a new entry gets no other contribution this frame
+  }
+
+  // Record a lower bound of one entry's final total (each entry at most once).
+  void admit(double total) {
+    top_ = std::max(top_, total);
+    if (heap_.size() < static_cast<size_t>(opt_.beam_size)) {
+      heap_.push_back(total);
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<double>());
+    } else if (total > heap_.front()) {
+      std::pop_heap(heap_.begin(), heap_.end(), std::greater<double>());
+      heap_.back() = total;
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<double>());
+    }
+  }
+
+  // Totals below this cannot be in the next beam: under the beam_size-th best lower bound, or more
+  // than beam_threshold under the best.
+  double cutoff() const {
+    double c = opt_.beam_threshold > 0 ? top_ - opt_.beam_threshold : kNegInf;
+    if (heap_.size() == static_cast<size_t>(opt_.beam_size)) c = std::max(c, heap_.front());
+    return c;
+  }
+
+  void prune() {
+    double best = kNegInf;
+    for (Entry& e : entries_) {
+      e.total = log_add(e.b, e.nb);
+      best = std::max(best, e.total);
+    }
+    order_.clear();
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      double t = entries_[i].total;
+      if (t == kNegInf) continue;
+      if (opt_.beam_threshold > 0 && t < best - opt_.beam_threshold) continue;
+      order_.push_back(static_cast<int32_t>(i));
+    }
+    auto better = [this](int32_t a, int32_t b) {
+      const Entry &x = entries_[a], &y = entries_[b];
+      return x.total != y.total ? x.total > y.total : x.hash < y.hash;
+    };
+    size_t keep = std::min(order_.size(), static_cast<size_t>(opt_.beam_size));
+    if (keep < order_.size()) std::nth_element(order_.begin(), order_.begin() + keep, order_.end(), better);
+    std::sort(order_.begin(), order_.begin() + keep, better);
+    beam_.clear();
+    for (size_t k = 0; k < keep; ++k) {
+      Entry& e = entries_[order_[k]];
+      if (e.node < 0) {
+        e.node = static_cast<int32_t>(nodes_.size());
+        nodes_.push_back({e.parent, e.label});
+      }
+      beam_.push_back({e.hash, e.parent_hash, e.node, e.lm, e.last, e.b, e.nb});
+    }
+    beam_map_.reset(beam_.size());
+    bool found;
+    for (size_t k = 0; k < beam_.size(); ++k) beam_map_.find_or_insert(beam_[k].hash, &found) = static_cast<int32_t>(k);
+    if (nodes_.size() > node_gc_at_ || lm_nodes_.size() > lm_gc_at_) collect();
+  }
+
+  // Mark-and-compact both tries from the live beam (parents always precede children).
+  void collect() {
+    std::vector<int32_t> remap(nodes_.size(), -1);
+    std::vector<char> live(nodes_.size(), 0);
+    live[0] = 1;
+    for (const Hyp& h : beam_)
+      for (int32_t n = h.node; n >= 0 && !live[n]; n = nodes_[n].first) live[n] = 1;
+    int32_t k = 0;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (!live[i]) continue;
+      remap[i] = k;
+      int32_t p = nodes_[i].first;
+      nodes_[k++] = {p >= 0 ? remap[p] : -1, nodes_[i].second};
+    }
+    nodes_.resize(k);
+    for (Hyp& h : beam_) h.node = remap[h.node];
+    node_gc_at_ = std::max(opt_.gc_min_nodes, 2 * nodes_.size());
+
+    std::vector<int32_t> lm_remap(lm_nodes_.size(), -1);
+    std::vector<char> lm_live(lm_nodes_.size(), 0);
+    lm_live[0] = 1;
+    for (const Hyp& h : beam_)
+      for (int32_t n = h.lm; n >= 0 && !lm_live[n]; n = lm_nodes_[n].parent) lm_live[n] = 1;
+    k = 0;
+    lm_cache_.clear();
+    for (size_t i = 0; i < lm_nodes_.size(); ++i) {
+      if (!lm_live[i]) continue;
+      lm_remap[i] = k;
+      LMNode n = lm_nodes_[i];
+      if (n.parent >= 0) {
+        n.parent = lm_remap[n.parent];
+        lm_cache_.insert((static_cast<uint64_t>(n.parent) << 32) | n.key, k);
+      }
+      lm_nodes_[k++] = n;
+    }
+    lm_nodes_.resize(k);
+    for (Hyp& h : beam_) h.lm = lm_remap[h.lm];
+    lm_gc_at_ = std::max(opt_.gc_min_nodes, 2 * lm_nodes_.size());
+  }
+
+  // Final scores (end-of-sentence LM score added where a sentence is open), best first.
+  Result finish(int n) {
+    std::vector<std::pair<double, size_t>> ranked;
+    for (size_t i = 0; i < beam_.size(); ++i) {
+      double s = beam_[i].total();
+      if (lm_ && !lm_nodes_[beam_[i].lm].bos) {
+        lm::ngram::State ignored;
+        s += opt_.lm_weight * lm_->score(lm_nodes_[beam_[i].lm].state, lm_->eos(), &ignored);
+      }
+      ranked.push_back({s, i});
+    }
+    std::sort(ranked.begin(), ranked.end(), [this](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : beam_[a.second].hash < beam_[b.second].hash;
+    });
+    Result r;
+    if (ranked.empty()) {  // every path had probability 0 (e.g. a frame of -inf log-probs)
+      r.labels.push_back({});
+      r.scores.push_back(kNegInf);
+      return r;
+    }
+    for (size_t j = 0; j < ranked.size() && static_cast<int>(j) < n; ++j) {
+      std::vector<int> labels;
+      for (int32_t node = beam_[ranked[j].second].node; node > 0; node = nodes_[node].first)
+        labels.push_back(nodes_[node].second);
+      std::reverse(labels.begin(), labels.end());
+      r.labels.push_back(std::move(labels));
+      r.scores.push_back(ranked[j].first);
+    }
+    return r;
+  }
+
+  // LM contribution of a whole label sequence, exactly as the search accumulates it.
+  double score_labels(const std::vector<int>& labels, bool eos) {
+    int32_t node = 0;
+    double total = 0.0;
+    for (int c : labels) {
+      std::pair<int32_t, double> s = lm_step(node, c);
+      node = s.first;
+      total += s.second;
+    }
+    if (eos && lm_ && !lm_nodes_[node].bos) {
+      lm::ngram::State ignored;
+      total += opt_.lm_weight * lm_->score(lm_nodes_[node].state, lm_->eos(), &ignored);
+    }
+    return total;
+  }
+
+ private:
+  const LanguageModel* lm_;
+  const std::vector<int>& actions_;
+  const std::vector<lm::WordIndex>& words_;
+  Options opt_;
+  std::vector<std::pair<int32_t, int32_t>> nodes_;  // label trie: (parent, label)
+  std::vector<LMNode> lm_nodes_;
+  U64Map lm_cache_;
+  std::vector<Hyp> beam_;
+  std::vector<Entry> entries_;
+  std::vector<int32_t> order_;
+  std::vector<int> cands_;
+  std::vector<char> is_cand_;
+  FrameMap map_, beam_map_;
+  std::vector<double> heap_;
+  double top_ = kNegInf;
+  int backspace_label_ = -1;
+  size_t node_gc_at_, lm_gc_at_;
+};
+
+}  // namespace emgscale_beam
