@@ -1,0 +1,144 @@
+"""Features, normalisation and augmentation of raw EMG, as a module inside every model.
+
+:class:`Featurizer` turns raw float32 EMG ``(B, T, 2, 16)`` at ``input_sample_rate_hz`` (zero-padded,
+with ``lengths`` in samples) into normalised log features ``(B, T', 2, C, K)`` with frame lengths:
+
+1. zero everything beyond each length (so a caller's padding value never matters);
+2. training only: band rotation (+ electrode subset), inter-band temporal jitter, amplitude scaling,
+   channel masking;
+3. anti-aliased decimation to ``sample_rate_hz`` (FIR low-pass + keep every n-th sample);
+4. log spectrogram / log bands (float32, autocast off);
+5. training only: SpecAugment time/frequency masks (before normalisation, as the reference);
+6. normalisation (masked BatchNorm, causal rolling, or none); padding frames are zero on output.
+
+Rate scaling: ``n_fft`` and ``hop_samples`` are given at 2 kHz and scaled by ``sample_rate_hz / 2000``
+(64/16 -> 32/8 at 1 kHz, 16/4 at 500 Hz, 8/2 at 250 Hz), so every rate gives 32 ms windows at 125 Hz
+frames and the encoders see the same frame rate; only the number of bins changes (33, 17, 9, 5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from emgscale.features.augment import (amplitude_scale, channel_mask, select_electrodes, spec_augment,
+                                       temporal_jitter, validate_augment)
+from emgscale.features.config import REFERENCE_RATE_HZ, AugmentConfig, FeatureConfig
+from emgscale.features.norm import MaskedBatchNorm, RollingNorm, build_norm, time_mask, zero_padding
+from emgscale.features.spectral import Decimator, SpectralFeatures, log_band_matrix
+
+__all__ = [
+    "AugmentConfig", "Decimator", "FeatureConfig", "Featurizer", "MaskedBatchNorm", "RollingNorm",
+    "SpectralFeatures", "frames_for_samples", "log_band_matrix", "spec_augment", "time_mask", "zero_padding",
+]
+
+NUM_BANDS = 2
+NUM_ELECTRODES = 16
+
+
+def _exact_int(value: float, what: str) -> int:
+    if value < 1 or abs(value - round(value)) > 1e-9:
+        raise ValueError(f"{what} must be a positive integer, got {value:g}")
+    return int(round(value))
+
+
+class Featurizer(nn.Module):
+    """Raw EMG -> normalised log features, with training augmentations (see the module docstring).
+
+    Args:
+        cfg: feature settings.
+        augment: augmentation settings (used only in ``train()`` mode); None = no augmentation.
+
+    Attributes:
+        num_channels: electrodes per band kept (C).
+        num_bins: features per electrode (K).
+        decimation: input samples per model-rate sample.
+        n_fft, hop_samples: STFT window and hop at the model rate.
+        samples_per_frame: input samples per feature frame.
+        frame_rate_hz: feature frames per second.
+        span_samples: ``(left, right)``: feature frame ``t`` depends on input samples
+            ``t * samples_per_frame - left .. t * samples_per_frame + right`` (left is None = unbounded).
+    """
+
+    def __init__(self, cfg: FeatureConfig, augment: AugmentConfig | None = None) -> None:
+        super().__init__()
+        self.cfg, self.aug = cfg, augment
+        if augment is not None:
+            validate_augment(augment)
+        self.decimation = _exact_int(cfg.input_sample_rate_hz / cfg.sample_rate_hz,
+                                     f"features.input_sample_rate_hz / features.sample_rate_hz "
+                                     f"({cfg.input_sample_rate_hz:g} / {cfg.sample_rate_hz:g})")
+        scale = cfg.sample_rate_hz / REFERENCE_RATE_HZ if cfg.scale_with_rate else 1.0
+        self.n_fft = _exact_int(cfg.n_fft * scale, f"features.n_fft scaled to {cfg.sample_rate_hz:g} Hz")
+        self.hop_samples = _exact_int(cfg.hop_samples * scale, f"features.hop_samples scaled to {cfg.sample_rate_hz:g} Hz")
+        if cfg.channels is not None:
+            if not cfg.channels or len(set(cfg.channels)) != len(cfg.channels) or not all(
+                    0 <= c < NUM_ELECTRODES for c in cfg.channels):
+                raise ValueError(f"features.channels must be distinct electrodes in 0..15, got {cfg.channels}")
+            self.register_buffer("channel_index", torch.tensor(cfg.channels, dtype=torch.long), persistent=False)
+        else:
+            self.channel_index = None
+        self.num_channels = len(cfg.channels) if cfg.channels is not None else NUM_ELECTRODES
+        self.decimator = Decimator(self.decimation)
+        self.spectral = SpectralFeatures(cfg.kind, self.n_fft, self.hop_samples, cfg.num_log_bands)
+        self.num_bins = self.spectral.num_bins
+        self.samples_per_frame = self.hop_samples * self.decimation
+        self.frame_rate_hz = cfg.input_sample_rate_hz / self.samples_per_frame
+        self.norm = build_norm(cfg.norm, NUM_BANDS * self.num_channels, self.frame_rate_hz, cfg.norm_momentum,
+                               cfg.norm_eps, cfg.rolling_window_s)
+        h = self.decimator.half_taps
+        left: int | None = h
+        if isinstance(self.norm, RollingNorm):
+            left = h + (self.norm.window_frames - 1) * self.samples_per_frame
+        self.span_samples = (left, (self.n_fft - 1) * self.decimation + h)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Feature frames for ``lengths`` input samples (without training jitter)."""
+        return self.spectral.output_lengths(self.decimator.output_lengths(lengths))
+
+    @property
+    def min_input_samples(self) -> int:
+        """Fewest input samples that give one feature frame."""
+        return (self.n_fft - 1) * self.decimation + 1
+
+    def forward(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Features of a batch.
+
+        Args:
+            emg: (B, T, 2, 16) raw EMG (any float dtype; computed in float32).
+            lengths: (B,) valid samples per sequence.
+
+        Returns:
+            feats (B, T', 2, C, K) float32 (zero on padding frames) and frame_lengths (B,) long.
+        """
+        if emg.dim() != 4 or emg.shape[2] != NUM_BANDS or emg.shape[3] != NUM_ELECTRODES:
+            raise ValueError(f"expected EMG of shape (B, T, {NUM_BANDS}, {NUM_ELECTRODES}), got {tuple(emg.shape)}")
+        if lengths.shape != emg.shape[:1]:
+            raise ValueError(f"lengths must have shape ({emg.shape[0]},), got {tuple(lengths.shape)}")
+        if emg.shape[1] < self.min_input_samples:
+            raise ValueError(f"input of {emg.shape[1]} samples is shorter than one feature frame "
+                             f"({self.min_input_samples} samples)")
+        lengths = lengths.to(device=emg.device, dtype=torch.long).clamp(max=emg.shape[1])
+        with torch.autocast(emg.device.type, enabled=False):
+            x = zero_padding(emg.float(), lengths)
+            aug = self.aug if self.training else None
+            x = select_electrodes(x, self.channel_index, aug.band_rotation if aug else 0)
+            if aug is not None:
+                if aug.temporal_jitter_samples > 0:
+                    x, lengths = temporal_jitter(x, lengths, aug.temporal_jitter_samples)
+                if aug.amplitude_scale > 0:
+                    x = amplitude_scale(x, aug.amplitude_scale)
+                if aug.channel_mask_prob > 0:
+                    x = channel_mask(x, aug.channel_mask_prob)
+            x, lengths = self.decimator(x, lengths)
+            feats, frames = self.spectral(x, lengths)
+            if aug is not None:
+                feats = spec_augment(feats, frames, aug)
+            feats = self.norm(feats, frames)
+        return feats, frames
+
+
+def frames_for_samples(num_samples: int, cfg: FeatureConfig) -> int:
+    """Feature frames of an input of ``num_samples`` samples under ``cfg`` (no training jitter)."""
+    f = Featurizer(cfg)
+    return int(f.output_lengths(torch.tensor([num_samples]))[0])

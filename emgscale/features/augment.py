@@ -1,0 +1,142 @@
+"""Training augmentations of raw (B, T, 2, 16) EMG and of (B, T, 2, C, K) log features.
+
+All randomness is drawn, vectorised over the batch, from torch's global RNG on the input's device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from emgscale.features.config import AugmentConfig
+from emgscale.features.norm import zero_padding
+
+
+def select_electrodes(emg: Tensor, channels: Tensor | None, rotation: int) -> Tensor:
+    """Rotate each band by a random offset (when ``rotation`` > 0), then keep ``channels``.
+
+    A rotation by ``r`` is ``torch.roll(band, r, dim=electrode)`` (the reference's ``RandomBandRotation``),
+    drawn from ``-rotation..rotation`` independently per window and band.
+
+    Args:
+        emg: (B, T, 2, E) raw EMG.
+        channels: (C,) long electrode indices to keep, or None for all.
+        rotation: largest offset in electrodes; 0 = no rotation.
+
+    Returns:
+        (B, T, 2, C).
+    """
+    B, T, bands, E = emg.shape
+    if rotation <= 0:
+        return emg if channels is None else emg.index_select(3, channels)
+    idx = channels if channels is not None else torch.arange(E, device=emg.device)
+    offsets = torch.randint(-rotation, rotation + 1, (B, bands), device=emg.device)
+    # roll(x, r)[e] = x[(e - r) % E]
+    src = (idx.view(1, 1, -1) - offsets.unsqueeze(-1)) % E  # (B, 2, C)
+    return emg.gather(3, src.unsqueeze(1).expand(B, T, bands, src.shape[-1]))
+
+
+def temporal_jitter(emg: Tensor, lengths: Tensor, max_offset: int) -> tuple[Tensor, Tensor]:
+    """Misalign the two bands by a random offset and trim the sequence by it (``TemporalAlignmentJitter``).
+
+    For an offset ``d`` drawn from ``-max_offset..max_offset`` per window: ``d > 0`` drops the first ``d``
+    samples of band 0 and the last ``d`` of band 1; ``d < 0`` the reverse. The length shrinks by ``|d|``
+    (``|d|`` is capped at half the length).
+
+    Args:
+        emg: (B, T, 2, C).
+        lengths: (B,) valid samples.
+        max_offset: largest shift in samples.
+
+    Returns:
+        (B, T, 2, C) jittered EMG (zero beyond the new lengths) and the (B,) new lengths.
+    """
+    B, T, bands, C = emg.shape
+    if bands != 2:
+        raise ValueError(f"temporal jitter needs 2 bands, got {bands}")
+    d = torch.randint(-max_offset, max_offset + 1, (B,), device=emg.device)
+    d = torch.maximum(torch.minimum(d, lengths // 2), -(lengths // 2))
+    shift = torch.stack([d.clamp(min=0), (-d).clamp(min=0)], -1)  # (B, 2): first sample kept per band
+    t = torch.arange(T, device=emg.device).view(1, T, 1) + shift.view(B, 1, 2)
+    out = emg.gather(1, t.clamp(max=T - 1).unsqueeze(-1).expand(B, T, bands, C))
+    new_lengths = lengths - d.abs()
+    return zero_padding(out, new_lengths), new_lengths
+
+
+def amplitude_scale(emg: Tensor, scale: float) -> Tensor:
+    """Multiply each band of each window by a gain drawn log-uniformly from ``[1/(1+scale), 1+scale]``."""
+    B, _, bands, _ = emg.shape
+    log_max = math.log1p(scale)
+    gain = torch.exp((torch.rand(B, 1, bands, 1, device=emg.device) * 2 - 1) * log_max)
+    return emg * gain.to(emg.dtype)
+
+
+def channel_mask(emg: Tensor, prob: float) -> Tensor:
+    """Zero each electrode of each band of each window with probability ``prob`` (a dead electrode)."""
+    B, _, bands, C = emg.shape
+    keep = torch.rand(B, 1, bands, C, device=emg.device) >= prob
+    return emg * keep.to(emg.dtype)
+
+
+def _axis_masks(count: Tensor, max_masks: int, max_width: int, size: Tensor, shape: tuple[int, ...],
+                axis_len: int, device: torch.device) -> Tensor:
+    """Union of up to ``max_masks`` intervals per window along an axis, torchaudio-style draws.
+
+    Returns a bool tensor ``(B, *shape[1:], axis_len)``, True where masked. ``count`` (B,) says how many
+    of the masks are active per window; ``size`` (B,) is the valid extent of the axis per window.
+    """
+    B = count.shape[0]
+    pos = torch.arange(axis_len, device=device)
+    size = size.view(B, *([1] * (len(shape) - 1))).to(torch.float32)
+    masked = torch.zeros(*shape, axis_len, dtype=torch.bool, device=device)
+    for m in range(max_masks):
+        width = torch.rand(shape, device=device) * max_width
+        start = (torch.rand(shape, device=device) * (size - width).clamp(min=0)).long()
+        end = start + width.long()
+        active = (count > m).view(B, *([1] * (len(shape) - 1)))
+        masked |= active.unsqueeze(-1) & (pos >= start.unsqueeze(-1)) & (pos < end.unsqueeze(-1))
+    return masked
+
+
+def spec_augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig) -> Tensor:
+    """SpecAugment time and frequency masks on log features (the reference's ``SpecAugment``).
+
+    Per window, ``randint(0, time_masks + 1)`` time masks of width ``floor(U * time_mask_frames)`` inside
+    the valid frames, and ``randint(0, freq_masks + 1)`` frequency masks of width
+    ``floor(U * freq_mask_bins)``, drawn per band and electrode when ``iid_masks``; masked values are
+    set to ``mask_value``.
+
+    Args:
+        x: (B, T, 2, C, K) log features.
+        lengths: (B,) valid frames.
+        cfg: the augmentation config.
+
+    Returns:
+        (B, T, 2, C, K).
+    """
+    B, T, bands, C, K = x.shape
+    shape = (B, bands, C) if cfg.iid_masks else (B, 1, 1)
+    if cfg.time_masks > 0 and cfg.time_mask_frames > 0:
+        n = torch.randint(0, cfg.time_masks + 1, (B,), device=x.device)
+        mt = _axis_masks(n, cfg.time_masks, cfg.time_mask_frames, lengths, shape, T, x.device)  # (B, 2|1, C|1, T)
+        x = x.masked_fill(mt.permute(0, 3, 1, 2).unsqueeze(-1), cfg.mask_value)
+    if cfg.freq_masks > 0 and cfg.freq_mask_bins > 0:
+        n = torch.randint(0, cfg.freq_masks + 1, (B,), device=x.device)
+        size = torch.full((B,), K, device=x.device)
+        mf = _axis_masks(n, cfg.freq_masks, cfg.freq_mask_bins, size, shape, K, x.device)  # (B, 2|1, C|1, K)
+        x = x.masked_fill(mf.unsqueeze(1), cfg.mask_value)
+    return x
+
+
+def validate_augment(cfg: AugmentConfig) -> None:
+    """Raise ValueError for a negative or out-of-range augmentation setting."""
+    for name in ("band_rotation", "temporal_jitter_samples", "time_masks", "time_mask_frames", "freq_masks",
+                 "freq_mask_bins"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"augment.{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.channel_mask_prob < 1.0:
+        raise ValueError(f"augment.channel_mask_prob must be in [0, 1), got {cfg.channel_mask_prob}")
+    if cfg.amplitude_scale < 0:
+        raise ValueError(f"augment.amplitude_scale must be >= 0, got {cfg.amplitude_scale}")

@@ -1,0 +1,22 @@
+"""CTC models for EMG-to-text: a shared wrapper (:class:`CTCModel`) around registered encoders.
+
+Encoders (``model.arch``): ``tds`` (the paper's TDS-Conv baseline), ``lstm`` / ``gru`` (uni- or
+bidirectional), ``cnn_rnn`` (strided conv front end + BiGRU/BiLSTM), ``conformer`` and ``transformer``
+(conv subsampling + local/chunked/full rotary attention). All follow one contract,
+``forward(x (B, T, C), lengths (B,)) -> (y (B, T', D), out_lengths (B,))``, with padding never changing
+a sequence's output. Build a model with ``build_model(ModelConfig(...))``.
+"""
+
+from emgscale.models.common import Encoder, Span
+from emgscale.models.config import ModelConfig
+from emgscale.models.conformer import ConformerConfig
+from emgscale.models.ctc import ENCODERS, CTCModel, build_model, count_parameters, register_encoder
+from emgscale.models.frontend import FrontendConfig
+from emgscale.models.rnn import CNNRNNConfig, RNNConfig
+from emgscale.models.tds import TDSConfig
+from emgscale.models.transformer import TransformerConfig
+
+__all__ = [
+    "CNNRNNConfig", "CTCModel", "ConformerConfig", "ENCODERS", "Encoder", "FrontendConfig", "ModelConfig",
+    "RNNConfig", "Span", "TDSConfig", "TransformerConfig", "build_model", "count_parameters", "register_encoder",
+]

@@ -1,0 +1,186 @@
+"""Recurrent encoders: LSTM / GRU (uni- or bidirectional) and a CNN front end + RNN hybrid.
+
+Padding never enters the recurrence (see :class:`StackedRNN`). A unidirectional RNN is causal; its
+span is unbounded to the left, a bidirectional one on both sides.
+
+The CNN + RNN hybrid (``cnn_rnn``) runs masked 1-D convolutions with temporal striding (e.g. 2 -> 62.5 Hz
+outputs) before the RNN; this family gives the best published single-user emg2qwerty results.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext as _nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from emgscale.models.common import Encoder, MaskedConv1d, Span, drop, zero_padding
+
+
+@dataclass
+class RNNConfig:
+    """LSTM / GRU encoder settings (``arch: lstm`` or ``arch: gru``).
+
+    Attributes:
+        hidden_size: units per direction.
+        num_layers: stacked layers.
+        bidirectional: also run backwards (not causal).
+        dropout: between layers and on the output.
+    """
+
+    hidden_size: int = 384
+    num_layers: int = 3
+    bidirectional: bool = False
+    dropout: float = 0.1
+
+
+@dataclass
+class CNNRNNConfig:
+    """CNN + RNN hybrid settings (``arch: cnn_rnn``).
+
+    Attributes:
+        conv_channels: output channels of each conv layer (Conv1d, LayerNorm, GELU, dropout).
+        kernel_size: temporal kernel of every conv layer, in frames.
+        strides: temporal stride of each conv layer (same length as ``conv_channels``); their product
+            is the subsampling (2 -> 62.5 Hz outputs at 125 Hz features).
+        causal: causal convs (left padding); requires ``bidirectional: false``.
+        rnn_type: ``"gru"`` or ``"lstm"``.
+        hidden_size: RNN units per direction.
+        num_layers: RNN layers.
+        bidirectional: bidirectional RNN.
+        dropout: after each conv layer, between RNN layers and on the output.
+    """
+
+    conv_channels: list[int] = field(default_factory=lambda: [256, 256])
+    kernel_size: int = 5
+    strides: list[int] = field(default_factory=lambda: [2, 1])
+    causal: bool = False
+    rnn_type: str = "gru"
+    hidden_size: int = 256
+    num_layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.1
+
+
+class StackedRNN(nn.Module):
+    """Multi-layer, optionally bidirectional LSTM / GRU over zero-padded (B, T, C) batches, without packing.
+
+    Each layer is a unidirectional ``nn.LSTM``/``nn.GRU`` per direction. A forward direction never sees the
+    padding after a sequence; the backward direction runs on each sequence reversed *within its own
+    length* (padding stays at the end) and is reversed back, so padding never reaches valid outputs
+    either. This avoids packed sequences, whose CPU GRU backward is ~10x slower, and keeps oneDNN's
+    LSTM kernels in use. The parameter count equals ``nn.LSTM/GRU(num_layers, bidirectional)``.
+
+    Args:
+        rnn_type: ``"lstm"`` or ``"gru"``.
+        in_features: input features.
+        hidden_size: units per direction.
+        num_layers: layers.
+        bidirectional: add a backward direction per layer (outputs concatenated).
+        dropout: dropout between layers.
+    """
+
+    def __init__(self, rnn_type: str, in_features: int, hidden_size: int, num_layers: int, bidirectional: bool,
+                 dropout: float) -> None:
+        super().__init__()
+        cls = {"lstm": nn.LSTM, "gru": nn.GRU}.get(rnn_type)
+        if cls is None:
+            raise ValueError(f"rnn type must be 'lstm' or 'gru', got {rnn_type!r}")
+        if hidden_size < 1 or num_layers < 1:
+            raise ValueError(f"RNN hidden_size and num_layers must be >= 1, got {hidden_size} and {num_layers}")
+        dirs = 2 if bidirectional else 1
+        sizes = [in_features] + [hidden_size * dirs] * (num_layers - 1)
+        self.forward_layers = nn.ModuleList(cls(n, hidden_size, batch_first=True) for n in sizes)
+        self.backward_layers = nn.ModuleList(cls(n, hidden_size, batch_first=True) for n in sizes) \
+            if bidirectional else None
+        self.dropout = drop(dropout)
+        self.out_features = hidden_size * dirs
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, C), (B,) -> (B, T, H * directions), zero beyond each length.
+
+        Under autocast the RNN runs in float32 with autocast off (CPU RNN kernels want one dtype, and
+        the input may arrive in bfloat16 from autocast matmuls).
+        """
+        B, T, _ = x.shape
+        rev = None
+        if self.backward_layers is not None:
+            t = torch.arange(T, device=x.device).view(1, T)
+            n = lengths.view(B, 1)
+            rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1)  # reverses each sequence within its length
+        autocast_on = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if autocast_on else _nullcontext():
+            h = x.float() if autocast_on else x
+            for i, layer in enumerate(self.forward_layers):
+                if i > 0:
+                    h = self.dropout(h)
+                out = layer(h)[0]
+                if rev is not None:
+                    idx = rev.expand(B, T, h.shape[-1])
+                    back = self.backward_layers[i](h.gather(1, idx))[0]
+                    out = torch.cat([out, back.gather(1, rev.expand(B, T, back.shape[-1]))], -1)
+                h = out
+        return zero_padding(h, lengths)
+
+
+class RNNEncoder(Encoder):
+    """LSTM or GRU over the frames; output ``hidden_size * (2 if bidirectional else 1)`` features.
+
+    Args:
+        rnn_type: ``"lstm"`` or ``"gru"``.
+        in_features: input features.
+        cfg: RNN settings.
+    """
+
+    def __init__(self, rnn_type: str, in_features: int, cfg: RNNConfig) -> None:
+        super().__init__()
+        self.rnn = StackedRNN(rnn_type, in_features, cfg.hidden_size, cfg.num_layers, cfg.bidirectional, cfg.dropout)
+        self.dropout = drop(cfg.dropout)
+        self.in_features = in_features
+        self.out_features = self.rnn.out_features
+        self.span = Span(None, None if cfg.bidirectional else 0, 1)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return lengths
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, C), (B,) -> (B, T, H), (B,)."""
+        return self.dropout(self.rnn(x, lengths)), lengths
+
+
+class CNNRNNEncoder(Encoder):
+    """Masked strided convs (Conv1d, LayerNorm, GELU, dropout) then an RNN; see :class:`CNNRNNConfig`."""
+
+    def __init__(self, in_features: int, cfg: CNNRNNConfig) -> None:
+        super().__init__()
+        if len(cfg.strides) != len(cfg.conv_channels):
+            raise ValueError(f"cnn_rnn.strides {cfg.strides} must have one entry per conv layer "
+                             f"(cnn_rnn.conv_channels {cfg.conv_channels})")
+        if cfg.causal and cfg.bidirectional:
+            raise ValueError("cnn_rnn.causal needs cnn_rnn.bidirectional: false")
+        self.convs = nn.ModuleList()
+        self.post = nn.ModuleList()
+        n_in, span = in_features, Span(0, 0, 1)
+        for ch, s in zip(cfg.conv_channels, cfg.strides):
+            conv = MaskedConv1d(n_in, ch, cfg.kernel_size, stride=s, causal=cfg.causal)
+            self.convs.append(conv)
+            self.post.append(nn.Sequential(nn.LayerNorm(ch), nn.GELU(), drop(cfg.dropout)))
+            span, n_in = span.then(conv.span), ch
+        self.rnn = StackedRNN(cfg.rnn_type, n_in, cfg.hidden_size, cfg.num_layers, cfg.bidirectional, cfg.dropout)
+        self.dropout = drop(cfg.dropout)
+        self.in_features = in_features
+        self.out_features = self.rnn.out_features
+        self.span = span.then(Span(None, None if cfg.bidirectional else 0, 1))
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        for conv in self.convs:
+            lengths = conv.output_lengths(lengths)
+        return lengths
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, C), (B,) -> (B, T', H), (B,) with ``T' = T / prod(strides)`` (rounded up per layer)."""
+        for conv, post in zip(self.convs, self.post):
+            x, lengths = conv(x, lengths)
+            x = post(x)
+        return self.dropout(self.rnn(x, lengths)), lengths

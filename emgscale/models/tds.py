@@ -1,0 +1,117 @@
+"""TDS-Conv encoder: the emg2qwerty paper's baseline (time-depth-separable convolutions, Hannun et al. 2019).
+
+Each block pair is a temporal convolution over ``channels`` groups of ``width = F // channels`` features
+(kernel ``kernel_width`` frames, no padding, ReLU, residual from the *last* input frames, LayerNorm)
+and a two-layer fully connected block (residual, LayerNorm). Every block shortens the sequence by
+``kernel_width - 1`` frames, so ``out = L - len(block_channels) * (kernel_width - 1)`` (4 x 31 = 124 for
+the reference) and output frame ``j`` reads input frames ``j .. j + 124``: the encoder is causal with
+respect to its last input frame and has a 125-frame (1 s) receptive field.
+
+Layout: the reference reshapes the F = 768 features channel-major (``F = channels x width``) and runs a
+``Conv2d`` with kernel ``(1, kernel_width)`` over a (B, channels, width, T) copy. Here the features are
+grouped width-major (``F = width x channels``), so ``(B, T, F)`` is already a channels-last
+``(B, channels, T, width)`` tensor and the ``Conv2d`` (kernel ``(kernel_width, 1)``) reads it without a
+copy. The two groupings are the same model family with the same parameter count (5,293,315 with the
+reference settings); weights map across by a fixed permutation of the F features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from emgscale.models.common import Encoder, Span, drop, zero_padding
+
+
+@dataclass
+class TDSConfig:
+    """TDS-Conv encoder settings.
+
+    Attributes:
+        block_channels: conv channels of each block (each must divide the input features); one
+            (conv block, fully connected block) pair per entry.
+        kernel_width: temporal kernel of the conv blocks, in frames.
+        dropout: dropout on the output of each fully connected block (0 = the reference).
+    """
+
+    block_channels: list[int] = field(default_factory=lambda: [24, 24, 24, 24])
+    kernel_width: int = 32
+    dropout: float = 0.0
+
+
+class TDSConv2dBlock(nn.Module):
+    """Temporal conv over ``channels`` groups of ``width`` features, ReLU, residual, LayerNorm.
+
+    Args:
+        num_features: F = channels x width.
+        channels: conv channels.
+        kernel_width: temporal kernel in frames (no padding: the output is ``kernel_width - 1`` shorter).
+    """
+
+    def __init__(self, num_features: int, channels: int, kernel_width: int) -> None:
+        super().__init__()
+        if channels < 1 or num_features % channels:
+            raise ValueError(f"tds.block_channels entry {channels} does not divide the {num_features} features")
+        self.channels, self.width, self.kernel_width = channels, num_features // channels, kernel_width
+        self.conv2d = nn.Conv2d(channels, channels, kernel_size=(kernel_width, 1))
+        self.layer_norm = nn.LayerNorm(num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, F) -> (B, T - kernel_width + 1, F)."""
+        B, T, F = x.shape
+        h = x.view(B, T, self.width, self.channels).permute(0, 3, 1, 2)  # (B, C, T, W), channels-last memory
+        h = self.conv2d(h).relu_()  # in place: the conv's backward does not need its output
+        t_out = h.shape[2]
+        h = h.permute(0, 2, 3, 1).reshape(B, t_out, F)
+        return self.layer_norm(h + x[:, T - t_out:])
+
+
+class TDSFullyConnectedBlock(nn.Module):
+    """``LayerNorm(x + Linear(ReLU(Linear(x))))`` with optional dropout on the branch."""
+
+    def __init__(self, num_features: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc_block = nn.Sequential(nn.Linear(num_features, num_features), nn.ReLU(inplace=True),
+                                      nn.Linear(num_features, num_features))
+        self.dropout = drop(dropout)
+        self.layer_norm = nn.LayerNorm(num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer_norm(x + self.dropout(self.fc_block(x)))
+
+
+class TDSConvEncoder(Encoder):
+    """Stack of (TDS conv block, fully connected block) pairs; see the module docstring.
+
+    Args:
+        in_features: F, features per frame (768 for the reference).
+        cfg: block settings.
+    """
+
+    def __init__(self, in_features: int, cfg: TDSConfig) -> None:
+        super().__init__()
+        if not cfg.block_channels:
+            raise ValueError("tds.block_channels must name at least one block")
+        if cfg.kernel_width < 1:
+            raise ValueError(f"tds.kernel_width must be >= 1, got {cfg.kernel_width}")
+        blocks: list[nn.Module] = []
+        for channels in cfg.block_channels:
+            blocks += [TDSConv2dBlock(in_features, channels, cfg.kernel_width),
+                       TDSFullyConnectedBlock(in_features, cfg.dropout)]
+        self.tds_conv_blocks = nn.Sequential(*blocks)
+        self.in_features = self.out_features = in_features
+        self.shrink = len(cfg.block_channels) * (cfg.kernel_width - 1)
+        self.span = Span(0, self.shrink, 1)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """``L - num_blocks * (kernel_width - 1)``, clamped at 0."""
+        return (lengths - self.shrink).clamp(min=0)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, F), (B,) -> (B, T - shrink, F), (B,)."""
+        if x.shape[1] <= self.shrink:
+            raise ValueError(f"TDS needs more than {self.shrink} frames, got {x.shape[1]}")
+        out_lengths = self.output_lengths(lengths)
+        return zero_padding(self.tds_conv_blocks(x), out_lengths), out_lengths

@@ -1,0 +1,91 @@
+"""Transformer encoder: conv subsampling, then pre-LayerNorm blocks of masked rotary self-attention + FFN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from emgscale.models.attention import AttentionMask, ConvSubsampling, FeedForward, SelfAttention, layers_span
+from emgscale.models.common import Encoder, drop, zero_padding
+
+
+@dataclass
+class TransformerConfig:
+    """Transformer encoder settings (attention settings shared with the Conformer).
+
+    Attributes:
+        d_model: model width.
+        num_layers: blocks.
+        num_heads: attention heads (``d_model / num_heads`` must be even).
+        ffn_dim: feed-forward hidden size.
+        dropout: on attention weights, FFN activations and block outputs.
+        subsampling_strides: one masked strided Conv1d per entry before the blocks (product = the
+            subsampling; ``[2]`` -> 62.5 Hz at 125 Hz features); empty = a Linear projection.
+        subsampling_kernel: kernel of the subsampling convs, in frames.
+        attention: ``"local"``, ``"chunk"`` or ``"full"`` (see :mod:`emgscale.models.attention`).
+        left_frames, right_frames: ``local`` window, in subsampled frames.
+        chunk_frames, left_chunks: ``chunk`` geometry, in subsampled frames.
+        causal: causal subsampling convs and attention (no future frames).
+        rope_base: rotary position base.
+    """
+
+    d_model: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    subsampling_strides: list[int] = field(default_factory=lambda: [2])
+    subsampling_kernel: int = 3
+    attention: str = "local"
+    left_frames: int = 64
+    right_frames: int = 64
+    chunk_frames: int = 32
+    left_chunks: int = 2
+    causal: bool = False
+    rope_base: float = 10000.0
+
+    def attention_mask(self) -> AttentionMask:
+        return AttentionMask(self.attention, self.left_frames, self.right_frames, self.chunk_frames,
+                             self.left_chunks, self.causal)
+
+
+class TransformerBlock(nn.Module):
+    """``x + drop(attn(LN(x)))`` then ``x + FFN(LN(x))``."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.attention_mask(), cfg.rope_base)
+        self.dropout = drop(cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout, "gelu")
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), lengths))
+        return x + self.ffn(self.norm2(x))
+
+
+class TransformerEncoder(Encoder):
+    """Conv subsampling + :class:`TransformerBlock` stack + final LayerNorm; output ``d_model`` features."""
+
+    def __init__(self, in_features: int, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.subsampling_layer = ConvSubsampling(in_features, cfg.d_model, cfg.subsampling_strides,
+                                                 cfg.subsampling_kernel, cfg.causal)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.in_features, self.out_features = in_features, cfg.d_model
+        mask = cfg.attention_mask()
+        self.span = self.subsampling_layer.span.then(layers_span(mask.span, cfg.num_layers))
+        self.alignment_frames = mask.alignment_frames * self.span.stride
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return self.subsampling_layer.output_lengths(lengths)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, C), (B,) -> (B, T', d_model), (B,)."""
+        x, lengths = self.subsampling_layer(x, lengths)
+        for block in self.blocks:
+            x = block(x, lengths)
+        return zero_padding(self.norm(x), lengths), lengths
