@@ -21,6 +21,23 @@ class ConfigError(ValueError):
     """A config key is unknown or a value does not fit its field."""
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false are booleans, so ``mode: off`` stays the string ``"off"``."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse config YAML (booleans are only true/false)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain nested dict of a dataclass config (tuples become lists)."""
     out: dict[str, Any] = {}
@@ -57,7 +74,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = yaml_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -169,7 +186,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -186,7 +203,7 @@ def load_yaml(path: "str | Path") -> dict[str, Any]:
     """Read a YAML override file (empty file -> ``{}``), with errors that name the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as e:

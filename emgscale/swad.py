@@ -187,16 +187,23 @@ class WeightAverager:
         avg = copy.deepcopy(model)
         for k, p in avg.named_parameters():
             p.copy_(params[k].to(p.device, p.dtype))
-        norms = [m for m in avg.modules() if hasattr(m, "reset_running_stats") and hasattr(m, "momentum")]
+        # Any module with running_mean/running_var and a momentum: nn.BatchNorm* and the models' own
+        # MaskedBatchNorm (which has no reset_running_stats and no momentum=None mode).
+        norms = [m for m in avg.modules() if isinstance(getattr(m, "running_mean", None), torch.Tensor)
+                 and isinstance(getattr(m, "running_var", None), torch.Tensor) and hasattr(m, "momentum")]
         if norms and self.cfg.bn_batches > 0:
             saved = {m: m.momentum for m in norms}
             for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the batches below
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+                if isinstance(getattr(m, "num_batches_tracked", None), torch.Tensor):
+                    m.num_batches_tracked.zero_()
             avg.train()
             for i, batch in enumerate(loader_fn()):
                 if i >= self.cfg.bn_batches:
                     break
+                for m in norms:  # cumulative average: the k-th batch weighs 1/k (as momentum=None does)
+                    m.momentum = 1.0 / (i + 1)
                 batch = batch.to(device)
                 avg(batch.emg, batch.emg_lengths)
             for m, mom in saved.items():

@@ -193,7 +193,9 @@ def train(cfg: TrainConfig, *, resume: bool | str = False,
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    logger = MetricsLogger(out_dir, tensorboard=cfg.run.tensorboard) if is_main() else None
+    resumed = resume_path is not None and resume_path.exists()
+    logger = MetricsLogger(out_dir, tensorboard=cfg.run.tensorboard, resume_step=step if resumed else None) \
+        if is_main() else None
     net: torch.nn.Module = model
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

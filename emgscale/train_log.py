@@ -71,14 +71,20 @@ class MetricsLogger:
     The CSV is rewritten with the union of columns whenever a new column appears, so it stays a table.
     """
 
-    def __init__(self, out_dir: "str | Path", tensorboard: bool = True) -> None:
+    def __init__(self, out_dir: "str | Path", tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.out_dir / "metrics.jsonl"
         self.csv = self.out_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
-        if self.jsonl.exists():  # a resumed run appends to its history
-            self.rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        if self.jsonl.exists() and resume_step is not None:
+            # A resumed run keeps its history up to the checkpoint it resumed from; rows logged after
+            # it (by the run that died) are dropped, since the resumed run logs those steps again.
+            rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r.get("step", 0) <= resume_step]
+            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        elif self.jsonl.exists():
+            self.jsonl.unlink()
         self._tb = None
         if tensorboard:
             try:

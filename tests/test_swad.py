@@ -1,0 +1,219 @@
+"""Tests of SWAD / SWA weight averaging (emgscale.swad): which steps are averaged, the mean itself,
+resume, BatchNorm recomputation, and the averaged model in a real training checkpoint."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from emgscale.features.norm import MaskedBatchNorm
+from emgscale.swad import SWADConfig, WeightAverager
+
+STEPS_PER_SEGMENT = 2  # validation every 2 optimiser steps
+
+
+class _Tiny(torch.nn.Module):
+    """Linear + a batch norm over the channel axis; ``forward(x (B, T, C), lengths) -> (y, lengths)``.
+
+    ``norm="torch"`` uses ``nn.BatchNorm1d``; ``norm="masked"`` the models' own :class:`MaskedBatchNorm`
+    (the reference's spectrogram norm), which is what real models carry.
+    """
+
+    def __init__(self, channels: int = 3, norm: str = "torch") -> None:
+        super().__init__()
+        self.norm = norm
+        self.lin = torch.nn.Linear(channels, channels)
+        self.bn = torch.nn.BatchNorm1d(channels) if norm == "torch" else MaskedBatchNorm(channels)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.lin(x)  # (B, T, C)
+        if self.norm == "torch":
+            return self.bn(h.transpose(1, 2)).transpose(1, 2), lengths
+        B, T, C = h.shape
+        return self.bn(h.view(B, T, 1, C, 1), lengths).view(B, T, C), lengths  # (B, T, bands=1, C, K=1)
+
+
+@dataclass
+class _Batch:
+    emg: torch.Tensor
+    emg_lengths: torch.Tensor
+
+    def to(self, device: torch.device) -> "_Batch":
+        return _Batch(self.emg.to(device), self.emg_lengths.to(device))
+
+
+def _weights(n_steps: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """A random parameter set per step (what the optimiser would have produced)."""
+    g = torch.Generator().manual_seed(seed)
+    model = _Tiny()
+    return [{k: torch.randn(p.shape, generator=g) for k, p in model.named_parameters()} for _ in range(n_steps)]
+
+
+def _set(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(params[k])
+
+
+def _drive(avg: WeightAverager, model: torch.nn.Module, weights: list[dict[str, torch.Tensor]],
+           losses: list[float], start: int = 0, stop: int | None = None) -> None:
+    """Play steps ``[start, stop)`` as the loop does: after_step each step, after_validation every segment."""
+    stop = len(weights) if stop is None else stop
+    for step in range(start, stop):
+        _set(model, weights[step])
+        avg.after_step(model, step)
+        if (step + 1) % STEPS_PER_SEGMENT == 0:
+            avg.after_validation(model, losses[(step + 1) // STEPS_PER_SEGMENT - 1], step + 1)
+
+
+def _mean(weights: list[dict[str, torch.Tensor]], steps: list[int]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([weights[s][k] for s in steps]).mean(0) for k in weights[0]}
+
+
+def _assert_params_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+# A validation-loss curve with one valley: falls, flattens around 2.0-2.15, then rises for good.
+# With n_converge=3, n_tolerance=3, r=0.1 the rule starts at segment 3 (the oldest of [2.0, 2.1, 2.05]
+# is their minimum; threshold 2.2) and keeps segments 3..7: each has a loss <= 2.2 among itself and
+# the next two; segment 8 does not (min(3, 3.5, 4) > 2.2), so averaging stops there.
+VALLEY = [5.0, 4.0, 3.0, 2.0, 2.1, 2.05, 2.15, 2.1, 3.0, 3.5, 4.0, 4.5, 5.0]
+VALLEY_SEGMENTS = range(3, 8)
+VALLEY_CFG = SWADConfig(mode="swad", n_converge=3, n_tolerance=3, tolerance_ratio=0.1)
+
+
+def _segment_steps(segments: range) -> list[int]:
+    return [s * STEPS_PER_SEGMENT + i for s in segments for i in range(STEPS_PER_SEGMENT)]
+
+
+def test_swad_selects_the_loss_valley_and_averages_its_steps():
+    """SWAD averages exactly the steps of the loss valley, and the average is their plain mean."""
+    weights = _weights(len(VALLEY) * STEPS_PER_SEGMENT)
+    avg, model = WeightAverager(VALLEY_CFG), _Tiny()
+    _drive(avg, model, weights, VALLEY)
+    expected = _segment_steps(VALLEY_SEGMENTS)
+    assert avg.dead  # the valley ended before training did
+    assert avg.included_steps == expected
+    _assert_params_equal(avg.averaged_params(), _mean(weights, expected))
+
+
+def test_swad_keeps_pending_valley_segments_at_the_end_of_training():
+    """Training that ends inside the valley adds the segments still waiting for look-ahead at finalize."""
+    losses = VALLEY[:8]  # ends at 2.1, still under the threshold 2.2
+    weights = _weights(len(losses) * STEPS_PER_SEGMENT, seed=1)
+    avg, model = WeightAverager(VALLEY_CFG), _Tiny()
+    _drive(avg, model, weights, losses)
+    assert avg.included_steps == _segment_steps(range(3, 6))  # 6, 7 still wait for their look-ahead
+    avg.finalize(model, lambda: [], torch.device("cpu"))
+    expected = _segment_steps(range(3, 8))
+    assert avg.included_steps == expected
+    final = avg.averaged_state_dict()
+    _assert_params_equal({k: final[k] for k in weights[0]}, _mean(weights, expected))
+
+
+def test_swad_averages_nothing_while_the_loss_keeps_falling():
+    """A monotonically falling loss never converges: no average (training's final weights are used)."""
+    losses = [10.0 - i for i in range(8)]
+    weights = _weights(len(losses) * STEPS_PER_SEGMENT)
+    avg, model = WeightAverager(VALLEY_CFG), _Tiny()
+    _drive(avg, model, weights, losses)
+    assert not avg.has_average() and avg.averaged_params() is None and avg.included_steps == []
+
+
+def test_swa_averages_the_fixed_window():
+    """Plain SWA averages every step in [swa_start_step, swa_end_step), whatever the validation loss."""
+    weights = _weights(20)
+    avg, model = WeightAverager(SWADConfig(mode="swa", swa_start_step=5, swa_end_step=12)), _Tiny()
+    _drive(avg, model, weights, [1.0 + i for i in range(10)])
+    assert avg.included_steps == list(range(5, 12))
+    _assert_params_equal(avg.averaged_params(), _mean(weights, list(range(5, 12))))
+
+
+@pytest.mark.parametrize("cfg,cut", [(VALLEY_CFG, 9), (VALLEY_CFG, 14), (SWADConfig(mode="swa", swa_start_step=3), 7)])
+def test_resumed_averager_equals_uninterrupted(cfg: SWADConfig, cut: int):
+    """state_dict -> torch.save/load -> a new averager -> continue gives the uninterrupted average."""
+    weights = _weights(len(VALLEY) * STEPS_PER_SEGMENT, seed=2)
+    whole, model = WeightAverager(cfg), _Tiny()
+    _drive(whole, model, weights, VALLEY)
+
+    first = WeightAverager(cfg)
+    _drive(first, model, weights, VALLEY, stop=cut)  # cut 9: mid-segment; cut 14: valley open, segments pending
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = WeightAverager(cfg)
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    _drive(resumed, _Tiny(), weights, VALLEY, start=cut)
+
+    assert resumed.included_steps == whole.included_steps and whole.included_steps
+    _assert_params_equal(resumed.averaged_params(), whole.averaged_params())
+
+
+@pytest.mark.parametrize("norm", ["torch", "masked"])
+def test_finalize_recomputes_batchnorm_statistics(norm: str):
+    """finalize gives the average fresh BN running stats: the cumulative mean of bn_batches batch stats."""
+    torch.manual_seed(0)
+    weights = _weights(12, seed=3)
+    cfg = SWADConfig(mode="swa", swa_start_step=4, bn_batches=3)
+    avg, model = WeightAverager(cfg), _Tiny(norm=norm)
+    _drive(avg, model, weights, [1.0] * 6)
+    model.train()
+    model(torch.randn(4, 7, 3) * 5 + 3, torch.full((4,), 7))  # give the trained model stats of its own
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [_Batch(torch.randn(2, 5, 3) * (i + 1) + i, torch.full((2,), 5)) for i in range(5)]
+
+    avg.finalize(model, lambda: iter(batches), torch.device("cpu"))
+    final = avg.averaged_state_dict()
+
+    for k, v in model.state_dict().items():  # the template is untouched
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    params = avg.averaged_params()
+    means, variances = [], []
+    for b in batches[: cfg.bn_batches]:  # only bn_batches batches count
+        h = torch.nn.functional.linear(b.emg, params["lin.weight"], params["lin.bias"]).reshape(-1, 3)
+        means.append(h.mean(0))
+        variances.append(h.var(0, unbiased=True))
+    torch.testing.assert_close(final["bn.running_mean"], torch.stack(means).mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(final["bn.running_var"], torch.stack(variances).mean(0), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(final["bn.running_mean"], model.bn.running_mean, atol=1e-3)
+    assert not torch.allclose(final["bn.running_var"], model.bn.running_var, atol=1e-3)
+    assert int(final["bn.num_batches_tracked"]) == cfg.bn_batches
+    _assert_params_equal({k: final[k] for k in params}, params)
+
+
+def test_train_stores_the_swad_average_and_load_model_reads_it(tiny_corpus, tmp_path):
+    """train() with swad.mode=swad writes averaged_model (fresh BN stats) into last.pt; load_model loads it."""
+    from _ray_fixtures import tiny_config
+
+    from emgscale.checkpoint import load_checkpoint, load_model
+    from emgscale.train import train
+
+    # n_converge 1 and a loose tolerance: the valley starts at the first validation and never ends,
+    # so every step is averaged. features.norm=batch gives the model BatchNorm statistics to recompute.
+    cfg = tiny_config(tiny_corpus.root, tiny_corpus.split_path, tmp_path / "run", "run.max_steps=6",
+                      "run.eval_every_steps=1", "swad.mode=swad", "swad.n_converge=1", "swad.n_tolerance=1",
+                      "swad.tolerance_ratio=100", "swad.bn_batches=2", "model.features.norm=batch")
+    result = train(cfg)
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt["averager"]["included_steps"] == list(range(6))
+    averaged, trained = ckpt["averaged_model"], ckpt["model"]
+    assert averaged is not None and averaged.keys() == trained.keys()
+    norm_stats = [k for k in trained if k.endswith("running_mean")]
+    assert norm_stats
+    for k in norm_stats:  # recomputed for the averaged weights, not copied from the trained model
+        assert not torch.allclose(averaged[k], trained[k])
+    assert max(float((averaged[k] - trained[k]).abs().max()) for k in trained if k.endswith("weight")) > 1e-4
+
+    model, loaded_cfg = load_model(result.last_checkpoint, which="averaged")
+    assert loaded_cfg.swad.mode == "swad" and not model.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, averaged[k], rtol=0, atol=0)
+    plain, _ = load_model(result.last_checkpoint)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(v, trained[k], rtol=0, atol=0)
