@@ -110,6 +110,14 @@ class MaskedConv1d(nn.Module):
         return zero_padding(h.transpose(1, 2), out_lengths), out_lengths
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (works on torch 2.3, whose API took no argument)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def drop(p: float) -> nn.Module:
     """``nn.Dropout(p)``, validating ``p``."""
     if not 0.0 <= p < 1.0:

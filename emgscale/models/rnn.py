@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from emgscale.models.common import Encoder, MaskedConv1d, Span, drop, zero_padding
+from emgscale.models.common import Encoder, MaskedConv1d, Span, autocast_enabled, drop, zero_padding
 
 
 @dataclass
@@ -109,7 +109,7 @@ class StackedRNN(nn.Module):
             t = torch.arange(T, device=x.device).view(1, T)
             n = lengths.view(B, 1)
             rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1)  # reverses each sequence within its length
-        autocast_on = torch.is_autocast_enabled(x.device.type)
+        autocast_on = autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast_on else _nullcontext():
             h = x.float() if autocast_on else x
             for i, layer in enumerate(self.forward_layers):

@@ -1,0 +1,259 @@
+"""Encoder benchmark: parameters, FLOPs, and CPU/GPU training-step throughput in fp32 and bf16.
+
+For each model config (``configs/models/<name>.yaml``) it reports:
+
+* parameters;
+* forward GFLOP per EMG-second: ``torch.utils.flop_counter.FlopCounterMode`` on one eval-mode forward of
+  an input of ``window + context`` samples, divided by that input's duration (matmuls, convolutions and
+  attention; elementwise work and the STFT are not counted);
+* a training step (forward, CTC loss, backward, AdamW step) on random EMG with random labels, batch
+  ``--batch`` of ``--window-samples + --context-samples`` samples (default 32 x 10,000 = the reference's
+  4 s windows with 0.9 s + 0.1 s context), in fp32 and under ``torch.autocast(dtype=bfloat16)``:
+  seconds per step, throughput in EMG-seconds per wall-second (labelled window seconds, 4 s per
+  sample, as the reference's 9.4 EMG-s/s = 32 x 4 s / 13.6 s), achieved GFLOP/s (forward + backward
+  FLOPs counted the same way), EMG-seconds per CPU-second of the process (less sensitive to other
+  processes on a shared machine; times the thread count it bounds the throughput of an idle
+  machine), and the peak resident memory of the process.
+
+Each (config, dtype) runs in a fresh subprocess, so peak memory is its own. The load average is printed:
+on a shared machine the timings move with it.
+
+    python benchmarks/bench_models.py                         # TDS, batch 32, fp32 vs bf16
+    python benchmarks/bench_models.py --configs tds,conformer,cnn_bigru --batch 8 --steps 2
+    python benchmarks/bench_models.py --quick                 # every config, batch 2, short windows
+    python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32   # vs the reference layout
+    python benchmarks/bench_models.py --json results/bench_models.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs" / "models"
+
+
+def reference_tds() -> Any:
+    """The reference TDS-Conv pipeline in the reference's own layout, for side-by-side timing only.
+
+    Written from the emg2qwerty paper's architecture (not emgscale's implementation): time-first
+    tensors, ``torch.stft`` log spectrogram computed per step, ``BatchNorm2d`` over (N, 32, freq, T)
+    copies, an MLP over explicitly stacked rolled inputs, channel-major ``Conv2d(kernel=(1, 32))`` TDS
+    blocks on (N, channels, width, T) copies. Augmentations are left out (they are cheap).
+    """
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int, w: int, k: int) -> None:
+            super().__init__()
+            self.c, self.w = c, w
+            self.conv2d = nn.Conv2d(c, c, kernel_size=(1, k))
+            self.layer_norm = nn.LayerNorm(c * w)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (T, N, F)
+            t, n, f = x.shape
+            h = torch.relu(self.conv2d(x.movedim(0, -1).reshape(n, self.c, self.w, t)))
+            h = h.reshape(n, f, -1).movedim(-1, 0)
+            return self.layer_norm(h + x[-h.shape[0]:])
+
+    class FC(nn.Module):
+        def __init__(self, f: int) -> None:
+            super().__init__()
+            self.fc_block = nn.Sequential(nn.Linear(f, f), nn.ReLU(), nn.Linear(f, f))
+            self.layer_norm = nn.LayerNorm(f)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer_norm(x + self.fc_block(x))
+
+    class Reference(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.BatchNorm2d(32)
+            self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(528, 384), nn.ReLU()) for _ in range(2))
+            self.tds = nn.Sequential(*[m for _ in range(4) for m in (Block(24, 32, 32), FC(768))])
+            self.head = nn.Linear(768, 99)
+            self.register_buffer("window", torch.hann_window(64))
+            self.input_sample_rate_hz, self.blank = 2000.0, 98
+
+        def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+            return (lengths - 64) // 16 + 1 - 124
+
+        def forward(self, emg: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            b, n = emg.shape[:2]
+            spec = torch.stft(emg.permute(0, 2, 3, 1).reshape(-1, n).float(), 64, 16, window=self.window,
+                              center=False, return_complex=True)
+            x = torch.log10(spec.abs().pow(2) / self.window.pow(2).sum() + 1e-6)  # (B*32, 33, T)
+            x = self.norm(x.view(b, 32, 33, -1))  # (N, 32, freq, T)
+            x = x.view(b, 2, 16, 33, -1).permute(4, 0, 1, 2, 3)  # (T, N, 2, 16, 33)
+            bands = []
+            for i, mlp in enumerate(self.mlps):
+                rolled = torch.stack([x[:, :, i].roll(o, dims=2) for o in (-1, 0, 1)], 2).flatten(3)
+                bands.append(mlp(rolled).mean(2))
+            h = self.tds(torch.stack(bands, 2).flatten(2))
+            log_probs = self.head(h).float().log_softmax(-1).transpose(0, 1)
+            return log_probs, self.output_lengths(lengths)
+
+    return Reference()
+
+
+def measure(config: str, dtype: str, batch: int, window_samples: int, context_samples: int, steps: int,
+            warmup: int, threads: int | None, device: str) -> dict[str, Any]:
+    """Benchmark one model config in one dtype in this process; returns one result row."""
+    import torch
+    import torch.nn.functional as F
+    import yaml
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from emgscale.common import peak_rss_mb
+    from emgscale.config import from_dict
+    from emgscale.models import ModelConfig, build_model, count_parameters
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if config == "reference_tds":
+        cfg, model = ModelConfig(arch="tds (ref)"), reference_tds().to(device)
+    else:
+        cfg = from_dict(ModelConfig, yaml.safe_load((CONFIG_DIR / f"{config}.yaml").read_text())["model"])
+        model = build_model(cfg).to(device)
+    rate = model.input_sample_rate_hz
+    n = window_samples + context_samples
+    emg = torch.randn(batch, n, 2, 16, device=device) * 20.0
+    lengths = torch.full((batch,), n, device=device)
+    out_len = int(model.output_lengths(torch.tensor([n]))[0])
+    label_len = max(1, min(40, out_len // 3))
+    labels = torch.randint(0, model.blank, (batch, label_len), device=device)
+    label_lengths = torch.full((batch,), label_len, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def loss_fn() -> "torch.Tensor":
+        with autocast:
+            log_probs, out_lengths = model(emg, lengths)
+            return F.ctc_loss(log_probs.transpose(0, 1), labels, out_lengths, label_lengths, blank=model.blank,
+                              zero_infinity=True)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc, autocast:
+        model(emg[:1], lengths[:1])
+    fwd_flops = fc.get_total_flops()
+    model.train()
+    with FlopCounterMode(display=False) as fc:
+        loss_fn().backward()
+    step_flops = fc.get_total_flops()
+    for _ in range(warmup):
+        step()
+    sync()
+    times, cpu_times = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    step_s = sorted(times)[(len(times) - 1) // 2]  # median (lower middle)
+    cpu_s = sorted(cpu_times)[(len(cpu_times) - 1) // 2]
+    peak = peak_rss_mb() if device == "cpu" else torch.cuda.max_memory_allocated() / 2**20
+    return {
+        "config": config, "arch": cfg.arch, "dtype": dtype, "params": count_parameters(model),
+        "fwd_gflop_per_emg_s": fwd_flops / 1e9 / (n / rate), "step_s": step_s, "step_times_s": times,
+        "emg_s_per_s": batch * window_samples / rate / step_s, "gflop_per_s": step_flops / 1e9 / step_s,
+        "cpu_s": cpu_s, "emg_s_per_cpu_s": batch * window_samples / rate / cpu_s, "step_gflop": step_flops / 1e9,
+        "peak_mem_mb": peak, "batch": batch, "input_samples": n, "threads": torch.get_num_threads(),
+        "device": device,
+    }
+
+
+def _run_isolated(args: argparse.Namespace, config: str, dtype: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", "--configs", config, "--dtypes", dtype, "--batch", str(args.batch),
+           "--window-samples", str(args.window_samples), "--context-samples", str(args.context_samples),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"config": config, "dtype": dtype, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The results as a fixed-width table, with the bf16/fp32 speed ratio per config."""
+    head = (f"{'config':<18}{'arch':<12}{'params':>9}{'fwd GF/EMG-s':>13}{'dtype':>6}{'step s':>8}"
+            f"{'EMG-s/s':>9}{'GFLOP/s':>9}{'EMG-s/CPU-s':>12}{'peak MB':>9}{'bf16/fp32':>10}")
+    lines = [head, "-" * len(head)]
+    speed = {(r["config"], r.get("dtype")): r.get("emg_s_per_s") for r in rows}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['config']:<18}{'':<12}{'error: ' + ' '.join(r['error'])}")
+            continue
+        ratio = ""
+        if r["dtype"] == "bf16" and speed.get((r["config"], "fp32")):
+            ratio = f"{r['emg_s_per_s'] / speed[(r['config'], 'fp32')]:.2f}x"
+        lines.append(f"{r['config']:<18}{r['arch']:<12}{r['params'] / 1e6:>8.2f}M{r['fwd_gflop_per_emg_s']:>13.2f}"
+                     f"{r['dtype']:>6}{r['step_s']:>8.2f}{r['emg_s_per_s']:>9.1f}{r['gflop_per_s']:>9.1f}"
+                     f"{r['emg_s_per_cpu_s']:>12.2f}{r['peak_mem_mb']:>9.0f}{ratio:>10}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default="tds", help="comma-separated names under configs/models/, or 'all'; "
+                   "'reference_tds' is the reference's own layout, for a side-by-side ratio")
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--window-samples", type=int, default=8000, help="labelled samples per window (4 s)")
+    p.add_argument("--context-samples", type=int, default=2000, help="extra context samples per window")
+    p.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true",
+                   help="every config (unless --configs), batch 2, 4000 + 1000-sample windows, 2 steps")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.steps, args.warmup = min(args.batch, 2), 2, 1
+        args.window_samples, args.context_samples = 4000, 1000
+        if args.configs == "tds":
+            args.configs = "all"
+    names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")) if args.configs == "all" else args.configs.split(",")
+    dtypes = args.dtypes.split(",")
+    if args.worker:
+        print(json.dumps(measure(names[0], dtypes[0], args.batch, args.window_samples, args.context_samples,
+                                 args.steps, args.warmup, args.threads, args.device)))
+        return
+    sys.path.insert(0, str(ROOT))
+    from emgscale.common import atomic_write_json, hardware, progress
+
+    print(f"# {hardware()}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"# batch {args.batch} x {args.window_samples + args.context_samples} samples, {args.steps} timed steps",
+          flush=True)
+    rows = [_run_isolated(args, c, d) for c, d in progress([(c, d) for c in names for d in dtypes],
+                                                          total=len(names) * len(dtypes), desc="bench", unit="run")]
+    print(format_table(rows))
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        atomic_write_json(args.json, {"hardware": hardware(), "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
