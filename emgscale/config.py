@@ -155,7 +155,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
             # Merge a partial mapping over the field's own defaults.
             default = _default_of(cls, name)
             base = to_dict(default) if default is not None else {}
-            kwargs[name] = from_dict(tp, _deep_merge(base, value), key)
+            kwargs[name] = from_dict(tp, deep_merge(base, value), key)
         else:
             kwargs[name] = _coerce(value, tp, key)
     return cls(**kwargs)
@@ -171,10 +171,11 @@ def _default_of(cls: type, name: str) -> Any:
     return None
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``, recursively for nested mappings."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -220,11 +221,11 @@ def build_config(cls: type[C], files: list["str | Path"] = (), overrides: list[s
     for f in files:
         try:
             data = load_yaml(f)
-            from_dict(cls, _deep_merge(merged, data))  # validate now so the error names the file
+            from_dict(cls, deep_merge(merged, data))  # validate now so the error names the file
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") if not str(e).startswith(str(f)) else e from None
-        merged = _deep_merge(merged, data)
-    merged = _deep_merge(merged, parse_overrides(list(overrides)))
+        merged = deep_merge(merged, data)
+    merged = deep_merge(merged, parse_overrides(list(overrides)))
     return from_dict(cls, merged)
 
 

@@ -223,52 +223,6 @@ def _window_spec(cfg: DataConfig, part: str, train: bool) -> WindowSpec:
 
 
 # ----------------------------------------------------------------------------- HDF5 source
-class _TruncatedSession:
-    """An open session seen as ending at ``num_rows`` (a data budget)."""
-
-    def __init__(self, session: EMGSession, num_rows: int) -> None:
-        self._session, self._rows = session, num_rows
-
-    def __len__(self) -> int:
-        return self._rows
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-
-class BudgetedWindows(torch.utils.data.Dataset):
-    """Windows of session files each truncated to a number of rows (``max_minutes_per_user``).
-
-    Args:
-        paths_rows: ``(path, rows)`` per session.
-        spec: windowing.
-        seed: jitter seed (mixed with torch's per-worker seed, as :class:`SessionWindows`).
-    """
-
-    def __init__(self, paths_rows: list[tuple[Path, int]], spec: WindowSpec, seed: int = 0) -> None:
-        self.paths_rows, self.spec, self.seed = paths_rows, spec, seed
-        self._index = [(i, j) for i, (_, rows) in enumerate(paths_rows) for j in range(spec.num_windows(rows))]
-        self._open: dict[int, _TruncatedSession] = {}
-        self._rng: np.random.Generator | None = None
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __getitem__(self, item: int) -> dict[str, Any]:
-        fi, wi = self._index[item]
-        if fi not in self._open:
-            path, rows = self.paths_rows[fi]
-            self._open[fi] = _TruncatedSession(EMGSession(path), rows)
-        if self._rng is None:
-            self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**31])
-        return read_window(self._open[fi], wi, self.spec, self._rng)  # type: ignore[arg-type]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_open"], state["_rng"] = {}, None
-        return state
-
-
 def _hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
                  batch_size: int, sel: _Selection, limit: int | None) -> Loader:
     if not cfg.data_root or not cfg.split:
@@ -291,7 +245,8 @@ def _hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
             with EMGSession(p) as s:
                 infos.append((s.user, str(p), s.start_time, len(s), s.sample_rate_hz))
         budget = minutes_budget(infos, sel.max_minutes)
-        ds: torch.utils.data.Dataset = BudgetedWindows([(Path(k), v) for k, v in budget.items()], spec, seed=mix)
+        ds: torch.utils.data.Dataset = SessionWindows([Path(k) for k in budget], spec, seed=mix,
+                                                      max_rows=list(budget.values()))
     else:
         ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad))  # no open files (__getstate__)
         ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
@@ -336,4 +291,4 @@ def _check_windowing(cfg: DataConfig, manifest: Manifest, part: str) -> None:
                          f"{s.get('stride_samples') or s.get('window_samples')}")
 
 
-__all__ = ["BudgetedWindows", "DataConfig", "DataError", "Loader", "build_loader", "minutes_budget"]
+__all__ = ["DataConfig", "DataError", "Loader", "build_loader", "minutes_budget"]

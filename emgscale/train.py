@@ -153,6 +153,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False,
     torch.manual_seed(cfg.run.seed + rnk)
     np.random.seed((cfg.run.seed + rnk) % 2**32)
     device = _device(cfg.run)
+    torch.set_flush_denormal(True)  # denormals can slow CPU kernels (GRU, conv) by orders of magnitude
 
     model = build_model(cfg.model).to(device)
     if cfg.run.init_from:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from emgscale.common import atomic_write_json, atomic_write_text
-from emgscale.config import ConfigError, build_config, from_dict, save_config, to_dict
+from emgscale.config import ConfigError, build_config, deep_merge, from_dict, save_config, to_dict
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -119,18 +119,11 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Any:
     """The :class:`~emgscale.train.TrainConfig` of one trial: ``base`` with dotted ``params`` set."""
     from emgscale.train import TrainConfig
 
-    return from_dict(TrainConfig, _merge(base, _nest(params)))
+    return from_dict(TrainConfig, deep_merge(base, _nest(params)))
 
 
 def parse_space(space: dict[str, Any], base: dict[str, Any]) -> dict[str, tuple[str, Any]]:

@@ -104,6 +104,19 @@ def read_window(
     }
 
 
+class TruncatedSession:
+    """An open session seen as ending at ``num_rows`` (a data budget, e.g. the first N minutes)."""
+
+    def __init__(self, session: EMGSession, num_rows: int) -> None:
+        self._session, self._rows = session, min(num_rows, len(session))
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 class SessionWindows(torch.utils.data.Dataset):
     """Map-style dataset of the windows of some session files, read lazily from HDF5.
 
@@ -115,25 +128,31 @@ class SessionWindows(torch.utils.data.Dataset):
         spec: the windowing.
         seed: seeds the jitter (per worker and epoch through torch's worker seed).
         skip_bad: report a bad file and leave it out instead of raising.
+        max_rows: per path, use only its first this many rows (None: all).
     """
 
-    def __init__(self, paths: Sequence["str | Path"], spec: WindowSpec, seed: int = 0, skip_bad: bool = False):
+    def __init__(self, paths: Sequence["str | Path"], spec: WindowSpec, seed: int = 0, skip_bad: bool = False,
+                 max_rows: Sequence[int | None] | None = None):
         self.paths = [Path(p) for p in paths]
         self.spec = spec
         self.seed = seed
+        self.max_rows = list(max_rows) if max_rows is not None else [None] * len(self.paths)
+        if len(self.max_rows) != len(self.paths):
+            raise ValueError(f"max_rows has {len(self.max_rows)} entries for {len(self.paths)} paths")
         self.skipped: list[tuple[str, str]] = []
         self._index: list[tuple[int, int]] = []
         for i, p in enumerate(self.paths):
             try:
                 with EMGSession(p) as s:
-                    count = spec.num_windows(len(s))
+                    rows = len(s) if self.max_rows[i] is None else min(len(s), self.max_rows[i])
+                    count = spec.num_windows(rows)
             except DataError as e:
                 if not skip_bad:
                     raise
                 self.skipped.append((str(p), e.problem))
                 continue
             self._index.extend((i, j) for j in range(count))
-        self._open: dict[int, EMGSession] = {}
+        self._open: dict[int, EMGSession | TruncatedSession] = {}
         self._rng: np.random.Generator | None = None
 
     def __len__(self) -> int:
@@ -142,10 +161,12 @@ class SessionWindows(torch.utils.data.Dataset):
     def __getitem__(self, item: int) -> dict[str, Any]:
         fi, wi = self._index[item]
         if fi not in self._open:
-            self._open[fi] = EMGSession(self.paths[fi])
+            session = EMGSession(self.paths[fi])
+            limit = self.max_rows[fi]
+            self._open[fi] = session if limit is None else TruncatedSession(session, limit)
         if self._rng is None:
             self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**31])
-        return read_window(self._open[fi], wi, self.spec, self._rng)
+        return read_window(self._open[fi], wi, self.spec, self._rng)  # type: ignore[arg-type]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
