@@ -66,15 +66,7 @@ def plot_lines(series: dict[str, tuple[list[float], list[float], list[float]]], 
         ax.set_xticks(series[next(iter(series))][0])
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("CER (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, "CER (%)", title, path, grid_axis="both")
 
 
 def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
@@ -92,9 +84,16 @@ def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
         std = [100 * r.get(f"test_{dec}_std", 0.0) for r in agg]
         ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=std, capsize=3, label=label)
     ax.set_xticks(x, names, rotation=20, ha="right")
-    ax.set_ylabel("test CER (%)")
+    return _finish(fig, ax, "test CER (%)", title, path, grid_axis="y")
+
+
+def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path, grid_axis: str) -> Path:
+    """Label, legend and save a figure as PNG, then close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis=grid_axis, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
