@@ -5,7 +5,8 @@ For each model config (``configs/models/<name>.yaml``) it reports:
 * parameters;
 * forward GFLOP per EMG-second: ``torch.utils.flop_counter.FlopCounterMode`` on one eval-mode forward of
   an input of ``window + context`` samples, divided by that input's duration (matmuls, convolutions and
-  attention; elementwise work and the STFT are not counted);
+  attention; elementwise work is not counted, nor are oneDNN's fused LSTM kernels, so LSTM rows
+  count only the layers around the recurrence);
 * a training step (forward, CTC loss, backward, AdamW step) on random EMG with random labels, batch
   ``--batch`` of ``--window-samples + --context-samples`` samples (default 32 x 10,000 = the reference's
   4 s windows with 0.9 s + 0.1 s context), in fp32 and under ``torch.autocast(dtype=bfloat16)``:
@@ -22,6 +23,7 @@ on a shared machine the timings move with it.
     python benchmarks/bench_models.py --configs tds,conformer,cnn_bigru --batch 8 --steps 2
     python benchmarks/bench_models.py --quick                 # every config, batch 2, short windows
     python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32   # vs the reference layout
+    python benchmarks/bench_models.py --preload /usr/lib/x86_64-linux-gnu/libjemalloc.so.2   # caching malloc
     python benchmarks/bench_models.py --json results/bench_models.json
 """
 
@@ -161,13 +163,17 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
     for _ in range(warmup):
         step()
     sync()
+    import resource
+
     times, cpu_times = [], []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
         t0, c0 = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / max(steps, 1)
     step_s = sorted(times)[(len(times) - 1) // 2]  # median (lower middle)
     cpu_s = sorted(cpu_times)[(len(cpu_times) - 1) // 2]
     peak = peak_rss_mb() if device == "cpu" else torch.cuda.max_memory_allocated() / 2**20
@@ -175,7 +181,7 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
         "config": config, "arch": cfg.arch, "dtype": dtype, "params": count_parameters(model),
         "fwd_gflop_per_emg_s": fwd_flops / 1e9 / (n / rate), "step_s": step_s, "step_times_s": times,
         "emg_s_per_s": batch * window_samples / rate / step_s, "gflop_per_s": step_flops / 1e9 / step_s,
-        "cpu_s": cpu_s, "emg_s_per_cpu_s": batch * window_samples / rate / cpu_s, "step_gflop": step_flops / 1e9,
+        "cpu_s": cpu_s, "page_faults_per_step": faults, "emg_s_per_cpu_s": batch * window_samples / rate / cpu_s, "step_gflop": step_flops / 1e9,
         "peak_mem_mb": peak, "batch": batch, "input_samples": n, "threads": torch.get_num_threads(),
         "device": device,
     }
@@ -188,6 +194,11 @@ def _run_isolated(args: argparse.Namespace, config: str, dtype: str) -> dict[str
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if args.preload:
+        # A caching malloc (jemalloc, never returning memory) removes the page faults that fresh
+        # 50-100 MB activations cost with glibc on every step (~25% of a TDS step's CPU time here).
+        env["LD_PRELOAD"] = args.preload
+        env.setdefault("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"config": config, "dtype": dtype, "error": proc.stderr.strip().splitlines()[-1:]}
@@ -225,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--preload", default=None,
+                   help="malloc library to LD_PRELOAD in the runs, e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 "
+                        "(apt install libjemalloc2); MALLOC_CONF defaults to never returning memory")
     p.add_argument("--quick", action="store_true",
                    help="every config (unless --configs), batch 2, 4000 + 1000-sample windows, 2 steps")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -245,8 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     from emgscale.common import atomic_write_json, hardware, progress
 
     print(f"# {hardware()}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    print(f"# batch {args.batch} x {args.window_samples + args.context_samples} samples, {args.steps} timed steps",
-          flush=True)
+    print(f"# batch {args.batch} x {args.window_samples + args.context_samples} samples, {args.steps} timed steps, "
+          f"{args.threads or 'default'} threads per run, malloc: {args.preload or 'default'}", flush=True)
     rows = [_run_isolated(args, c, d) for c, d in progress([(c, d) for c in names for d in dtypes],
                                                           total=len(names) * len(dtypes), desc="bench", unit="run")]
     print(format_table(rows))

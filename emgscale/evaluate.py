@@ -69,7 +69,8 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
         emg: the EMG array, or an open :class:`EMGSession` (chunks are then read lazily from disk,
             so a 47-minute session is never in memory whole).
         chunk_seconds: input owned by each chunk; 0 or a value beyond the session runs it whole.
-        context_seconds: extra input each chunk sees before and after what it owns.
+        context_seconds: extra input each chunk sees before and after what it owns; raised to the
+            model's own ``left/right_context_frames`` when those are larger.
     """
     model.eval()
     n = len(emg)
@@ -87,7 +88,10 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
     step = max(align, int(round(chunk_seconds * sample_rate_hz / align)) * align) if chunk_seconds > 0 else n
     if step >= n:
         return run(0, n)
-    ctx = int(np.ceil(context_seconds * sample_rate_hz / align)) * align
+    # At least the context the model declares it needs (None = unbounded: use what was asked for).
+    need = max(getattr(model, "left_context_frames", None) or 0, getattr(model, "right_context_frames", None) or 0)
+    ctx_samples = max(context_seconds * sample_rate_hz, need * s)
+    ctx = int(np.ceil(ctx_samples / align)) * align
     pieces = []
     for own_start in range(0, n, step):
         first, last = own_start // s, min((own_start + step) // s, full)

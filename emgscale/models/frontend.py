@@ -76,8 +76,8 @@ class RotationInvariantMLP(nn.Module):
         w_cat = torch.cat([w.roll(-o, dims=1) for o in self.offsets], 0).flatten(1)  # (R*D, C*K)
         b_cat = first.bias.repeat(len(self.offsets))
         B, T = x.shape[:2]
-        h = F.linear(x.reshape(B, T, -1), w_cat, b_cat).view(B, T, len(self.offsets), d)
-        h = self.mlp[1:](h)  # ReLU and further layers, per rotation
+        h = self.mlp[1](F.linear(x.reshape(B, T, -1), w_cat, b_cat))  # ReLU in place on the base tensor, not a view
+        h = self.mlp[2:](h.view(B, T, len(self.offsets), d))  # further layers, per rotation
         return h.mean(2) if self.pooling == "mean" else h.amax(2)
 
 
