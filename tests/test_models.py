@@ -390,3 +390,23 @@ def test_unknown_arch_and_bad_settings_raise() -> None:
     with pytest.raises(ValueError, match="shorter"):
         build_model(ModelConfig())(rand_emg(1, 1000), torch.tensor([1000]))
     assert set(ENCODERS) >= {"tds", "lstm", "gru", "cnn_rnn", "conformer", "transformer"}
+
+
+def test_benchmark_script_runs_on_tiny_settings(tmp_path: Path) -> None:
+    """benchmarks/bench_models.py runs end to end and reports every field; its reference TDS has 5,293,315 params."""
+    import importlib.util
+    import json
+
+    path = CONFIG_DIR.parents[1] / "benchmarks" / "bench_models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    out = tmp_path / "rows.json"
+    bench.main(["--configs", "tds_small,reference_tds", "--dtypes", "fp32", "--batch", "1", "--steps", "1",
+                "--warmup", "0", "--window-samples", "2400", "--context-samples", "0", "--threads", "1",
+                "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r.get("error") for r in rows] == [None, None]
+    assert rows[1]["params"] == 5_293_315
+    for r in rows:
+        assert r["emg_s_per_s"] > 0 and r["fwd_gflop_per_emg_s"] > 0 and r["gflop_per_s"] > 0 and r["peak_mem_mb"] > 0
