@@ -48,7 +48,7 @@ BUDGETS: dict[str, Budget] = {
     "small": Budget(
         name="small",
         train=("run.max_epochs=10", "run.steps_per_epoch=20", "data.batch_size=16", "optim.warmup_epochs=1",
-               "optim.lr=2e-3", "run.ckpt_every_steps=40", "run.val_max_batches=4", "run.bf16=true",
+               "optim.lr=2e-3", "run.ckpt_every_steps=40", "run.val_max_batches=4", "run.bf16=false",
                "swad.n_converge=2", "swad.n_tolerance=3"),
         finetune=("run.max_epochs=4", "run.steps_per_epoch=15", "optim.warmup_epochs=0.5", "optim.lr=1e-3"),
         model_suffix="_small",
