@@ -85,6 +85,7 @@ class MetricsLogger:
             self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
         elif self.jsonl.exists():
             self.jsonl.unlink()
+        self._columns: list[str] | None = None
         self._tb = None
         if tensorboard:
             try:
@@ -95,17 +96,21 @@ class MetricsLogger:
                 self._tb = None
 
     def log(self, row: dict[str, Any], step: int) -> None:
-        """Append one row of scalars."""
+        """Append one row of scalars (the CSV is rewritten only when a new column appears)."""
         self.rows.append(row)
         with self.jsonl.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        columns: list[str] = []
-        for r in self.rows:
-            columns.extend(k for k in r if k not in columns)
-        with self.csv.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=columns)
-            w.writeheader()
-            w.writerows(self.rows)
+        if self._columns is None or any(k not in self._columns for k in row):
+            self._columns = []
+            for r in self.rows:
+                self._columns.extend(k for k in r if k not in self._columns)
+            with self.csv.open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=self._columns)
+                w.writeheader()
+                w.writerows(self.rows)
+        else:
+            with self.csv.open("a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=self._columns).writerow(row)
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
