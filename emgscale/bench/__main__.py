@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
     p.add_argument("--lm-text", nargs="*", type=Path, help="text files for the character LM")
     p.add_argument("--workers", type=int, default=1, help="shard-writing processes")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="independent training runs side by side, each with cores/jobs threads (default 1)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value for every training run, e.g. run.workers=8")
     a = p.parse_args(argv)
     from emgscale.bench.runner import run_benchmark
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in GROUPS.get(a.benchmark, [a.benchmark]):
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
-                      workers=a.workers, overrides=a.overrides)
+                      workers=a.workers, jobs=a.jobs, overrides=a.overrides)
     return 0
 
 

@@ -61,7 +61,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                   data_root: "str | Path | None" = None, splits_dir: "str | Path | None" = None,
                   cache: "str | Path | None" = None, definitions_dir: "str | Path | None" = None,
                   configs_dir: "str | Path | None" = None, lm_texts: list[Path] | None = None,
-                  workers: int = 1, overrides: list[str] = ()) -> dict[str, Any]:
+                  workers: int = 1, jobs: int = 1, overrides: list[str] = ()) -> dict[str, Any]:
     """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``.
 
     Args:
@@ -72,6 +72,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         definitions_dir, configs_dir: ``benchmarks/`` and ``configs/`` of the checkout.
         lm_texts: text for the character LM (default: shipped LM text).
         workers: shard-writing processes.
+        jobs: independent training runs side by side (processes sharing the cores; Ray for more).
         overrides: extra ``dotted.key=value`` for every training run (e.g. ``run.workers=8``).
 
     Returns:
@@ -90,7 +91,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     else:
         corpus = ensure_corpus(cache, b.corpus)
     ctx = BenchContext(cache=cache, budget=b, corpus=corpus, configs_dir=configs_dir,
-                       lm=_lm(cache, lm_texts, b.lm_order), workers=workers, overrides=list(overrides))
+                       lm=_lm(cache, lm_texts, b.lm_order), workers=workers, jobs=jobs, overrides=list(overrides))
     definition = load_definition(definitions_dir, name, budget)
     print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}")
     res = SUITES[name](ctx, definition)
@@ -108,7 +109,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     markdown = "\n".join(md_parts) + "\n" + note
     result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
               "data_root": str(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
-              "overrides": list(overrides), "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
+              "overrides": list(overrides), "jobs": jobs, "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "table.md", markdown)
     print0(markdown)

@@ -106,23 +106,95 @@ def ensure_lm(cache: Path, text_files: list[Path], order: int) -> Path:
     return Path(res["lm"])
 
 
-def ensure_trained(cache: Path, files: list[str], overrides: list[str]) -> Path:
-    """Train (or resume, or reuse) the run these config files and overrides define; returns its folder."""
+def _run_key(cfg: Any) -> dict[str, Any]:
+    """What identifies a training run: its config less where it writes and how many threads it uses."""
     from emgscale.config import to_dict
+
+    key = to_dict(cfg)
+    key["run"] = {k: v for k, v in key["run"].items() if k not in ("out_dir", "tensorboard", "threads")}
+    return key
+
+
+def ensure_trained(cache: Path, files: list[str], overrides: list[str], log: "Path | None" = None) -> Path:
+    """Train (or resume, or reuse) the run these config files and overrides define; returns its folder.
+
+    With ``log``, the run's output (progress, validation lines) goes to that file instead of the console.
+    """
     from emgscale.train import load_train_config, train
 
     cfg = load_train_config(files, overrides)
-    key = to_dict(cfg)
-    key["run"] = {k: v for k, v in key["run"].items() if k not in ("out_dir", "tensorboard")}
+    key = _run_key(cfg)
     folder = Path(cache) / "runs" / config_hash(key)
     if (folder / DONE).is_file():
         return folder
     cfg = load_train_config(files, [*overrides, f"run.out_dir={folder}"])
     print0(f"[bench] training {folder.name}: {' '.join(overrides)}")
-    result = train(cfg, resume=True)
+    if log is None:
+        result = train(cfg, resume=True)
+    else:
+        import contextlib
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            result = train(cfg, resume=True)
     atomic_write_json(folder / DONE, {"key": key, "best_val_cer": result.best_val_cer, "steps": result.steps,
                                       "wall_s": result.wall_s})
     return folder
+
+
+def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
+    """The cache folder of the run these config files and overrides define (trained or not)."""
+    from emgscale.train import load_train_config
+
+    return Path(cache) / "runs" / config_hash(_run_key(load_train_config(files, overrides)))
+
+
+def _train_in_worker(cache: str, files: list[str], overrides: list[str]) -> str:
+    import os
+
+    os.environ["EMGSCALE_PROGRESS"] = os.environ.get("EMGSCALE_PROGRESS", "1")
+    folder = run_folder(Path(cache), files, overrides)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(ensure_trained(Path(cache), files, overrides, log=folder / "train.log"))
+
+
+def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jobs: int = 1) -> list[Path]:
+    """:func:`ensure_trained` for independent runs, ``jobs`` at a time in separate processes.
+
+    Each process gets ``cpu_count // jobs`` torch threads (on CPU, several single-thread RNN trainings
+    side by side get more done than one run with every core). Runs already done are not started again,
+    and a run listed twice trains once. With ``jobs > 1`` each run's output goes to its folder's
+    ``train.log``; a line per run tells where it stands.
+    """
+    import os
+    import time
+
+    folders = [run_folder(cache, f, o) for f, o in runs]
+    todo: dict[Path, tuple[list[str], list[str]]] = {}
+    for folder, run in zip(folders, runs):
+        if not (folder / DONE).is_file():
+            todo.setdefault(folder, run)
+    if jobs <= 1 or len(todo) <= 1:
+        for folder, (files, overrides) in todo.items():
+            ensure_trained(cache, files, overrides)
+        return folders
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    t0 = time.monotonic()
+    print0(f"[bench] training {len(todo)} runs, {jobs} at a time x {threads} threads (logs: <run>/train.log)")
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_in_worker, str(cache), files, [*overrides, f"run.threads={threads}"]): folder
+                   for folder, (files, overrides) in todo.items()}
+        for n, fut in enumerate(as_completed(futures), 1):
+            folder = futures[fut]
+            try:
+                fut.result()
+            except Exception as e:
+                raise RuntimeError(f"training run {folder} failed ({e}); see {folder / 'train.log'}") from e
+            print0(f"[bench] {n}/{len(todo)} runs done ({folder.name}, {(time.monotonic() - t0) / 60:.1f} min)")
+    return folders
 
 
 def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, Any]:

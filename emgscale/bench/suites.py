@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from emgscale.bench.budget import Budget
-from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained, run_emissions, score_sessions
+from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, run_emissions, score_sessions
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
 
@@ -28,6 +28,7 @@ class BenchContext:
     configs_dir: Path
     lm: Path | None = None
     workers: int = 1
+    jobs: int = 1
     overrides: list[str] = field(default_factory=list)
 
     def heldout(self) -> list[Path]:
@@ -43,14 +44,26 @@ def model_files(ctx: BenchContext, arch: str) -> list[str]:
     raise FileNotFoundError(f"no model config for {arch!r} under {ctx.configs_dir / 'models'}")
 
 
+#: One training run of a benchmark: (split file, arch, extra overrides, checkpoint to fine-tune from or None).
+RunSpec = tuple[Path, str, list[str], "Path | None"]
+
+
+def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[Path]:
+    """Train independent runs (cached, ``ctx.jobs`` at a time); returns their checkpoint folders in order."""
+    runs = []
+    for split_file, arch, extra, init_from in specs:
+        shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers)
+        overrides = [*ctx.budget.train, *(ctx.budget.finetune if init_from else ()),
+                     f"data.split={split_file}", f"data.data_root={ctx.corpus.data_root}", f"data.shards={shards}",
+                     *(["run.init_from=" + str(init_from)] if init_from else []), *extra, *ctx.overrides]
+        runs.append((model_files(ctx, arch), overrides))
+    return [folder / "checkpoints" for folder in ensure_trained_many(ctx.cache, runs, ctx.jobs)]
+
+
 def train_run(ctx: BenchContext, split_file: Path, arch: str, extra: list[str] = (),
               init_from: Path | None = None) -> Path:
     """Train on ``split_file`` (cached); returns the run's checkpoint folder."""
-    shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers)
-    overrides = [*ctx.budget.train, *(ctx.budget.finetune if init_from else ()),
-                 f"data.split={split_file}", f"data.data_root={ctx.corpus.data_root}", f"data.shards={shards}",
-                 *(["run.init_from=" + str(init_from)] if init_from else []), *extra, *ctx.overrides]
-    return ensure_trained(ctx.cache, model_files(ctx, arch), overrides) / "checkpoints"
+    return train_runs(ctx, [(split_file, arch, list(extra), init_from)])[0]
 
 
 def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: str,
@@ -92,8 +105,7 @@ def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Train and test on one subject's split, one model per architecture."""
     split = ctx.corpus.split(d.get("split", "single_user"))
     rows = []
-    for arch in d["archs"]:
-        ck = train_run(ctx, split, arch)
+    for arch, ck in zip(d["archs"], train_runs(ctx, [(split, arch, [], None) for arch in d["archs"]])):
         rows += eval_rows(ctx, ck / BEST, split, arch)
     return {"rows": rows, "variant_header": "architecture", "plots": [{"kind": "bars", "name": "cer_by_arch"}]}
 
@@ -115,12 +127,15 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Per held-out user: zero-shot generic, from random init, and fine-tuned from the generic model."""
     generic = generic_run(ctx, d)
+    arch = d.get("arch", "tds")
+    splits = ctx.heldout()
+    cks = iter(train_runs(ctx, [spec for split in splits for spec in (
+        (split, arch, [], None), (split, arch, [], generic / BEST))]))
     rows = []
-    for split in ctx.heldout():
+    for split in splits:
         rows += eval_rows(ctx, generic / BEST, split, "generic (zero-shot)")
-        rows += eval_rows(ctx, train_run(ctx, split, d.get("arch", "tds")) / BEST, split, "personalized, random init")
-        ft = train_run(ctx, split, d.get("arch", "tds"), init_from=generic / BEST)
-        rows += eval_rows(ctx, ft / BEST, split, "personalized, fine-tuned generic")
+        rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, random init")
+        rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, fine-tuned generic")
     return {"rows": rows, "variant_header": "model", "plots": [{"kind": "bars", "name": "personalized"}]}
 
 
@@ -128,20 +143,23 @@ def few_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune the generic model on 30 s .. 5 min of a held-out user's data; test on that user."""
     generic = generic_run(ctx, d)
     minutes = [float(m) for m in d["minutes"]]
+    splits = ctx.heldout()
+    cks = iter(train_runs(ctx, [(split, d.get("arch", "tds"), [f"data.max_minutes_per_user={m}"], generic / BEST)
+                                for split in splits for m in minutes]))
     rows = []
-    for split in ctx.heldout():
+    for split in splits:
         rows += eval_rows(ctx, generic / BEST, split, "0 min")
         for m in minutes:
-            ck = train_run(ctx, split, d.get("arch", "tds"), extra=[f"data.max_minutes_per_user={m}"],
-                           init_from=generic / BEST)
-            rows += eval_rows(ctx, ck / BEST, split, f"{m:g} min")
+            rows += eval_rows(ctx, next(cks) / BEST, split, f"{m:g} min")
     return {"rows": rows, "variant_header": "user data for fine-tuning",
             "plots": [{"kind": "lines", "name": "cer_vs_minutes", "x": [0.0] + minutes,
                        "xlabel": "minutes of the user's data", "title": "Few-shot fine-tuning"}]}
 
 
 SWEEP_AXES = {
-    "channels": ("channels per band", lambda v: [f"model.features.channels={list(range(0, 16, 16 // int(v)))}"]),
+    # 16 channels is the default (all electrodes): no override, so that point shares the baseline's run.
+    "channels": ("channels per band", lambda v: [] if int(v) == 16 else
+                 [f"model.features.channels={list(range(0, 16, 16 // int(v)))}"]),
     "sample_rate_hz": ("sampling rate (Hz)", lambda v: [f"model.features.sample_rate_hz={float(v)}"]),
     "minutes": ("minutes of training data per user", lambda v: [f"data.max_minutes_per_user={float(v)}"]),
     "arch": ("architecture", None),
@@ -149,18 +167,28 @@ SWEEP_AXES = {
 
 
 def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
-    """CER against channels per band, sampling rate, amount of data and architecture (personalized, random init)."""
-    tables = {}
-    for axis, values in d["axes"].items():
+    """CER against channels per band, sampling rate, amount of data and architecture (personalized, random init).
+
+    Every run of every axis is trained first (``ctx.jobs`` at a time; points that equal the baseline
+    share its run), then evaluated. ``max_users`` in the definition caps the held-out users.
+    """
+    for axis in d["axes"]:
         if axis not in SWEEP_AXES:
             raise ValueError(f"sweep axis {axis!r} unknown; choose from {sorted(SWEEP_AXES)}")
-        label, to_overrides = SWEEP_AXES[axis]
-        rows = []
-        for v in values:
-            for split in ctx.heldout():
-                arch = str(v) if axis == "arch" else d.get("arch", "tds")
-                ck = train_run(ctx, split, arch, extra=[] if to_overrides is None else to_overrides(v))
-                rows += eval_rows(ctx, ck / BEST, split, f"{v}")
+    splits = ctx.heldout()[: int(d["max_users"])] if d.get("max_users") else ctx.heldout()
+    points = [(axis, v, split) for axis, values in d["axes"].items() for v in values for split in splits]
+
+    def spec(axis: str, v: Any, split: Path) -> RunSpec:
+        to_overrides = SWEEP_AXES[axis][1]
+        arch = str(v) if axis == "arch" else d.get("arch", "tds")
+        return split, arch, [] if to_overrides is None else to_overrides(v), None
+
+    cks = dict(zip([(a, str(v), s) for a, v, s in points], train_runs(ctx, [spec(*p) for p in points])))
+    tables = {}
+    for axis, values in d["axes"].items():
+        label = SWEEP_AXES[axis][0]
+        rows = [r for v in values for split in splits
+                for r in eval_rows(ctx, cks[(axis, str(v), split)] / BEST, split, f"{v}")]
         tables[axis] = {"rows": rows, "variant_header": label,
                         "plots": [{"kind": "bars" if axis == "arch" else "lines", "name": f"cer_vs_{axis}",
                                    "x": [float(x) for x in values] if axis != "arch" else None,
