@@ -39,15 +39,13 @@ WINDOW_SAMPLES = 8000  # 4 s at 2 kHz
 
 
 def _corpus(out: Path, data: str | None) -> Path:
+    """``data``, or a small synthetic corpus under ``out`` (made once)."""
+    from emgscale.synth import SynthConfig, ensure_corpus
+
     if data:
         return Path(data)
-    from emgscale.synth import SynthConfig, generate_corpus
-
-    root = out / "data"
-    if not (root / "splits" / "generic.yaml").is_file():
-        print(f"[bench_ray] writing a synthetic corpus to {root}", flush=True)
-        generate_corpus(SynthConfig(out=str(root), users=3, sessions_per_user=6, minutes=0.25, heldout_users=0))
-    return root
+    return ensure_corpus(SynthConfig(out=str(out / "data"), users=3, sessions_per_user=6, minutes=0.25,
+                                     heldout_users=0))
 
 
 def _config(root: Path, split: Path, out_dir: Path, steps: int, batch_size: int, *extra: str) -> TrainConfig:

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source "${EMGSCALE_VENV:-.venv}/bin/activate"
-exec python -m emgscale.bench demo --out results/demo "$@"
+exec python -m emgscale.bench demo --out results/demo --jobs 2 "$@"

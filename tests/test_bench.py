@@ -78,3 +78,25 @@ def test_rerun_reuses_cache(out):
     assert main(["zero_shot", "--budget", "tiny", "--out", str(out)]) == 0
     after = {p.name: (p / "DONE.json").stat().st_mtime for p in sorted((out / "cache" / "runs").iterdir())}
     assert after == before
+
+
+def test_parallel_runs_equal_sequential_runs(tiny_corpus, tmp_path):
+    """Runs trained side by side (jobs=2) end with the weights of the same runs one by one; a run listed twice trains once."""
+    import torch
+
+    from emgscale.bench.steps import ensure_trained_many
+    from emgscale.checkpoint import LAST, load_checkpoint
+
+    base = [f"data.data_root={tiny_corpus.root}", f"data.split={tiny_corpus.split_path}", "data.batch_size=2",
+            "run.max_epochs=1", "run.steps_per_epoch=2", "run.tensorboard=false", "run.ckpt_every_steps=0",
+            "run.threads=1", "model.arch=tds", "model.frontend.mlp_features=[16]", "model.tds.block_channels=[4]",
+            "model.tds.kernel_width=4"]
+    runs = [([], [*base, "run.seed=1"]), ([], [*base, "run.seed=2"]), ([], [*base, "run.seed=1"])]
+    seq = ensure_trained_many(tmp_path / "a", runs[:2], jobs=1)
+    par = ensure_trained_many(tmp_path / "b", runs, jobs=2)
+    assert par[0] == par[2] and par[0] != par[1] and [p.name for p in par[:2]] == [p.name for p in seq]
+    assert len(list((tmp_path / "b" / "runs").iterdir())) == 2
+    for a, b in zip(seq, par):
+        wa, wb = (load_checkpoint(p / "checkpoints" / LAST)["model"] for p in (a, b))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert (b / "train.log").stat().st_size > 0

@@ -410,3 +410,25 @@ def test_benchmark_script_runs_on_tiny_settings(tmp_path: Path) -> None:
     assert rows[1]["params"] == 5_293_315
     for r in rows:
         assert r["emg_s_per_s"] > 0 and r["fwd_gflop_per_emg_s"] > 0 and r["gflop_per_s"] > 0 and r["peak_mem_mb"] > 0
+
+
+def test_precision_benchmark_runs_the_training_loop(tiny_corpus, tmp_path: Path) -> None:
+    """bench_precision.py trains fp32 and bf16 from one seed: same first-step loss, finite curves, a plot."""
+    import importlib.util
+    import json
+    import math
+
+    path = CONFIG_DIR.parents[1] / "benchmarks" / "bench_precision.py"
+    spec = importlib.util.spec_from_file_location("bench_precision", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    out = tmp_path / "prec"
+    bench.main(["--model", "tds_tiny", "--steps", "4", "--batch-size", "2", "--out", str(out),
+                "--data", str(tiny_corpus.root), "--split", str(tiny_corpus.split_path)])
+    runs = json.loads((out / "precision.json").read_text())["runs"]
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert len(fp32["losses"]) == len(bf16["losses"]) == 4
+    assert all(math.isfinite(x) for x in fp32["losses"] + bf16["losses"])
+    # Same weights and batch at step 1: bf16 rounding moves the loss by well under 5 %.
+    assert abs(fp32["losses"][0] - bf16["losses"][0]) < 0.05 * fp32["losses"][0]
+    assert fp32["emg_s_per_s"] > 0 and (out / "precision.png").stat().st_size > 1000

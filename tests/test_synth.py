@@ -320,3 +320,17 @@ def test_benchmark_script_runs_on_tiny_settings():
                       "--realism-minutes", "0.3"])
     assert out["speed"]["generate_x_real_time"] > 0 and 900 < out["speed"]["mb_per_hour_on_disk"] < 1100
     assert set(out["realism"]) >= {"same_sessions", "unseen_sessions_same_users", "unseen_users"}
+
+
+def test_ensure_corpus_reuses_a_finished_corpus_only(tmp_path):
+    """ensure_corpus generates once per config: a finished corpus is reused, one without its summary is made again."""
+    from emgscale.synth import SynthConfig, ensure_corpus
+
+    cfg = SynthConfig(out=str(tmp_path / "c"), users=3, sessions_per_user=3, minutes=0.05, heldout_users=0)
+    root = ensure_corpus(cfg)
+    summary = root / "synth_summary.json"
+    stamp = summary.stat().st_mtime_ns
+    assert ensure_corpus(cfg) == root and summary.stat().st_mtime_ns == stamp
+    summary.unlink()  # as if generation had been killed before its last write
+    ensure_corpus(cfg)
+    assert summary.is_file() and summary.stat().st_mtime_ns != stamp

@@ -52,10 +52,10 @@ Every session depends only on its own seed, so sessions can be generated in para
 (``--workers``) and the same seed gives the same bytes of EMG.
 """
 
-from emgscale.synth.corpus import CorpusSummary, SynthConfig, generate_corpus, make_splits, plan_corpus
+from emgscale.synth.corpus import CorpusSummary, SynthConfig, ensure_corpus, generate_corpus, make_splits, plan_corpus
 from emgscale.synth.session import SessionPlan, SyntheticSession, UserModel, generate_session, make_user, write_session
 
 __all__ = [
-    "CorpusSummary", "SessionPlan", "SynthConfig", "SyntheticSession", "UserModel", "generate_corpus",
+    "CorpusSummary", "SessionPlan", "SynthConfig", "SyntheticSession", "UserModel", "ensure_corpus", "generate_corpus",
     "generate_session", "make_splits", "make_user", "plan_corpus", "write_session",
 ]

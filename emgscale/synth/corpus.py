@@ -353,3 +353,19 @@ def generate_corpus(cfg: SynthConfig) -> CorpusSummary:
 
     atomic_write_json(out / SUMMARY_FILE, {"config": to_dict(cfg), "summary": summary.to_dict()})
     return summary
+
+
+def ensure_corpus(cfg: SynthConfig) -> Path:
+    """``cfg.out``, generated unless a finished corpus of exactly this config is already there.
+
+    The summary file is written last, so a corpus whose generation was killed is generated again.
+    """
+    import json
+
+    from emgscale.config import to_dict
+
+    summary = Path(cfg.out) / SUMMARY_FILE
+    if summary.is_file() and json.loads(summary.read_text()).get("config") == json.loads(json.dumps(to_dict(cfg))):
+        return Path(cfg.out)
+    generate_corpus(cfg)
+    return Path(cfg.out)
