@@ -49,13 +49,13 @@ def _corpus(out: Path, data: str | None) -> Path:
 
 
 def run_one(root: Path, split: Path, out_dir: Path, model: str, steps: int, batch_size: int, bf16: bool,
-            seed: int, lr: float) -> dict[str, Any]:
+            seed: int, lr: float, threads: int = 0) -> dict[str, Any]:
     """Train ``steps`` steps; returns per-step losses, loop throughput (labelled EMG-s/s) and val loss."""
     cfg = build_config(TrainConfig, [str(ROOT / "configs" / "models" / f"{model}.yaml")], [
         f"data.data_root={root}", f"data.split={split}", f"data.batch_size={batch_size}",
         f"run.out_dir={out_dir}", "run.max_epochs=1", f"run.steps_per_epoch={steps}", "run.log_every_steps=1",
         "run.ckpt_every_steps=0", "run.val_max_batches=2", "run.tensorboard=false", f"run.bf16={str(bf16).lower()}",
-        f"run.seed={seed}", f"optim.lr={lr}", "optim.warmup_epochs=0.2"])
+        f"run.seed={seed}", f"run.threads={threads}", f"optim.lr={lr}", "optim.warmup_epochs=0.2"])
     res = train(cfg)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=1501)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--noise", action="store_true", help="add an fp32 run with another seed (the noise level)")
     p.add_argument("--out", default="runs/bench_precision")
     p.add_argument("--data", default=None, help="data root (default: a small synthetic corpus)")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.noise:
         plan["fp32, seed+1"] = (False, a.seed + 1)
     runs = {name: run_one(root, split, out / name.replace(", ", "_").replace("+", "p"), a.model, a.steps,
-                          a.batch_size, bf16, seed, a.lr)
+                          a.batch_size, bf16, seed, a.lr, a.threads)
             for name, (bf16, seed) in plan.items()}
     ref = runs["fp32"]
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         return statistics.fmean(abs(x - y) for x, y in zip(ref["losses"], r["losses"]))
 
     print(f"# {hardware()}")
-    print(f"# {a.model}, batch {a.batch_size}, {a.steps} steps, lr {a.lr}, the training loop (emgscale.train)")
+    print(f"# {a.model}, batch {a.batch_size}, {a.steps} steps, lr {a.lr}, {a.threads or 'default'} threads, "
+          "the training loop (emgscale.train)")
     names = list(runs)
     print("step  " + "".join(f"{n:>16}" for n in names))
     every = max(1, a.steps // 10)

@@ -48,12 +48,13 @@ BUDGETS: dict[str, Budget] = {
     "small": Budget(
         name="small",
         # 600 steps of 16 x 4 s windows from scratch. At Adam 5e-3 with gradient clipping, CNN+BiGRU-small
-        # leaves the CTC blank plateau after ~300 steps (at 2e-3 it took ~1,200) and reaches ~40 % window
-        # CER on one synthetic subject by step 600 (benchmarks/README.md).
+        # leaves the CTC blank plateau after ~300 steps (at 2e-3 it took ~1,200); the cosine decays only to
+        # 1e-3, since a decay to ~0 by step 600 stopped the learning that had just begun (benchmarks/README.md).
         train=("run.max_epochs=8", "run.steps_per_epoch=75", "data.batch_size=16", "optim.warmup_epochs=0.5",
-               "optim.lr=5e-3", "optim.grad_clip=5", "run.ckpt_every_steps=75", "run.val_max_batches=4",
-               "run.bf16=false", "swad.n_converge=2", "swad.n_tolerance=3"),
-        finetune=("run.max_epochs=4", "run.steps_per_epoch=25", "optim.warmup_epochs=0.5", "optim.lr=1e-3"),
+               "optim.lr=5e-3", "optim.min_lr=1e-3", "optim.grad_clip=5", "run.ckpt_every_steps=75",
+               "run.val_max_batches=4", "run.bf16=false", "swad.n_converge=2", "swad.n_tolerance=3"),
+        finetune=("run.max_epochs=4", "run.steps_per_epoch=15", "optim.warmup_epochs=0.5", "optim.lr=1e-3",
+                  "optim.min_lr=1e-5"),
         model_suffix="_small",
         corpus={"users": 10, "sessions_per_user": 6, "minutes": 1.5, "heldout_users": 2},
         max_heldout_users=2,
