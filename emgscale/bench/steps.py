@@ -150,9 +150,6 @@ def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
 
 
 def _train_in_worker(cache: str, files: list[str], overrides: list[str]) -> str:
-    import os
-
-    os.environ["EMGSCALE_PROGRESS"] = os.environ.get("EMGSCALE_PROGRESS", "1")
     folder = run_folder(Path(cache), files, overrides)
     folder.mkdir(parents=True, exist_ok=True)
     return str(ensure_trained(Path(cache), files, overrides, log=folder / "train.log"))
@@ -161,10 +158,11 @@ def _train_in_worker(cache: str, files: list[str], overrides: list[str]) -> str:
 def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jobs: int = 1) -> list[Path]:
     """:func:`ensure_trained` for independent runs, ``jobs`` at a time in separate processes.
 
-    Each process gets ``cpu_count // jobs`` torch threads (on CPU, several single-thread RNN trainings
-    side by side get more done than one run with every core). Runs already done are not started again,
-    and a run listed twice trains once. With ``jobs > 1`` each run's output goes to its folder's
-    ``train.log``; a line per run tells where it stands.
+    Each process gets ``cpu_count // jobs`` torch threads (small models rarely keep every core busy, and
+    side-by-side runs also overlap their data loading and validation). Runs already done are not started
+    again, and a run listed twice trains once. With ``jobs > 1`` each run's output goes to its folder's
+    ``train.log``; a line per run tells where it stands. The processes are spawned, so a script that calls
+    this needs the usual ``if __name__ == "__main__":`` guard.
     """
     import os
     import time
