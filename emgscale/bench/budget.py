@@ -1,7 +1,8 @@
 """Budgets: how much compute a benchmark spends (epochs, model sizes, corpus size, users).
 
-``tiny`` is for tests (seconds), ``small`` finishes each benchmark on the synthetic corpus in under
-30 minutes on 2 CPU cores, ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
+``tiny`` is for tests (seconds), ``small`` runs each benchmark on the synthetic corpus in ~15-35 minutes
+on 2 CPU cores with ``--jobs 2`` (600-step models: a single subject learns, held-out users barely leave
+the CTC plateau; see benchmarks/README.md), ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
 and is meant for GPUs and Ray clusters (``--workers``).
 """
 
