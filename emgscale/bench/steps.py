@@ -115,10 +115,11 @@ def _run_key(cfg: Any) -> dict[str, Any]:
     return key
 
 
-def ensure_trained(cache: Path, files: list[str], overrides: list[str], log: "Path | None" = None) -> Path:
+def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_file: bool = False) -> Path:
     """Train (or resume, or reuse) the run these config files and overrides define; returns its folder.
 
-    With ``log``, the run's output (progress, validation lines) goes to that file instead of the console.
+    With ``log_to_file``, the run's output (progress, validation lines) goes to ``<folder>/train.log``
+    instead of the console.
     """
     from emgscale.train import load_train_config, train
 
@@ -129,13 +130,13 @@ def ensure_trained(cache: Path, files: list[str], overrides: list[str], log: "Pa
         return folder
     cfg = load_train_config(files, [*overrides, f"run.out_dir={folder}"])
     print0(f"[bench] training {folder.name}: {' '.join(overrides)}")
-    if log is None:
+    if not log_to_file:
         result = train(cfg, resume=True)
     else:
         import contextlib
 
         folder.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        with open(folder / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             result = train(cfg, resume=True)
     atomic_write_json(folder / DONE, {"key": key, "best_val_cer": result.best_val_cer, "steps": result.steps,
                                       "wall_s": result.wall_s})
@@ -150,9 +151,7 @@ def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
 
 
 def _train_in_worker(cache: str, files: list[str], overrides: list[str]) -> str:
-    folder = run_folder(Path(cache), files, overrides)
-    folder.mkdir(parents=True, exist_ok=True)
-    return str(ensure_trained(Path(cache), files, overrides, log=folder / "train.log"))
+    return str(ensure_trained(Path(cache), files, overrides, log_to_file=True))
 
 
 def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jobs: int = 1) -> list[Path]:
