@@ -4,7 +4,7 @@
                                   [--weights 0,0.5,1,2] [--bonus 0,1,2] [--beam 50] [--out lm_gain.json]
 
 Whole-session log-probs of the checkpoint's val and test sessions are computed once (the paper's
-whole-session test, :func:`emgscale.evaluate.session_emissions`); then every (LM weight, insertion
+whole-session test, :func:`emgscale.eval.session_emissions`); then every (LM weight, insertion
 bonus) pair decodes them with the native backspace-aware beam search. The setting with the lowest *val*
 CER is chosen and its *test* CER reported next to greedy, so the gain is not tuned on the test set.
 The reference's defaults (weight 2, bonus 2) are always in the grid.
@@ -41,10 +41,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=None, help="also write the JSON result here")
     a = p.parse_args(argv)
 
-    from emgscale.checkpoint import load_model
     from emgscale.data.splits import load_split
     from emgscale.decode import DecoderConfig, build_decoder
-    from emgscale.evaluate import score, session_emissions
+    from emgscale.eval import load_model, score, session_emissions
 
     model, tcfg = load_model(a.checkpoint)
     split = load_split(a.split_file or tcfg.data.split)

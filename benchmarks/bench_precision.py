@@ -59,8 +59,8 @@ def run_one(root: Path, split: Path, out_dir: Path, model: str, steps: int, batc
     res = train(cfg)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
-    d = cfg.data
-    labelled = d.window_samples / (d.window_samples + d.pad_left_samples + d.pad_right_samples)
+    w = cfg.data.window
+    labelled = w.window_samples / (w.window_samples + w.pad_left_samples + w.pad_right_samples)
     rates = [r["emg_s_per_s"] * labelled for r in rows if "emg_s_per_s" in r]
     rates = rates[2:] or rates
     return {"bf16": bf16, "seed": seed, "losses": losses, "emg_s_per_s": statistics.median(rates),

@@ -6,7 +6,7 @@
 Every run trains the same small TDS model on the same data for the same number of steps with the same
 global batch (Ray splits it over the workers). Reported side by side, from one invocation:
 
-* wall s: the whole call (``train()`` or ``emgscale.ray_train.fit``), after ``ray.init``;
+* wall s: the whole call (``train()`` or ``emgscale.train.launch`` on Ray), after ``ray.init``;
 * loop steps/s and EMG-s/s: the loop's own throughput (the median of its logged EMG-s/s after the
   first logging interval; windows are 4 s with no padding, so a step is exactly batch x 4 s of EMG);
 * fixed s: wall s - steps / loop rate: start-up, validation, checkpoints (and Ray's worker start);
@@ -51,7 +51,7 @@ def _corpus(out: Path, data: str | None) -> Path:
 def _config(root: Path, split: Path, out_dir: Path, steps: int, batch_size: int, *extra: str) -> TrainConfig:
     return build_config(TrainConfig, [], [
         f"data.data_root={root}", f"data.split={split}",
-        f"data.window_samples={WINDOW_SAMPLES}", "data.pad_left_samples=0", "data.pad_right_samples=0",
+        f"data.window.window_samples={WINDOW_SAMPLES}", "data.window.pad_left_samples=0", "data.window.pad_right_samples=0",
         f"data.batch_size={batch_size}", f"data.train_samples_per_epoch={steps * batch_size}",
         "model.arch=tds", "model.tds.block_channels=[24,24]", "model.tds.kernel_width=16",
         "model.frontend.mlp_features=[96]",
@@ -70,7 +70,7 @@ def _loop_rate(out_dir: Path) -> float:
 
 
 def _run(name: str, workers: int, threads: int, cfg: TrainConfig, steps: int) -> dict:
-    from emgscale.ray_train import fit
+    from emgscale.train.launch import fit_on_ray as fit
 
     shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
     t0 = time.monotonic()

@@ -1,13 +1,27 @@
-"""Checkpoints: model, optimiser, scheduler, step, RNG state, resolved config and averaging state.
+"""Checkpoints: one typed, versioned schema (:class:`Checkpoint`) that every reader and writer uses.
 
-A checkpoint is one ``torch.save`` file written atomically. It carries ``format_version`` so that later
-code keeps loading it; :func:`load_model` rebuilds the model from the config stored inside, so a
-checkpoint file is all evaluation needs.
+A checkpoint is one ``torch.save`` file written atomically: the model's weights, the resolved training
+config (a plain dict, so the file is all evaluation needs), the loop's position (step, epoch, batch in
+the epoch), optimiser / scheduler / RNG state for an exact resume, the validation history, and the
+weight-averaging state and averaged weights when SWAD/SWA is on.
+
+Reading:
+
+* :func:`load_checkpoint` returns a :class:`Checkpoint`. Files are memory-mapped, so a reader that
+  needs one field (the step, the config) does not read the optimiser state or the averaging sums.
+* emgscale checkpoints hold only tensors and plain containers, so they load with
+  ``torch.load(weights_only=True)``: opening one runs no pickled code. Files written before format 2
+  (numpy RNG state) fall back to a full unpickle.
+* Older formats are upgraded on read (:func:`upgrade_config` for the config inside), so a checkpoint
+  keeps loading after the code moves on; a newer format is refused with a clear error.
 """
 
 from __future__ import annotations
 
+import math
+import pickle
 import random
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +30,168 @@ import torch
 
 from emgscale.common import atomic_torch_save
 
-FORMAT_VERSION = 1
+#: 2: the data config nests its windowing under ``data.window``; RNG state holds no numpy objects.
+FORMAT_VERSION = 2
 LAST, BEST = "last.pt", "best.pt"
+_WINDOW_KEYS = ("window_samples", "stride_samples", "pad_left_samples", "pad_right_samples")
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint file holds.
+
+    Attributes:
+        model: the model's ``state_dict``.
+        config: the resolved training config as a plain dict (``emgscale.config.to_dict``).
+        step, epoch, step_in_epoch: the loop's position when it was written.
+        best_val_cer: the best validation CER so far.
+        history: one row of metrics per validation.
+        optimizer, scheduler: their ``state_dict`` (None in weights-only files: not resumable).
+        rng: one :func:`rng_state` per rank.
+        averager: the weight averager's state (SWAD/SWA), opaque to everything but the averager.
+        averaged_model: the averaged weights, when an average exists.
+        source: where the weights come from (``emgscale``, or ``reference:<file>`` for an imported
+            Lightning checkpoint of the official code).
+        format_version: the schema version it was written with.
+    """
+
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_val_cer: float = math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: list[dict[str, Any]] | None = None
+    averager: dict[str, Any] | None = None
+    averaged_model: dict[str, torch.Tensor] | None = None
+    source: str = "emgscale"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def resumable(self) -> bool:
+        """True when the file can continue a run (optimiser and scheduler state are there)."""
+        return self.optimizer is not None and self.scheduler is not None
+
+    def weights(self, which: str = "model") -> dict[str, torch.Tensor]:
+        """The trained (``model``) or averaged (``averaged``) weights.
+
+        Raises:
+            ValueError: ``averaged`` asked for where there is no average.
+        """
+        if which not in ("model", "averaged"):
+            raise ValueError(f"which must be 'model' or 'averaged', got {which!r}")
+        w = self.averaged_model if which == "averaged" else self.model
+        if w is None:
+            raise ValueError("this checkpoint has no averaged weights (SWAD/SWA found no average)")
+        return w
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "checkpoint") -> "Checkpoint":
+        """Build (and upgrade) from what ``torch.load`` returned.
+
+        Raises:
+            ValueError: not an emgscale checkpoint, a newer format, missing or unknown fields.
+        """
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version is None:
+            raise ValueError(f"{where}: not an emgscale checkpoint (no format_version)")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{where}: checkpoint format {version} is newer than this emgscale ({FORMAT_VERSION})")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown checkpoint fields {unknown}")
+        missing = [k for k in ("model", "config") if data.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: checkpoint lacks {missing}")
+        data = dict(data)
+        data["config"] = upgrade_config(data["config"], version)
+        if data.get("rng"):
+            data["rng"] = [_plain_rng(r) for r in data["rng"]]
+        data["format_version"] = FORMAT_VERSION
+        return cls(**data)
+
+
+def upgrade_config(config: dict[str, Any], version: int) -> dict[str, Any]:
+    """A training config dict written by checkpoint format ``version`` in today's layout."""
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    data = config.get("data")
+    if version < 2 and isinstance(data, dict) and any(k in data for k in _WINDOW_KEYS):
+        window = {k: data.pop(k) for k in _WINDOW_KEYS if k in data}
+        data["window"] = {**data.get("window", {}), **window}
+    return config
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG the loop draws from: torch (CPU and CUDA), numpy, Python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG the loop draws from: torch (CPU and this process's GPU), numpy, Python — as plain data."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                        int(has_gauss), float(cached)],
+             "python": _to_lists(random.getstate())}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's: resume works with another GPU count
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(_to_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
 
 
-def save_checkpoint(path: "str | Path", **state: Any) -> Path:
-    """Write ``state`` (plus ``format_version``) atomically to ``path``."""
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def _plain_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 RNG state (numpy objects inside) in today's plain form."""
+    st = dict(state)
+    if isinstance(st.get("numpy"), tuple):
+        name, keys, pos, has_gauss, cached = st["numpy"]
+        st["numpy"] = [name, torch.from_numpy(np.asarray(keys).astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)]
+    if isinstance(st.get("python"), tuple):
+        st["python"] = _to_lists(st["python"])
+    return st
+
+
+def save_checkpoint(path: "str | Path", ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` atomically to ``path``.
+
+    Raises:
+        ValueError: a weight of the model or of the average is not finite (nothing is written).
+    """
+    for name, weights in (("model", ckpt.model), ("averaged_model", ckpt.averaged_model)):
+        bad = [k for k, v in (weights or {}).items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"{path}: refusing to write a checkpoint with non-finite {name} weights "
+                             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     path = Path(path)
-    atomic_torch_save({"format_version": FORMAT_VERSION, **state}, path)
+    atomic_torch_save(ckpt.to_dict(), path)
     return path
 
 
-def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file or the ``last.pt`` inside a checkpoint folder.
+def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cpu") -> Checkpoint:
+    """Read a checkpoint file, or the ``last.pt`` inside a checkpoint folder.
 
     Raises:
         FileNotFoundError: nothing there.
-        ValueError: not an emgscale checkpoint, or from a newer format.
+        ValueError: not a readable checkpoint (truncated, not a torch file), or from a newer format.
     """
     path = Path(path)
     if path.is_dir():
@@ -57,37 +199,24 @@ def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cp
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        data = _load_legacy(path, map_location)
     except Exception as e:  # torch raises a variety of errors on a truncated pickle/zip
-        raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
-    version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
-    if version is None:
-        raise ValueError(f"{path}: not an emgscale checkpoint (no format_version)")
-    if version > FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {version} is newer than this emgscale ({FORMAT_VERSION})")
-    return ckpt
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return Checkpoint.from_dict(data, str(path))
 
 
-def load_model(path: "str | Path", which: str = "model", map_location: str = "cpu") -> tuple[torch.nn.Module, Any]:
-    """Rebuild the model stored in a checkpoint, in eval mode, with its training config.
+def _load_legacy(path: Path, map_location: "str | torch.device") -> dict[str, Any]:
+    """A file ``weights_only`` refuses: an emgscale format-1 checkpoint (numpy RNG state inside).
 
-    Args:
-        path: checkpoint file (or run's checkpoint folder).
-        which: ``"model"`` for the trained weights, ``"averaged"`` for the SWAD/SWA average when present.
-
-    Returns:
-        ``(model, cfg)`` where ``cfg`` is the :class:`~emgscale.train.TrainConfig` it was trained with.
+    Such a file is unpickled in full (as every emgscale release before format 2 did), so open only
+    files you trust this way; whatever it holds, anything but a format-1 checkpoint is then refused.
     """
-    from emgscale.config import from_dict
-    from emgscale.models import build_model
-    from emgscale.train import TrainConfig
-
-    ckpt = load_checkpoint(path, map_location)
-    cfg = from_dict(TrainConfig, ckpt["config"])
-    model = build_model(cfg.model)
-    key = "averaged_model" if which == "averaged" else "model"
-    if ckpt.get(key) is None:
-        raise ValueError(f"{path}: checkpoint has no '{key}' weights")
-    model.load_state_dict(ckpt[key])
-    model.eval()
-    return model, cfg
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not (isinstance(data, dict) and data.get("format_version") == 1):
+        raise ValueError(f"{path}: not an emgscale checkpoint")
+    return data

@@ -1,7 +1,8 @@
-"""Small shared helpers: rank-0 discipline, atomic writes, run provenance, progress."""
+"""Small shared helpers: rank-0 discipline, atomic writes, the device choice, run provenance, progress."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -10,7 +11,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -52,24 +56,37 @@ def print0(*args: Any, **kwargs: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+@contextlib.contextmanager
+def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it is fsynced and renamed onto ``path``.
 
-    A reader never sees a partial file; a killed writer leaves the old file (or none) in place.
+    The one implementation of temp-file + rename: a reader never sees a partial file, and a writer
+    that fails or is killed leaves the old file (or none) in place and no temporary file behind.
+
+    >>> with atomic_path("out/result.json") as tmp:   # doctest: +SKIP
+    ...     tmp.write_text("{}")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
@@ -83,20 +100,38 @@ def atomic_write_json(path: "str | os.PathLike[str]", obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: "str | os.PathLike[str]") -> None:
-    """``torch.save`` to a temporary file, then rename."""
+    """``torch.save`` atomically (:func:`atomic_path`)."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+# ----------------------------------------------------------------------------- devices
+def resolve_device(spec: str = "auto", local_rank: int | None = None) -> "torch.device":
+    """The one device choice: ``auto`` is this process's GPU (``LOCAL_RANK`` modulo the visible GPUs)
+    when CUDA is available, else the CPU; anything else (``cpu``, ``cuda``, ``cuda:1``) as given.
+
+    Raises:
+        ValueError: a CUDA device is asked for where CUDA is not available, or the spec is not a device.
+    """
+    import torch
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+            return torch.device("cuda", local % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{spec!r} is not a device (auto | cpu | cuda | cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} asked for, but CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 # ----------------------------------------------------------------------------- provenance

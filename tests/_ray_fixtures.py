@@ -30,8 +30,8 @@ def tiny_overrides(data_root: Path, split: Path, out_dir: Path) -> list[str]:
     """``dotted.key=value`` overrides of a tiny, deterministic CPU training run."""
     window = int(SESSION_SECONDS * 2000)
     return [
-        f"data.data_root={data_root}", f"data.split={split}", f"data.window_samples={window}",
-        "data.pad_left_samples=0", "data.pad_right_samples=0", "data.batch_size=4", "data.val_mode=windows",
+        f"data.data_root={data_root}", f"data.split={split}", f"data.window.window_samples={window}",
+        "data.window.pad_left_samples=0", "data.window.pad_right_samples=0", "data.batch_size=4", "data.val_mode=windows",
         "model.arch=tds", "model.tds.block_channels=[4]", "model.tds.kernel_width=4",
         "model.frontend.mlp_features=[16]", "model.features.channels=[0,4,8,12]", "model.features.norm=none",
         "model.augment.band_rotation=0", "model.augment.temporal_jitter_samples=0",

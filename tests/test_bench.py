@@ -97,6 +97,6 @@ def test_parallel_runs_equal_sequential_runs(tiny_corpus, tmp_path):
     assert par[0] == par[2] and par[0] != par[1] and [p.name for p in par[:2]] == [p.name for p in seq]
     assert len(list((tmp_path / "b" / "runs").iterdir())) == 2
     for a, b in zip(seq, par):
-        wa, wb = (load_checkpoint(p / "checkpoints" / LAST)["model"] for p in (a, b))
+        wa, wb = (load_checkpoint(p / "checkpoints" / LAST).model for p in (a, b))
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
         assert (b / "train.log").stat().st_size > 0

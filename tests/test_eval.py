@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from emgscale.evaluate import infer_session
+from emgscale.eval import infer_session
 from emgscale.models import ModelConfig, build_model
 from emgscale.config import from_dict
 
@@ -65,7 +65,7 @@ def trained(tmp_path_factory):
 
 def test_eval_cli_writes_result(trained, tmp_path, capsys):
     """`python -m emgscale.eval CKPT --split test` scores whole sessions and writes the JSON with provenance."""
-    from emgscale.eval import main
+    from emgscale.eval.__main__ import main
 
     root, ckpt = trained
     out = tmp_path / "r.json"
@@ -83,7 +83,7 @@ def test_eval_cli_writes_result(trained, tmp_path, capsys):
                     reason="KenLM lmplz not built (scripts/build_kenlm.sh)")
 def test_eval_with_beam_and_lm(trained, tmp_path):
     """Beam search with a character LM runs through the same evaluation path."""
-    from emgscale.evaluate import EvalConfig, evaluate
+    from emgscale.eval import EvalConfig, evaluate
     from emgscale.decode import DecoderConfig
     from emgscale.lm import build_lm
 

@@ -8,12 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from emgscale.data import EMGSession
+from emgscale.data import EMGSession, WindowSpec
 from emgscale.loader import DataConfig, build_loader, minutes_budget
 from emgscale.shard import ShardConfig, shard_corpus
 from emgscale.shard.stream import assign_shards
 
-WIN = dict(window_samples=1000, pad_left_samples=200, pad_right_samples=50)
+WIN = dict(window=WindowSpec(window_samples=1000, pad_left_samples=200, pad_right_samples=50, jitter=True))
 W, PL, PR = 1000, 200, 50
 
 

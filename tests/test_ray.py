@@ -1,4 +1,4 @@
-"""Tests of distributed training (emgscale.ray_train) and search (emgscale.tune) on a local Ray instance.
+"""Tests of distributed training (emgscale.train.launch) and search (emgscale.tune) on a local Ray instance.
 
 They start one in-process Ray instance for the module (2 CPUs, loopback) and run few, tiny runs:
 each Ray Train run costs about 25 s here, mostly worker start-up.
@@ -66,10 +66,10 @@ def _assert_same_run(result, ref_result, ref_ckpt) -> None:
     below one step of divergence.
     """
     ckpt = load_checkpoint(result.last_checkpoint)
-    assert ckpt["step"] == ref_ckpt["step"] == 4
-    moved = _max_param_diff(ref_ckpt["model"], _initial_weights(ref_ckpt))
+    assert ckpt.step == ref_ckpt.step == 4
+    moved = _max_param_diff(ref_ckpt.model, _initial_weights(ref_ckpt))
     assert moved > 1e-3, "training must move the weights for the comparison to mean anything"
-    assert _max_param_diff(ckpt["model"], ref_ckpt["model"]) < 1e-4
+    assert _max_param_diff(ckpt.model, ref_ckpt.model) < 1e-4
     assert [h["step"] for h in result.history] == [h["step"] for h in ref_result.history] == [2, 4]
     for h, r in zip(result.history, ref_result.history):
         assert h["lr"] == pytest.approx(r["lr"], rel=1e-12)  # same LR schedule whatever the world size
@@ -81,7 +81,7 @@ def _initial_weights(ckpt: dict) -> dict[str, torch.Tensor]:
     from emgscale.config import from_dict
     from emgscale.models import build_model
 
-    cfg = from_dict(TrainConfig, ckpt["config"])
+    cfg = from_dict(TrainConfig, ckpt.config)
     torch.manual_seed(cfg.run.seed)  # train() seeds with seed + rank before building the model
     return build_model(cfg.model).state_dict()
 
@@ -89,7 +89,7 @@ def _initial_weights(ckpt: dict) -> dict[str, torch.Tensor]:
 @pytest.mark.ray
 def test_two_workers_equal_one_process(corpus, ray_instance, reference, tmp_path: Path):
     """2 Ray Train workers (gloo DDP, batch 2 each) train exactly as one process with batch 4."""
-    from emgscale.ray_train import fit
+    from emgscale.train.launch import fit_on_ray as fit
 
     cfg = tiny_config(corpus.root, corpus.split_path, tmp_path / "run", "run.max_steps=4", "run.workers=2")
     result = fit(cfg)
@@ -102,7 +102,7 @@ def test_two_workers_equal_one_process(corpus, ray_instance, reference, tmp_path
 @pytest.mark.ray
 def test_killed_worker_resumes_from_checkpoint(corpus, ray_instance, reference, tmp_path: Path, monkeypatch):
     """Rank 1 dies after the step-2 checkpoint; Ray restarts the group, which resumes and ends as uninterrupted."""
-    from emgscale.ray_train import FAULT_ENV, fit
+    from emgscale.train.launch import FAULT_ENV, fit_on_ray as fit
 
     marker = tmp_path / "killed"
     monkeypatch.setenv(FAULT_ENV, f"rank=1,step=2,marker={marker}")
@@ -118,7 +118,7 @@ def test_killed_worker_resumes_from_checkpoint(corpus, ray_instance, reference, 
 @pytest.mark.ray
 def test_tune_two_trials_end_to_end(corpus, ray_instance, tmp_path: Path, capsys):
     """A 2-trial grid search runs both trials, ranks them and writes the tables and the best config."""
-    from emgscale.tune import main
+    from emgscale.tune.__main__ import main
 
     search = {
         "name": "tiny", "out_dir": str(tmp_path / "search"),

@@ -17,7 +17,7 @@ from emgscale.shard.__main__ import main as shard_main
 from emgscale.shard.records import decode_record, record_samples, sample_key
 from emgscale.shard.writer import file_sha256
 
-WIN = dict(window_samples=1000, pad_left_samples=200, pad_right_samples=50)
+WIN = dict(window=WindowSpec(window_samples=1000, pad_left_samples=200, pad_right_samples=50, jitter=True))
 
 
 def _cfg(corpus, out: Path, **kw) -> ShardConfig:

@@ -191,7 +191,8 @@ def test_train_stores_the_swad_average_and_load_model_reads_it(tiny_corpus, tmp_
     """train() with swad.mode=swad writes averaged_model (fresh BN stats) into last.pt; load_model loads it."""
     from _ray_fixtures import tiny_config
 
-    from emgscale.checkpoint import load_checkpoint, load_model
+    from emgscale.checkpoint import load_checkpoint
+    from emgscale.eval import load_model
     from emgscale.train import train
 
     # n_converge 1 and a loose tolerance: the valley starts at the first validation and never ends,
@@ -201,8 +202,8 @@ def test_train_stores_the_swad_average_and_load_model_reads_it(tiny_corpus, tmp_
                       "swad.tolerance_ratio=100", "swad.bn_batches=2", "model.features.norm=batch")
     result = train(cfg)
     ckpt = load_checkpoint(result.last_checkpoint)
-    assert ckpt["averager"]["included_steps"] == list(range(6))
-    averaged, trained = ckpt["averaged_model"], ckpt["model"]
+    assert ckpt.averager["included_steps"] == list(range(6))
+    averaged, trained = ckpt.averaged_model, ckpt.model
     assert averaged is not None and averaged.keys() == trained.keys()
     norm_stats = [k for k in trained if k.endswith("running_mean")]
     assert norm_stats

@@ -13,9 +13,11 @@ import pytest
 import torch
 import yaml
 
-from emgscale.checkpoint import LAST, load_checkpoint, load_model
+from emgscale.checkpoint import LAST, load_checkpoint
+from emgscale.eval import load_model
 from emgscale.config import ConfigError, from_dict
-from emgscale.train import TrainConfig, load_train_config, lr_lambda, main, train
+from emgscale.train import TrainConfig, load_train_config, lr_lambda, train
+from emgscale.train.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["model.arch=tds", "model.frontend.mlp_features=[32]", "model.tds.block_channels=[4,4]",
@@ -93,7 +95,7 @@ def test_finetune_loads_weights(corpus, tmp_path):
     cfg = load_train_config([], _overrides(corpus, tmp_path / "b", "run.max_epochs=1", "run.steps_per_epoch=1",
                                            f"run.init_from={a.last_checkpoint}", "optim.lr=1e-12"))
     b = train(cfg)
-    wa, wb = load_checkpoint(a.last_checkpoint)["model"], load_checkpoint(b.last_checkpoint)["model"]
+    wa, wb = load_checkpoint(a.last_checkpoint).model, load_checkpoint(b.last_checkpoint).model
     params = [k for k in wa if not any(t in k for t in ("running_", "num_batches"))]  # BN stats move in train mode
     assert params and all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in params)
 
@@ -109,20 +111,20 @@ def test_sigkill_and_resume_equals_uninterrupted(corpus, tmp_path):
     ckpt = out / "checkpoints" / LAST
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 2:
+        if ckpt.exists() and load_checkpoint(ckpt).step >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = load_checkpoint(ckpt)["step"]
+    killed_at = load_checkpoint(ckpt).step
     assert killed_at < 12
     assert main([*_overrides(corpus, out, *common), "--resume"]) == 0
     a, b = load_checkpoint(ref.last_checkpoint), load_checkpoint(ckpt)
-    assert a["step"] == b["step"] == 12
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["best_val_cer"] == b["best_val_cer"]
+    assert a.step == b.step == 12
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    assert a.best_val_cer == b.best_val_cer
 
 
 @pytest.mark.slow

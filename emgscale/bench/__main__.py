@@ -27,11 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
     p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
     p.add_argument("--lm-text", nargs="*", type=Path, help="text files for the character LM")
-    p.add_argument("--workers", type=int, default=1, help="shard-writing processes")
+    p.add_argument("--shard-workers", "--workers", dest="workers", type=int, default=1,
+                   help="shard-writing processes (default 1)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="independent training runs side by side, each with cores/jobs threads (default 1)")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value for every training run, e.g. run.workers=8")
-    a = p.parse_args(argv)
+                   help="independent training runs side by side: a GPU each (round robin), or cores/jobs "
+                        "threads each on a CPU machine (default 1)")
+    p.add_argument("overrides", nargs="*",
+                   help="dotted.key=value for every training run, e.g. run.workers=8 run.use_gpu=true "
+                        "(each run on 8 Ray Train DDP workers)")
+    a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     from emgscale.bench.runner import run_benchmark
 
     for name in GROUPS.get(a.benchmark, [a.benchmark]):

@@ -106,22 +106,27 @@ def ensure_lm(cache: Path, text_files: list[Path], order: int) -> Path:
     return Path(res["lm"])
 
 
+#: Run settings that say where and how a run executes, not what it trains: not part of its identity.
+PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address")
+
+
 def _run_key(cfg: Any) -> dict[str, Any]:
-    """What identifies a training run: its config less where it writes and how many threads it uses."""
+    """What identifies a training run: its config less where it writes and runs (:data:`PLACEMENT_KEYS`)."""
     from emgscale.config import to_dict
 
     key = to_dict(cfg)
-    key["run"] = {k: v for k, v in key["run"].items() if k not in ("out_dir", "tensorboard", "threads")}
+    key["run"] = {k: v for k, v in key["run"].items() if k not in PLACEMENT_KEYS}
     return key
 
 
 def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_file: bool = False) -> Path:
     """Train (or resume, or reuse) the run these config files and overrides define; returns its folder.
 
-    With ``log_to_file``, the run's output (progress, validation lines) goes to ``<folder>/train.log``
-    instead of the console.
+    Training goes through :func:`emgscale.train.launch`, so ``run.workers`` / ``run.use_gpu`` / a Ray
+    address in the overrides put the run on Ray Train. With ``log_to_file``, the run's output
+    (progress, validation lines) goes to ``<folder>/train.log`` instead of the console.
     """
-    from emgscale.train import load_train_config, train
+    from emgscale.train import launch, load_train_config
 
     cfg = load_train_config(files, overrides)
     key = _run_key(cfg)
@@ -131,15 +136,15 @@ def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_f
     cfg = load_train_config(files, [*overrides, f"run.out_dir={folder}"])
     print0(f"[bench] training {folder.name}: {' '.join(overrides)}")
     if not log_to_file:
-        result = train(cfg, resume=True)
+        result = launch(cfg, resume=True)
     else:
         import contextlib
 
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            result = train(cfg, resume=True)
+            result = launch(cfg, resume=True)
     atomic_write_json(folder / DONE, {"key": key, "best_val_cer": result.best_val_cer, "steps": result.steps,
-                                      "wall_s": result.wall_s})
+                                      "wall_s": result.wall_s, "world_size": result.world_size})
     return folder
 
 
@@ -154,17 +159,33 @@ def _train_in_worker(cache: str, files: list[str], overrides: list[str]) -> str:
     return str(ensure_trained(Path(cache), files, overrides, log_to_file=True))
 
 
+def job_overrides(jobs: int, gpus: int, cpus: int, ray_address: str | None) -> list[list[str]]:
+    """Per-slot overrides of ``jobs`` concurrent runs: a GPU each (round robin over ``gpus``), else
+    ``cpus // jobs`` threads each; every slot joins the Ray cluster at ``ray_address`` when given."""
+    slots = []
+    for i in range(jobs):
+        extra = [f"run.device=cuda:{i % gpus}"] if gpus else [f"run.threads={max(1, cpus // jobs)}"]
+        slots.append(extra + ([f"run.ray_address={ray_address}"] if ray_address else []))
+    return slots
+
+
 def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jobs: int = 1) -> list[Path]:
     """:func:`ensure_trained` for independent runs, ``jobs`` at a time in separate processes.
 
-    Each process gets ``cpu_count // jobs`` torch threads (small models rarely keep every core busy, and
-    side-by-side runs also overlap their data loading and validation). Runs already done are not started
-    again, and a run listed twice trains once. With ``jobs > 1`` each run's output goes to its folder's
-    ``train.log``; a line per run tells where it stands. The processes are spawned, so a script that calls
-    this needs the usual ``if __name__ == "__main__":`` guard.
+    ``--jobs`` and ``run.workers`` combine: ``jobs`` independent runs go side by side, each on
+    ``run.workers`` DDP workers. In-process runs (``run.workers=1``) get a GPU each, round robin over
+    the visible GPUs, or ``cpu_count // jobs`` torch threads on a CPU machine. Runs on Ray Train share
+    one Ray cluster (started or joined here) that schedules their workers by the resources each asks
+    for. Runs already done are not started again, and a run listed twice trains once. With
+    ``jobs > 1`` each run's output goes to its folder's ``train.log``; a line per run tells where it
+    stands (runs done / total, ETA). The processes are spawned, so a script that calls this needs the
+    usual ``if __name__ == "__main__":`` guard.
     """
     import os
     import time
+
+    from emgscale.common import format_seconds
+    from emgscale.train import load_train_config, wants_ray
 
     folders = [run_folder(cache, f, o) for f, o in runs]
     todo: dict[Path, tuple[list[str], list[str]]] = {}
@@ -172,48 +193,44 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
         if not (folder / DONE).is_file():
             todo.setdefault(folder, run)
     if jobs <= 1 or len(todo) <= 1:
-        for folder, (files, overrides) in todo.items():
+        for n, (folder, (files, overrides)) in enumerate(todo.items(), 1):
             ensure_trained(cache, files, overrides)
+            print0(f"[bench] {n}/{len(todo)} training runs done")
         return folders
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    import torch
+
+    ray_address = None
+    if any(wants_ray(load_train_config(f, o)) for f, o in todo.values()):
+        from emgscale.train.launch import connect
+
+        ray_address = connect(os.environ.get("RAY_ADDRESS"))  # one cluster for every run's workers
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    slots = job_overrides(jobs, gpus, os.cpu_count() or 1, ray_address)
     t0 = time.monotonic()
-    print0(f"[bench] training {len(todo)} runs, {jobs} at a time x {threads} threads (logs: <run>/train.log)")
+    print0(f"[bench] training {len(todo)} runs, {jobs} at a time "
+           f"({f'one of {gpus} GPUs each' if gpus else f'{max(1, (os.cpu_count() or 1) // jobs)} threads each'}; "
+           f"logs: <run>/train.log)")
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_in_worker, str(cache), files, [*overrides, f"run.threads={threads}"]): folder
-                   for folder, (files, overrides) in todo.items()}
+        futures = {pool.submit(_train_in_worker, str(cache), files, [*overrides, *slots[i % jobs]]): folder
+                   for i, (folder, (files, overrides)) in enumerate(todo.items())}
         for n, fut in enumerate(as_completed(futures), 1):
             folder = futures[fut]
             try:
                 fut.result()
             except Exception as e:
                 raise RuntimeError(f"training run {folder} failed ({e}); see {folder / 'train.log'}") from e
-            print0(f"[bench] {n}/{len(todo)} runs done ({folder.name}, {(time.monotonic() - t0) / 60:.1f} min)")
+            spent = time.monotonic() - t0
+            print0(f"[bench] {n}/{len(todo)} runs done ({folder.name}, {spent / 60:.1f} min, "
+                   f"ETA {format_seconds(spent / n * (len(todo) - n))})")
     return folders
 
 
 def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, Any]:
     """CER of decoded emissions: aggregate and per user (the paper's definition)."""
-    from emgscale.evaluate import score
+    from emgscale.eval import score
 
     meter = score(emissions, decoder)
     return {"cer": meter.cer, "per_user": meter.per_user()}
-
-
-def run_emissions(checkpoint: Path, data_root: Path, split_file: Path, part: str,
-                  which: str = "model") -> list[dict[str, Any]]:
-    """Whole-session log-probs of every session of ``part`` (computed once, decoded many ways)."""
-    import torch
-
-    from emgscale.checkpoint import load_model
-    from emgscale.data.splits import load_split
-    from emgscale.evaluate import session_emissions
-
-    model, tcfg = load_model(checkpoint, which=which)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    return list(session_emissions(model, data_root, load_split(split_file)[part], device=device,
-                                  sample_rate_hz=tcfg.model.features.input_sample_rate_hz,
-                                  desc=f"emissions {Path(split_file).stem}/{part}"))

@@ -2,7 +2,7 @@
 
 Each takes a :class:`BenchContext` and its definition (a YAML under ``benchmarks/``) and returns result
 rows ``{"variant", "user", "part", "decoder", "cer"}`` plus plot specs; :mod:`emgscale.bench.runner`
-turns them into tables, JSON and PNGs. All training goes through :func:`emgscale.train.train` and all
+turns them into tables, JSON and PNGs. All training goes through :func:`emgscale.train.launch` and all
 evaluation is whole-session, greedy and with the character LM.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from emgscale.bench.budget import Budget
-from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, run_emissions, score_sessions
+from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, score_sessions
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
 
@@ -70,9 +70,10 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
               which: str = "model") -> list[dict[str, Any]]:
     """Per-user val and test CER, greedy and +LM, of one checkpoint on one split (cached)."""
     from emgscale.decode import DecoderConfig, build_decoder
+    from emgscale.eval import split_emissions
 
     ck = load_checkpoint(checkpoint)
-    key = {"checkpoint": str(checkpoint), "step": ck["step"], "which": which, "split": str(split_file),
+    key = {"checkpoint": str(checkpoint), "step": ck.step, "which": which, "split": str(split_file),
            "lm": str(ctx.lm) if ctx.lm else None}
 
     def make(_: Path) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
         if ctx.lm is not None:
             decoders["lm"] = build_decoder(DecoderConfig(kind="beam", lm_path=str(ctx.lm)))
         for part in ("val", "test"):
-            em = run_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
+            em = split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
             for name, dec in decoders.items():
                 for user, u in score_sessions(em, dec)["per_user"].items():
                     rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"]})
@@ -98,7 +99,7 @@ def generic_run(ctx: BenchContext, d: dict[str, Any]) -> Path:
 
 
 def _has_average(path: Path) -> bool:
-    return load_checkpoint(path).get("averaged_model") is not None
+    return load_checkpoint(path).averaged_model is not None
 
 
 def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:

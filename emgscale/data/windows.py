@@ -23,7 +23,7 @@ un-padded window only; training jitter moves ``offset`` forward by ``randint(0, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -36,14 +36,20 @@ from emgscale.data.session import ON_KEYBOARD, EMGSession
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """How a session is cut into samples.
+    """How a session is cut into samples: the one implementation of the window / jitter / label rule.
+
+    The data config (``data.window``), the shard plan (``ShardConfig.window``) and the shard records
+    (``RecordSpec.window``) all nest this spec, and both the HDF5 reader (:func:`read_window`) and
+    the shard reader (:func:`emgscale.shard.records.record_samples`) cut windows with its methods.
 
     Attributes:
         window_samples: un-padded window length (8000 = 4 s at 2 kHz); None = the whole session.
         stride_samples: step between windows; None = ``window_samples`` (no overlap).
         pad_left_samples: past context read before the window (1800 = 900 ms).
         pad_right_samples: future context read after it (200 = 100 ms).
-        jitter: move each window's start by a random amount within the stride (training).
+        jitter: move each training window's start by a random amount within the stride (the
+            reference's training behaviour, on in the data and shard configs; evaluation never
+            jitters). Off by default here, so a spec used directly reads fixed windows.
     """
 
     window_samples: int | None = 8000
@@ -51,6 +57,15 @@ class WindowSpec:
     pad_left_samples: int = 1800
     pad_right_samples: int = 200
     jitter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window_samples is not None and self.window_samples <= 0:
+            raise ValueError(f"window_samples must be positive, got {self.window_samples}")
+        if self.stride_samples is not None and self.stride_samples <= 0:
+            raise ValueError(f"stride_samples must be positive, got {self.stride_samples}")
+        if self.pad_left_samples < 0 or self.pad_right_samples < 0:
+            raise ValueError(f"pad_left_samples/pad_right_samples must be >= 0, got "
+                             f"{self.pad_left_samples}/{self.pad_right_samples}")
 
     @property
     def stride(self) -> int | None:
@@ -64,8 +79,40 @@ class WindowSpec:
             return 0
         return (num_rows - self.window_samples) // self.stride + 1
 
+    def max_jitter(self, num_rows: int, offset: int) -> int:
+        """Number of possible jitters of the window at ``offset``: ``min(stride, leftover)``, or 1."""
+        leftover = num_rows - (offset + self.window_samples)
+        return min(self.stride, leftover) if leftover > 0 else 1
+
+    def jittered(self, offset: int, num_rows: int, rng: np.random.Generator | None) -> int:
+        """The window start actually used: ``offset + randint(0, min(stride, leftover))`` when jittering
+        (the reference's rule), else ``offset``."""
+        if not self.jitter or self.window_samples is None or num_rows - (offset + self.window_samples) <= 0:
+            return offset
+        rng = rng if rng is not None else np.random.default_rng()
+        return offset + int(rng.integers(0, self.max_jitter(num_rows, offset)))
+
+    def padded_rows(self, offset: int, window: int, num_rows: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` read for the window ``[offset, offset + window)``: its context, clipped."""
+        return max(offset - self.pad_left_samples, 0), min(offset + window + self.pad_right_samples, num_rows)
+
+    def for_training(self, train: bool) -> "WindowSpec":
+        """This spec as used for training (jitter as configured) or evaluation (never jittered)."""
+        return self if train or not self.jitter else replace(self, jitter=False)
+
     def whole_session(self) -> "WindowSpec":
         return WindowSpec(None, None, 0, 0, False)
+
+
+def training_windows() -> WindowSpec:
+    """The reference's training windowing: 4 s windows, 900 ms / 100 ms context, jittered."""
+    return WindowSpec(jitter=True)
+
+
+def labels_in(times: np.ndarray, first_s: float, last_s: float) -> np.ndarray:
+    """Mask of the key-press ``times`` inside the un-padded window ``[first_s, last_s]`` (inclusive, as
+    the reference's ``LabelData.from_keystrokes`` range)."""
+    return (times >= first_s) & (times <= last_s)
 
 
 def read_window(
@@ -78,14 +125,10 @@ def read_window(
     else:
         window = spec.window_samples
         offset = index * spec.stride
-        leftover = n - (offset + window)
-        if leftover < 0:
+        if n - (offset + window) < 0:
             raise IndexError(f"{session.path}: window {index} does not fit in {n} rows")
-        if spec.jitter and leftover > 0:
-            rng = rng or np.random.default_rng()
-            offset += int(rng.integers(0, min(spec.stride, leftover)))
-    start = max(offset - spec.pad_left_samples, 0)
-    stop = min(offset + window + spec.pad_right_samples, n)
+        offset = spec.jittered(offset, n, rng)
+    start, stop = spec.padded_rows(offset, window, n)
     emg, t = session.window(start, stop)
     w0, w1 = offset - start, offset - start + window - 1
     if session.condition != ON_KEYBOARD:
@@ -197,8 +240,20 @@ class Batch:
         return len(self.keys)
 
     def to(self, device: "torch.device | str") -> "Batch":
-        return Batch(self.emg.to(device, non_blocking=True), self.emg_lengths.to(device),
-                     self.labels.to(device), self.label_lengths.to(device), self.keys, self.users)
+        """The tensors on ``device`` (asynchronous copies from pinned memory)."""
+        return Batch(self.emg.to(device, non_blocking=True), self.emg_lengths.to(device, non_blocking=True),
+                     self.labels.to(device, non_blocking=True), self.label_lengths.to(device, non_blocking=True),
+                     self.keys, self.users)
+
+    def head(self, k: int) -> "Batch":
+        """The first ``k`` samples."""
+        return Batch(self.emg[:k], self.emg_lengths[:k], self.labels[:k], self.label_lengths[:k], self.keys[:k],
+                     self.users[:k])
+
+    def pin_memory(self) -> "Batch":
+        """Pinned copies of the tensors (the DataLoader calls this with ``pin_memory=True``)."""
+        return Batch(self.emg.pin_memory(), self.emg_lengths.pin_memory(), self.labels.pin_memory(),
+                     self.label_lengths.pin_memory(), self.keys, self.users)
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:

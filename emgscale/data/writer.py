@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import h5py
 import numpy as np
 
+from emgscale.common import atomic_path
 from emgscale.data.session import CHANNELS_PER_BAND, DATASET, GROUP
 
 TIMESERIES_DTYPE = np.dtype([
@@ -54,10 +53,7 @@ def write_session_file(
     rows["emg_right"] = emg[:, 1]
     rows["time"] = time
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             g = f.create_group(GROUP)
             g.create_dataset(DATASET, data=rows)
@@ -69,9 +65,4 @@ def write_session_file(
             g.attrs["prompts"] = json.dumps(list(prompts))
             for k, v in (extra_attrs or {}).items():
                 g.attrs[k] = v
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

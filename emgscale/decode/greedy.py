@@ -50,13 +50,28 @@ def greedy_decode_batch(log_probs: Any, lengths: Any = None, blank: int | None =
     """
     blank = charset().blank if blank is None else blank
     lp, ln = as_batch(log_probs, lengths, np.shape(log_probs)[-1])
-    B, T = lp.shape[:2]
+    return collapse_batch(lp.argmax(-1), ln, blank)
+
+
+def collapse_batch(best: np.ndarray, lengths: np.ndarray, blank: int | None = None) -> list[list[int]]:
+    """Greedy CTC labels from a batch of best classes per frame.
+
+    Args:
+        best: (B, T) int best class per frame (e.g. an argmax taken on the device).
+        lengths: (B,) valid frames per item.
+        blank: the blank class (default the charset's, 98).
+
+    Returns:
+        B label lists: repeats collapsed, blanks and padding dropped.
+    """
+    blank = charset().blank if blank is None else blank
+    best, lengths = np.asarray(best), np.asarray(lengths)
+    B, T = best.shape[:2]
     if B == 0:
         return []
-    best = lp.argmax(-1)  # (B, T)
     keep = np.ones((B, T), dtype=bool)
     keep[:, 1:] = best[:, 1:] != best[:, :-1]
-    keep &= (best != blank) & (np.arange(T)[None, :] < ln[:, None])
+    keep &= (best != blank) & (np.arange(T)[None, :] < lengths[:, None])
     rows, cols = np.nonzero(keep)
     labels = best[rows, cols]
     bounds = np.searchsorted(rows, np.arange(B + 1))

@@ -27,12 +27,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from emgscale.common import print0, progress
+from emgscale.common import atomic_path, print0, progress
 from emgscale.lm.text import lines_to_lm_sentences
 
 BUILD_HINT = "build them with `bash scripts/build_kenlm.sh \"$(dirname \"$(command -v python)\")\"` " \
@@ -170,9 +169,8 @@ def build_lm(texts: Sequence["str | os.PathLike[str]"], out: "str | os.PathLike[
                 raise RuntimeError(f"lmplz failed (exit {rc}): {' '.join(cmd)}\n{detail}")
         if arpa is not None:
             arpa = Path(arpa)
-            arpa_part = arpa.with_name(f".{arpa.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-            shutil.copyfile(arpa_tmp, arpa_part)
-            os.replace(arpa_part, arpa)
+            with atomic_path(arpa) as arpa_part:
+                shutil.copyfile(arpa_tmp, arpa_part)
         if build_binary is None:
             result = arpa_tmp
         else:
@@ -182,8 +180,7 @@ def build_lm(texts: Sequence["str | os.PathLike[str]"], out: "str | os.PathLike[
             if run.returncode != 0:
                 raise RuntimeError(f"build_binary failed (exit {run.returncode}):\n"
                                    f"{(run.stdout or b'').decode()[-1500:]}{(run.stderr or b'').decode()[-1500:]}")
-        tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        shutil.move(str(result), tmp_out)
-        os.replace(tmp_out, out)
+        with atomic_path(out) as tmp_out:
+            shutil.move(str(result), tmp_out)
     print0(f"[lm] wrote {out} ({order}-gram, {n} sentences, {out.stat().st_size / 1e6:.1f} MB)")
     return out

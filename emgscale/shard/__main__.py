@@ -15,6 +15,7 @@ import json
 import sys
 
 from emgscale.data.errors import DataError
+from emgscale.data.windows import WindowSpec
 from emgscale.shard.build import default_workers, shard_corpus
 from emgscale.shard.estimate import estimate_sizes, format_estimate
 from emgscale.shard.plan import ShardConfig
@@ -46,10 +47,10 @@ def _content_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=_csv, help="keep only these users (comma-separated ids)")
     p.add_argument("--sessions", type=_csv, help="keep only these session names (comma-separated)")
     p.add_argument("--parts", type=_csv, default=None, help="parts to write (default: train,val,test with a split)")
-    p.add_argument("--window-samples", type=int, default=d.window_samples)
-    p.add_argument("--stride-samples", type=int, default=d.stride_samples, help="default: the window")
-    p.add_argument("--pad-left-samples", type=int, default=d.pad_left_samples)
-    p.add_argument("--pad-right-samples", type=int, default=d.pad_right_samples)
+    p.add_argument("--window-samples", type=int, default=d.window.window_samples)
+    p.add_argument("--stride-samples", type=int, default=d.window.stride_samples, help="default: the window")
+    p.add_argument("--pad-left-samples", type=int, default=d.window.pad_left_samples)
+    p.add_argument("--pad-right-samples", type=int, default=d.window.pad_right_samples)
     p.add_argument("--train-windows-per-record", type=int, default=d.train_windows_per_record,
                    help="training windows stored per record with their jitter context (default %(default)s)")
     p.add_argument("--eval-mode", choices=("windows", "session"), help="set both --val-mode and --test-mode")
@@ -71,8 +72,8 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
     parts = args.parts or (["train", "val", "test"] if args.split else ["train"])
     return ShardConfig(
         data_root=getattr(args, "data_root", ""), out=getattr(args, "out", ""), split=args.split, users=args.users, sessions=args.sessions,
-        parts=parts, window_samples=args.window_samples, stride_samples=args.stride_samples,
-        pad_left_samples=args.pad_left_samples, pad_right_samples=args.pad_right_samples,
+        parts=parts, window=WindowSpec(args.window_samples, args.stride_samples, args.pad_left_samples,
+                                       args.pad_right_samples, jitter=True),
         train_windows_per_record=args.train_windows_per_record, val_mode=args.eval_mode or args.val_mode,
         test_mode=args.eval_mode or args.test_mode, dtype=args.dtype, min_float16_snr_db=args.min_float16_snr_db,
         shard_size_mb=args.shard_size_mb, max_samples_per_shard=args.max_samples_per_shard,

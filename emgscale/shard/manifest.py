@@ -89,6 +89,19 @@ class Manifest:
                    format_version=int(d["format_version"]), location=location)
 
 
+def shard_url(base: str, name: str) -> str:
+    """URL of ``name`` (``train/train-000000.tar``, ``manifest.json``) under a shard location.
+
+    ``base`` is a local folder, a URL prefix (``https://host/shards``) or a template containing
+    ``{name}`` (``pipe:aws s3 cp s3://bucket/shards/{name} -``).
+    """
+    if "{name}" in base:
+        return base.replace("{name}", name)
+    if base.startswith("pipe:") or "://" in base:
+        return base.rstrip("/") + "/" + name
+    return str(Path(base) / name)
+
+
 def load_manifest(location: "str | Path") -> Manifest:
     """Read a manifest from a shard folder, a ``manifest.json`` path, or any URL WebDataset opens
     (``pipe:aws s3 cp s3://bucket/shards/manifest.json -``, ``https://...``).

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from emgscale.data.errors import DataError
+from emgscale.data.windows import WindowSpec, training_windows
 from emgscale.data.session import ON_KEYBOARD, EMGSession
 from emgscale.data.splits import METADATA_CSV, SPLIT_NAMES, load_split, normalize_user, read_metadata, session_files
 from emgscale.shard.records import (KIND_SESSION, KIND_TRAIN, KIND_WINDOW, RECORD_FORMAT_VERSION, RecordSpec,
@@ -47,8 +48,8 @@ class ShardConfig:
             ``users``/``sessions`` filters) go into the one part named in ``parts``.
         users, sessions: keep only these users / session names.
         parts: which parts of the split to write.
-        window_samples, stride_samples, pad_left_samples, pad_right_samples: windowing, as the
-            reference (8000 / = window / 1800 / 200).
+        window: the windowing (:class:`~emgscale.data.windows.WindowSpec`: 8000 / = window / 1800 / 200
+            as the reference); training records hold the rows every jittered window can read.
         train_windows_per_record: training windows per record (context stored once per record).
         val_mode, test_mode: ``windows`` (one sample per window) or ``session`` (one per session).
         dtype: EMG storage, ``float16`` (default: half the bytes, SNR > 60 dB, see sharding/README.md)
@@ -68,10 +69,7 @@ class ShardConfig:
     users: list[str] | None = None
     sessions: list[str] | None = None
     parts: list[str] = field(default_factory=lambda: list(SPLIT_NAMES))
-    window_samples: int = 8000
-    stride_samples: int | None = None
-    pad_left_samples: int = 1800
-    pad_right_samples: int = 200
+    window: WindowSpec = field(default_factory=training_windows)
     train_windows_per_record: int = 8
     val_mode: str = "windows"
     test_mode: str = "session"
@@ -98,8 +96,7 @@ class ShardConfig:
         self.record_spec()  # validates the windowing and dtype
 
     def record_spec(self) -> RecordSpec:
-        return RecordSpec(self.window_samples, self.stride_samples, self.pad_left_samples, self.pad_right_samples,
-                          self.train_windows_per_record, self.dtype, self.min_float16_snr_db)
+        return RecordSpec(self.window, self.train_windows_per_record, self.dtype, self.min_float16_snr_db)
 
     def kind_of(self, part: str) -> str:
         if part == "train":
@@ -109,10 +106,13 @@ class ShardConfig:
 
     def content_settings(self) -> dict[str, Any]:
         """The settings a shard's bytes depend on (and nothing else)."""
-        keys = ("window_samples", "stride_samples", "pad_left_samples", "pad_right_samples",
-                "train_windows_per_record", "val_mode", "test_mode", "dtype", "min_float16_snr_db", "shard_size_mb",
+        keys = ("train_windows_per_record", "val_mode", "test_mode", "dtype", "min_float16_snr_db", "shard_size_mb",
                 "max_samples_per_shard", "group_shards", "seed")
-        return {"record_format_version": RECORD_FORMAT_VERSION, **{k: getattr(self, k) for k in keys}}
+        w = self.window
+        window = {"window_samples": w.window_samples, "stride_samples": w.stride_samples,
+                  "pad_left_samples": w.pad_left_samples, "pad_right_samples": w.pad_right_samples,
+                  **({} if w.jitter else {"jitter": False})}  # flat, as manifests have always stored it
+        return {"record_format_version": RECORD_FORMAT_VERSION, **window, **{k: getattr(self, k) for k in keys}}
 
 
 @dataclass(frozen=True)
@@ -218,12 +218,12 @@ def inspect_session(cfg: ShardConfig, part: str, user: str, session: str, path: 
         return Skipped(str(path), session, user, part, e.problem)
     if entry.num_windows == 0:
         return Skipped(str(path), session, entry.user, part,
-                       f"shorter than one window ({n} rows < {cfg.window_samples})", error=False)
+                       f"shorter than one window ({n} rows < {cfg.window.window_samples})", error=False)
     return entry
 
 
 def _count_windows(cfg: ShardConfig, part: str, num_rows: int) -> int:
-    spec = cfg.record_spec().window_spec()
+    spec = cfg.window
     return (1 if num_rows > 0 else 0) if cfg.kind_of(part) == KIND_SESSION else spec.num_windows(num_rows)
 
 

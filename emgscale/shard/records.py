@@ -27,14 +27,14 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
 from emgscale.data.errors import DataError
 from emgscale.data.session import ON_KEYBOARD, EMGSession
-from emgscale.data.windows import WindowSpec, read_window
+from emgscale.data.windows import WindowSpec, labels_in, read_window, training_windows
 
 RECORD_FORMAT_VERSION = 1
 KIND_TRAIN, KIND_WINDOW, KIND_SESSION = "train_chunk", "window", "session"
@@ -47,9 +47,8 @@ class RecordSpec:
     """How sessions are cut into records (the settings that decide a shard's content).
 
     Attributes:
-        window_samples: un-padded window length in rows (8000 = 4 s at 2 kHz).
-        stride_samples: step between windows; None = ``window_samples``.
-        pad_left_samples, pad_right_samples: past/future context rows (1800 / 200).
+        window: the windowing (:class:`~emgscale.data.windows.WindowSpec`; its ``jitter`` says whether
+            training records carry the rows every jittered window can read).
         train_windows_per_record: windows per ``train_chunk`` record; more windows per record means
             less duplicated context on disk (see :func:`record_rows`) but coarser shuffling units.
         dtype: ``float16`` or ``float32`` storage of EMG (loaders always return float32).
@@ -57,43 +56,23 @@ class RecordSpec:
             stored as float32 instead, whatever the unit of the data.
     """
 
-    window_samples: int = 8000
-    stride_samples: int | None = None
-    pad_left_samples: int = 1800
-    pad_right_samples: int = 200
+    window: WindowSpec = field(default_factory=training_windows)
     train_windows_per_record: int = 8
     dtype: str = "float16"
     min_float16_snr_db: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.window_samples <= 0 or (self.stride_samples is not None and self.stride_samples <= 0):
-            raise ValueError(f"window_samples/stride_samples must be positive, got {self.window_samples}/"
-                             f"{self.stride_samples}")
-        if self.pad_left_samples < 0 or self.pad_right_samples < 0:
-            raise ValueError("pad_left_samples/pad_right_samples must be >= 0")
+        if self.window.window_samples is None:
+            raise ValueError("shard records need windowed data (window_samples > 0)")
         if self.train_windows_per_record < 1:
             raise ValueError(f"train_windows_per_record must be >= 1, got {self.train_windows_per_record}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be 'float16' or 'float32', got {self.dtype!r}")
 
-    @property
-    def stride(self) -> int:
-        return self.stride_samples or self.window_samples
-
-    def window_spec(self, jitter: bool = False) -> WindowSpec:
-        return WindowSpec(self.window_samples, self.stride_samples, self.pad_left_samples,
-                          self.pad_right_samples, jitter)
-
 
 def sample_key(user: str, session: str, offset: int) -> str:
     """The tar member key: no dots or slashes (WebDataset splits names at the first dot)."""
     return f"{_UNSAFE.sub('_', str(user))}__{_UNSAFE.sub('_', session)}__{offset:09d}"
-
-
-def max_jitter(spec: RecordSpec, num_rows: int, base_offset: int) -> int:
-    """Number of possible jitters of the window at ``base_offset``: ``min(stride, leftover)`` or 1."""
-    leftover = num_rows - (base_offset + spec.window_samples)
-    return min(spec.stride, leftover) if leftover > 0 else 1
 
 
 def record_rows(spec: RecordSpec, kind: str, num_rows: int, first_window: int, num_windows: int) -> tuple[int, int]:
@@ -105,12 +84,12 @@ def record_rows(spec: RecordSpec, kind: str, num_rows: int, first_window: int, n
     """
     if kind == KIND_SESSION:
         return 0, num_rows
-    w, s = spec.window_samples, spec.stride
-    first, last = first_window * s, (first_window + num_windows - 1) * s
-    stop = last + w + spec.pad_right_samples
-    if kind == KIND_TRAIN:
-        stop += max_jitter(spec, num_rows, last) - 1
-    return max(first - spec.pad_left_samples, 0), min(stop, num_rows)
+    win = spec.window
+    first, last = first_window * win.stride, (first_window + num_windows - 1) * win.stride
+    stop = last + win.window_samples + win.pad_right_samples
+    if kind == KIND_TRAIN and win.jitter:
+        stop += win.max_jitter(num_rows, last) - 1
+    return max(first - win.pad_left_samples, 0), min(stop, num_rows)
 
 
 def estimate_record_bytes(spec: RecordSpec, kind: str, num_rows: int, first_window: int, num_windows: int) -> int:
@@ -173,17 +152,18 @@ def build_record(session: EMGSession, spec: RecordSpec, kind: str, first_window:
         start, stop = record_rows(spec, kind, n, first_window, num_windows)
         emg, t = session.window(start, stop)
         label = session.keystroke_labels(float(t[0]), float(t[-1]))
-        offset = first_window * spec.stride
-        meta.update(start=start, offset=offset, num_windows=num_windows, window_samples=spec.window_samples,
-                    stride_samples=spec.stride, pad_left_samples=spec.pad_left_samples,
-                    pad_right_samples=spec.pad_right_samples)
+        win = spec.window
+        offset = first_window * win.stride
+        meta.update(start=start, offset=offset, num_windows=num_windows, window_samples=win.window_samples,
+                    stride_samples=win.stride, pad_left_samples=win.pad_left_samples,
+                    pad_right_samples=win.pad_right_samples)
         arrays = {"time.npy": _npy(t), "labels.npy": _npy(label.labels), "label_time.npy": _npy(label.timestamps)}
     else:
-        wspec = spec.window_spec().whole_session() if kind == KIND_SESSION else spec.window_spec()
+        wspec = spec.window.whole_session() if kind == KIND_SESSION else spec.window.for_training(False)
         sample = read_window(session, 0 if kind == KIND_SESSION else first_window, wspec)
         emg, start, offset = sample["emg"], sample["start"], sample["offset"]
         meta.update(start=start, offset=offset, num_windows=1,
-                    window_samples=len(emg) if kind == KIND_SESSION else spec.window_samples)
+                    window_samples=len(emg) if kind == KIND_SESSION else spec.window.window_samples)
         arrays = {"labels.npy": _npy(sample["labels"]), "label_time_s.npy": _npy(sample["label_time_s"])}
     meta["key"] = f"{session.user}/{session.session_name}/{offset}"
     emg_bytes, fallback = encode_emg(emg, spec)
@@ -243,21 +223,18 @@ def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.rand
                "labels": record["labels"], "label_time_s": record["label_time_s"], "start": start,
                "offset": offset, **common}
         return
-    spec = RecordSpec(int(meta["window_samples"]), int(meta["stride_samples"]), int(meta["pad_left_samples"]),
-                      int(meta["pad_right_samples"]))
+    win = WindowSpec(int(meta["window_samples"]), int(meta["stride_samples"]), int(meta["pad_left_samples"]),
+                     int(meta["pad_right_samples"]), jitter=jitter)
     r0, t, lt, labels = int(meta["start"]), record["time"], record["label_time"], record["labels"]
     for k in range(int(meta["num_windows"])):
-        offset = int(meta["offset"]) + k * spec.stride
-        if offset + spec.window_samples > n:
+        offset = int(meta["offset"]) + k * win.stride
+        if offset + win.window_samples > n:
             break
-        if jitter and n - (offset + spec.window_samples) > 0:
-            rng = rng if rng is not None else np.random.default_rng()
-            offset += int(rng.integers(0, max_jitter(spec, n, offset)))
-        start, stop = max(offset - spec.pad_left_samples, 0), min(offset + spec.window_samples + spec.pad_right_samples, n)
+        offset = win.jittered(offset, n, rng)
+        start, stop = win.padded_rows(offset, win.window_samples, n)
         if stop - r0 > len(t):
             raise DataError(record["__url__"], f"record {meta['key']!r} holds {len(t)} rows, window needs {stop - r0}")
-        t_w0, t_w1 = t[offset - r0], t[offset - r0 + spec.window_samples - 1]
-        keep = (lt >= t_w0) & (lt <= t_w1)
+        keep = labels_in(lt, t[offset - r0], t[offset - r0 + win.window_samples - 1])
         yield {"key": f"{meta['user']}/{meta['session']}/{offset}",
                "emg": record["emg"][start - r0: stop - r0].astype(np.float32),
                "labels": labels[keep], "label_time_s": lt[keep] - t[start - r0], "start": start, "offset": offset,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import webdataset as wds
 
-from emgscale.common import atomic_write_json
+from emgscale.common import atomic_path, atomic_write_json
 from emgscale.data.errors import DataError
 from emgscale.data.session import EMGSession
 from emgscale.shard.records import RecordSpec, build_record
@@ -131,15 +129,13 @@ def write_shard(task: ShardTask) -> ShardResult:
     if entry is not None:
         return ShardResult(task.name, task.plan_hash, entry, reused=True, seconds=time.monotonic() - t0)
     final = Path(task.out) / task.name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent)
     sessions: dict[str, EMGSession] = {}
     users: set[str] = set()
     names: set[str] = set()
     windows = rows = fallback = 0
     current = ""
     try:
-        with os.fdopen(fd, "wb") as raw:
+        with atomic_path(final, suffix=TMP_SUFFIX) as tmp, open(tmp, "wb") as raw:
             out = _HashingFile(raw)
             with wds.TarWriter(out, encoder=False, mtime=0.0, user="emgscale", group="emgscale", mode=0o444) as tar:
                 for path, first, count in task.records:
@@ -155,18 +151,14 @@ def write_shard(task: ShardTask) -> ShardResult:
                     rows += stats["rows"]
                     fallback += stats["float32_fallback"]
             raw.flush()
-            os.fsync(raw.fileno())
-        entry = {"name": task.name, "part": task.part, "kind": task.kind, "num_records": len(task.records),
-                 "num_windows": windows, "emg_rows": rows, "float32_records": fallback, "bytes": out.bytes,
-                 "sha256": out.sha.hexdigest(), "users": sorted(users), "sessions": sorted(names)}
-        os.replace(tmp, final)
+            entry = {"name": task.name, "part": task.part, "kind": task.kind, "num_records": len(task.records),
+                     "num_windows": windows, "emg_rows": rows, "float32_records": fallback, "bytes": out.bytes,
+                     "sha256": out.sha.hexdigest(), "users": sorted(users), "sessions": sorted(names)}
     except DataError as e:
         return ShardResult(task.name, task.plan_hash, None, bad=[(e.path or current, e.problem)],
                            seconds=time.monotonic() - t0)
     finally:
         for s in sessions.values():
             s.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     atomic_write_json(sidecar_path(task.out, task.name), {"plan_hash": task.plan_hash, "entry": entry})
     return ShardResult(task.name, task.plan_hash, entry, seconds=time.monotonic() - t0)

@@ -1,68 +1,11 @@
-"""Validation and metric logging for the training loop (kept apart so the loop stays readable)."""
+"""Metric logging of a training run: ``metrics.jsonl``, ``metrics.csv`` and TensorBoard, on rank 0."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-from typing import Any, Iterable
-
-import torch
-import torch.nn.functional as F
-
-from emgscale.data.charset import charset
-from emgscale.data.windows import Batch
-
-
-def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, labels: torch.Tensor,
-             label_lengths: torch.Tensor) -> torch.Tensor:
-    """Mean CTC loss (per target length, as ``nn.CTCLoss``) from ``(B, T, C)`` log-probs and the model's lengths."""
-    return F.ctc_loss(log_probs.float().transpose(0, 1), labels, out_lengths, label_lengths,
-                      blank=charset().blank, reduction="mean", zero_infinity=True)
-
-
-@torch.no_grad()
-def evaluate_ctc(model: torch.nn.Module, loader: Iterable[Batch], device: torch.device,
-                 max_batches: int = 0) -> dict[str, float]:
-    """Mean CTC loss and greedy CER of ``model`` over ``loader``, summed over all ranks.
-
-    CER is the paper's: edit distance summed over samples divided by the total target length.
-    """
-    from emgscale.decode.greedy import greedy_decode
-    from emgscale.metrics import edit_distance
-
-    was_training = model.training
-    model.eval()
-    loss_sum, n_batches, errors, chars, samples = 0.0, 0, 0, 0, 0
-    for i, batch in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        batch = batch.to(device)
-        log_probs, out_lengths = model(batch.emg, batch.emg_lengths)
-        loss = ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths)
-        loss_sum += float(loss) * len(batch)
-        n_batches += len(batch)
-        lp, ol = log_probs.float().cpu().numpy(), out_lengths.cpu().numpy()
-        labels, ll = batch.labels.cpu().numpy(), batch.label_lengths.cpu().numpy()
-        for b in range(len(batch)):
-            pred = greedy_decode(lp[b, : ol[b]])
-            errors += edit_distance(pred, labels[b, : ll[b]].tolist())
-            chars += int(ll[b])
-            samples += 1
-    totals = torch.tensor([loss_sum, n_batches, errors, chars, samples], dtype=torch.float64)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        backend = torch.distributed.get_backend()
-        t = totals.to(device) if backend == "nccl" else totals
-        torch.distributed.all_reduce(t)
-        totals = t.cpu()
-    loss_sum, n, errors, chars, samples = totals.tolist()
-    model.train(was_training)
-    return {
-        "val_loss": loss_sum / max(n, 1),
-        "val_cer": errors / max(chars, 1),
-        "val_chars": int(chars),
-        "val_samples": int(samples),
-    }
+from typing import Any
 
 
 class MetricsLogger:

@@ -1,4 +1,4 @@
-"""Hyper-parameter search on Ray Tune: every trial is one :func:`emgscale.train.train` run.
+"""Hyper-parameter search on Ray Tune: every trial is one :func:`emgscale.train.launch` run.
 
 ``python -m emgscale.tune SEARCH.yaml [dotted.key=value ...]``
 
@@ -28,12 +28,10 @@ Each trial trains in ``<out_dir>/trials/<trial_id>`` and reports every validatio
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any
 
 from emgscale.common import atomic_write_json, atomic_write_text
 from emgscale.config import ConfigError, build_config, deep_merge, from_dict, save_config, to_dict
+from emgscale.train.launch import wants_ray
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -192,7 +191,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], out_dir: str, cwd: s
     """A Tune trial: ``train()`` with the sampled params, reporting each validation to Tune."""
     import ray.tune
 
-    from emgscale.train import train
+    from emgscale.train import launch
 
     if os.path.isdir(cwd):
         os.chdir(cwd)  # relative data paths mean what they meant to the driver
@@ -210,9 +209,9 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], out_dir: str, cwd: s
     restored = ray.tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            train(cfg, resume=str(Path(d) / "last.pt"), report=report)
+            launch(cfg, resume=str(Path(d) / "last.pt"), report=report)
     else:
-        train(cfg, resume=True, report=report)  # a retried trial continues from its own last.pt
+        launch(cfg, resume=True, report=report)  # a retried trial continues from its own last.pt
 
 
 # ----------------------------------------------------------------------------- the search
@@ -228,8 +227,8 @@ def run_search(search: SearchConfig) -> TuneResult:
     Raises:
         ConfigError: a bad search (unknown field, bad range, cpu <= 0, unknown scheduler...).
     """
-    from emgscale.ray_train import _env, _import_ray, connect
     from emgscale.train import TrainConfig
+    from emgscale.train.launch import connect, import_ray, ray_env
 
     if search.mode not in ("min", "max"):
         raise ConfigError(f"mode must be min | max, got {search.mode!r}")
@@ -240,14 +239,15 @@ def run_search(search: SearchConfig) -> TuneResult:
     if search.num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {search.num_samples}")
     base_cfg = build_config(TrainConfig, search.base.files, search.base.overrides)
-    if base_cfg.run.workers > 1:
-        raise ConfigError("each trial is one process: set resources.cpu/gpu, not run.workers, for a search")
+    if wants_ray(base_cfg) and not base_cfg.run.ray_address:
+        raise ConfigError("each trial is one process: set resources.cpu/gpu, not run.workers / run.use_gpu, "
+                          "for a search")
     base = to_dict(base_cfg)
     parsed = parse_space(search.space, base)
     if not parsed:
         raise ConfigError("space is empty: nothing to search")
 
-    _import_ray()
+    import_ray()
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -275,7 +275,7 @@ def run_search(search: SearchConfig) -> TuneResult:
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures),
                                   verbose=1),
     )
-    with _env(RAY_CHDIR_TO_TRIAL_DIR="0"):
+    with ray_env(RAY_CHDIR_TO_TRIAL_DIR="0"):
         grid = tuner.fit()
     return write_results(search, parsed, base, grid, out_dir)
 
@@ -337,30 +337,3 @@ def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emgscale.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("search", help="search YAML (base config, space, metric, scheduler, resources)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the search file")
-    ns = parser.parse_args(argv)
-    try:
-        search = build_config(SearchConfig, [ns.search], ns.overrides)
-        result = run_search(search)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    print(f"\n{result.table_md}\n")
-    if result.best is None:
-        print("[tune] no trial reported the metric", file=sys.stderr)
-        return 1
-    params = " ".join(f"{k}={v}" for k, v in result.best["params"].items())
-    print(f"[tune] best trial {result.best['trial']}: {search.metric} {result.best[search.metric]:.4g} with {params}")
-    print(f"[tune] results in {result.out_dir}/results.md; train the best config with:\n"
-          f"  python -m emgscale.train {result.out_dir}/best_config.yaml")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

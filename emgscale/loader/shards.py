@@ -1,34 +1,18 @@
-"""The shard side of :func:`emgscale.loader.build_loader`: manifest -> URLs, subsets, epoch sizes, pipelines."""
+"""The shard source of :func:`emgscale.loader.build_loader`: manifest -> URLs, subsets, epoch sizes, pipelines."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from webdataset.shardlists import expand_urls
 
-from emgscale.data.windows import WindowSpec
+from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget
 from emgscale.shard import stream
-from emgscale.shard.manifest import MANIFEST, load_manifest
+from emgscale.shard.manifest import MANIFEST, Manifest, load_manifest, shard_url
 from emgscale.shard.records import KIND_SESSION, KIND_TRAIN
-
-if TYPE_CHECKING:
-    from emgscale.loader import DataConfig, Loader, _Selection
-
-
-def shard_url(base: str, name: str) -> str:
-    """URL of ``name`` (``train/train-000000.tar``, ``manifest.json``) under a shard location.
-
-    ``base`` is a local folder, a URL prefix (``https://host/shards``) or a template containing
-    ``{name}`` (``pipe:aws s3 cp s3://bucket/shards/{name} -``).
-    """
-    if "{name}" in base:
-        return base.replace("{name}", name)
-    if base.startswith("pipe:") or "://" in base:
-        return base.rstrip("/") + "/" + name
-    return str(Path(base) / name)
 
 
 class _KeepSessions:
@@ -44,21 +28,35 @@ class _KeepSessions:
 class _KeepSelection:
     """Picklable record filter on user and session (no manifest to resolve sessions with)."""
 
-    def __init__(self, sel: "_Selection") -> None:
+    def __init__(self, sel: Selection) -> None:
         self.sel = sel
 
     def __call__(self, meta: dict[str, Any]) -> bool:
         return self.sel.keep(str(meta["user"]), meta["session"])
 
 
-def shard_loader(cfg: "DataConfig", part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
-                 batch_size: int, sel: "_Selection", limit: int | None) -> "Loader":
-    """See :func:`emgscale.loader.build_loader`."""
-    from emgscale.loader import Loader, _check_windowing, minutes_budget
+def check_windowing(cfg: DataConfig, manifest: Manifest, part: str) -> None:
+    """The config's windowing (and eval mode of ``part``) must be the shards'."""
+    s, w = manifest.settings, cfg.window
+    keys = ["window_samples", "pad_left_samples", "pad_right_samples"]
+    for key in keys:
+        if key in s and s[key] != getattr(w, key):
+            raise ValueError(f"data.window.{key} is {getattr(w, key)!r} but the shards at {manifest.location} were "
+                             f"written with {s[key]!r}; reshard or set data.window.{key}={s[key]!r}")
+    if part in ("val", "test") and f"{part}_mode" in s and s[f"{part}_mode"] != getattr(cfg, f"{part}_mode"):
+        raise ValueError(f"data.{part}_mode is {getattr(cfg, f'{part}_mode')!r} but the shards at {manifest.location} "
+                         f"were written with {s[f'{part}_mode']!r}; reshard or set data.{part}_mode={s[f'{part}_mode']!r}")
+    stride, theirs = w.stride, s.get("stride_samples") or s.get("window_samples")
+    if theirs != stride:
+        raise ValueError(f"data.window.stride_samples gives {stride} but the shards at {manifest.location} use {theirs}")
 
+
+def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
+                 batch_size: int, sel: Selection, limit: int | None) -> Loader:
+    """See :func:`emgscale.loader.build_loader`."""
     base = str(cfg.shards)
-    workers = max(1, cfg.num_workers)
-    filtered = bool(sel.users or sel.sessions or sel.max_minutes is not None)
+    workers = max(1, cfg.num_workers or 0)
+    filtered = sel.filtered
     max_rows: dict[str, int] | None = None
     counts: list[int] | None = None
     if ".tar" in base:  # an explicit list / brace pattern of shards, no manifest
@@ -69,7 +67,7 @@ def shard_loader(cfg: "DataConfig", part: str, *, train: bool, seed: int, epoch:
         windows, kind, where = None, None, base
     else:
         manifest = load_manifest(cfg.shards_manifest or shard_url(base, MANIFEST))
-        _check_windowing(cfg, manifest, part)
+        check_windowing(cfg, manifest, part)
         entries = manifest.shards_of(part)
         if not entries:
             raise ValueError(f"the shards at {manifest.location} have no {part!r} part (they have "
@@ -83,8 +81,7 @@ def shard_loader(cfg: "DataConfig", part: str, *, train: bool, seed: int, epoch:
             max_rows = minutes_budget([(v["user"], k, v["start_time_s"], v["num_rows"], v["sample_rate_hz"])
                                        for k, v in sessions.items()], sel.max_minutes)
             rows = max_rows
-        spec = WindowSpec(cfg.window_samples, cfg.stride_samples, cfg.pad_left_samples, cfg.pad_right_samples)
-        windows = sum(1 if kind == KIND_SESSION else spec.num_windows(r) for r in rows.values())
+        windows = sum(1 if kind == KIND_SESSION else cfg.window.num_windows(r) for r in rows.values())
         if filtered:
             entries = [e for e in entries if rows.keys() & set(e["sessions"])]
             keep = _KeepSessions(set(rows))
@@ -102,7 +99,7 @@ def shard_loader(cfg: "DataConfig", part: str, *, train: bool, seed: int, epoch:
         pipeline = stream.train_pipeline(urls, seed=seed, epoch=epoch, rank=rank, batch_size=batch_size,
                                          batches_per_worker=per_worker, record_buffer=cfg.record_shuffle_buffer,
                                          sample_buffer=cfg.shuffle_buffer, keep=keep, max_rows=max_rows,
-                                         jitter=True)
+                                         jitter=cfg.window.jitter)
         num_batches: int | None = per_worker * workers
         num_samples: int | None = num_batches * batch_size
     else:
@@ -113,8 +110,8 @@ def shard_loader(cfg: "DataConfig", part: str, *, train: bool, seed: int, epoch:
             per = [stream.eval_samples_per_reader(counts, rank * workers + w, world * workers) for w in range(workers)]
             num_samples, num_batches = sum(per), sum(math.ceil(n / batch_size) for n in per)
     iterable: Any = pipeline
-    if cfg.num_workers > 0:
+    if (cfg.num_workers or 0) > 0:
         iterable = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=cfg.num_workers,
-                                               pin_memory=cfg.pin_memory)
+                                               pin_memory=bool(cfg.pin_memory))
     mode = "train stream" if train else "eval pass"
     return Loader(iterable, num_batches, num_samples, f"{part} shards ({mode}) at {where}", limit, batch_size)

@@ -19,10 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lm", help="KenLM binary/ARPA character LM for beam decoding")
     p.add_argument("--weights", default="auto", choices=["auto", "model", "averaged"])
     p.add_argument("--users", help="comma-separated user ids to evaluate")
-    p.add_argument("--out", help="write the JSON result here")
+    p.add_argument("--out", help="the JSON result (default: eval-<split>-<part>-<decoder>.json beside the checkpoint)")
     p.add_argument("overrides", nargs="*", help="EvalConfig dotted.key=value, e.g. decoder.beam_size=20")
-    a = p.parse_args(argv)
-    from emgscale.evaluate import EvalConfig, evaluate
+    a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
+    from emgscale.eval import EvalConfig, evaluate
 
     raw = {"checkpoint": a.checkpoint, "split": a.split, "split_file": a.split_file, "data_root": a.data_root,
            "weights": a.weights, "out": a.out, "decoder": {"kind": a.decoder, "lm_path": a.lm},

@@ -1,0 +1,120 @@
+"""Whole-session evaluation as in the paper: CER per session, per user and aggregate.
+
+``python -m emgscale.eval CHECKPOINT --split test|val --decoder greedy|beam [--lm PATH]``
+
+:func:`evaluate` loads a checkpoint (emgscale's, or an imported reference checkpoint), computes
+whole-session emissions (:mod:`emgscale.eval.inference`, shared with the benchmarks), decodes them
+and scores them with :class:`~emgscale.metrics.CERMeter`. The JSON result holds the CER, per-user and
+per-session counts and, per session, the decoded text next to the target.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from emgscale.common import atomic_write_json, git_commit, hardware, print0
+from emgscale.config import to_dict
+from emgscale.data.charset import charset
+from emgscale.data.splits import load_split
+from emgscale.decode import DecoderConfig, build_decoder
+from emgscale.checkpoint import load_checkpoint
+from emgscale.eval.inference import infer_session, load_model, resolve_weights, session_emissions, split_emissions
+from emgscale.metrics import CERMeter
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how.
+
+    Attributes:
+        checkpoint: checkpoint file (or a run's ``checkpoints/`` folder).
+        split: ``test`` or ``val`` part of the split file.
+        split_file, data_root: default to the ones in the checkpoint's training config.
+        weights: ``model``, ``averaged`` (SWAD/SWA) or ``auto`` (averaged when the checkpoint has it).
+        decoder: greedy or beam (with a KenLM LM) settings.
+        chunk_seconds, context_seconds: chunked inference geometry (see module docstring).
+        users: evaluate only these users' sessions (None: all).
+        out: where the JSON result goes (default: ``eval-<split>-<part>-<decoder>.json`` beside the
+            checkpoint), with per-session decoded text next to the target.
+    """
+
+    checkpoint: str = ""
+    split: str = "test"
+    split_file: str | None = None
+    data_root: str | None = None
+    weights: str = "auto"
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    chunk_seconds: float = 60.0
+    context_seconds: float = 4.0
+    users: list[str] | None = None
+    device: str = "auto"
+    bf16: bool = False
+    out: str | None = None
+
+
+def score(emissions: Iterable[dict[str, Any]], decoder: Any, texts: dict[str, dict[str, str]] | None = None) -> CERMeter:
+    """Decode every session's emissions and accumulate the paper's CER.
+
+    Args:
+        emissions: dicts with ``session``, ``user``, ``log_probs`` (T', C) and ``target`` labels.
+        decoder: a :class:`~emgscale.decode.Decoder`.
+        texts: when given, ``texts[session] = {"decoded": ..., "target": ...}`` is filled in.
+    """
+    meter = CERMeter()
+    cs = charset()
+    for e in emissions:
+        pred = decoder.decode(e["log_probs"])
+        meter.update(pred, e["target"], session=e["session"], user=e["user"])
+        if texts is not None:
+            texts[e["session"]] = {"decoded": cs.labels_to_str(pred), "target": cs.labels_to_str(e["target"])}
+    return meter
+
+
+def default_out(cfg: EvalConfig, split_file: "str | Path") -> Path:
+    """Where a result goes without ``out``: beside the checkpoint."""
+    ckpt = Path(cfg.checkpoint)
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    return folder / f"eval-{Path(split_file).stem}-{cfg.split}-{cfg.decoder.kind}.json"
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on whole sessions; writes the JSON result (see :class:`EvalConfig`) and returns it.
+
+    Raises:
+        ValueError: no split file / data root (neither given nor in the checkpoint's config).
+    """
+    t0 = time.monotonic()
+    which = resolve_weights(load_checkpoint(cfg.checkpoint), cfg.weights)
+    model, train_cfg = load_model(cfg.checkpoint, which=which, device=cfg.device)
+    split_file = cfg.split_file or train_cfg.data.split
+    data_root = cfg.data_root or train_cfg.data.data_root
+    if not split_file or not data_root:
+        raise ValueError("no split file / data root: pass --split-file and --data-root (the checkpoint names none)")
+    split = load_split(split_file)
+    refs = [r for r in split[cfg.split] if cfg.users is None or r.user in set(cfg.users)]
+    decoder = build_decoder(cfg.decoder)
+    device = next(model.parameters()).device
+    texts: dict[str, dict[str, str]] = {}
+    meter = score(session_emissions(model, data_root, refs, sample_rate_hz=train_cfg.model.features.input_sample_rate_hz,
+                                    chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
+                                    device=device, bf16=cfg.bf16, desc=f"eval {cfg.split}"), decoder, texts)
+    per_session = {s: {**v, **texts.get(s, {})} for s, v in meter.per_session().items()}
+    out = Path(cfg.out) if cfg.out else default_out(cfg, split_file)
+    result = {
+        "checkpoint": str(cfg.checkpoint), "weights": which, "split_file": str(split_file), "part": cfg.split,
+        "decoder": to_dict(cfg.decoder), "config": to_dict(cfg), "train_config": to_dict(train_cfg),
+        "cer": meter.cer, "summary": meter.summary(), "per_session": per_session,
+        "per_user": meter.per_user(), "git_commit": git_commit(), "hardware": hardware(),
+        "wall_s": time.monotonic() - t0, "out": str(out),
+    }
+    atomic_write_json(out, result)
+    print0(f"[eval] {split.name}/{cfg.split}: CER {meter.cer:.2%} over {len(refs)} sessions ({cfg.decoder.kind}); "
+           f"result in {out}")
+    return result
+
+
+__all__ = ["EvalConfig", "default_out", "evaluate", "infer_session", "load_model", "score", "session_emissions",
+           "split_emissions"]

@@ -1,0 +1,148 @@
+"""From a checkpoint to whole-session emissions: the one "load model -> device -> emissions" path.
+
+Evaluation (:mod:`emgscale.eval`) and the benchmarks both use it. Each session is run through the
+model whole, in overlapping chunks when it is long (:func:`infer_session`): chunk ``k`` owns the output
+frames of its ``chunk_seconds`` and sees ``context_seconds`` more input on each side (chunks start at
+multiples of the model's ``alignment_samples``), so for a model whose receptive field fits in the
+context (TDS, CNN, local or chunked attention) the stitched output equals the unchunked one; models
+with unbounded context (bidirectional RNNs, global attention) see at least that much context. Labels
+are every keystroke between the session's first and last sample, as the paper's test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from emgscale.checkpoint import Checkpoint, load_checkpoint
+from emgscale.common import progress, resolve_device
+from emgscale.config import from_dict
+from emgscale.data.errors import DataError
+from emgscale.data.session import EMGSession
+from emgscale.data.splits import load_split
+from emgscale.models import build_model
+from emgscale.train.config import TrainConfig
+
+
+def load_model(path: "str | Path", which: str = "model", device: "str | torch.device" = "cpu"
+               ) -> tuple[torch.nn.Module, TrainConfig]:
+    """Rebuild the model stored in a checkpoint, in eval mode on ``device``, with its training config.
+
+    Args:
+        path: checkpoint file (or a run's checkpoint folder).
+        which: ``model`` (the trained weights), ``averaged`` (the SWAD/SWA average) or ``auto``
+            (the average when the checkpoint has one).
+        device: where to put it (``auto``: this process's GPU when there is one).
+
+    Returns:
+        ``(model, cfg)``: the model and the :class:`~emgscale.train.TrainConfig` it was trained with.
+    """
+    ck = load_checkpoint(path)
+    cfg = from_dict(TrainConfig, ck.config)
+    model = build_model(cfg.model)
+    model.load_state_dict(ck.weights(resolve_weights(ck, which)))
+    model.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    return model, cfg
+
+
+def resolve_weights(ck: Checkpoint, which: str) -> str:
+    """``which`` with ``auto`` resolved: ``averaged`` when the checkpoint has an average, else ``model``."""
+    if which == "auto":
+        return "averaged" if ck.averaged_model is not None else "model"
+    return which
+
+
+@torch.no_grad()
+def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sample_rate_hz: float = 2000.0,
+                  chunk_seconds: float = 60.0, context_seconds: float = 4.0,
+                  device: "torch.device | str" = "cpu", bf16: bool = False) -> np.ndarray:
+    """Log-probs ``(T', C)`` of a whole session ``emg`` ``(T, 2, 16)``, in overlapping chunks.
+
+    Args:
+        emg: the EMG array, or an open :class:`EMGSession` (chunks are then read lazily from disk,
+            so a 47-minute session is never in memory whole).
+        chunk_seconds: input owned by each chunk; 0 or a value beyond the session runs it whole.
+        context_seconds: extra input each chunk sees before and after what it owns; raised to the
+            model's own ``left/right_context_frames`` when those are larger.
+    """
+    model.eval()
+    n = len(emg)
+    full = int(model.output_lengths(torch.tensor([n]))[0])
+    s = int(model.samples_per_frame)  # input samples per output frame
+    align = int(getattr(model, "alignment_samples", s))  # chunks start at multiples of this
+
+    def run(a: int, b: int) -> np.ndarray:
+        chunk = emg.emg(a, b) if isinstance(emg, EMGSession) else emg[a:b]
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).unsqueeze(0).to(device)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            lp, ol = model(x, torch.tensor([b - a], device=device))
+        return lp[0, : int(ol[0])].float().cpu().numpy()
+
+    step = max(align, int(round(chunk_seconds * sample_rate_hz / align)) * align) if chunk_seconds > 0 else n
+    if step >= n:
+        return run(0, n)
+    # At least the context the model declares it needs (None = unbounded: use what was asked for).
+    need = max(getattr(model, "left_context_frames", None) or 0, getattr(model, "right_context_frames", None) or 0)
+    ctx_samples = max(context_seconds * sample_rate_hz, need * s)
+    ctx = int(np.ceil(ctx_samples / align)) * align
+    pieces = []
+    for own_start in range(0, n, step):
+        first, last = own_start // s, min((own_start + step) // s, full)
+        if first >= last:
+            break
+        a, b = max(0, own_start - ctx), min(n, own_start + step + ctx)
+        out = run(a, b)
+        i0 = first - a // s
+        pieces.append(out[i0: i0 + (last - first)])
+    lp = np.concatenate(pieces, axis=0)
+    if len(lp) != full:
+        raise RuntimeError(f"chunked inference produced {len(lp)} frames, expected {full}")
+    return lp
+
+
+def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: list[Any], *,
+                      sample_rate_hz: float = 2000.0, chunk_seconds: float = 60.0, context_seconds: float = 4.0,
+                      device: "torch.device | str" = "cpu", bf16: bool = False,
+                      desc: str = "inference") -> Iterator[dict[str, Any]]:
+    """Whole-session log-probs and targets of the sessions ``refs`` (:class:`SessionRef`) under ``data_root``.
+
+    Yields ``{"session", "user", "log_probs" (T', C) float32, "target" (labels)}``, one session at a time.
+    """
+    for ref in progress(refs, total=len(refs), desc=desc, unit="session"):
+        path = Path(data_root) / f"{ref.session}.hdf5"
+        if not path.is_file():
+            raise DataError(path, "session named by the split is missing")
+        with EMGSession(path) as sess:
+            lp = infer_session(model, sess, sample_rate_hz=sample_rate_hz, chunk_seconds=chunk_seconds,
+                               context_seconds=context_seconds, device=device, bf16=bf16)
+            target = sess.ground_truth(sess.start_time, sess.end_time).labels.tolist()
+            yield {"session": ref.session, "user": sess.user, "log_probs": lp, "target": target}
+
+
+
+def split_emissions(checkpoint: "str | Path", data_root: "str | Path", split_file: "str | Path", part: str, *,
+                    which: str = "auto", device: str = "auto", users: list[str] | None = None,
+                    chunk_seconds: float = 60.0, context_seconds: float = 4.0,
+                    bf16: bool = False) -> list[dict[str, Any]]:
+    """Whole-session emissions of every session of ``part`` of a split (computed once, decoded many ways).
+
+    Args:
+        checkpoint: the checkpoint (file or folder).
+        data_root, split_file: the sessions and the split naming them.
+        part: ``train``, ``val`` or ``test``.
+        which: weights (see :func:`load_model`).
+        device: where to run the model.
+        users: only these users' sessions (None: all).
+
+    Returns:
+        One dict per session: ``{"session", "user", "log_probs" (T', C), "target"}``.
+    """
+    model, cfg = load_model(checkpoint, which=which, device=device)
+    dev = next(model.parameters()).device
+    refs = [r for r in load_split(split_file)[part] if users is None or r.user in set(users)]
+    return list(session_emissions(model, data_root, refs, sample_rate_hz=cfg.model.features.input_sample_rate_hz,
+                                  chunk_seconds=chunk_seconds, context_seconds=context_seconds, device=dev,
+                                  bf16=bf16, desc=f"emissions {Path(split_file).stem}/{part}"))

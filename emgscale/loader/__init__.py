@@ -1,0 +1,73 @@
+"""The input pipeline: batches for training and evaluation, from shards or straight from HDF5 sessions.
+
+``build_loader(cfg, part, train=..., seed=..., epoch=..., rank=..., world_size=...)`` returns a
+:class:`Loader` (an iterable of :class:`~emgscale.data.windows.Batch`, with ``len`` when known),
+whichever the source:
+
+* ``cfg.shards`` set: WebDataset shards written by ``python -m emgscale.shard`` (a local folder with
+  ``manifest.json``, a URL prefix such as ``pipe:aws s3 cp s3://bucket/shards/{name} -`` or
+  ``https://host/shards``, or a brace pattern of ``.tar`` URLs without a manifest). Training is an
+  endless resampled stream cut into epochs; evaluation reads every sample exactly once over all
+  ranks and workers (:mod:`emgscale.loader.shards`, :mod:`emgscale.shard.stream`).
+* otherwise ``cfg.data_root`` + ``cfg.split``: windows read at random from the HDF5 files
+  (:mod:`emgscale.loader.hdf5`), as the reference does.
+
+Both give the same samples (one :class:`~emgscale.data.windows.WindowSpec` rule for windows, jitter
+and labels) and honour the same subsets: ``users``, ``sessions`` and ``max_minutes_per_user`` (the
+first N minutes of each user's sessions in recording order, as if the recordings stopped there — for
+few-shot curves).
+"""
+
+from __future__ import annotations
+
+from emgscale.common import rank as env_rank
+from emgscale.common import world_size as env_world_size
+from emgscale.data.errors import DataError
+from emgscale.data.splits import normalize_user
+from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
+from emgscale.loader.hdf5 import hdf5_loader
+from emgscale.loader.shards import shard_loader
+
+
+def build_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int = 0, rank: int | None = None,
+                 world_size: int | None = None, batch_size: int | None = None, users: list[str] | None = None,
+                 sessions: list[str] | None = None, max_minutes_per_user: float | None = None,
+                 limit_samples: int | None = None) -> Loader:
+    """Batches of ``part`` for training (shuffled, jittered, an epoch long) or evaluation (every sample once).
+
+    Args:
+        cfg: the data config.
+        part: ``train``, ``val`` or ``test``.
+        train: shuffle and jitter (else a deterministic pass).
+        seed, epoch: seed the order and jitter; the same arguments give the same batches.
+        rank, world_size: this process among the data-parallel ones (default: from
+            ``torch.distributed`` or the RANK / WORLD_SIZE environment).
+        batch_size: this rank's batch size (default: ``cfg.batch_size``).
+        users, sessions, max_minutes_per_user, limit_samples: override the config's subsets.
+
+    Returns:
+        A :class:`Loader` of :class:`Batch` (``emg`` (B, T, 2, 16) float32 with ``emg_lengths``).
+
+    Raises:
+        ValueError: inconsistent settings (no source, windowing different from the shards', ...).
+        DataError: a missing or bad split, manifest or session file.
+    """
+    rank = env_rank() if rank is None else rank
+    world = env_world_size() if world_size is None else world_size
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, {world})")
+    if part not in ("train", "val", "test"):
+        raise ValueError(f"part must be 'train', 'val' or 'test', got {part!r}")
+    users = users if users is not None else cfg.users
+    sessions = sessions if sessions is not None else cfg.sessions
+    sel = Selection(users=frozenset(normalize_user(u) for u in users) if users else None,
+                    sessions=frozenset(sessions) if sessions else None,
+                    max_minutes=max_minutes_per_user if max_minutes_per_user is not None else cfg.max_minutes_per_user)
+    bs = batch_size or cfg.batch_size
+    limit = limit_samples if limit_samples is not None else cfg.limit_samples
+    source = shard_loader if cfg.shards else hdf5_loader
+    return source(cfg, part, train=train, seed=seed, epoch=epoch, rank=rank, world=world, batch_size=bs, sel=sel,
+                  limit=limit)
+
+
+__all__ = ["DataConfig", "DataError", "Loader", "Selection", "build_loader", "minutes_budget", "window_spec"]

@@ -1,0 +1,86 @@
+"""The HDF5 source of :func:`emgscale.loader.build_loader`: windows read at random from session files.
+
+This is what the reference does (:class:`~emgscale.data.windows.SessionWindows`); the shard source
+(:mod:`emgscale.loader.shards`) gives the same samples from WebDataset shards.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emgscale.common import print0
+from emgscale.data.session import EMGSession
+from emgscale.data.splits import load_split
+from emgscale.data.windows import SessionWindows, WindowSpec, collate
+from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
+
+
+def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
+                batch_size: int, sel: Selection, limit: int | None) -> Loader:
+    """See :func:`emgscale.loader.build_loader`."""
+    if not cfg.data_root or not cfg.split:
+        raise ValueError("set data.shards, or data.data_root and data.split")
+    split = load_split(cfg.split)
+    refs = [r for r in split[part] if sel.keep(r.user, r.session)]
+    root = Path(cfg.data_root)
+    paths = [root / f"{r.session}.hdf5" for r in refs]
+    missing = [p for p in paths if not p.is_file()]
+    if missing and not cfg.skip_bad:
+        split.resolve(root, part)  # raises, listing every missing file
+    _report_missing(tuple(str(p) for p in missing))
+    paths = [p for p in paths if p.is_file()]
+    spec = window_spec(cfg, part, train)
+    mix = int(np.random.default_rng([seed, epoch, rank]).integers(2**31))
+    if sel.max_minutes is not None:
+        if spec.window_samples is None:
+            raise ValueError("max_minutes_per_user needs windowed samples, not whole sessions")
+        infos = []
+        for p in paths:
+            with EMGSession(p) as s:
+                infos.append((s.user, str(p), s.start_time, len(s), s.sample_rate_hz))
+        budget = minutes_budget(infos, sel.max_minutes)
+        ds: torch.utils.data.Dataset = SessionWindows([Path(k) for k in budget], spec, seed=mix,
+                                                      max_rows=list(budget.values()))
+    else:
+        ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad))  # no open files (__getstate__)
+        ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
+    n = len(ds)
+    if train:
+        total = cfg.train_samples_per_epoch or n
+        rng = np.random.default_rng([seed, epoch])
+        reps = math.ceil(total / max(n, 1)) if n else 0
+        order = np.concatenate([rng.permutation(n) for _ in range(reps)])[:total] if n else np.zeros(0, np.int64)
+        per_rank = math.ceil(len(order) / world)
+        order = np.resize(order, per_rank * world) if len(order) else order  # equal share per rank
+        indices = order[rank::world].tolist()
+    else:
+        indices = list(range(rank, n, world))
+    num_batches = math.ceil(len(indices) / batch_size)
+    generator = torch.Generator().manual_seed(mix)
+    workers = cfg.num_workers or 0
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=indices, collate_fn=collate,
+                                         num_workers=workers, pin_memory=bool(cfg.pin_memory), generator=generator,
+                                         drop_last=False, persistent_workers=False)
+    return Loader(loader, num_batches, len(indices), f"HDF5 {part} of {cfg.split} under {root}", limit, batch_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _report_missing(paths: tuple[str, ...]) -> None:
+    """Name each session file the split lists but ``skip_bad`` leaves out, once per process."""
+    for p in paths:
+        print0(f"[data] skipping {p}: session named by the split is missing")
+
+
+@functools.lru_cache(maxsize=8)
+def _session_windows(paths: tuple[Path, ...], spec: WindowSpec, skip_bad: bool) -> SessionWindows:
+    """Counting windows opens every file: do it once per (files, windowing), not once per epoch."""
+    ds = SessionWindows(paths, spec, skip_bad=skip_bad)
+    for path, problem in ds.skipped:
+        print0(f"[data] skipping {path}: {problem}")
+    return ds
