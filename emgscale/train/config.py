@@ -1,7 +1,8 @@
 """The training config (typed dataclasses with defaults in code) and what a run returns.
 
 ``TrainConfig`` nests ``data`` (:class:`~emgscale.loader.DataConfig`), ``model``
-(:class:`~emgscale.models.ModelConfig`), ``optim``, ``run`` and ``swad``; YAML files and
+(:class:`~emgscale.models.ModelConfig`), ``loss`` (:class:`~emgscale.train.objective.LossConfig`),
+``optim``, ``run`` and ``swad``; YAML files and
 ``dotted.key=value`` override the defaults (:func:`load_train_config`), unknown keys and wrong types
 are errors that name the key.
 """
@@ -16,6 +17,7 @@ from emgscale.config import build_config
 from emgscale.loader import DataConfig
 from emgscale.models import ModelConfig
 from emgscale.swad import SWADConfig
+from emgscale.train.objective import LossConfig
 
 
 @dataclass
@@ -69,6 +71,7 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     swad: SWADConfig = field(default_factory=SWADConfig)

@@ -5,15 +5,16 @@
 initialised ``torch.distributed`` process group (set up by Ray Train or torchrun), and reporting is a
 callable passed in. Callers go through :func:`emgscale.train.launch`, which decides in-process vs Ray.
 
-Per step: CTC loss on the model's log-probs and *its* output lengths, Adam/AdamW, linear warm-up then
+Per step: the objective's loss (``loss.kind``; CTC on the model's log-probs and *its* output lengths by
+default, :mod:`emgscale.train.objective`), Adam/AdamW, linear warm-up then
 cosine decay (the reference schedule), optional gradient clipping and bf16 autocast (fp16 with loss
 scaling on a GPU without bf16). A step whose loss or gradient is not finite is skipped (counted;
 ``run.max_nonfinite_steps`` of them stop the run with an error), so nothing non-finite reaches the
 weights or a checkpoint. The step's one host synchronisation is that finiteness check; the loss is
 read back only at logging steps.
 
-Per epoch (and every ``run.eval_every_steps``): validation loss and greedy CER; ``best.pt`` by val
-CER. ``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically; ``resume``
+Per epoch (and every ``run.eval_every_steps``): the objective's validation (loss and greedy CER for
+CTC); ``best.pt`` by its metric (``best_val_cer`` holds the best value of it). ``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically; ``resume``
 restores model, optimiser, scheduler, step, data position and RNG state, so a killed run continues
 exactly. The loop's state is one :class:`TrainState` value, passed explicitly.
 """
@@ -39,7 +40,7 @@ from emgscale.models import build_model
 from emgscale.swad import WeightAverager
 from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
 from emgscale.train.metrics_log import MetricsLogger
-from emgscale.train.validation import ctc_loss, validate
+from emgscale.train.objective import Objective, build_objective
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -62,6 +63,7 @@ class _Run:
 
     cfg: TrainConfig
     data: DataConfig
+    objective: Objective
     model: torch.nn.Module
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -163,7 +165,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     data = cfg.data.for_device(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     ckpt_dir = Path(cfg.run.out_dir) / "checkpoints"
     autocast, scaled = _precision(cfg.run.bf16, device)
-    run = _Run(cfg=cfg, data=data, model=model, net=model, optimizer=optimizer, scheduler=None,  # type: ignore[arg-type]
+    run = _Run(cfg=cfg, data=data, objective=build_objective(cfg), model=model, net=model, optimizer=optimizer, scheduler=None,  # type: ignore[arg-type]
                averager=WeightAverager(cfg.swad), device=device, autocast=autocast,
                scaler=torch.amp.GradScaler(device.type, enabled=scaled), world=world, rank=rnk,
                local_batch=global_batch // world, ckpt_dir=ckpt_dir, logger=None, report=report)
@@ -253,7 +255,7 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
         gpu = batch.to(run.device)
         with torch.autocast(**run.autocast):
             log_probs, out_lengths = run.net(gpu.emg, gpu.emg_lengths)
-        loss = ctc_loss(log_probs, out_lengths, gpu.labels, gpu.label_lengths)
+        loss = run.objective.loss(log_probs, out_lengths, gpu, state.step)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
@@ -325,20 +327,22 @@ def _save(run: _Run, state: TrainState, name: str) -> Path | None:
 
 def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
     """Validation loss and CER; ``last.pt`` (and ``best.pt`` when the CER improved); log and report."""
-    metrics = validate(run.model, run.loader("val", False), run.device, max_batches=run.cfg.run.val_max_batches,
-                       autocast=run.autocast)
+    metrics = run.objective.validate(run.model, run.loader("val", False), run.device, run.cfg.run.val_max_batches,
+                                     run.autocast)
     run.averager.after_validation(run.model, metrics["val_loss"], state.step)
     row = {"step": state.step, "epoch": state.epoch, "lr": run.scheduler.get_last_lr()[0], **metrics}
     state.history.append(row)
-    improved = metrics["val_cer"] < state.best_val_cer
-    state.best_val_cer = min(state.best_val_cer, metrics["val_cer"])
+    score = metrics[run.objective.metric]
+    improved = score < state.best_val_cer
+    state.best_val_cer = min(state.best_val_cer, score)
     path = _save(run, state, LAST)
     if improved:  # metrics are reduced over ranks, so every rank agrees (saving gathers RNG states)
         _save(run, state, BEST)
     if run.logger:
         run.logger.log(row, state.step)
+    name = run.objective.metric.removeprefix("val_").upper()
     print0(f"[train] step {state.step} epoch {state.epoch}: val loss {metrics['val_loss']:.3f} "
-           f"CER {metrics['val_cer']:.2%} (best {state.best_val_cer:.2%})")
+           f"{name} {score:.2%} (best {state.best_val_cer:.2%})")
     if run.report is not None:
         run.report(row, path.parent if path is not None else None)
     return row
