@@ -57,6 +57,26 @@ def _render(name: str, title: str, table: dict[str, Any], out: Path) -> tuple[st
     return md, pngs
 
 
+#: Suites that score something other than CER and render their own tables and plots.
+SELF_RENDERED = ("fingers",)
+
+
+def _render_tables(name: str, res: dict[str, Any], out_dir: Path, budget: str, lm_order: int, corpus: Corpus,
+                   t0: float) -> tuple[str, dict[str, Any], float]:
+    """Markdown, result tables and wall time of a CER suite's result."""
+    tables = res.get("tables") or {name: res}
+    md_parts, result_tables = [], {}
+    for tname, table in tables.items():
+        title = name.replace("_", " ") if tname == name else f"{name}: {tname.replace('_', ' ')}"
+        md, pngs = _render(tname, title, table, out_dir)
+        md_parts.append(md)
+        result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs}
+    wall = time.monotonic() - t0
+    note = (f"_CER in %, mean ± population std over users; whole-session val/test; +LM = beam search with a "
+            f"{lm_order}-gram character KenLM. Budget `{budget}`, data `{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
+    return "\n".join(md_parts) + "\n" + note, result_tables, wall
+
+
 def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "small",
                   data_root: "str | Path | None" = None, splits_dir: "str | Path | None" = None,
                   cache: "str | Path | None" = None, definitions_dir: "str | Path | None" = None,
@@ -65,9 +85,10 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``.
 
     Args:
-        name: one of single_user, zero_shot, personalized, few_shot, sweep.
+        name: one of single_user, zero_shot, personalized, few_shot, sweep, fingers.
         budget: tiny | small | paper.
-        data_root, splits_dir: real (or any) data; default: the synthetic corpus of the budget.
+        data_root, splits_dir: real (or any) data; default: the synthetic corpus of the budget. For
+            ``fingers``, a folder of finger CSV recordings (else a synthetic finger corpus is made).
         cache: where corpora, shards, LMs, checkpoints and evaluations are kept and reused.
         definitions_dir, configs_dir: ``benchmarks/`` and ``configs/`` of the checkout.
         lm_texts: text for the character LM (default: shipped LM text).
@@ -91,22 +112,18 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     else:
         corpus = ensure_corpus(cache, b.corpus)
     ctx = BenchContext(cache=cache, budget=b, corpus=corpus, configs_dir=configs_dir,
-                       lm=_lm(cache, lm_texts, b.lm_order), workers=workers, jobs=jobs, overrides=list(overrides))
+                       lm=_lm(cache, lm_texts, b.lm_order) if name not in SELF_RENDERED else None, workers=workers,
+                       jobs=jobs, overrides=list(overrides), out=out_dir)
     definition = load_definition(definitions_dir, name, budget)
     print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}")
     res = SUITES[name](ctx, definition)
-    tables = res.get("tables") or {name: res}
     out_dir.mkdir(parents=True, exist_ok=True)
-    md_parts, result_tables = [], {}
-    for tname, table in tables.items():
-        title = name.replace("_", " ") if tname == name else f"{name}: {tname.replace('_', ' ')}"
-        md, pngs = _render(tname, title, table, out_dir)
-        md_parts.append(md)
-        result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs}
-    wall = time.monotonic() - t0
-    note = (f"_CER in %, mean ± population std over users; whole-session val/test; +LM = beam search with a "
-            f"{b.lm_order}-gram character KenLM. Budget `{budget}`, data `{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
-    markdown = "\n".join(md_parts) + "\n" + note
+    if name in SELF_RENDERED:  # not CER: the suite made its own table and plots in out_dir
+        wall = time.monotonic() - t0
+        result_tables = {name: {k: res[k] for k in ("rows", "aggregate", "plots")}}
+        markdown = res["markdown"] + f"\n_Budget `{budget}`, wall {wall / 60:.1f} min._\n"
+    else:
+        markdown, result_tables, wall = _render_tables(name, res, out_dir, budget, b.lm_order, corpus, t0)
     result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
               "data_root": str(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
               "overrides": list(overrides), "jobs": jobs, "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}

@@ -16,6 +16,7 @@ from emgscale.bench.budget import Budget
 from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, score_sessions
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
+from emgscale.fingers.bench import fingers
 
 
 @dataclass
@@ -30,6 +31,7 @@ class BenchContext:
     workers: int = 1
     jobs: int = 1
     overrides: list[str] = field(default_factory=list)
+    out: Path | None = None  # the benchmark's results folder (suites that draw their own plots write there)
 
     def heldout(self) -> list[Path]:
         return self.corpus.heldout_splits(self.budget.max_heldout_users)
@@ -199,3 +201,4 @@ def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 
 SUITES = {"single_user": single_user, "zero_shot": zero_shot, "personalized": personalized,
           "few_shot": few_shot, "sweep": sweep}
+SUITES["fingers"] = fingers  # frame-level finger classification (emgscale.fingers.bench): renders its own tables

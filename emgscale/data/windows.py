@@ -227,6 +227,8 @@ class Batch:
         labels: int64 ``(B, S)`` padded with 0 (only ``label_lengths`` tells padding apart).
         label_lengths: int64 ``(B,)``.
         keys, users: per-sample identifiers.
+        sample_labels: int64 ``(B, T)`` class of every EMG row (frame-level tasks), -1 on padding and
+            unlabelled rows; None for keystroke data.
     """
 
     emg: torch.Tensor
@@ -235,6 +237,7 @@ class Batch:
     label_lengths: torch.Tensor
     keys: list[str]
     users: list[str]
+    sample_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -243,21 +246,27 @@ class Batch:
         """The tensors on ``device`` (asynchronous copies from pinned memory)."""
         return Batch(self.emg.to(device, non_blocking=True), self.emg_lengths.to(device, non_blocking=True),
                      self.labels.to(device, non_blocking=True), self.label_lengths.to(device, non_blocking=True),
-                     self.keys, self.users)
+                     self.keys, self.users,
+                     None if self.sample_labels is None else self.sample_labels.to(device, non_blocking=True))
 
     def head(self, k: int) -> "Batch":
         """The first ``k`` samples."""
         return Batch(self.emg[:k], self.emg_lengths[:k], self.labels[:k], self.label_lengths[:k], self.keys[:k],
-                     self.users[:k])
+                     self.users[:k], None if self.sample_labels is None else self.sample_labels[:k])
 
     def pin_memory(self) -> "Batch":
         """Pinned copies of the tensors (the DataLoader calls this with ``pin_memory=True``)."""
         return Batch(self.emg.pin_memory(), self.emg_lengths.pin_memory(), self.labels.pin_memory(),
-                     self.label_lengths.pin_memory(), self.keys, self.users)
+                     self.label_lengths.pin_memory(), self.keys, self.users,
+                     None if self.sample_labels is None else self.sample_labels.pin_memory())
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
-    """Zero-pad samples into a :class:`Batch` (one preallocated array per field, one copy per sample)."""
+    """Zero-pad samples into a :class:`Batch` (one preallocated array per field, one copy per sample).
+
+    Samples with a ``sample_labels`` field (int64 ``(T,)``, a class per EMG row) give
+    ``Batch.sample_labels`` padded with -1.
+    """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     lengths = [len(s["emg"]) for s in samples]
@@ -268,6 +277,11 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     for i, s in enumerate(samples):
         emg[i, : lengths[i]] = s["emg"]
         labels[i, : label_lengths[i]] = s["labels"]
+    sample_labels = None
+    if "sample_labels" in samples[0]:
+        sample_labels = torch.full((len(samples), max(lengths)), -1, dtype=torch.int64)
+        for i, s in enumerate(samples):
+            sample_labels[i, : lengths[i]] = torch.as_tensor(s["sample_labels"], dtype=torch.int64)
     return Batch(
         emg=torch.from_numpy(emg),
         emg_lengths=torch.tensor(lengths, dtype=torch.int64),
@@ -275,6 +289,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         label_lengths=torch.tensor(label_lengths, dtype=torch.int64),
         keys=[str(s["key"]) for s in samples],
         users=[str(s["user"]) for s in samples],
+        sample_labels=sample_labels,
     )
 
 

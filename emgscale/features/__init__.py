@@ -14,6 +14,11 @@ with ``lengths`` in samples) into normalised log features ``(B, T', 2, C, K)`` w
 Rate scaling: ``n_fft`` and ``hop_samples`` are given at 2 kHz and scaled by ``sample_rate_hz / 2000``
 (64/16 -> 32/8 at 1 kHz, 16/4 at 500 Hz, 8/2 at 250 Hz), so every rate gives 32 ms windows at 125 Hz
 frames and the encoders see the same frame rate; only the number of bins changes (33, 17, 9, 5).
+Where the scaled sizes are not whole samples they are rounded to the nearest (n_fft at least 2, hop at
+least 1): 200 Hz gives 6/2 (30 ms windows, 100 Hz frames), so any device rate works.
+
+The input is ``(B, T, num_bands, num_electrodes)`` (``features.num_bands`` / ``num_electrodes``: 2 x 16
+for emg2qwerty, 1 x 8 for an 8-channel armband).
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ def _exact_int(value: float, what: str) -> int:
     if value < 1 or abs(value - round(value)) > 1e-9:
         raise ValueError(f"{what} must be a positive integer, got {value:g}")
     return int(round(value))
+
+
+def _rounded_int(value: float, minimum: int) -> int:
+    """``value`` rounded to the nearest whole number of samples, at least ``minimum``."""
+    return max(minimum, int(round(value)))
 
 
 class Featurizer(nn.Module):
@@ -69,22 +79,30 @@ class Featurizer(nn.Module):
                                      f"features.input_sample_rate_hz / features.sample_rate_hz "
                                      f"({cfg.input_sample_rate_hz:g} / {cfg.sample_rate_hz:g})")
         scale = cfg.sample_rate_hz / REFERENCE_RATE_HZ if cfg.scale_with_rate else 1.0
-        self.n_fft = _exact_int(cfg.n_fft * scale, f"features.n_fft scaled to {cfg.sample_rate_hz:g} Hz")
-        self.hop_samples = _exact_int(cfg.hop_samples * scale, f"features.hop_samples scaled to {cfg.sample_rate_hz:g} Hz")
+        self.n_fft = _rounded_int(cfg.n_fft * scale, 2)
+        self.hop_samples = _rounded_int(cfg.hop_samples * scale, 1)
+        self.num_bands, self.num_electrodes = cfg.num_bands, cfg.num_electrodes
+        if self.num_bands < 1 or self.num_electrodes < 1:
+            raise ValueError(f"features.num_bands and features.num_electrodes must be >= 1, got "
+                             f"{self.num_bands} and {self.num_electrodes}")
+        if augment is not None and augment.temporal_jitter_samples > 0 and self.num_bands != 2:
+            raise ValueError(f"augment.temporal_jitter_samples shifts two bands against each other; with "
+                             f"features.num_bands={self.num_bands} set it to 0")
         if cfg.channels is not None:
             if not cfg.channels or len(set(cfg.channels)) != len(cfg.channels) or not all(
-                    0 <= c < NUM_ELECTRODES for c in cfg.channels):
-                raise ValueError(f"features.channels must be distinct electrodes in 0..15, got {cfg.channels}")
+                    0 <= c < self.num_electrodes for c in cfg.channels):
+                raise ValueError(f"features.channels must be distinct electrodes in 0..{self.num_electrodes - 1}, "
+                                 f"got {cfg.channels}")
             self.register_buffer("channel_index", torch.tensor(cfg.channels, dtype=torch.long), persistent=False)
         else:
             self.channel_index = None
-        self.num_channels = len(cfg.channels) if cfg.channels is not None else NUM_ELECTRODES
+        self.num_channels = len(cfg.channels) if cfg.channels is not None else self.num_electrodes
         self.decimator = Decimator(self.decimation)
         self.spectral = SpectralFeatures(cfg.kind, self.n_fft, self.hop_samples, cfg.num_log_bands)
         self.num_bins = self.spectral.num_bins
         self.samples_per_frame = self.hop_samples * self.decimation
         self.frame_rate_hz = cfg.input_sample_rate_hz / self.samples_per_frame
-        self.norm = build_norm(cfg.norm, NUM_BANDS * self.num_channels, self.frame_rate_hz, cfg.norm_momentum,
+        self.norm = build_norm(cfg.norm, self.num_bands * self.num_channels, self.frame_rate_hz, cfg.norm_momentum,
                                cfg.norm_eps, cfg.rolling_window_s)
         h = self.decimator.half_taps
         left: int | None = h
@@ -111,8 +129,9 @@ class Featurizer(nn.Module):
         Returns:
             feats (B, T', 2, C, K) float32 (zero on padding frames) and frame_lengths (B,) long.
         """
-        if emg.dim() != 4 or emg.shape[2] != NUM_BANDS or emg.shape[3] != NUM_ELECTRODES:
-            raise ValueError(f"expected EMG of shape (B, T, {NUM_BANDS}, {NUM_ELECTRODES}), got {tuple(emg.shape)}")
+        if emg.dim() != 4 or emg.shape[2] != self.num_bands or emg.shape[3] != self.num_electrodes:
+            raise ValueError(f"expected EMG of shape (B, T, {self.num_bands}, {self.num_electrodes}), "
+                             f"got {tuple(emg.shape)}")
         if lengths.shape != emg.shape[:1]:
             raise ValueError(f"lengths must have shape ({emg.shape[0]},), got {tuple(lengths.shape)}")
         if emg.shape[1] < self.min_input_samples:

@@ -32,6 +32,8 @@ class FeatureConfig:
         sample_rate_hz: rate the model works at. Below ``input_sample_rate_hz`` the input is low-pass
             filtered and decimated inside the model (the ratio must be an integer).
         input_sample_rate_hz: rate of the EMG handed to the model (2000 for emg2qwerty).
+        num_bands: bands (armbands) in the input: 2 for emg2qwerty, 1 for a single 8-channel armband.
+        num_electrodes: electrodes per band in the input (16 for emg2qwerty, 8 for a Myo-like band).
         channels: electrodes (0-15) kept in each band, e.g. ``[0, 4, 8, 12]``; None keeps all 16.
         norm: ``"batch"`` (the reference's per-channel BatchNorm over the 2 x 16 electrode channels,
             statistics masked to valid frames), ``"rolling"`` (causal running mean/std per channel over
@@ -48,6 +50,8 @@ class FeatureConfig:
     num_log_bands: int = 6
     sample_rate_hz: float = 2000.0
     input_sample_rate_hz: float = 2000.0
+    num_bands: int = 2
+    num_electrodes: int = 16
     channels: list[int] | None = None
     norm: str = "batch"
     norm_momentum: float = 0.1

@@ -11,6 +11,11 @@ whichever the source:
   ranks and workers (:mod:`emgscale.loader.shards`, :mod:`emgscale.shard.stream`).
 * otherwise ``cfg.data_root`` + ``cfg.split``: windows read at random from the HDF5 files
   (:mod:`emgscale.loader.hdf5`), as the reference does.
+* ``cfg.format: csv``: windows of CSV/TSV recordings with a label per row (:mod:`emgscale.loader.csv`),
+  batches with ``sample_labels``.
+
+``cfg.view`` (when set) turns every batch into what a smaller device would record: one band, some
+electrodes, a lower rate, random ring rotations in training (:mod:`emgscale.fingers.device`).
 
 Both give the same samples (one :class:`~emgscale.data.windows.WindowSpec` rule for windows, jitter
 and labels) and honour the same subsets: ``users``, ``sessions`` and ``max_minutes_per_user`` (the
@@ -20,11 +25,18 @@ few-shot curves).
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from emgscale.common import rank as env_rank
 from emgscale.common import world_size as env_world_size
+import numpy as np
+
 from emgscale.data.errors import DataError
 from emgscale.data.splits import normalize_user
+from emgscale.data.windows import Batch
+from emgscale.fingers.device import DeviceView, apply_view
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
+from emgscale.loader.csv import csv_loader
 from emgscale.loader.hdf5 import hdf5_loader
 from emgscale.loader.shards import shard_loader
 
@@ -65,9 +77,26 @@ def build_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
                     max_minutes=max_minutes_per_user if max_minutes_per_user is not None else cfg.max_minutes_per_user)
     bs = batch_size or cfg.batch_size
     limit = limit_samples if limit_samples is not None else cfg.limit_samples
-    source = shard_loader if cfg.shards else hdf5_loader
-    return source(cfg, part, train=train, seed=seed, epoch=epoch, rank=rank, world=world, batch_size=bs, sel=sel,
-                  limit=limit)
+    if cfg.format not in ("emg2qwerty", "csv"):
+        raise ValueError(f"data.format must be 'emg2qwerty' or 'csv', got {cfg.format!r}")
+    source = csv_loader if cfg.format == "csv" else shard_loader if cfg.shards else hdf5_loader
+    loader = source(cfg, part, train=train, seed=seed, epoch=epoch, rank=rank, world=world, batch_size=bs, sel=sel,
+                    limit=limit)
+    if not cfg.view.active:
+        return loader
+    return Loader(_Viewed(loader, cfg.view.for_training(train), [seed, epoch, rank]), loader.num_batches,
+                  loader.num_samples, f"{loader.source} as {cfg.view}", None, bs)
+
+
+class _Viewed:
+    """The batches of ``loader`` through :func:`apply_view` (rotations seeded per pass)."""
+
+    def __init__(self, loader: Loader, view: DeviceView, seed: list[int]) -> None:
+        self.loader, self.view, self.seed = loader, view, seed
+
+    def __iter__(self) -> Iterator[Batch]:
+        rng = np.random.default_rng([*self.seed, 7])
+        return (apply_view(b, self.view, rng) for b in self.loader)
 
 
 __all__ = ["DataConfig", "DataError", "Loader", "Selection", "build_loader", "minutes_budget", "window_spec"]

@@ -11,8 +11,12 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
+import numpy as np
+
 from emgscale.data.splits import normalize_user
 from emgscale.data.windows import Batch, WindowSpec, training_windows
+from emgscale.fingers.device import DeviceView
+from emgscale.fingers.reader import CSVFormat
 
 
 @dataclass
@@ -20,7 +24,10 @@ class DataConfig:
     """Where the data comes from and how it is batched (the ``data`` section of the training config).
 
     Attributes:
-        data_root: folder of HDF5 sessions (read directly when ``shards`` is unset).
+        format: ``emg2qwerty`` (HDF5 sessions or shards of them) or ``csv`` (a folder of CSV/TSV
+            recordings with a label per row, :mod:`emgscale.loader.csv`; ``split`` is then a split of
+            files, :func:`emgscale.fingers.reader.load_split`).
+        data_root: folder of HDF5 sessions (read directly when ``shards`` is unset), or of CSV files.
         split: official split YAML.
         shards: shard folder / URL prefix (``{name}`` is replaced by ``train/train-000000.tar`` etc.) /
             brace pattern of tar URLs; preferred when set.
@@ -41,7 +48,12 @@ class DataConfig:
         users, sessions: keep only these users / sessions.
         max_minutes_per_user: keep the first N minutes of each user's data.
         limit_samples: stop each pass after this many samples on each rank (quick checks).
+        csv: the layout of the CSV files (``format: csv``).
+        view: the data as a smaller device would record it (one band, some electrodes, a lower rate;
+            :class:`~emgscale.fingers.device.DeviceView`), applied to every batch.
     """
+
+    format: str = "emg2qwerty"
 
     data_root: str | None = None
     split: str | None = None
@@ -62,6 +74,8 @@ class DataConfig:
     sessions: list[str] | None = None
     max_minutes_per_user: float | None = None
     limit_samples: int | None = None
+    csv: CSVFormat = field(default_factory=CSVFormat)
+    view: DeviceView = field(default_factory=DeviceView)
 
     def global_batch_size(self, world_size: int) -> int:
         """Samples per optimiser step over ``world_size`` data-parallel workers."""
@@ -163,6 +177,23 @@ def minutes_budget(sessions: Iterable[tuple[str, str, float, int, float]], max_m
             out[name] = take
             left_s -= take / sr
     return out
+
+
+def sample_order(n: int, train: bool, total: int | None, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """The sample indices this rank reads in one pass over ``n`` samples.
+
+    Training: ``total`` (default ``n``) indices from whole permutations seeded by ``(seed, epoch)``,
+    resized to an equal share per rank; evaluation: every sample once over all ranks, in order.
+    """
+    if not train:
+        return list(range(rank, n, world))
+    total = total or n
+    rng = np.random.default_rng([seed, epoch])
+    reps = math.ceil(total / max(n, 1)) if n else 0
+    order = np.concatenate([rng.permutation(n) for _ in range(reps)])[:total] if n else np.zeros(0, np.int64)
+    per_rank = math.ceil(len(order) / world)
+    order = np.resize(order, per_rank * world) if len(order) else order  # equal share per rank
+    return order[rank::world].tolist()
 
 
 def window_spec(cfg: DataConfig, part: str, train: bool) -> WindowSpec:

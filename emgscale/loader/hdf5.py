@@ -18,7 +18,7 @@ from emgscale.common import print0
 from emgscale.data.session import EMGSession
 from emgscale.data.splits import load_split
 from emgscale.data.windows import SessionWindows, WindowSpec, collate
-from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
+from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 
 def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
@@ -50,17 +50,7 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
     else:
         ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad))  # no open files (__getstate__)
         ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
-    n = len(ds)
-    if train:
-        total = cfg.train_samples_per_epoch or n
-        rng = np.random.default_rng([seed, epoch])
-        reps = math.ceil(total / max(n, 1)) if n else 0
-        order = np.concatenate([rng.permutation(n) for _ in range(reps)])[:total] if n else np.zeros(0, np.int64)
-        per_rank = math.ceil(len(order) / world)
-        order = np.resize(order, per_rank * world) if len(order) else order  # equal share per rank
-        indices = order[rank::world].tolist()
-    else:
-        indices = list(range(rank, n, world))
+    indices = sample_order(len(ds), train, cfg.train_samples_per_epoch, seed, epoch, rank, world)
     num_batches = math.ceil(len(indices) / batch_size)
     generator = torch.Generator().manual_seed(mix)
     workers = cfg.num_workers or 0

@@ -25,9 +25,12 @@ class ModelConfig:
         frontend: per-frame front end feeding the encoder.
         tds, rnn, cnn_rnn, conformer, transformer: encoder settings (``rnn`` serves ``lstm`` and
             ``gru``; ``rnn.bidirectional`` picks BiLSTM / BiGRU).
+        num_classes: outputs of the head; 0 = the CTC charset (98 keys + blank). A frame classifier
+            (``loss.kind: frame_ce``) sets its number of labels (6 for the finger dataset).
     """
 
     arch: str = "tds"
+    num_classes: int = 0
     features: FeatureConfig = field(default_factory=FeatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from emgscale.data.charset import charset
-from emgscale.features import NUM_BANDS, Featurizer
+from emgscale.features import Featurizer
 from emgscale.models.common import Encoder, Span
 from emgscale.models.conformer import ConformerEncoder
 from emgscale.models.config import ModelConfig
@@ -67,10 +67,14 @@ class CTCModel(nn.Module):
         if cfg.arch not in ENCODERS:
             raise ValueError(f"unknown model.arch {cfg.arch!r}; known: {', '.join(sorted(ENCODERS))}")
         self.cfg = cfg
+        if cfg.num_classes < 0 or cfg.num_classes == 1:
+            raise ValueError(f"model.num_classes must be 0 (the CTC charset) or >= 2, got {cfg.num_classes}")
         cs = charset()
-        self.num_classes, self.blank = cs.num_classes, cs.blank
+        self.num_classes = cfg.num_classes or cs.num_classes
+        self.blank = cs.blank if not cfg.num_classes else None  # frame classifiers have no blank
         self.featurizer = Featurizer(cfg.features, cfg.augment)
-        self.frontend = build_frontend(cfg.frontend, NUM_BANDS, self.featurizer.num_channels, self.featurizer.num_bins)
+        self.frontend = build_frontend(cfg.frontend, self.featurizer.num_bands, self.featurizer.num_channels,
+                                       self.featurizer.num_bins)
         self.encoder = ENCODERS[cfg.arch](cfg, self.frontend.out_features)
         self.head = nn.Linear(self.encoder.out_features, self.num_classes)
 
@@ -115,11 +119,13 @@ class CTCModel(nn.Module):
         """Log-probabilities of a batch.
 
         Args:
-            emg: raw float32 (B, T, 2, 16) at ``input_sample_rate_hz``, zero-padded.
+            emg: raw float32 (B, T, bands, electrodes) at ``input_sample_rate_hz`` (2 x 16 by default;
+                ``features.num_bands`` x ``features.num_electrodes``), zero-padded.
             lengths: (B,) valid samples per sequence.
 
         Returns:
-            log_probs (B, T', 99) float32 (``log_softmax``; blank = 98; rows at or beyond
+            log_probs (B, T', 99) float32 (``log_softmax``; blank = 98; ``model.num_classes`` columns
+            for a frame classifier; rows at or beyond
             ``out_lengths`` are padding) and out_lengths (B,) long. In training mode augmentations
             are applied and ``out_lengths`` accounts for the samples trimmed by temporal jitter.
         """

@@ -6,6 +6,7 @@ Examples::
     python -m emgscale.synth --out data/s --users 20 --sessions-per-user 8 --minutes 5 --workers 2
     python -m emgscale.synth --out data/like-real --layout /path/to/metadata.csv --minutes 0.5
     python -m emgscale.synth --out data/s contact_artifact_prob=0 val_sessions_per_user=1
+    python -m emgscale.synth fingers --out data/fingers --users 4 --minutes 2   # finger CSVs (8 ch, 200 Hz)
 
 Any :class:`~emgscale.synth.corpus.SynthConfig` field can also be given as ``key=value``.
 """
@@ -22,6 +23,11 @@ from emgscale.synth.corpus import SynthConfig, generate_corpus
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, generate the corpus, print its summary; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fingers"]:  # the 8-channel 200 Hz finger dataset as CSV (emgscale.fingers.synth)
+        from emgscale.fingers.__main__ import main as fingers_main
+
+        return fingers_main(["synth", *argv[1:]])
     ap = argparse.ArgumentParser(prog="python -m emgscale.synth", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output data root")

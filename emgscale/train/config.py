@@ -56,6 +56,8 @@ class RunConfig:
     compile: bool = False  # torch.compile the model
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     init_from: str | None = None  # fine-tune: load model weights from this checkpoint
+    init_new_head: bool = False  # with init_from: keep this model's fresh head (another task's classes)
+    freeze: list[str] = field(default_factory=list)  # parameter name prefixes not trained, e.g. [featurizer, frontend, encoder]
     tensorboard: bool = True
     max_nonfinite_steps: int = 20  # stop with an error after this many skipped non-finite losses
     workers: int = 1

@@ -126,6 +126,29 @@ def _resume_path(ckpt_dir: Path, resume: bool | str) -> Path | None:
     return path
 
 
+def _init_weights(model: torch.nn.Module, path: str, new_head: bool) -> None:
+    """Load a checkpoint's weights; with ``new_head`` all but the head's (``head.*``), which stay fresh."""
+    weights = load_checkpoint(path).model
+    if new_head:
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+        weights.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    model.load_state_dict(weights)
+    print0(f"[train] initialised weights from {path}" + (" (new head)" if new_head else ""))
+
+
+def _freeze(model: torch.nn.Module, prefixes: list[str]) -> None:
+    """Stop training the parameters whose names start with one of ``prefixes``."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if any(name == q or name.startswith(q + ".") for q in prefixes):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    if prefixes:
+        if not frozen:
+            raise ConfigError(f"run.freeze: {prefixes} names no parameter of the model")
+        print0(f"[train] frozen: {', '.join(prefixes)} ({frozen:,} parameters)")
+
+
 def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None = None) -> TrainResult:
     """Train a CTC model as ``cfg`` says; every rank of a DDP job calls this.
 
@@ -159,9 +182,9 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
 
     model = build_model(cfg.model).to(device)
     if cfg.run.init_from:
-        model.load_state_dict(load_checkpoint(cfg.run.init_from).model)
-        print0(f"[train] initialised weights from {cfg.run.init_from}")
-    optimizer = _optimizer(cfg.optim, model.parameters())
+        _init_weights(model, cfg.run.init_from, cfg.run.init_new_head)
+    _freeze(model, cfg.run.freeze)
+    optimizer = _optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])
     data = cfg.data.for_device(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     ckpt_dir = Path(cfg.run.out_dir) / "checkpoints"
     autocast, scaled = _precision(cfg.run.bf16, device)

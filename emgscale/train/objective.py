@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 
 from emgscale.data.windows import Batch
+from emgscale.train.frames import FrameCEObjective
 from emgscale.train.validation import ctc_loss, validate
 
 
@@ -21,7 +22,8 @@ class LossConfig:
     """The training objective (the ``loss`` section of the training config).
 
     Attributes:
-        kind: a key of :data:`OBJECTIVES` (``ctc``).
+        kind: a key of :data:`OBJECTIVES` (``ctc``; ``frame_ce``: a label per output frame,
+            :mod:`emgscale.train.frames`).
     """
 
     kind: str = "ctc"
@@ -62,6 +64,7 @@ class CTCObjective:
 
 #: ``loss.kind`` -> ``factory(train_config) -> Objective``.
 OBJECTIVES: dict[str, Callable[[Any], Objective]] = {"ctc": CTCObjective}
+OBJECTIVES["frame_ce"] = FrameCEObjective
 
 
 def build_objective(cfg: Any) -> Objective:
