@@ -192,6 +192,9 @@ FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
     "features.sample_rate_hz": (1000.0, {}),
     "features.input_sample_rate_hz": (4000.0, {}),
     "features.channels": ([0, 2, 4, 6], {}),
+    "features.num_bands": (1, {"augment.temporal_jitter_samples": 0}),
+    "features.num_electrodes": (8, {}),
+    "num_classes": (6, {}),
     "features.norm": ("rolling", {}),
     "features.norm_momentum": (0.7, {}),
     "features.norm_eps": (3.0, {}),
@@ -259,8 +262,10 @@ def _set(data: dict, path: str, value: typing.Any) -> None:
 
 def _fingerprint(data: dict) -> list[torch.Tensor | str]:
     torch.manual_seed(0)
-    model = build_model(from_dict(ModelConfig, data))
+    cfg = from_dict(ModelConfig, data)
+    model = build_model(cfg)
     x, lengths = rand_emg(4, 1400), torch.tensor([1400, 1100, 1400, 1300])
+    x = x[:, :, : cfg.features.num_bands, : cfg.features.num_electrodes]  # the input shape the config declares
     out: list[torch.Tensor | str] = [str([(n, tuple(p.shape)) for n, p in model.named_parameters()])]
     with torch.no_grad():
         out.append(model.eval()(x, lengths)[0])

@@ -9,7 +9,8 @@ the rest train (``make_split``).
 
 Pre-training: the keyboard corpus (the benchmark's synthetic emg2qwerty corpus, or the definition's
 ``pretrain_data_root`` / ``pretrain_split``) as an 8-channel 200 Hz right band
-(``configs/fingers/pretrain.yaml``), CTC over the keys, one model shared by every user.
+(``configs/fingers/pretrain.yaml``), CTC over the keys, one model shared by every user; its last
+weights are fine-tuned.
 
 Variants per user and amount of data (``minutes`` plus ``all``): ``scratch`` (random init),
 ``pretrained`` (pre-trained encoder, new 6-class head, everything fine-tuned), ``frozen`` (pre-trained
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from emgscale.bench.steps import cached, ensure_corpus, ensure_shards, ensure_trained_many
-from emgscale.checkpoint import BEST, load_checkpoint
+from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
 from emgscale.fingers.reader import FINGER_CLASSES, make_split, table_files, write_split
 
@@ -113,7 +114,9 @@ def fingers(ctx: Any, d: dict[str, Any]) -> dict[str, Any]:
     pre = None
     if any(v != "scratch" for v in variants):
         pre_files, pre_overrides = _pretrain_run(ctx, d, model_file)
-        pre = ensure_trained_many(ctx.cache, [(pre_files, pre_overrides)], 1)[0] / "checkpoints" / BEST
+        # Its last weights: near the CTC blank plateau, validation CER (what best.pt is chosen by) does not
+        # rank encoders, and the last ones have seen the most data.
+        pre = ensure_trained_many(ctx.cache, [(pre_files, pre_overrides)], 1)[0] / "checkpoints" / LAST
     train_files = [str(configs / "train.yaml"), model_file]
     points: list[tuple[str, str, float, list[str]]] = []  # (user, minutes label, x, overrides)
     for u in users:
