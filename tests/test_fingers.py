@@ -352,3 +352,51 @@ def test_libemg_leave_one_repetition_out_above_chance(tmp_path):
         model, cfg = load_model(res.last_checkpoint)
         accuracies.append(evaluate_recordings(model, read_part(cfg.data, "test"))["accuracy"])
     assert np.mean(accuracies) > 0.6, accuracies
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def test_cli_synth_split_train_evaluate(tmp_path, capsys):
+    """The documented commands run: synth (via emgscale.synth fingers), split, train, evaluate with PNG and JSON."""
+    from emgscale.fingers.__main__ import main
+    from emgscale.synth.__main__ import main as synth_main
+
+    data = tmp_path / "fingers"
+    assert synth_main(["fingers", "--out", str(data), "--users", "1", "--sessions-per-user", "3", "--minutes", "0.3"]) == 0
+    assert main(["split", str(data), "--out", str(tmp_path / "split.yaml")]) == 0
+    assert main(["train", str(data), "--split", str(tmp_path / "split.yaml"), "--out", str(tmp_path / "run"),
+                 "run.max_steps=3", "run.max_epochs=1", "run.steps_per_epoch=3", "data.batch_size=2",
+                 "run.threads=1"]) == 0
+    assert main(["evaluate", str(tmp_path / "run" / "checkpoints" / "best.pt"), "--confusion",
+                 str(tmp_path / "cm.png"), "--json", str(tmp_path / "s.json")]) == 0
+    assert "accuracy" in capsys.readouterr().out and (tmp_path / "cm.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "s.json").read_text())["rows"] == 0.3 * 60 * 200
+
+
+def test_cli_bad_file_is_one_line(tmp_path, capsys):
+    """A malformed CSV stops `train` with exit code 2 and one line naming the file and line, no traceback."""
+    from emgscale.fingers.__main__ import main
+
+    (tmp_path / "u").mkdir()
+    for s in range(3):
+        (tmp_path / "u" / f"s{s}.csv").write_text("time,a,label\n0,1,0\n0.005,x,0\n")
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s0.csv: line 3, column 'a': 'x' is not a number" in err[0]
+
+
+def test_fingers_benchmark_tiny(tmp_path):
+    """`bench fingers --budget tiny` writes results, a table of accuracy/balanced/F1 and two captioned PNGs."""
+    from emgscale.bench.__main__ import main
+
+    assert main(["fingers", "--budget", "tiny", "--out", str(tmp_path), "run.threads=1"]) == 0
+    res = json.loads((tmp_path / "fingers" / "results.json").read_text())
+    agg = res["tables"]["fingers"]["aggregate"]
+    assert {(r["variant"], r["minutes"]) for r in agg} == {(v, m) for v in ("scratch", "pretrained")
+                                                            for m in ("0.25", "all")}
+    assert all(0 <= r["accuracy_mean"] <= 1 and r["users"] == 2 for r in agg)
+    table = (tmp_path / "fingers" / "table.md").read_text()
+    assert "synthetic finger corpus" in table and "2 users" in table and "macro-F1" in table
+    for png in ("accuracy_vs_minutes.png", "confusion.png"):
+        assert (tmp_path / "fingers" / png).stat().st_size > 1000
