@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     result = launch(cfg, resume=ns.resume)
-    print0(f"[train] done: {result.steps} steps on {result.world_size} worker(s), best val CER "
+    metric = "frame error" if cfg.loss.kind == "frame_ce" else "CER"
+    print0(f"[train] done: {result.steps} steps on {result.world_size} worker(s), best val {metric} "
            f"{result.best_val_cer:.2%}, checkpoints in {Path(result.out_dir) / 'checkpoints'}")
     return 0
 
