@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     result = launch(cfg, resume=ns.resume)
-    metric = "frame error" if cfg.loss.kind == "frame_ce" else "CER"
+    from emgscale.train.objective import OBJECTIVES
+
+    metric = getattr(OBJECTIVES.get(cfg.loss.kind), "metric", "val_cer").removeprefix("val_").upper()
     print0(f"[train] done: {result.steps} steps on {result.world_size} worker(s), best val {metric} "
            f"{result.best_val_cer:.2%}, checkpoints in {Path(result.out_dir) / 'checkpoints'}")
     return 0
