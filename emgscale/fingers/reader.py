@@ -262,7 +262,8 @@ def read_table(path: "str | Path", fmt: CSVFormat | None = None, *, user: str | 
             labels[r] = _parse_label(row[l_col], fmt.class_names, path, line)
         if times is not None and r and times[r] <= times[r - 1]:
             raise DataError(path, f"line {line}: time {row[t_col].strip()} is not after the previous row's "
-                                  f"(rows must be in increasing time)")
+                                  f"(rows must be in increasing time; a file without a time column needs "
+                                  f"csv.time_column=null)")
     if labels is None and fmt.file_label:
         labels = np.full(len(emg), _file_label(path, fmt), dtype=np.int64)
     resampled = False
