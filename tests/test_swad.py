@@ -425,3 +425,23 @@ def test_averaged_val_metrics_rank_a_run_by_its_average(tiny_corpus, tmp_path):
     trained = evaluate_ctc(load_model(run / "checkpoints" / "last.pt")[0], val, cpu)
     assert m["val_loss"] == pytest.approx(averaged["val_loss"]) and m["val_cer"] == averaged["val_cer"]
     assert m["val_loss"] != pytest.approx(trained["val_loss"])
+
+
+def test_bench_swad_before_and_after_average_the_same_weights(tmp_path):
+    """benchmarks/bench_swad.py runs both implementations: same steps, equal averages, no weights in the new checkpoint."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_swad", root / "benchmarks" / "bench_swad.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", "09f07ee:emgscale/swad.py"]).returncode:
+        pytest.skip("the old implementation's git revision is not in this checkout")
+    result = bench.run(["tds_tiny"], 2, "09f07ee", tmp_path)
+    check = result["checks"]["tds_tiny"]
+    assert check["same_steps"] and check["averaged_steps"] > 0 and check["same_keys"]
+    assert check["max_abs_diff"] <= 1e-6 * max(1.0, check["max_abs_weight"])
+    before, after = result["rows"]
+    assert after["ckpt_averager_max_bytes"] < after["model_state_bytes"] < before["ckpt_averager_max_bytes"]
+    assert after["store_final_bytes"] > 0 and (tmp_path / "bench_swad.json").is_file()

@@ -188,12 +188,19 @@ class WeightAverager:
             return None
         v = self.valley
         chosen = self.segments[v.start or 0:v.end] if v.converged else []
-        sources = [(self.store.load(s["file"] or segment_name(s["index"]))["params"], s["count"]) for s in chosen]
         total = sum(s["count"] for s in chosen)
-        if self.cfg.mode == "swa" and self._open["count"] and self._sum is not None:
-            sources.append((self._sum, 1.0))
-            total += self._open["count"]
-        return weighted_mean(sources, total, out) if sources else None
+        sources = [(s["file"] or segment_name(s["index"]), s["count"]) for s in chosen]
+        with_open = self.cfg.mode == "swa" and self._open["count"] > 0 and self._sum is not None
+        if not sources and not with_open:
+            return None
+
+        def loaded() -> Iterable[tuple[dict[str, torch.Tensor], float]]:  # one file at a time
+            for name, count in sources:
+                yield self.store.load(name)["params"], count
+            if with_open:
+                yield self._sum, 1.0
+
+        return weighted_mean(loaded(), total + (self._open["count"] if with_open else 0), out)
 
     @torch.no_grad()
     def build_average(self, model: torch.nn.Module, loader_fn: Callable[[], Iterable[Any]],

@@ -8,8 +8,8 @@ Folder layout (written by rank 0 only, every file atomically)::
 
 A segment's steps are ``[start_step, end_step)`` in the log's numbering: the segment validated at step V
 ends at V. The averaged model is the count-weighted mean of segment means (:func:`weighted_mean`),
-accumulated in float64 one tensor at a time over memory-mapped files, so averaging needs one float32
-copy of the model (the result) however many segments there are.
+accumulated in float64 over memory-mapped files read one after the other, so averaging holds the
+accumulator (one float64 copy) and one segment file at a time, however many segments there are.
 """
 
 from __future__ import annotations
@@ -145,7 +145,10 @@ def read_index(folder: "str | Path") -> dict[str, Any]:
 @torch.no_grad()
 def weighted_mean(sources: Iterable[tuple[dict[str, torch.Tensor], float]], total: float,
                   out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """``sum(weight * tensors) / total`` per name, accumulated in float64 one tensor at a time.
+    """``sum(weight * tensors) / total`` per name, accumulated in float64 on the CPU, one source at a time.
+
+    ``sources`` may be a generator that loads each segment file as it is consumed: only the float64
+    accumulator and one source are held at once.
 
     Args:
         sources: ``(tensors, weight)`` pairs: a segment mean with its step count, or a running sum with 1.
@@ -155,20 +158,23 @@ def weighted_mean(sources: Iterable[tuple[dict[str, torch.Tensor], float]], tota
     Returns:
         The mean per name (``out`` when given).
     """
-    sources = list(sources)
-    if not sources or total <= 0:
+    acc: dict[str, torch.Tensor] | None = None
+    for tensors, weight in sources:
+        if acc is None:
+            acc = {k: t.to("cpu", torch.float64, copy=True).mul_(weight) for k, t in tensors.items()}
+        else:
+            for k, t in tensors.items():
+                acc[k].add_(t.to("cpu", torch.float64), alpha=weight)
+        del tensors
+    if acc is None or total <= 0:
         raise ValueError("weighted_mean needs at least one source and a positive total")
     result: dict[str, torch.Tensor] = {} if out is None else out
-    for name in sources[0][0]:
-        acc = None
-        for tensors, weight in sources:
-            term = tensors[name].to("cpu", torch.float64) * weight
-            acc = term if acc is None else acc.add_(term)
-        acc.div_(total)
+    for k in list(acc):
+        mean = acc.pop(k).div_(total)
         if out is None:
-            result[name] = acc.to(torch.float32)
+            result[k] = mean.to(torch.float32)
         else:
-            out[name].copy_(acc.to(out[name].device))
+            out[k].copy_(mean)
     return result
 
 
