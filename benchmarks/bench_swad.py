@@ -196,15 +196,24 @@ def run(models: list[str], steps_per_segment: int, rev: str, out: Path) -> dict[
     return result
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
 def _table(result: dict[str, Any]) -> str:
     mib = 2**20
     lines = [f"{'model':<16} {'impl':<7} {'params':>8} {'RSS model':>10} {'peak drive':>11} {'peak final':>11} "
              f"{'ckpt avg max':>13} {'ckpt final':>11} {'swad/ max':>10} {'avg s':>6}"]
     for r in result["rows"]:
-        lines.append(f"{r['model']:<16} {r['impl']:<7} {r['params'] / 1e6:>7.2f}M {r['rss_model_mib']:>8.0f}Mi "
-                     f"{r['peak_rss_drive_mib']:>9.0f}Mi {r['peak_rss_final_mib']:>9.0f}Mi "
-                     f"{r['ckpt_averager_max_bytes'] / mib:>11.1f}Mi {r['ckpt_final_bytes'] / mib:>9.1f}Mi "
-                     f"{r['store_max_bytes'] / mib:>8.0f}Mi {r['averager_s']:>6.1f}")
+        lines.append(f"{r['model']:<16} {r['impl']:<7} {r['params'] / 1e6:>7.2f}M "
+                     + " ".join(f"{_size(r[k] * mib):>{w}}" for k, w in
+                                (("rss_model_mib", 10), ("peak_rss_drive_mib", 11), ("peak_rss_final_mib", 11)))
+                     + f" {_size(r['ckpt_averager_max_bytes']):>13} {_size(r['ckpt_final_bytes']):>11}"
+                     f" {_size(r['store_max_bytes']):>10} {r['averager_s']:>6.1f}")
     for m, c in result["checks"].items():
         lines.append(f"{m}: same averaged steps {c['same_steps']} ({c['averaged_steps']} steps), "
                      f"max |before - after| {c['max_abs_diff']:.2e} (max |w| {c['max_abs_weight']:.2f})")

@@ -223,6 +223,13 @@ def test_train_stores_the_swad_average_and_load_model_reads_it(tiny_corpus, tmp_
     for k, v in plain.state_dict().items():
         torch.testing.assert_close(v, trained[k], rtol=0, atol=0)
 
+    from emgscale.swad.__main__ import main  # re-averaging the finished run afterwards gives the same model
+
+    assert main(["average", str(tmp_path / "run"), "--out", str(tmp_path / "again.pt")]) == 0
+    again = load_checkpoint(tmp_path / "again.pt")["averaged_model"]
+    for k, v in averaged.items():
+        torch.testing.assert_close(again[k], v, rtol=1e-5, atol=1e-6)
+
 
 # ---------------------------------------------------------------------- segment files on disk
 def _roundtrip(state: dict) -> dict:
@@ -345,6 +352,13 @@ def test_bf16_segments_are_smaller_and_close(tmp_path):
     assert all(v.dtype == torch.bfloat16 for v in loaded["b16"].values())
     assert 2 * sum(v.nbytes for v in loaded["b16"].values()) == sum(v.nbytes for v in loaded["f32"].values())
     torch.testing.assert_close(b16.averaged_params(), f32.averaged_params(), rtol=1e-2, atol=1e-2)
+
+
+def test_old_averager_state_is_refused_with_a_clear_error():
+    """A checkpoint holding the older in-memory averager's state is a ValueError naming 'averager'."""
+    old = {"segment": {}, "pending": [], "average": {}, "converged": False, "dead": False}
+    with pytest.raises(ValueError, match="'averager'"):
+        WeightAverager(VALLEY_CFG).load_state_dict(old)
 
 
 def test_bad_settings_are_rejected():

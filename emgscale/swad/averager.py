@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import Any, Callable, Iterable
 
 import torch
@@ -51,7 +52,8 @@ class WeightAverager:
         is_main: whether this process writes and averages (rank 0); None asks ``emgscale.common.is_main``.
     """
 
-    def __init__(self, cfg: SWADConfig, store_dir: "str | Any | None" = None, is_main: bool | None = None) -> None:
+    def __init__(self, cfg: SWADConfig, store_dir: "str | os.PathLike[str] | None" = None,
+                 is_main: bool | None = None) -> None:
         check_config(cfg)
         self.cfg = cfg
         self.is_main = _is_main_rank() if is_main is None else is_main
