@@ -459,3 +459,54 @@ def test_bench_swad_before_and_after_average_the_same_weights(tmp_path):
     before, after = result["rows"]
     assert after["ckpt_averager_max_bytes"] < after["model_state_bytes"] < before["ckpt_averager_max_bytes"]
     assert after["store_final_bytes"] > 0 and (tmp_path / "bench_swad.json").is_file()
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_loop_with_a_store_folder_killed_mid_segment_resumes_to_the_same_average(tiny_corpus, tmp_path, monkeypatch):
+    """The loop with store_dir=<out_dir>/swad, killed after a mid-segment checkpoint and resumed, ends as uninterrupted."""
+    from _ray_fixtures import tiny_config
+
+    import emgscale.train as train_mod
+    from emgscale.checkpoint import load_checkpoint
+
+    kill_at: dict[str, int | None] = {"step": None}
+
+    class Integrated(WeightAverager):  # what train.py will construct
+        def __init__(self, cfg: SWADConfig) -> None:
+            super().__init__(cfg, store_dir=Path(run_dir["path"]) / "swad")
+
+        def after_step(self, model: torch.nn.Module, step: int) -> None:
+            if step == kill_at["step"]:
+                raise _Killed(step)
+            super().after_step(model, step)
+
+    monkeypatch.setattr(train_mod, "WeightAverager", Integrated)
+    run_dir: dict[str, Path] = {}
+    extra = ("run.max_steps=12", "run.eval_every_steps=3", "run.ckpt_every_steps=2", "swad.mode=swad",
+             "swad.n_converge=1", "swad.n_tolerance=1", "swad.tolerance_ratio=100", "swad.bn_batches=2",
+             "model.features.norm=batch")
+    finals = {}
+    for name, kill in (("whole", None), ("killed", 8)):  # dies right after the step-8 checkpoint
+        run_dir["path"] = tmp_path / name
+        cfg = tiny_config(tiny_corpus.root, tiny_corpus.split_path, tmp_path / name, *extra)
+        kill_at["step"] = kill
+        if kill is not None:
+            with pytest.raises(_Killed):
+                train_mod.train(cfg)
+            ck = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+            assert ck["step"] == 8 and ck["averager"]["open"]["count"] == 2  # mid-segment: steps 6, 7
+            assert (tmp_path / name / "swad" / ck["averager"]["open_file"]).is_file()
+            kill_at["step"] = None
+            train_mod.train(cfg, resume=True)
+        else:
+            train_mod.train(cfg)
+        finals[name] = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")
+    whole, resumed = finals["whole"], finals["killed"]
+    assert resumed["averager"]["segments"] == whole["averager"]["segments"]
+    assert _tensors_in(whole["averager"]) == 0
+    assert _files(tmp_path / "whole" / "swad") == _files(tmp_path / "killed" / "swad")
+    for k, v in whole["averaged_model"].items():
+        torch.testing.assert_close(resumed["averaged_model"][k], v, rtol=0, atol=0)
