@@ -273,7 +273,7 @@ class WeightAverager:
         Raises:
             ValueError: a state from the older in-memory averager, or an open-sum file that is missing.
         """
-        if not st:
+        if not st or self.cfg.mode == "off":  # averaging off: whatever was averaged before is dropped
             return
         if st.get("version") != STATE_VERSION:
             raise ValueError("checkpoint 'averager': state of the older in-memory SWAD averager, which this "
