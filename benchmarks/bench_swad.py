@@ -188,8 +188,9 @@ def run(models: list[str], steps_per_segment: int, rev: str, out: Path) -> dict[
         before, after = rows[-2], rows[-1]
         checks[m] = {"same_steps": before["included_steps"] == after["included_steps"],
                      "averaged_steps": len(after["included_steps"]), **compare(out, m)}
-        for impl in ("before", "after"):
+        for impl in ("before", "after"):  # the averages and segment files are only needed for the checks
             (out / f"avg-{m}-{impl}.pt").unlink()
+            shutil.rmtree(out / f"swad-{m}-{impl}", ignore_errors=True)
     result = {"hardware": hardware(), "losses": LOSSES, "steps_per_segment": steps_per_segment, "old_rev": rev,
               "rows": [{k: v for k, v in r.items() if k != "included_steps"} for r in rows], "checks": checks}
     atomic_write_json(out / "bench_swad.json", result)
