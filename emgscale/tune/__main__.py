@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         print("[tune] no trial reported the metric", file=sys.stderr)
         return 1
     params = " ".join(f"{k}={v}" for k, v in result.best["params"].items())
-    print(f"[tune] best trial {result.best['trial']}: {search.metric} {result.best[search.metric]:.4g} with {params}")
+    rank = search.rank_by or search.metric
+    print(f"[tune] best trial {result.best['trial']}: {rank} {result.best[rank]:.4g} with {params}")
     print(f"[tune] results in {result.out_dir}/results.md; train the best config with:\n"
           f"  python -m emgscale.train {result.out_dir}/best_config.yaml")
     return 0
