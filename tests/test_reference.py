@@ -174,6 +174,15 @@ def test_export_import_round_trip_is_exact(tmp_path: Path) -> None:
 
 
 @needs_fixtures
+def test_reference_default_module_is_configs_models_tds() -> None:
+    """The reference's default TDSConvCTCModule imports to exactly configs/models/tds.yaml's model (fine-tune with it)."""
+    import yaml
+
+    want = from_dict(ModelConfig, yaml.safe_load((REPO / "configs" / "models" / "tds.yaml").read_text())["model"])
+    assert to_dict(read_reference(FIXTURES / CHECKPOINTS["tds_default_step12"]).model_cfg) == to_dict(want)
+
+
+@needs_fixtures
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
 def test_import_export_gives_back_the_reference_tensors(name: str) -> None:
     """import -> export reproduces the fixture's state_dict: same keys, shapes and values, bit for bit."""
