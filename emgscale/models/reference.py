@@ -288,6 +288,8 @@ def read_reference(path: "str | Path") -> ReferenceCheckpoint:
     except ValueError as e:
         raise ValueError(f"{path}: hyper_parameters do not make a TDS model ({e})") from None
     ref = ckpt["state_dict"]
+    if not isinstance(ref, dict):
+        raise ValueError(f"{path}: state_dict is not a mapping of tensors")
     rules = _rules(cfg, list(target))
     missing = [r.ref_key for r in rules.values() if r.ref_key not in ref]
     extra = sorted(set(ref) - {r.ref_key for r in rules.values()})
