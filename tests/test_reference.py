@@ -114,7 +114,7 @@ def _plain_copy(path: Path, out: Path, edit=None) -> Path:
 def test_imported_checkpoint_reproduces_reference_emissions(name: str) -> None:
     """Whole-session inference of an imported checkpoint equals the reference's own emissions (float32 rounding)."""
     from emgscale.data.session import EMGSession
-    from emgscale.evaluate import infer_session
+    from emgscale.eval import infer_session
 
     model = import_reference(FIXTURES / CHECKPOINTS[name])
     with torch.no_grad():
@@ -279,11 +279,11 @@ def test_damaged_checkpoint_is_one_clear_error(tmp_path: Path, edit, message: st
 
 def test_is_reference_checkpoint_tells_the_formats_apart(tmp_path: Path) -> None:
     """True for a reference Lightning checkpoint; false for an emgscale checkpoint, other files and folders."""
-    from emgscale.checkpoint import save_checkpoint
+    from emgscale.checkpoint import Checkpoint, save_checkpoint
 
     ref = tmp_path / "ref.ckpt"
     torch.save(reference_lightning_checkpoint(random_tds()), ref)
-    ours = save_checkpoint(tmp_path / "ours.pt", model=random_tds().state_dict(), config={}, step=0, epoch=0)
+    ours = save_checkpoint(tmp_path / "ours.pt", Checkpoint(model=random_tds().state_dict(), config={}))
     junk = tmp_path / "junk.bin"
     junk.write_bytes(pickle.dumps({"state_dict": 1}))
     assert is_reference_checkpoint(ref)
@@ -296,7 +296,7 @@ def test_is_reference_checkpoint_tells_the_formats_apart(tmp_path: Path) -> None
 
 def test_cli_import_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """import-reference writes an emgscale checkpoint of the same model; export goes back exactly; errors exit 2."""
-    from emgscale.checkpoint import load_model
+    from emgscale.eval import load_model
 
     ref = tmp_path / "ref.ckpt"
     model = random_tds(4)
@@ -351,7 +351,6 @@ def test_imported_checkpoint_finetunes_with_init_from(tiny_corpus, tmp_path: Pat
 
 
 @needs_fixtures
-@pytest.mark.xfail(reason="needs load_checkpoint integration", strict=False)
 def test_reference_ckpt_itself_finetunes_with_init_from(tiny_corpus, tmp_path: Path) -> None:
     """run.init_from=<the reference .ckpt itself> fine-tunes it (once load_checkpoint accepts reference files)."""
     from emgscale.train import train

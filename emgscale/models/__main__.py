@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from emgscale.models.reference import ReferenceCheckpoint
 
 
-def save_imported(path: "str | Path", ref: "ReferenceCheckpoint") -> Path:
+def save_imported(path: "str | Path", ref: "ReferenceCheckpoint", source: str = "reference") -> Path:
     """Write a :class:`~emgscale.models.reference.ReferenceCheckpoint` as an emgscale checkpoint.
 
     Kept to this one function: the emgscale checkpoint schema is written here and nowhere else in
@@ -28,19 +28,20 @@ def save_imported(path: "str | Path", ref: "ReferenceCheckpoint") -> Path:
         path: the ``.pt`` file to write (atomically).
         ref: what :func:`~emgscale.models.reference.read_reference` returned.
     """
-    from emgscale.checkpoint import save_checkpoint
+    from emgscale.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
-    from emgscale.train import TrainConfig
 
-    return save_checkpoint(path, model=ref.state_dict, config=to_dict(TrainConfig(model=ref.model_cfg)),
-                           step=ref.global_step, epoch=ref.epoch)
+    # The model section is all a reference checkpoint defines; the rest of the training config takes
+    # its defaults when the checkpoint is read (a weights-only checkpoint: fine-tune it, don't resume it).
+    return save_checkpoint(path, Checkpoint(model=ref.state_dict, config={"model": to_dict(ref.model_cfg)},
+                                            step=ref.global_step, epoch=ref.epoch, source=source))
 
 
 def _import(a: argparse.Namespace) -> None:
     from emgscale.models.reference import read_reference
 
     ref = read_reference(a.checkpoint)
-    out = save_imported(a.out, ref)
+    out = save_imported(a.out, ref, source=f"reference:{a.checkpoint}")
     t = ref.model_cfg.tds
     print(f"[models] {a.checkpoint} (reference TDS: mlp_features {ref.model_cfg.frontend.mlp_features}, "
           f"block_channels {t.block_channels}, kernel_width {t.kernel_width}; epoch {ref.epoch}, "
@@ -48,13 +49,16 @@ def _import(a: argparse.Namespace) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from emgscale.checkpoint import load_checkpoint, load_model
+    from emgscale.checkpoint import load_checkpoint
     from emgscale.common import atomic_torch_save
+    from emgscale.config import from_dict
+    from emgscale.models import ModelConfig, build_model
     from emgscale.models.reference import reference_lightning_checkpoint
 
-    model, _ = load_model(a.checkpoint, which=a.weights)
     ck = load_checkpoint(a.checkpoint)
-    out = reference_lightning_checkpoint(model, epoch=int(ck.get("epoch", 0)), global_step=int(ck.get("step", 0)))
+    model = build_model(from_dict(ModelConfig, ck.config.get("model", {}), "model"))
+    model.load_state_dict(ck.weights(a.weights))
+    out = reference_lightning_checkpoint(model.eval(), epoch=ck.epoch, global_step=ck.step)
     atomic_torch_save(out, a.out)
     print(f"[models] {a.checkpoint} ({a.weights} weights) -> {a.out} (reference TDSConvCTCModule layout)")
 
