@@ -320,7 +320,7 @@ def _finetune_config(corpus, out: Path, init_from: Path, model_cfg: ModelConfig)
 
     cfg = load_train_config([], [f"data.data_root={corpus.root}", f"data.split={corpus.split_path}",
                                  f"run.out_dir={out}", f"run.init_from={init_from}", "data.batch_size=2",
-                                 "data.window_samples=2000", "data.pad_left_samples=200", "data.pad_right_samples=0",
+                                 "data.window.window_samples=2000", "data.window.pad_left_samples=200", "data.window.pad_right_samples=0",
                                  "run.max_epochs=1", "run.steps_per_epoch=2", "run.val_max_batches=1",
                                  "run.tensorboard=false", "run.threads=1", "optim.lr=1e-12"])
     cfg.model = model_cfg
@@ -332,7 +332,7 @@ def _assert_finetuned_from(result, model: torch.nn.Module) -> None:
     from emgscale.checkpoint import load_checkpoint
 
     assert result.steps == 2
-    after = load_checkpoint(result.last_checkpoint)["model"]
+    after = load_checkpoint(result.last_checkpoint).model
     params = [k for k in after if not any(t in k for t in ("running_", "num_batches"))]  # BN stats move in train mode
     assert params and all(torch.allclose(after[k].float(), model.state_dict()[k].float(), atol=1e-6) for k in params)
     assert all(np.isfinite(h["train_loss"]) for h in result.history if "train_loss" in h)
