@@ -219,3 +219,72 @@ def test_failed_start_up_leaves_no_run_folder(tiny_corpus, tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="boom"):
         launch(cfg)
     assert (out / "notes.txt").is_file()  # a folder that was there before is left alone
+
+
+def test_resume_takes_the_run_folders_config_even_in_the_old_layout(tmp_path):
+    """--resume builds the config from the run's saved config.yaml (old flat data.window_* keys upgraded),
+    then the command line's overrides; the experiment file only locates the run."""
+    import yaml
+
+    from emgscale.train.config import resumed_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = {"data": {"window_samples": 4000, "pad_left_samples": 100, "batch_size": 8},
+             "model": {"arch": "tds", "tds": {"block_channels": [16, 16]}}, "run": {"out_dir": str(run), "max_epochs": 5}}
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"run": {"out_dir": str(run), "max_epochs": 20}, "data": {"batch_size": 16}}))
+    cfg, note = resumed_config([str(exp)], ["run.max_epochs=40"], True)
+    assert cfg.data.window.window_samples == 4000 and cfg.data.window.pad_left_samples == 100
+    assert cfg.model.tds.block_channels == [16, 16] and cfg.data.batch_size == 8 and cfg.run.max_epochs == 40
+    assert str(run / "config.yaml") in note and "data.batch_size" in note
+
+
+def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, capsys):
+    """--resume on a folder with no last.pt starts fresh and says so (the documented choice)."""
+    from emgscale.train.loop import _resume_path
+
+    assert _resume_path(tmp_path / "checkpoints", True) is None
+    assert "starting a fresh run" in capsys.readouterr().out
+
+
+def test_restarted_workers_resume_from_the_newest_complete_checkpoint(tmp_path):
+    """Of Ray's reported checkpoint and the run's own last.pt, the newer readable one wins; a truncated one never."""
+    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.train.launch import _newest_checkpoint
+
+    older, newer, broken = tmp_path / "ray.pt", tmp_path / "last.pt", tmp_path / "broken.pt"
+    save_checkpoint(older, Checkpoint(model={"w": torch.zeros(2)}, config={}, step=10))
+    save_checkpoint(newer, Checkpoint(model={"w": torch.ones(2)}, config={}, step=14))
+    save_checkpoint(broken, Checkpoint(model={"w": torch.ones(2)}, config={}, step=99))
+    broken.write_bytes(broken.read_bytes()[:200])
+    assert _newest_checkpoint([older, newer]) == newer
+    assert _newest_checkpoint([newer, older]) == newer
+    assert _newest_checkpoint([older, broken]) == older
+
+
+def test_plots_name_the_data_and_draw_no_error_bars_over_one_user(tmp_path, monkeypatch):
+    """A bar plot's title says synthetic data, each bar says how many users it averages, the caption explains
+    CER > 100 %, and a mean over one user has no error bar."""
+    import matplotlib.figure
+
+    from emgscale.bench.report import aggregate, plot_bars
+    from emgscale.bench.runner import data_label
+
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "synth_summary.json").write_text("{}")
+    assert data_label(tmp_path / "synth") == "synthetic data" and data_label(tmp_path) == "real data"
+    rows = [{"variant": v, "user": u, "part": "test", "decoder": "greedy", "cer": c}
+            for v, u, c in (("two", "a", 0.5), ("two", "b", 1.3), ("one", "a", 1.2))]
+    seen = {}
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: seen.setdefault("fig", fig))
+    plot_bars(aggregate(rows), "zero shot", tmp_path / "p.png", data=data_label(tmp_path / "synth"))
+    ax = seen["fig"].axes[0]
+    assert "synthetic data" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["two\n(n=2)", "one\n(n=1)"]
+    assert any("exceed 100 %" in t.get_text() and "insertions" in t.get_text() for t in seen["fig"].texts)
+    bars = [c for c in ax.containers if hasattr(c, "errorbar") and c.errorbar is not None][0]
+    segments = bars.errorbar.lines[2][0].get_segments()
+    drawn = [len(s) > 0 and np.isfinite(s).all() for s in segments]
+    assert drawn == [True, False]  # an error bar over the two users, none over the one
