@@ -211,8 +211,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ConfigError: ``<key>=<value>: <problem>``, naming the first bad field.
     """
     rules = {**TRAIN_RULES, "model.arch": tuple(sorted(ENCODERS)), "loss.kind": tuple(sorted(OBJECTIVES))}
-    check_values(cfg, rules)
     d = cfg.data
+    if d.shards:  # training reads the shards only (data_root / split may name where they came from)
+        rules.update({"data.data_root": "any", "data.split": "any"})
+    check_values(cfg, rules)
     if not d.shards and not (d.data_root and d.split):
         missing = "data.data_root" if not d.data_root else "data.split"
         raise ConfigError(f"{missing} is not set: train from shards (data.shards=DIR) or from HDF5 sessions "
