@@ -42,16 +42,24 @@ def _lm(cache: Path, texts: list[Path] | None, order: int) -> Path | None:
         return None
 
 
-def _render(name: str, title: str, table: dict[str, Any], out: Path) -> tuple[str, list[str]]:
+def data_label(data_root: Path) -> str:
+    """``synthetic data`` for a corpus made by ``python -m emgscale.synth`` (it leaves ``synth_summary.json``),
+    else ``real data``: what a table or plot says its numbers come from."""
+    return "synthetic data" if (Path(data_root) / "synth_summary.json").is_file() else "real data"
+
+
+def _render(name: str, title: str, table: dict[str, Any], out: Path, data: str = "") -> tuple[str, list[str]]:
     agg = aggregate(table["rows"])
     md = markdown_table(agg, title, table.get("variant_header", "variant"))
     pngs = []
     for p in table.get("plots", []):
         path = out / f"{p['name']}.png"
         if p["kind"] == "bars":
-            plot_bars(agg, title, path)
+            plot_bars(agg, title, path, data=data)
         else:
-            plot_lines(series_from(agg, p["x"]), p["xlabel"], p.get("title", title), path, logx=p.get("logx", False))
+            users = [max(r.get(f"test_{d}_n", 0) for d in ("greedy", "lm")) for r in agg]
+            plot_lines(series_from(agg, p["x"]), p["xlabel"], p.get("title", title), path, logx=p.get("logx", False),
+                       data=data, users=users)
         pngs.append(path.name)
     md += "\n" + "".join(f"![{n}]({n})\n" for n in pngs)
     return md, pngs
@@ -100,15 +108,17 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     md_parts, result_tables = [], {}
     for tname, table in tables.items():
         title = name.replace("_", " ") if tname == name else f"{name}: {tname.replace('_', ' ')}"
-        md, pngs = _render(tname, title, table, out_dir)
+        md, pngs = _render(tname, title, table, out_dir, data_label(corpus.data_root))
         md_parts.append(md)
         result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs}
     wall = time.monotonic() - t0
-    note = (f"_CER in %, mean ± population std over users; whole-session val/test; +LM = beam search with a "
-            f"{b.lm_order}-gram character KenLM. Budget `{budget}`, data `{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
+    note = (f"_CER in %, mean ± population std over users (the users column: how many); whole-session val/test; "
+            f"+LM = beam search with a {b.lm_order}-gram character KenLM; CER can exceed 100 % (insertions count as "
+            f"errors). Budget `{budget}`, {data_label(corpus.data_root)} `{corpus.data_root}`, "
+            f"wall {wall / 60:.1f} min._\n")
     markdown = "\n".join(md_parts) + "\n" + note
     result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
-              "data_root": str(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
+              "data_root": str(corpus.data_root), "data": data_label(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
               "overrides": list(overrides), "jobs": jobs, "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "table.md", markdown)

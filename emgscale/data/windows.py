@@ -170,7 +170,10 @@ class SessionWindows(torch.utils.data.Dataset):
         paths: session files.
         spec: the windowing.
         seed: seeds the jitter (per worker and epoch through torch's worker seed).
-        skip_bad: report a bad file and leave it out instead of raising.
+        skip_bad: leave a bad file out (listed in ``skipped`` with the reason) instead of raising. Bad
+            includes bad values: each file is read once, in chunks (:meth:`EMGSession.validate`,
+            cached per file and process), so NaN/inf EMG or timestamps that go backwards are found
+            before training rather than in the middle of it.
         max_rows: per path, use only its first this many rows (None: all).
     """
 
@@ -189,6 +192,8 @@ class SessionWindows(torch.utils.data.Dataset):
                 with EMGSession(p) as s:
                     rows = len(s) if self.max_rows[i] is None else min(len(s), self.max_rows[i])
                     count = spec.num_windows(rows)
+                    if skip_bad:
+                        check_values_once(s)
             except DataError as e:
                 if not skip_bad:
                     raise
@@ -215,6 +220,27 @@ class SessionWindows(torch.utils.data.Dataset):
         state = dict(self.__dict__)
         state["_open"], state["_rng"] = {}, None  # h5py handles don't cross process boundaries
         return state
+
+
+_CHECKED: dict[tuple[str, int, int], str | None] = {}
+
+
+def check_values_once(session: EMGSession) -> None:
+    """:meth:`EMGSession.validate` (one streaming pass over the file), once per file and process.
+
+    Raises:
+        DataError: NaN/inf EMG or timestamps that go backwards (again on later calls, from the cache).
+    """
+    st = session.path.stat()
+    key = (str(session.path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        try:
+            session.validate()
+            _CHECKED[key] = None
+        except DataError as e:
+            _CHECKED[key] = e.problem
+    if _CHECKED[key] is not None:
+        raise DataError(session.path, _CHECKED[key])
 
 
 @dataclass

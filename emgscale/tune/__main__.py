@@ -5,23 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emgscale.config import ConfigError, build_config
+from emgscale.cli import cli
+from emgscale.config import build_config
 from emgscale.tune import SearchConfig, run_search
 from emgscale.tune import __doc__ as tune_doc
 
 
+@cli("python -m emgscale.tune")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emgscale.tune", description=tune_doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("search", help="search YAML (base config, space, metric, scheduler, resources)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the search file")
     ns = parser.parse_args(argv)
-    try:
-        search = build_config(SearchConfig, [ns.search], ns.overrides)
-        result = run_search(search)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    search = build_config(SearchConfig, [ns.search], ns.overrides)
+    result = run_search(search)
     print(f"\n{result.table_md}\n")
     if result.best is None:
         print("[tune] no trial reported the metric", file=sys.stderr)
