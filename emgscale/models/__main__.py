@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emgscale.cli import cli
+
 if TYPE_CHECKING:
     from emgscale.models.reference import ReferenceCheckpoint
 
@@ -63,6 +65,7 @@ def _export(a: argparse.Namespace) -> None:
     print(f"[models] {a.checkpoint} ({a.weights} weights) -> {a.out} (reference TDSConvCTCModule layout)")
 
 
+@cli("python -m emgscale.models")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.models", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--weights", default="model", choices=["model", "averaged"])
     exp.add_argument("--out", required=True, help="Lightning checkpoint to write (.ckpt)")
     a = p.parse_args(argv)
-    try:
-        _import(a) if a.command == "import-reference" else _export(a)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    _import(a) if a.command == "import-reference" else _export(a)
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from emgscale.cli import cli
 from emgscale.swad.posthoc import STORE_DIR, write_average
 from emgscale.swad.store import read_index
 
@@ -29,6 +30,7 @@ def _show(run: str) -> None:
         print(f"{s['index']:>4} {steps:>17} {s['count']:>6} {s['val_loss']:>9.4f}  {s['status']:<8} {s['file'] or '-'}")
 
 
+@cli("python -m emgscale.swad")
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m emgscale.swad", description=__doc__.split("\n\n")[0])
@@ -43,14 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     avg.add_argument("--bn-batches", type=int, default=None, help="batches for norm statistics (default: the run's)")
     avg.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "show":
-            _show(args.run)
-            return 0
-        path, result = write_average(args.run, args.out, args.from_step, args.to_step, args.bn_batches, args.device)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"[swad] {e}", file=sys.stderr)
-        return 2
+    if args.command == "show":
+        _show(args.run)
+        return 0
+    path, result = write_average(args.run, args.out, args.from_step, args.to_step, args.bn_batches, args.device)
     segs = result.segments
     print(f"[swad] averaged {len(segs)} segments (steps [{segs[0]['start_step']}, {segs[-1]['end_step']}), "
           f"{result.steps} steps) -> {path}")
