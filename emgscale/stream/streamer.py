@@ -30,8 +30,8 @@ class Streamer:
         model: a causal :class:`~emgscale.models.CTCModel`; it is put in eval mode.
         step: the function run per step, ``step(samples, *state) -> (log_probs, *state)``; default
             the eager :class:`StreamStep` (pass an exported one, :func:`emgscale.stream.export_step`).
-        units_per_step: run at most this many output frames per step call (an export made for a
-            fixed size needs exactly that many; the remainder waits); None = all that are ready.
+        units_per_step: run exactly this many output frames per step call (what an export made for
+            a fixed size needs; samples wait until there are enough); None = all that are ready.
 
     Attributes:
         core: the :class:`StreamStep` (geometry and initial state).
@@ -48,6 +48,7 @@ class Streamer:
         if units_per_step is not None and units_per_step < 1:
             raise ValueError(f"units_per_step must be >= 1, got {units_per_step}")
         self.units_per_step = units_per_step
+        self._step_samples = self.core.unit_samples * (units_per_step or 1)
         self.sample_rate_hz = float(model.input_sample_rate_hz)
         self.num_classes = int(model.num_classes)
         self.reset()
@@ -105,10 +106,8 @@ class Streamer:
             self._pending, self._primed = self._pending[need:], True
         u = self.unit_samples
         out = []
-        while len(self._pending) >= u:
-            units = len(self._pending) // u
-            if self.units_per_step is not None:
-                units = min(units, self.units_per_step)
+        while len(self._pending) >= self._step_samples:
+            units = self.units_per_step or len(self._pending) // u
             out.append(self._run(np.ascontiguousarray(self._pending[:units * u])))
             self._pending = self._pending[units * u:]
         return np.concatenate(out) if out else self._empty()
@@ -151,7 +150,7 @@ class Streamer:
         target = self.expected_frames()
         out = []
         while self.frames_out < target:  # at most a few units: decimation padding, a partial stride
-            missing = max(self.unit_samples - len(self._pending), 0) if self._primed else \
+            missing = max(self._step_samples - len(self._pending), 0) if self._primed else \
                 self.core.prime_samples - len(self._pending)
             self._pending = np.concatenate([self._pending, np.zeros((missing,) + self._pending.shape[1:],
                                                                     np.float32)])
