@@ -39,7 +39,9 @@ class ReplayResult:
         emit_s: emission time of each label, seconds from the session's first sample.
         target: the session's ground-truth labels; press_s their press times (same clock; None for
             prompt-labelled sessions).
-        chunk_s: compute time of each chunk (model step + decoder); step_s: the model step alone.
+        chunk_s: wall-clock compute time of each chunk (model step + decoder); step_s: the model
+            step alone; chunk_cpu_s: the chunk's CPU time in this thread (on a shared machine the
+            wall time includes waiting for a core; CPU time does not).
         chunk_ms: chunk length; duration_s: session length replayed.
         lookahead_ms, buffering_ms: the model's algorithmic delay (see :class:`Streamer`).
         frames: output frames; frame_rate_hz: their rate.
@@ -51,6 +53,7 @@ class ReplayResult:
     press_s: np.ndarray | None
     chunk_s: np.ndarray
     step_s: np.ndarray
+    chunk_cpu_s: np.ndarray
     chunk_ms: float
     duration_s: float
     lookahead_ms: float
@@ -84,12 +87,35 @@ class ReplayResult:
             "chunk_compute_ms": {"median": _pct(self.chunk_s * ms, 50), "p99": _pct(self.chunk_s * ms, 99),
                                  "max": float(self.chunk_s.max() * ms) if len(self.chunk_s) else None},
             "step_compute_ms": {"median": _pct(self.step_s * ms, 50), "p99": _pct(self.step_s * ms, 99)},
+            "chunk_cpu_ms": {"median": _pct(self.chunk_cpu_s * ms, 50), "p99": _pct(self.chunk_cpu_s * ms, 99)},
+            "rtf_cpu": float(self.chunk_cpu_s.sum()) / max(self.duration_s, 1e-9),
             "rtf": self.rtf, "lookahead_ms": self.lookahead_ms, "buffering_ms": self.buffering_ms,
             "keys_decoded": len(self.labels), "keys_target": len(self.target), "keys_matched": len(lat),
             "cer": self.cer,
             "key_latency_ms": {"median": _pct(lat, 50), "p90": _pct(lat, 90), "mean": float(lat.mean()) if len(lat)
                                else None},
         }
+
+
+class _ArraySession:
+    """The parts of :class:`EMGSession` a replay reads, for an in-memory EMG array without labels."""
+
+    def __init__(self, emg: np.ndarray, rate_hz: float) -> None:
+        self._emg, self._rate = emg, rate_hz
+
+    def __len__(self) -> int:
+        return len(self._emg)
+
+    def time(self, start: int, stop: int) -> np.ndarray:
+        return np.arange(start, stop, dtype=np.float64) / self._rate
+
+    def emg(self, start: int, stop: int) -> np.ndarray:
+        return self._emg[start:stop]
+
+    def ground_truth(self, start_t: float, end_t: float) -> Any:
+        from emgscale.data.labels import LabelData
+
+        return LabelData("", None)
 
 
 def key_latencies(target: list[int], press_s: np.ndarray, labels: list[int], emit_s: np.ndarray) -> np.ndarray:
@@ -107,14 +133,15 @@ def key_latencies(target: list[int], press_s: np.ndarray, labels: list[int], emi
     return np.asarray(out, dtype=np.float64)
 
 
-def replay_session(streamer: Streamer, session: "EMGSession | str", *, chunk_ms: float = 40.0,
+def replay_session(streamer: Streamer, session: "EMGSession | str | np.ndarray", *, chunk_ms: float = 40.0,
                    decoder: OnlineDecoder | None = None, realtime: bool = False, max_seconds: float | None = None,
                    on_keys: Callable[[list[int], list[int]], None] | None = None) -> ReplayResult:
     """Stream a session chunk by chunk, decode online and time everything.
 
     Args:
         streamer: the model's streamer (reset here).
-        session: an open :class:`EMGSession` or a path to one.
+        session: an open :class:`EMGSession`, a path to one, or a (T, 2, 16) EMG array (timed at the
+            model's input rate, no labels: no key latency).
         chunk_ms: chunk length in milliseconds (at least one sample).
         decoder: online decoder (default :class:`OnlineGreedy`); reset here.
         realtime: pace the replay by the session clock (sleeping between chunks).
@@ -128,7 +155,7 @@ def replay_session(streamer: Streamer, session: "EMGSession | str", *, chunk_ms:
         with EMGSession(session) as sess:  # type: ignore[arg-type]
             return replay_session(streamer, sess, chunk_ms=chunk_ms, decoder=decoder, realtime=realtime,
                                   max_seconds=max_seconds, on_keys=on_keys)
-    sess = session
+    sess = _ArraySession(session, streamer.sample_rate_hz) if isinstance(session, np.ndarray) else session
     decoder = decoder or OnlineGreedy()
     streamer.reset()
     decoder.reset()
@@ -139,19 +166,20 @@ def replay_session(streamer: Streamer, session: "EMGSession | str", *, chunk_ms:
     t0 = float(times[0])
     labels: list[int] = []
     emit: list[float] = []
-    chunk_s, step_s = [], []
+    chunk_s, step_s, cpu_s = [], [], []
     done_at = 0.0  # session clock when the previous chunk finished processing
     wall0 = time.perf_counter()
 
     def process(x: np.ndarray | None, arrival: float) -> None:
         nonlocal done_at
-        tic = time.perf_counter()
+        cpu0, tic = time.thread_time(), time.perf_counter()
         lp = streamer.push(x) if x is not None else streamer.flush()
         mid = time.perf_counter()
         new = decoder.push(lp) + ([] if x is not None else decoder.finish())
-        toc = time.perf_counter()
+        toc, cpu1 = time.perf_counter(), time.thread_time()
         if x is not None:  # the end-of-session flush is not a chunk
             chunk_s.append(toc - tic)
+            cpu_s.append(cpu1 - cpu0)
             step_s.append(mid - tic)
         done_at = (toc - wall0) if realtime else max(arrival, done_at) + (toc - tic)
         labels.extend(new)
@@ -175,7 +203,7 @@ def replay_session(streamer: Streamer, session: "EMGSession | str", *, chunk_ms:
     model = streamer.model
     result = ReplayResult(
         labels=labels, emit_s=emit_s, target=gt.labels.tolist(), press_s=press, chunk_s=np.asarray(chunk_s),
-        step_s=np.asarray(step_s), chunk_ms=chunk * 1e3 / rate, duration_s=n / rate,
+        step_s=np.asarray(step_s), chunk_cpu_s=np.asarray(cpu_s), chunk_ms=chunk * 1e3 / rate, duration_s=n / rate,
         lookahead_ms=streamer.lookahead_samples * 1e3 / rate, buffering_ms=streamer.buffering_samples * 1e3 / rate,
         frames=streamer.frames_out, frame_rate_hz=float(model.frame_rate_hz), realtime=realtime)
     if press is not None:
