@@ -105,7 +105,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs}
     wall = time.monotonic() - t0
     note = (f"_CER in %, mean ± population std over users; whole-session val/test; +LM = beam search with a "
-            f"{b.lm_order}-gram character KenLM. Budget `{budget}`, data `{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
+            f"{b.lm_order}-gram character KenLM, LM weight / insertion bonus chosen on val. Budget `{budget}`, data `{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
     markdown = "\n".join(md_parts) + "\n" + note
     result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
               "data_root": str(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
@@ -113,4 +113,6 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "table.md", markdown)
     print0(markdown)
+    print0(f"[bench] {name}: table {out_dir / 'table.md'}, results {out_dir / 'results.json'}"
+           + "".join(f", plot {out_dir / p}" for t in result_tables.values() for p in t["plots"]))
     return result
