@@ -1,7 +1,7 @@
 """Where the CTC plateau comes from: recipes side by side at fixed steps (val loss, greedy CER, s/step).
 
     python benchmarks/bench_plateau.py --data-root CORPUS [--split single_user] [--model cnn_bigru_small]
-        [--variants current,prior,stride4,...] [--steps 600] [--eval-every 75] [--seeds 1501]
+        [--variants current,prior,stride4,...] [--steps 600] [--stop-at N] [--eval-every 75] [--seeds 1501]
         [--jobs 2] [--out plateau_runs] [--plot curves.png] [--table-only] [key=value ...]
 
 Each variant is a list of ``dotted.key=value`` overrides on top of the ``current`` recipe (the ``small``
@@ -70,7 +70,7 @@ def _train_one(args: dict[str, Any]) -> dict[str, Any]:
     cfg = load_train_config([args["model_file"]], [
         *CURRENT, *VARIANTS.get(args["variant"], []), *args["extra_variant"], *args["overrides"],
         f"data.data_root={args['data_root']}", f"data.split={args['split_file']}",
-        f"run.max_epochs={max(1, -(-args['steps'] // 75))}", f"run.max_steps={args['steps']}",
+        f"run.max_epochs={max(1, -(-args['steps'] // 75))}", f"run.max_steps={args['stop_at'] or args['steps']}",
         f"run.eval_every_steps={args['eval_every']}", f"run.seed={args['seed']}",
         f"run.out_dir={out / 'runs' / args['name']}"])
     torch.set_num_threads(max(1, cfg.run.threads))
@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--var", action="append", default=[],
                    help="define a variant: NAME:key=value;key=value (repeatable)")
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="stop each run at this step (its schedule still spans --steps), to compare early steps")
     p.add_argument("--eval-every", type=int, default=75)
     p.add_argument("--seeds", default="1501")
     p.add_argument("--jobs", type=int, default=1)
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                              "out": str(out), "data_root": a.data_root,
                              "split_file": str(Path(a.data_root) / "splits" / f"{a.split}.yaml"),
                              "model_file": str(ROOT / "configs" / "models" / f"{a.model}.yaml"),
-                             "steps": a.steps, "eval_every": a.eval_every, "overrides": a.overrides})
+                             "steps": a.steps, "stop_at": a.stop_at, "eval_every": a.eval_every, "overrides": a.overrides})
     if jobs:
         with ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=get_context("spawn")) as pool:
             for r in pool.map(_train_one, jobs):
