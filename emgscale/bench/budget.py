@@ -1,7 +1,8 @@
 """Budgets: how much compute a benchmark spends (epochs, model sizes, corpus size, users).
 
 ``tiny`` is for tests (seconds), ``small`` is sized so ``bench all --jobs 2`` fits ~1 hour on 2 unloaded CPU
-cores (400-step models, an 800-step generic model, the keystroke-time auxiliary loss; an estimate from
+cores (400-step models, an 800-step generic model, the keystroke-time auxiliary loss and a label-prior
+output bias; an estimate from
 measured per-step costs, see benchmarks/README.md), ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
 and is meant for GPUs and Ray clusters (``--workers``).
 """
@@ -53,14 +54,15 @@ BUDGETS: dict[str, Budget] = {
         name="small",
         # 400 steps of 16 x 4 s windows from scratch (the generic model, which serves zero_shot, personalized
         # and few_shot, 800). Adam 5e-3 with clipping, cosine only down to 1e-3 (a decay to ~0 stopped the
-        # learning that had just begun), and the keystroke-time auxiliary loss (loss.aux=keys, decayed to 0
-        # over the first half), which took CNN+BiGRU-small off the CTC blank plateau by step 150 where the
-        # same recipe without it was still on it (benchmarks/README.md, bench_plateau.py). Fine-tunes start
+        # learning that had just begun), the keystroke-time auxiliary loss (loss.aux=keys, decayed to 0 over
+        # the first half) and the output bias initialised to the label prior (blank 0.9): together they took
+        # CNN+BiGRU-small off the CTC blank plateau by step 75 (53 % val CER at step 150) where the same recipe
+        # without them was still on it at step 300 (benchmarks/README.md, bench_plateau.py). Fine-tunes start
         # from an aligned model: pure CTC.
         train=("run.max_epochs=8", "run.steps_per_epoch=50", "data.batch_size=16", "optim.warmup_epochs=0.5",
                "optim.lr=5e-3", "optim.min_lr=1e-3", "optim.grad_clip=5", "run.ckpt_every_steps=50",
                "run.val_max_batches=4", "run.bf16=false", "swad.n_converge=2", "swad.n_tolerance=3",
-               "loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=200"),
+               "loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=200", "model.head_blank_prior=0.9"),
         finetune=("run.max_epochs=4", "run.steps_per_epoch=15", "optim.warmup_epochs=0.5", "optim.lr=1e-3",
                   "optim.min_lr=1e-5", "loss.aux=none"),
         generic=("run.max_epochs=16", "loss.aux_decay_steps=400"),
