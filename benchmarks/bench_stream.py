@@ -102,7 +102,7 @@ def timing(wall: Any, cpu: Any, seconds: float) -> dict[str, Any]:
 def latency_row(checkpoint: str, session: str, chunk_ms: float, decoder: str, lm: str | None,
                 lookahead_frames: int | None) -> dict[str, Any]:
     """Replay a recorded session through a trained checkpoint: key latency, CER, compute."""
-    from emgscale.checkpoint import load_model
+    from emgscale.eval import load_model
     from emgscale.decode import DecoderConfig
     from emgscale.stream import Streamer, online_decoder, replay_session
 

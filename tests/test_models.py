@@ -183,6 +183,7 @@ def test_yaml_sizes_span_small_to_large() -> None:
 # One changed value per config field; `test_every_config_field_reaches_the_model` needs all of them.
 FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
     "arch": ("lstm", {}),
+    "head_blank_prior": (0.9, {}),
     "features.kind": ("log_bands", {}),
     "features.n_fft": (32, {}),
     "features.hop_samples": (8, {}),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emgscale.checkpoint import save_checkpoint
+from emgscale.checkpoint import Checkpoint, save_checkpoint
 from emgscale.config import from_dict, to_dict
 from emgscale.data.charset import charset
 from emgscale.decode import DecoderConfig, greedy_decode
@@ -289,7 +289,7 @@ def _checkpoint(tmp_path: Path, name: str) -> Path:
     model = tiny(name)
     cfg = TrainConfig()
     cfg.model = model_cfg(CAUSAL[name])
-    return save_checkpoint(tmp_path / "ck.pt", model=model.state_dict(), config=to_dict(cfg))
+    return save_checkpoint(tmp_path / "ck.pt", Checkpoint(model=model.state_dict(), config=to_dict(cfg)))
 
 
 def test_cli_replays_a_session_and_reports(tiny_corpus, tmp_path, capsys) -> None:
@@ -303,4 +303,4 @@ def test_cli_replays_a_session_and_reports(tiny_corpus, tmp_path, capsys) -> Non
     assert '"key_latency_ms"' in out and (tmp_path / "r.json").is_file()
     assert main([str(tmp_path / "missing.pt"), str(session)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "missing.pt" in err and len(err.splitlines()) == 1
+    assert err.startswith("python -m emgscale.stream: error:") and "missing.pt" in err and len(err.splitlines()) == 1

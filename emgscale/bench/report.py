@@ -18,14 +18,21 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     first appearance.
     """
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    settings: dict[str, list[str]] = defaultdict(list)
     order: list[str] = []
     for r in rows:
         if r["variant"] not in order:
             order.append(r["variant"])
         groups[(r["variant"], r["part"], r["decoder"])].append(float(r["cer"]))
+        if "lm_weight" in r:
+            text = f"{r['lm_weight']:g} / {r['insertion_bonus']:g}"
+            if text not in settings[r["variant"]]:
+                settings[r["variant"]].append(text)
     out = []
     for v in order:
         row: dict[str, Any] = {"variant": v}
+        if settings[v]:
+            row["lm_setting"] = ", ".join(settings[v])  # LM weight / insertion bonus chosen on val
         for part, dec in COLUMNS:
             vals = groups.get((v, part, dec))
             if vals:
@@ -37,16 +44,17 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(agg: Sequence[dict[str, Any]], title: str, variant_header: str = "variant") -> str:
-    """CER (%) mean +/- std over users, columns val/test x greedy/LM."""
-    head = f"| {variant_header} | val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users |"
-    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|"]
+    """CER (%) mean +/- std over users, columns val/test x greedy/LM, and the +LM settings chosen on val."""
+    head = (f"| {variant_header} | val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users "
+            f"| +LM weight / bonus (chosen on val) |")
+    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|---|"]
     for r in agg:
         cells = []
         for part, dec in COLUMNS:
             k = f"{part}_{dec}"
             cells.append(f"{100 * r[k + '_mean']:.2f} ± {100 * r[k + '_std']:.2f}" if k + "_mean" in r else "–")
         n = max((r.get(f"{p}_{d}_n", 0) for p, d in COLUMNS), default=0)
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {n} |")
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {n} | {r.get('lm_setting', '–')} |")
     return "\n".join(lines) + "\n"
 
 

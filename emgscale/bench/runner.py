@@ -113,9 +113,9 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs}
     wall = time.monotonic() - t0
     note = (f"_CER in %, mean ± population std over users (the users column: how many); whole-session val/test; "
-            f"+LM = beam search with a {b.lm_order}-gram character KenLM; CER can exceed 100 % (insertions count as "
-            f"errors). Budget `{budget}`, {data_label(corpus.data_root)} `{corpus.data_root}`, "
-            f"wall {wall / 60:.1f} min._\n")
+            f"+LM = beam search with a {b.lm_order}-gram character KenLM, LM weight / insertion bonus chosen on val; "
+            f"CER can exceed 100 % (insertions count as errors). Budget `{budget}`, {data_label(corpus.data_root)} "
+            f"`{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
     markdown = "\n".join(md_parts) + "\n" + note
     result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
               "data_root": str(corpus.data_root), "data": data_label(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
@@ -123,4 +123,6 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "table.md", markdown)
     print0(markdown)
+    print0(f"[bench] {name}: table {out_dir / 'table.md'}, results {out_dir / 'results.json'}"
+           + "".join(f", plot {out_dir / p}" for t in result_tables.values() for p in t["plots"]))
     return result

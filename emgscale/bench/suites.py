@@ -66,26 +66,55 @@ def train_run(ctx: BenchContext, split_file: Path, arch: str, extra: list[str] =
     return train_runs(ctx, [(split_file, arch, list(extra), init_from)])[0]
 
 
+#: LM weight x insertion bonus tried on val for every +LM column (the reference's 2 / 2 among them).
+LM_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+LM_BONUSES = (0.0, 1.0, 2.0)
+
+
+def choose_lm_setting(val_emissions: list[dict[str, Any]], lm: Path) -> tuple[float, float]:
+    """The (LM weight, insertion bonus) of :data:`LM_WEIGHTS` x :data:`LM_BONUSES` with the lowest val CER
+    (ties go to the reference's 2 / 2, then to the first in the grid)."""
+    from emgscale.decode import DecoderConfig, build_decoder
+
+    def cer(w: float, b: float) -> float:
+        dec = build_decoder(DecoderConfig(kind="beam", lm_path=str(lm), lm_weight=w, insertion_bonus=b))
+        return score_sessions(val_emissions, dec)["cer"]
+
+    grid = [(w, b) for w in LM_WEIGHTS for b in LM_BONUSES]
+    scores = {wb: cer(*wb) for wb in grid}
+    return min(grid, key=lambda wb: (scores[wb], wb != (2.0, 2.0)))
+
+
 def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: str,
-              which: str = "model") -> list[dict[str, Any]]:
-    """Per-user val and test CER, greedy and +LM, of one checkpoint on one split (cached)."""
+              which: str = "model", parts: tuple[str, ...] = ("val", "test")) -> list[dict[str, Any]]:
+    """Per-user CER, greedy and +LM, of one checkpoint on parts of one split (cached).
+
+    The +LM decoder's LM weight and insertion bonus are chosen on the split's val sessions
+    (:func:`choose_lm_setting`) and used for every part; the +LM rows carry them (``lm_weight``,
+    ``insertion_bonus``).
+    """
     from emgscale.decode import DecoderConfig, build_decoder
     from emgscale.eval import split_emissions
 
     ck = load_checkpoint(checkpoint)
     key = {"checkpoint": str(checkpoint), "step": ck.step, "which": which, "split": str(split_file),
-           "lm": str(ctx.lm) if ctx.lm else None}
+           "lm": str(ctx.lm) if ctx.lm else None, "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts)}
 
     def make(_: Path) -> dict[str, Any]:
         rows = []
-        decoders = {"greedy": build_decoder(DecoderConfig(kind="greedy"))}
+        em = {part: split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
+              for part in dict.fromkeys(("val", *parts))}
+        decoders: dict[str, Any] = {"greedy": (build_decoder(DecoderConfig(kind="greedy")), {})}
         if ctx.lm is not None:
-            decoders["lm"] = build_decoder(DecoderConfig(kind="beam", lm_path=str(ctx.lm)))
-        for part in ("val", "test"):
-            em = split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
-            for name, dec in decoders.items():
-                for user, u in score_sessions(em, dec)["per_user"].items():
-                    rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"]})
+            w, b = choose_lm_setting(em["val"], ctx.lm)
+            print0(f"[bench] {variant}: LM weight {w:g}, insertion bonus {b:g} chosen on val")
+            decoders["lm"] = (build_decoder(DecoderConfig(kind="beam", lm_path=str(ctx.lm), lm_weight=w,
+                                                          insertion_bonus=b)),
+                              {"lm_weight": w, "insertion_bonus": b})
+        for part in parts:
+            for name, (dec, setting) in decoders.items():
+                for user, u in score_sessions(em[part], dec)["per_user"].items():
+                    rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"], **setting})
         return {"rows": rows}
 
     _, res = cached(ctx.cache, "eval", key, make)
@@ -95,7 +124,7 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
 def generic_run(ctx: BenchContext, d: dict[str, Any]) -> Path:
     """The generic (zero-shot) model's checkpoint folder, trained with SWAD."""
     return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), d.get("arch", "tds"),
-                     extra=[f"swad.mode={d.get('swad', 'swad')}"])
+                     extra=[f"swad.mode={d.get('swad', 'swad')}", *ctx.budget.generic])
 
 
 def _has_average(path: Path) -> bool:
@@ -112,9 +141,11 @@ def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 
 
 def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
-    """Generic model on held-out users never seen in training: final, best and SWAD-averaged weights."""
+    """Generic model on held-out users never seen in training: final, best and SWAD-averaged weights;
+    and, for comparison, the best-val weights on new (val) sessions of its training users."""
     ck = generic_run(ctx, d)
-    rows = []
+    rows = eval_rows(ctx, ck / BEST, ctx.corpus.split(d.get("train_split", "generic")),
+                     "seen users, new sessions (best val)", parts=("val",))
     for split in ctx.heldout():
         rows += eval_rows(ctx, ck / LAST, split, "final checkpoint")
         rows += eval_rows(ctx, ck / BEST, split, "best val checkpoint")
@@ -164,11 +195,41 @@ SWEEP_AXES = {
     "sample_rate_hz": ("sampling rate (Hz)", lambda v: [f"model.features.sample_rate_hz={float(v)}"]),
     "minutes": ("minutes of training data per user", lambda v: [f"data.max_minutes_per_user={float(v)}"]),
     "arch": ("architecture", None),
+    # Preprocessing and augmentation (course direction 2). Categorical values are plotted as bars.
+    # Default values (log_spectrogram, batch, default) add no override, so they share the baseline's run.
+    "features": ("features", lambda v: [] if v == "log_spectrogram" else [f"model.features.kind={v}"]),
+    "norm": ("normalisation", lambda v: [] if v == "batch" else [f"model.features.norm={v}"]),
+    "augment": ("augmentation", lambda v: augment_overrides(str(v))),
+    # 4 s is the default (the baseline's run); other window lengths than the shards' are read straight
+    # from the HDF5 sessions.
+    "window_s": ("training window (s)", lambda v: [] if float(v) == 4.0 else [
+        "data.shards=null", f"data.window.window_samples={int(round(float(v) * 2000))}"]),
+}
+
+#: ``augment`` sweep values: the default augmentations (band rotation, inter-band jitter, SpecAugment), each
+#: one left out, none, and the two that are off by default switched on.
+AUGMENT_VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "none": ["model.augment.band_rotation=0", "model.augment.temporal_jitter_samples=0",
+             "model.augment.time_masks=0", "model.augment.freq_masks=0"],
+    "no_band_rotation": ["model.augment.band_rotation=0"],
+    "no_jitter": ["model.augment.temporal_jitter_samples=0"],
+    "no_specaugment": ["model.augment.time_masks=0", "model.augment.freq_masks=0"],
+    "+amplitude": ["model.augment.amplitude_scale=0.25"],
+    "+channel_mask": ["model.augment.channel_mask_prob=0.1"],
 }
 
 
+def augment_overrides(value: str) -> list[str]:
+    """Overrides of an ``augment`` sweep value (a key of :data:`AUGMENT_VARIANTS`)."""
+    if value not in AUGMENT_VARIANTS:
+        raise ValueError(f"sweep augment value {value!r} unknown; choose from {sorted(AUGMENT_VARIANTS)}")
+    return AUGMENT_VARIANTS[value]
+
+
 def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
-    """CER against channels per band, sampling rate, amount of data and architecture (personalized, random init).
+    """CER against channels per band, sampling rate, amount of data, architecture, features, normalisation,
+    augmentations and window length (personalized, random init).
 
     Every run of every axis is trained first (``ctx.jobs`` at a time; points that equal the baseline
     share its run), then evaluated. ``max_users`` in the definition caps the held-out users.
@@ -188,12 +249,13 @@ def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     tables = {}
     for axis, values in d["axes"].items():
         label = SWEEP_AXES[axis][0]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
         rows = [r for v in values for split in splits
                 for r in eval_rows(ctx, cks[(axis, str(v), split)] / BEST, split, f"{v}")]
         tables[axis] = {"rows": rows, "variant_header": label,
-                        "plots": [{"kind": "bars" if axis == "arch" else "lines", "name": f"cer_vs_{axis}",
-                                   "x": [float(x) for x in values] if axis != "arch" else None,
-                                   "xlabel": label, "title": f"CER vs {label}", "logx": axis != "arch"}]}
+                        "plots": [{"kind": "lines" if numeric else "bars", "name": f"cer_vs_{axis}",
+                                   "x": [float(x) for x in values] if numeric else None,
+                                   "xlabel": label, "title": f"CER vs {label}", "logx": numeric}]}
     return {"tables": tables}
 
 

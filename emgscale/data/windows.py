@@ -253,6 +253,8 @@ class Batch:
         labels: int64 ``(B, S)`` padded with 0 (only ``label_lengths`` tells padding apart).
         label_lengths: int64 ``(B,)``.
         keys, users: per-sample identifiers.
+        label_times: float64 ``(B, S)`` press time of each label in seconds from ``emg[b, 0]`` (padded
+            with 0 like ``labels``); None when the samples carried no ``label_time_s``.
     """
 
     emg: torch.Tensor
@@ -261,6 +263,7 @@ class Batch:
     label_lengths: torch.Tensor
     keys: list[str]
     users: list[str]
+    label_times: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -269,17 +272,19 @@ class Batch:
         """The tensors on ``device`` (asynchronous copies from pinned memory)."""
         return Batch(self.emg.to(device, non_blocking=True), self.emg_lengths.to(device, non_blocking=True),
                      self.labels.to(device, non_blocking=True), self.label_lengths.to(device, non_blocking=True),
-                     self.keys, self.users)
+                     self.keys, self.users,
+                     None if self.label_times is None else self.label_times.to(device, non_blocking=True))
 
     def head(self, k: int) -> "Batch":
         """The first ``k`` samples."""
         return Batch(self.emg[:k], self.emg_lengths[:k], self.labels[:k], self.label_lengths[:k], self.keys[:k],
-                     self.users[:k])
+                     self.users[:k], None if self.label_times is None else self.label_times[:k])
 
     def pin_memory(self) -> "Batch":
         """Pinned copies of the tensors (the DataLoader calls this with ``pin_memory=True``)."""
         return Batch(self.emg.pin_memory(), self.emg_lengths.pin_memory(), self.labels.pin_memory(),
-                     self.label_lengths.pin_memory(), self.keys, self.users)
+                     self.label_lengths.pin_memory(), self.keys, self.users,
+                     None if self.label_times is None else self.label_times.pin_memory())
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
@@ -291,9 +296,13 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     first = np.asarray(samples[0]["emg"])
     emg = np.zeros((len(samples), max(lengths), *first.shape[1:]), dtype=np.float32)
     labels = np.zeros((len(samples), max(label_lengths)), dtype=np.int64)
+    timed = all(s.get("label_time_s") is not None for s in samples)
+    times = np.zeros(labels.shape, dtype=np.float64) if timed else None
     for i, s in enumerate(samples):
         emg[i, : lengths[i]] = s["emg"]
         labels[i, : label_lengths[i]] = s["labels"]
+        if times is not None:
+            times[i, : label_lengths[i]] = s["label_time_s"]
     return Batch(
         emg=torch.from_numpy(emg),
         emg_lengths=torch.tensor(lengths, dtype=torch.int64),
@@ -301,6 +310,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         label_lengths=torch.tensor(label_lengths, dtype=torch.int64),
         keys=[str(s["key"]) for s in samples],
         users=[str(s["user"]) for s in samples],
+        label_times=None if times is None else torch.from_numpy(times),
     )
 
 

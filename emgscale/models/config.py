@@ -25,6 +25,9 @@ class ModelConfig:
         frontend: per-frame front end feeding the encoder.
         tds, rnn, cnn_rnn, conformer, transformer: encoder settings (``rnn`` serves ``lstm`` and
             ``gru``; ``rnn.bidirectional`` picks BiLSTM / BiGRU).
+        head_blank_prior: when > 0, initialise the output layer's bias to the label prior: blank
+            gets probability ``head_blank_prior`` (its frame frequency, ~0.9 for 4 s windows at
+            62.5 Hz), the 98 keys share the rest evenly. 0 keeps PyTorch's default init (the reference).
     """
 
     arch: str = "tds"
@@ -36,3 +39,4 @@ class ModelConfig:
     cnn_rnn: CNNRNNConfig = field(default_factory=CNNRNNConfig)
     conformer: ConformerConfig = field(default_factory=ConformerConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    head_blank_prior: float = 0.0

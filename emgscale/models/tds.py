@@ -69,6 +69,20 @@ def to_channel_major(x: Tensor, channels: int) -> Tensor:
     return x.reshape(*lead, f // channels, channels).transpose(-1, -2).reshape(*lead, f)
 
 
+def block_order(x: Tensor, layout: int | None, channels: int) -> tuple[Tensor, int]:
+    """``x`` in the width-major order of a block of ``channels``, from the order ``layout`` (the channels of
+    the current width-major order; None = the reference's channel-major order). Returns ``(x, channels)``.
+
+    The one rule of where the encoder reorders its features, used by :class:`TDSConvEncoder` and by its
+    streaming form (:mod:`emgscale.stream`): features are reordered per frame, so chunks reorder alike.
+    """
+    if layout == channels:
+        return x, layout
+    if layout is not None:  # blocks of different channels: back to the reference's order first
+        x = to_channel_major(x, layout)
+    return to_width_major(x, channels), channels
+
+
 class TDSConv2dBlock(nn.Module):
     """Temporal conv over ``channels`` groups of ``width`` features, ReLU, residual, LayerNorm.
 
@@ -148,10 +162,8 @@ class TDSConvEncoder(Encoder):
         out_lengths = self.output_lengths(lengths)
         layout = None  # channels of the current width-major order; None = the reference's order
         for i, block in enumerate(self.tds_conv_blocks):
-            if self.channel_major and i % 2 == 0 and layout != block.channels:
-                if layout is not None:  # blocks of different channels: back to the reference's order first
-                    x = to_channel_major(x, layout)
-                x, layout = to_width_major(x, block.channels), block.channels
+            if self.channel_major and i % 2 == 0:
+                x, layout = block_order(x, layout, block.channels)
             x = block(x)
         if layout is not None:
             x = to_channel_major(x, layout)

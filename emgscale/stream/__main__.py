@@ -12,9 +12,11 @@ import argparse
 import json
 import sys
 
+from emgscale.cli import cli
 from emgscale.data.charset import charset
 
 
+@cli("python -m emgscale.stream")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.stream", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,16 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the report here")
     a = p.parse_args(argv)
     if a.chunk_ms <= 0:
-        print(f"--chunk-ms must be > 0, got {a.chunk_ms}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--chunk-ms must be > 0, got {a.chunk_ms}")
 
     import torch
 
-    from emgscale.checkpoint import load_model
     from emgscale.common import atomic_write_json
-    from emgscale.data.errors import DataError
     from emgscale.decode import DecoderConfig
-    from emgscale.stream import NotStreamable, Streamer, online_decoder, replay_session
+    from emgscale.eval import load_model
+    from emgscale.stream import Streamer, online_decoder, replay_session
 
     torch.set_num_threads(max(1, a.threads))
     cs = charset()
@@ -55,16 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(cs.labels_to_str(new).replace("⏎", "⏎\n"))
             sys.stdout.flush()
 
-    try:
-        model, _ = load_model(a.checkpoint, which=a.weights)
-        streamer = Streamer(model)
-        decoder = online_decoder(DecoderConfig(kind=a.decoder, lm_path=a.lm, beam_size=a.beam_size,
-                                               lm_weight=a.lm_weight), a.lookahead_frames)
-        result = replay_session(streamer, a.session, chunk_ms=a.chunk_ms, decoder=decoder, realtime=a.realtime,
-                                max_seconds=a.max_seconds, on_keys=None if a.quiet else show)
-    except (NotStreamable, DataError, ValueError, FileNotFoundError, ImportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, _ = load_model(a.checkpoint, which=a.weights)
+    streamer = Streamer(model)  # NotStreamable (a ValueError) names the setting that keeps a model offline
+    decoder = online_decoder(DecoderConfig(kind=a.decoder, lm_path=a.lm, beam_size=a.beam_size,
+                                           lm_weight=a.lm_weight), a.lookahead_frames)
+    result = replay_session(streamer, a.session, chunk_ms=a.chunk_ms, decoder=decoder, realtime=a.realtime,
+                            max_seconds=a.max_seconds, on_keys=None if a.quiet else show)
     report = {"checkpoint": a.checkpoint, "session": a.session, "decoder": a.decoder,
               "lookahead_frames": a.lookahead_frames, "threads": a.threads, **result.summary()}
     if not a.quiet:

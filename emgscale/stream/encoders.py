@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from emgscale.models.common import Encoder
 from emgscale.models.conformer import ConformerEncoder
 from emgscale.models.rnn import CNNRNNEncoder, RNNEncoder
-from emgscale.models.tds import TDSConvEncoder
+from emgscale.models.tds import TDSConvEncoder, block_order, to_channel_major
 from emgscale.models.transformer import TransformerEncoder
 from emgscale.stream.cells import AttentionCell, ConvCell, NotStreamable, RNNCell, SubsamplingCell, TDSConvCell
 
@@ -54,14 +54,20 @@ class TDSStream(StatefulSequence):
         self.cells = nn.ModuleList(TDSConvCell(b) for b in blocks[0::2])
         self.fcs = nn.ModuleList(blocks[1::2])
         self.skip_frames = enc.shrink
+        self.channel_major = enc.channel_major
         self._sizes = self.sizes()
 
     def forward(self, x: Tensor, pos: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         new: list[Tensor] = []
+        layout = None  # as TDSConvEncoder: the reference's feature order outside, width-major inside
         for cell, fc, s in zip(self.cells, self.fcs, _split(state, self._sizes)):
+            if self.channel_major:
+                x, layout = block_order(x, layout, cell.block.channels)
             x, *s2 = cell(x, *s)
             x = fc(x)
             new += s2
+        if layout is not None:
+            x = to_channel_major(x, layout)
         return (x, *new)
 
 
