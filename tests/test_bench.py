@@ -45,6 +45,7 @@ def test_zero_shot_and_personalized_demo(out):
     z = _check(out, "zero_shot", 2)
     variants = [r["variant"] for r in z["tables"]["zero_shot"]["aggregate"]]
     assert variants[:3] == ["seen users, new sessions (best val)", "final checkpoint", "best val checkpoint"]
+    assert "causal cnn_gru_causal (best val)" in variants  # the causal generic model beside the offline one
     p = _check(out, "personalized", 3)
     assert [r["variant"] for r in p["tables"]["personalized"]["aggregate"]] == [
         "generic (zero-shot)", "personalized, random init", "personalized, fine-tuned generic"]

@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
     p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
     p.add_argument("--lm-text", nargs="*", type=Path, help="text files for the character LM")
+    p.add_argument("--generic-checkpoint", type=Path,
+                   help="start from this generic model instead of training one: an emgscale checkpoint or a "
+                        "reference Lightning checkpoint such as Meta's generic.ckpt (zero_shot evaluates it; "
+                        "personalized and few_shot fine-tune it)")
     p.add_argument("--shard-workers", "--workers", dest="workers", type=int, default=1,
                    help="shard-writing processes (default 1)")
     p.add_argument("--jobs", type=int, default=1,
@@ -49,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.lm_text or ():
         if not path.is_file():
             raise ConfigError(f"--lm-text {path}: no such file")
+    if a.generic_checkpoint is not None:
+        from emgscale.checkpoint import load_checkpoint
+
+        load_checkpoint(a.generic_checkpoint)  # a missing or unreadable file fails now, with its name
     get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made
     from emgscale.train.config import load_train_config
 
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in GROUPS.get(a.benchmark, [a.benchmark]):
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
-                      workers=a.workers, jobs=a.jobs, overrides=a.overrides)
+                      workers=a.workers, jobs=a.jobs, overrides=a.overrides, generic_checkpoint=a.generic_checkpoint)
     return 0
 
 

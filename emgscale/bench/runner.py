@@ -69,7 +69,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                   data_root: "str | Path | None" = None, splits_dir: "str | Path | None" = None,
                   cache: "str | Path | None" = None, definitions_dir: "str | Path | None" = None,
                   configs_dir: "str | Path | None" = None, lm_texts: list[Path] | None = None,
-                  workers: int = 1, jobs: int = 1, overrides: list[str] = ()) -> dict[str, Any]:
+                  workers: int = 1, jobs: int = 1, overrides: list[str] = (),
+                  generic_checkpoint: "str | Path | None" = None) -> dict[str, Any]:
     """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``.
 
     Args:
@@ -82,6 +83,9 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         workers: shard-writing processes.
         jobs: independent training runs side by side (processes sharing the cores; Ray for more).
         overrides: extra ``dotted.key=value`` for every training run (e.g. ``run.workers=8``).
+        generic_checkpoint: a generic model to start from instead of training one (an emgscale or a
+            reference Lightning checkpoint such as Meta's ``generic.ckpt``): zero_shot evaluates it,
+            personalized and few_shot fine-tune it (user models use its model config).
 
     Returns:
         The JSON result (rows, aggregated tables, settings, provenance).
@@ -99,7 +103,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     else:
         corpus = ensure_corpus(cache, b.corpus)
     ctx = BenchContext(cache=cache, budget=b, corpus=corpus, configs_dir=configs_dir,
-                       lm=_lm(cache, lm_texts, b.lm_order), workers=workers, jobs=jobs, overrides=list(overrides))
+                       lm=_lm(cache, lm_texts, b.lm_order), workers=workers, jobs=jobs, overrides=list(overrides),
+                       generic_checkpoint=Path(generic_checkpoint) if generic_checkpoint else None)
     definition = load_definition(definitions_dir, name, budget)
     print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}")
     res = SUITES[name](ctx, definition)
@@ -115,11 +120,14 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     note = (f"_CER in %, mean ± population std over users (the users column: how many); whole-session val/test; "
             f"+LM = beam search with a {b.lm_order}-gram character KenLM, LM weight / insertion bonus chosen on val; "
             f"CER can exceed 100 % (insertions count as errors). Budget `{budget}`, {data_label(corpus.data_root)} "
-            f"`{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
+            f"`{corpus.data_root}`, wall {wall / 60:.1f} min."
+            + (f" Generic model: `{generic_checkpoint}` (given, not trained here)." if generic_checkpoint else "")
+            + "_\n")
     markdown = "\n".join(md_parts) + "\n" + note
     result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
               "data_root": str(corpus.data_root), "data": data_label(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
-              "overrides": list(overrides), "jobs": jobs, "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
+              "overrides": list(overrides), "jobs": jobs,
+              "generic_checkpoint": str(generic_checkpoint) if generic_checkpoint else None, "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "table.md", markdown)
     print0(markdown)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from emgscale.bench.budget import Budget
 from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, score_sessions
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
@@ -30,13 +32,17 @@ class BenchContext:
     workers: int = 1
     jobs: int = 1
     overrides: list[str] = field(default_factory=list)
+    generic_checkpoint: Path | None = None  # a given generic model (e.g. Meta's generic.ckpt): not trained here
 
     def heldout(self) -> list[Path]:
         return self.corpus.heldout_splits(self.budget.max_heldout_users)
 
 
-def model_files(ctx: BenchContext, arch: str) -> list[str]:
-    """``configs/models/<arch><budget suffix>.yaml`` when it exists, else ``<arch>.yaml``."""
+def model_files(ctx: BenchContext, arch: "str | list[str]") -> list[str]:
+    """``configs/models/<arch><budget suffix>.yaml`` when it exists, else ``<arch>.yaml`` (a list of
+    config files is taken as it is)."""
+    if isinstance(arch, list):
+        return arch
     for name in (f"{arch}{ctx.budget.model_suffix}", arch):
         path = ctx.configs_dir / "models" / f"{name}.yaml"
         if path.is_file():
@@ -44,8 +50,9 @@ def model_files(ctx: BenchContext, arch: str) -> list[str]:
     raise FileNotFoundError(f"no model config for {arch!r} under {ctx.configs_dir / 'models'}")
 
 
-#: One training run of a benchmark: (split file, arch, extra overrides, checkpoint to fine-tune from or None).
-RunSpec = tuple[Path, str, list[str], "Path | None"]
+#: One training run of a benchmark: (split file, arch or model config files, extra overrides, checkpoint to
+#: fine-tune from or None).
+RunSpec = tuple[Path, "str | list[str]", list[str], "Path | None"]
 
 
 def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[Path]:
@@ -121,10 +128,28 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
     return [{"variant": variant, **r} for r in res["rows"]]
 
 
-def generic_run(ctx: BenchContext, d: dict[str, Any]) -> Path:
+def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> Path:
     """The generic (zero-shot) model's checkpoint folder, trained with SWAD."""
-    return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), d.get("arch", "tds"),
+    return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), arch or d.get("arch", "tds"),
                      extra=[f"swad.mode={d.get('swad', 'swad')}", *ctx.budget.generic])
+
+
+def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | list[str]"]:
+    """The generic model's checkpoint file and the model config the user models train with: the given
+    ``--generic-checkpoint`` (its own model config, so fine-tuning fits its weights), or the trained one's."""
+    if ctx.generic_checkpoint is None:
+        return generic_run(ctx, d) / BEST, d.get("arch", "tds")
+    key = {"checkpoint": str(ctx.generic_checkpoint.resolve()), "size": ctx.generic_checkpoint.stat().st_size}
+
+    def make(folder: Path) -> dict[str, Any]:
+        from emgscale.common import atomic_write_text
+
+        model = {"model": load_checkpoint(ctx.generic_checkpoint).config.get("model", {})}
+        atomic_write_text(folder / "model.yaml", yaml.safe_dump(model, sort_keys=False))
+        return {"model_yaml": str(folder / "model.yaml")}
+
+    _, res = cached(ctx.cache, "given", key, make)
+    return ctx.generic_checkpoint, [res["model_yaml"]]
 
 
 def _has_average(path: Path) -> bool:
@@ -142,7 +167,15 @@ def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 
 def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Generic model on held-out users never seen in training: final, best and SWAD-averaged weights;
-    and, for comparison, the best-val weights on new (val) sessions of its training users."""
+    for comparison, the best-val weights on new (val) sessions of its training users; and, with
+    ``causal_arch``, a causal generic model (what a real-time system can run) next to the offline one."""
+    if ctx.generic_checkpoint is not None:
+        given, _ = generic_model(ctx, d)
+        rows = eval_rows(ctx, given, ctx.corpus.split(d.get("train_split", "generic")),
+                         "given model: seen users, new sessions", parts=("val",))
+        for split in ctx.heldout():
+            rows += eval_rows(ctx, given, split, f"given model ({given.name})")
+        return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
     ck = generic_run(ctx, d)
     rows = eval_rows(ctx, ck / BEST, ctx.corpus.split(d.get("train_split", "generic")),
                      "seen users, new sessions (best val)", parts=("val",))
@@ -153,19 +186,22 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
             rows += eval_rows(ctx, ck / LAST, split, "SWAD average", which="averaged")
         else:
             print0("[bench] SWAD found no loss valley in this budget: no averaged model to report")
+    if d.get("causal_arch"):
+        causal = generic_run(ctx, d, arch=d["causal_arch"])
+        for split in ctx.heldout():
+            rows += eval_rows(ctx, causal / BEST, split, f"causal {d['causal_arch']} (best val)")
     return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
 
 
 def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Per held-out user: zero-shot generic, from random init, and fine-tuned from the generic model."""
-    generic = generic_run(ctx, d)
-    arch = d.get("arch", "tds")
+    generic, arch = generic_model(ctx, d)
     splits = ctx.heldout()
     cks = iter(train_runs(ctx, [spec for split in splits for spec in (
-        (split, arch, [], None), (split, arch, [], generic / BEST))]))
+        (split, arch, [], None), (split, arch, [], generic))]))
     rows = []
     for split in splits:
-        rows += eval_rows(ctx, generic / BEST, split, "generic (zero-shot)")
+        rows += eval_rows(ctx, generic, split, "generic (zero-shot)")
         rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, random init")
         rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, fine-tuned generic")
     return {"rows": rows, "variant_header": "model", "plots": [{"kind": "bars", "name": "personalized"}]}
@@ -173,14 +209,14 @@ def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 
 def few_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune the generic model on 30 s .. 5 min of a held-out user's data; test on that user."""
-    generic = generic_run(ctx, d)
+    generic, arch = generic_model(ctx, d)
     minutes = [float(m) for m in d["minutes"]]
     splits = ctx.heldout()
-    cks = iter(train_runs(ctx, [(split, d.get("arch", "tds"), [f"data.max_minutes_per_user={m}"], generic / BEST)
+    cks = iter(train_runs(ctx, [(split, arch, [f"data.max_minutes_per_user={m}"], generic)
                                 for split in splits for m in minutes]))
     rows = []
     for split in splits:
-        rows += eval_rows(ctx, generic / BEST, split, "0 min")
+        rows += eval_rows(ctx, generic, split, "0 min")
         for m in minutes:
             rows += eval_rows(ctx, next(cks) / BEST, split, f"{m:g} min")
     return {"rows": rows, "variant_header": "user data for fine-tuning",
