@@ -48,7 +48,8 @@ def reference_tds() -> Any:
     Written from the emg2qwerty paper's architecture (not emgscale's implementation): time-first
     tensors, ``torch.stft`` log spectrogram computed per step, ``BatchNorm2d`` over (N, 32, freq, T)
     copies, an MLP over explicitly stacked rolled inputs, channel-major ``Conv2d(kernel=(1, 32))`` TDS
-    blocks on (N, channels, width, T) copies. Augmentations are left out (they are cheap).
+    blocks on (N, channels, width, T) copies. Augmentations are left out (they are cheap). emgscale's
+    ``tds`` computes the same function (``tests/test_reference.py``) in a copy-free width-major layout.
     """
     import torch
     from torch import nn

@@ -14,6 +14,9 @@ Reading:
   (numpy RNG state) fall back to a full unpickle.
 * Older formats are upgraded on read (:func:`upgrade_config` for the config inside), so a checkpoint
   keeps loading after the code moves on; a newer format is refused with a clear error.
+* A Lightning checkpoint of the official emg2qwerty code (Meta's ``generic.ckpt``, ``personalized-*.ckpt``)
+  is recognised and imported (:mod:`emgscale.models.reference`, no pickled code run), so every place
+  that takes a checkpoint takes those too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import torch
 from emgscale.common import atomic_torch_save
 
 #: 2: the data config nests its windowing under ``data.window``; RNG state holds no numpy objects.
-FORMAT_VERSION = 2
+#: 3: the TDS encoder computes the reference's function (``model.tds.feature_order: channel_major``);
+#: older TDS checkpoints keep the layout they were trained with (``width_major``).
+FORMAT_VERSION = 3
 LAST, BEST = "last.pt", "best.pt"
 _WINDOW_KEYS = ("window_samples", "stride_samples", "pad_left_samples", "pad_right_samples")
 
@@ -125,6 +130,10 @@ def upgrade_config(config: dict[str, Any], version: int) -> dict[str, Any]:
     if version < 2 and isinstance(data, dict) and any(k in data for k in _WINDOW_KEYS):
         window = {k: data.pop(k) for k in _WINDOW_KEYS if k in data}
         data["window"] = {**data.get("window", {}), **window}
+    model = config.get("model")
+    if version < 3 and isinstance(model, dict) and model.get("arch", "tds") == "tds":
+        model["tds"] = {**(model.get("tds") or {})}
+        model["tds"].setdefault("feature_order", "width_major")
     return config
 
 
@@ -198,6 +207,10 @@ def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cp
         path = path / LAST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    from emgscale.models.reference import is_reference_checkpoint, reference_as_checkpoint
+
+    if is_reference_checkpoint(path):  # a Lightning checkpoint of the official code (Meta's released models)
+        return Checkpoint(**reference_as_checkpoint(path))
     try:
         data = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError:

@@ -1,4 +1,5 @@
-"""Small shared helpers: rank-0 discipline, atomic writes, the device choice, run provenance, progress."""
+"""Small shared helpers: rank-0 discipline, atomic writes, folder locks, the device choice, run provenance,
+progress."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -105,6 +107,121 @@ def atomic_torch_save(obj: Any, path: "str | os.PathLike[str]") -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+# ----------------------------------------------------------------------------- folder locks
+class LockedError(RuntimeError):
+    """Another process holds the lock on a folder."""
+
+
+class DirLock:
+    """An exclusive lock on a folder for one writer: ``<folder>/.lock`` holding the holder's pid and host.
+
+    The lock is an ``fcntl.flock`` on that file, so it is released when its holder exits, however it
+    exits: a lock file left by a dead process is stale and the next writer takes it over (and says so).
+    Where the file system has no ``flock``, the file itself is the lock (created exclusively), and it is
+    stale when its holder ran on this host and no longer runs.
+
+    Args:
+        folder: the folder to lock (created if missing).
+        what: what the holder is doing, for the error message (``shard writer``).
+
+    Raises:
+        LockedError: on :meth:`acquire`, naming the holder's pid, host, start time and what it does.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: "str | os.PathLike[str]", what: str = "writer") -> None:
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / self.NAME
+        self._fd: int | None = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def _refuse(self, holder: dict[str, Any]) -> LockedError:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+        since = f" since {holder['since']}" if holder.get("since") else ""
+        return LockedError(f"{self.folder} is in use by another {holder.get('what', self.what)} ({who}{since}); "
+                           f"wait for it to finish, or stop it. If it is gone, remove {self.path}")
+
+    def acquire(self) -> "DirLock":
+        """Take the lock or raise :class:`LockedError`."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        old = self._holder()
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._refuse(self._holder()) from None
+            except OSError:  # no flock here (some network file systems): the file's existence is the lock
+                os.close(fd)
+                return self._acquire_exclusive(old)
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break  # locked the file that is there (not one its holder removed meanwhile)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        else:  # pragma: no cover - a storm of writers
+            raise self._refuse(self._holder())
+        if old.get("pid") and old.get("pid") != os.getpid():
+            print(f"[lock] taking over the stale lock of {self.folder} (pid {old.get('pid')} on "
+                  f"{old.get('host')} is gone)", file=sys.stderr, flush=True)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(self._me()).encode())
+        self._fd = fd
+        return self
+
+    def _me(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def _acquire_exclusive(self, old: dict[str, Any]) -> "DirLock":
+        alive = old.get("host") != socket.gethostname() or _pid_alive(int(old.get("pid", 0) or 0))
+        if old and alive and old.get("pid") != os.getpid():
+            raise self._refuse(old)
+        self.path.unlink(missing_ok=True)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise self._refuse(self._holder()) from None
+        os.write(fd, json.dumps(self._me()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up and remove the lock file."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: a waiting writer never sees our info
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- devices

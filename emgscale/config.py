@@ -7,10 +7,11 @@ Unknown keys and values of the wrong type are errors that name the key (and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import yaml
 
@@ -158,7 +159,12 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
             kwargs[name] = from_dict(tp, deep_merge(base, value), key)
         else:
             kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # a dataclass's own __post_init__ check
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def _default_of(cls: type, name: str) -> Any:
@@ -234,3 +240,95 @@ def save_config(cfg: Any, path: "str | Path") -> None:
     from emgscale.common import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- value checks
+#: A rule for one field: ``">0"``, ``">=0"``, ``">=1"``, ``">=-1"``, ``"[0,1]"``, ``"[0,1)"``, ``"any"``
+#: (any finite number), ``"file"`` / ``"dir"`` / ``"path"`` (must exist; URLs are not checked), a tuple
+#: of allowed values, or a callable returning a problem (or None).
+Rule = Any
+
+_BOUNDS = {">0": (0, None, False, True), ">=0": (0, None, True, True), ">=1": (1, None, True, True),
+           ">=-1": (-1, None, True, True), "[0,1]": (0, 1, True, True), "[0,1)": (0, 1, True, False),
+           "any": (None, None, True, True)}
+
+
+def _number_problem(value: float, rule: str) -> str | None:
+    lo, hi, lo_closed, hi_closed = _BOUNDS[rule]
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if ((lo is not None and (value < lo or (value == lo and not lo_closed)))
+            or (hi is not None and (value > hi or (value == hi and not hi_closed)))):
+        return f"must be {'in ' + rule.replace(',', ', ') if rule.startswith('[') else rule.replace('>', '> ').replace('> =', '>= ')}"
+    return None
+
+
+def _path_problem(value: str, kind: str) -> str | None:
+    if "://" in value or value.startswith("pipe:") or "{" in value:
+        return None  # a URL or a pattern: the reader says when it cannot open it
+    p = Path(value)
+    if kind == "file" and not p.is_file():
+        return "no such folder (expected a file)" if p.is_dir() else "no such file"
+    if kind == "dir" and not p.is_dir():
+        return "is a file, not a folder" if p.exists() else "no such folder"
+    if kind == "path" and not p.exists():
+        return "no such file or folder"
+    return None
+
+
+def _default_rule(key: str) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    if "dropout" in leaf:
+        return "[0,1)"
+    if leaf.endswith("_prob"):
+        return "[0,1]"
+    return ">=0"
+
+
+def _leaves(cfg: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    for f in dataclasses.fields(cfg):
+        key = f"{where}.{f.name}" if where else f.name
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, key)
+        elif value is not None:
+            yield key, value
+
+
+def check_values(cfg: Any, rules: dict[str, Rule]) -> None:
+    """Check every field of a dataclass config against ``rules``, before any work is done.
+
+    Every number (and every number in a list) must be finite and, unless a rule says otherwise, >= 0
+    (``*dropout*`` in [0, 1), ``*_prob`` in [0, 1]). ``rules`` maps a dotted key — or an ``fnmatch``
+    pattern such as ``model.*layers`` — to a :data:`Rule`; an exact key wins over patterns, and the
+    first matching pattern over the default. Unset (None) fields are not checked; paths are checked
+    after every other field.
+
+    Raises:
+        ConfigError: ``<key>=<value>: <problem>`` for the first field that breaks its rule.
+    """
+    import fnmatch
+
+    checks = []
+    for key, value in _leaves(cfg):
+        rule = rules.get(key)
+        if rule is None:
+            rule = next((r for pat, r in rules.items() if "*" in pat and fnmatch.fnmatchcase(key, pat)), None)
+        checks.append((rule in ("file", "dir", "path"), key, value, rule))
+    for is_path, key, value, rule in sorted(checks, key=lambda c: c[0]):  # stable: paths last
+        problem = None
+        if is_path:
+            problem = _path_problem(str(value), rule)
+        elif callable(rule):
+            problem = rule(value)
+        elif isinstance(rule, tuple):
+            if value not in rule:
+                problem = f"must be one of {', '.join(map(str, rule))}"
+        else:
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, (int, float)) and not isinstance(item, bool):
+                    problem = _number_problem(item, rule or _default_rule(key))
+                    if problem:
+                        break
+        if problem:
+            raise ConfigError(f"{key}={value!r}: {problem}")

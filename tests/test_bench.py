@@ -25,8 +25,8 @@ def _check(out: Path, name: str, min_variants: int) -> dict:
         assert len(t["aggregate"]) >= min_variants
         for png in t["plots"]:
             assert (out / name / png).stat().st_size > 1000
-        for row in t["aggregate"]:
-            assert "test_greedy_mean" in row and "val_greedy_mean" in row
+        for row in t["aggregate"]:  # every row has val and test, but the seen-user row (val sessions only)
+            assert "val_greedy_mean" in row and ("test_greedy_mean" in row or row["variant"].startswith("seen users"))
     assert "±" in table
     return res
 
@@ -40,11 +40,12 @@ def test_aggregate_is_mean_and_population_std():
 
 
 def test_zero_shot_and_personalized_demo(out):
-    """`bench demo` (the README's main job) writes zero-shot and personalized tables with SWAD and fine-tuning rows."""
+    """`bench demo` (the README's main job) writes zero-shot (with the seen-user row) and personalized tables."""
     assert main(["demo", "--budget", "tiny", "--out", str(out)]) == 0
     z = _check(out, "zero_shot", 2)
     variants = [r["variant"] for r in z["tables"]["zero_shot"]["aggregate"]]
-    assert variants[:2] == ["final checkpoint", "best val checkpoint"]
+    assert variants[:3] == ["seen users, new sessions (best val)", "final checkpoint", "best val checkpoint"]
+    assert "causal cnn_gru_causal (best val)" in variants  # the causal generic model beside the offline one
     p = _check(out, "personalized", 3)
     assert [r["variant"] for r in p["tables"]["personalized"]["aggregate"]] == [
         "generic (zero-shot)", "personalized, random init", "personalized, fine-tuned generic"]
@@ -65,10 +66,11 @@ def test_few_shot(out):
 
 @pytest.mark.slow
 def test_sweep(out):
-    """The sweep writes one table and plot per axis (channels, rate, minutes, architecture)."""
+    """The sweep writes one table and plot per axis (channels, rate, minutes, architecture, preprocessing)."""
     assert main(["sweep", "--budget", "tiny", "--out", str(out)]) == 0
     res = _check(out, "sweep", 2)
-    assert set(res["tables"]) == {"channels", "sample_rate_hz", "minutes", "arch"}
+    assert set(res["tables"]) == {"channels", "sample_rate_hz", "minutes", "arch", "features", "norm", "augment",
+                                  "window_s"}
 
 
 def test_rerun_reuses_cache(out):
@@ -100,3 +102,19 @@ def test_parallel_runs_equal_sequential_runs(tiny_corpus, tmp_path):
         wa, wb = (load_checkpoint(p / "checkpoints" / LAST).model for p in (a, b))
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
         assert (b / "train.log").stat().st_size > 0
+
+
+def test_preprocessing_sweep_axes_share_the_baseline_at_defaults():
+    """Default points of the features / norm / augment / window axes add no override (they share the
+    baseline's run); other points set the field they name."""
+    from emgscale.bench.suites import AUGMENT_VARIANTS, SWEEP_AXES
+    from emgscale.train import load_train_config
+
+    for axis, default in (("features", "log_spectrogram"), ("norm", "batch"), ("augment", "default"), ("window_s", 4)):
+        assert SWEEP_AXES[axis][1](default) == []
+    cfg = load_train_config([], [*SWEEP_AXES["features"][1]("log_bands"), *SWEEP_AXES["norm"][1]("rolling"),
+                                 *SWEEP_AXES["augment"][1]("none"), *SWEEP_AXES["window_s"][1](2)])
+    assert (cfg.model.features.kind, cfg.model.features.norm) == ("log_bands", "rolling")
+    assert cfg.model.augment.band_rotation == cfg.model.augment.temporal_jitter_samples == 0
+    assert cfg.data.window.window_samples == 4000 and cfg.data.shards is None
+    assert set(AUGMENT_VARIANTS) >= {"none", "no_band_rotation", "no_jitter", "no_specaugment"}

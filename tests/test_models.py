@@ -183,6 +183,7 @@ def test_yaml_sizes_span_small_to_large() -> None:
 # One changed value per config field; `test_every_config_field_reaches_the_model` needs all of them.
 FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
     "arch": ("lstm", {}),
+    "head_blank_prior": (0.9, {}),
     "features.kind": ("log_bands", {}),
     "features.n_fft": (32, {}),
     "features.hop_samples": (8, {}),
@@ -217,6 +218,7 @@ FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
     "tds.block_channels": ([4, 8], {}),
     "tds.kernel_width": (3, {}),
     "tds.dropout": (0.3, {}),
+    "tds.feature_order": ("width_major", {}),
     **{f"rnn.{k}": (v, {"arch": "gru"}) for k, v in
        {"hidden_size": 8, "num_layers": 1, "bidirectional": True, "dropout": 0.3}.items()},
     **{f"cnn_rnn.{k}": (v, {"arch": "cnn_rnn", "cnn_rnn.bidirectional": False}) for k, v in
@@ -326,34 +328,54 @@ def test_bf16_autocast_trains(name: str) -> None:
     assert (low.exp() - ref.exp()).abs().max() < 0.1
 
 
-def test_tds_equals_reference_layout_up_to_feature_permutation() -> None:
-    """The TDS encoder computes the reference's channel-major TDS (Conv2d kernel (1, K)) on permuted features."""
+@pytest.mark.parametrize("block_channels", [[4, 4], [4, 6]])
+def test_tds_encoder_computes_the_reference_function(block_channels: list[int]) -> None:
+    """The TDS encoder, fed and read in the reference's channel-major order, equals the reference's
+    channel-major TDS (Conv2d kernel (1, K) on (N, C, W, T)) with each block's weights mapped by its order."""
     torch.manual_seed(0)
-    C, W, K, T = 4, 6, 5, 30
-    F_ = C * W
-    enc = TDSConvEncoder(F_, TDSConfig(block_channels=[C, C], kernel_width=K)).eval()
-    perm = torch.tensor([c * W + w for w in range(W) for c in range(C)])  # ours[m] = reference[perm[m]]
-    inv = torch.argsort(perm)
+    K, T, F_ = 5, 30, 24
+    enc = TDSConvEncoder(F_, TDSConfig(block_channels=block_channels, kernel_width=K)).eval()
+    for p in enc.parameters():  # LayerNorm weights away from 1 / 0, so a wrong order shows
+        p.data.normal_(0.0, 0.5)
 
-    def reference(x: torch.Tensor) -> torch.Tensor:  # x (T, N, F) reference layout, weights mapped back
-        for i in range(0, len(enc.tds_conv_blocks), 2):
-            conv, fc = enc.tds_conv_blocks[i], enc.tds_conv_blocks[i + 1]
+    def ref_vec(v: torch.Tensor, c: int) -> torch.Tensor:  # ours: position w*C+c holds reference c*W+w
+        return v.view(F_ // c, c).T.reshape(F_)
+
+    def ref_mat(m: torch.Tensor, c: int) -> torch.Tensor:
+        return m.view(F_ // c, c, F_ // c, c).permute(1, 0, 3, 2).reshape(F_, F_)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:  # x (T, N, F) in the reference's order
+        for i, c in enumerate(block_channels):
+            conv, fc = enc.tds_conv_blocks[2 * i], enc.tds_conv_blocks[2 * i + 1]
             n = x.shape[1]
-            h = x.movedim(0, -1).reshape(n, C, W, -1)
+            h = x.movedim(0, -1).reshape(n, c, F_ // c, -1)
             h = torch.relu(F.conv2d(h, conv.conv2d.weight.permute(0, 1, 3, 2), conv.conv2d.bias))
             h = h.reshape(n, F_, -1).movedim(-1, 0)
-            x = F.layer_norm(h + x[-h.shape[0]:], (F_,), conv.layer_norm.weight[inv], conv.layer_norm.bias[inv])
+            x = F.layer_norm(h + x[-h.shape[0]:], (F_,), ref_vec(conv.layer_norm.weight, c), ref_vec(conv.layer_norm.bias, c))
             l1, l2 = fc.fc_block[0], fc.fc_block[2]
-            z = F.linear(torch.relu(F.linear(x, l1.weight[inv][:, inv], l1.bias[inv])), l2.weight[inv][:, inv],
-                         l2.bias[inv])
-            x = F.layer_norm(x + z, (F_,), fc.layer_norm.weight[inv], fc.layer_norm.bias[inv])
+            z = F.linear(torch.relu(F.linear(x, ref_mat(l1.weight, c), ref_vec(l1.bias, c))), ref_mat(l2.weight, c),
+                         ref_vec(l2.bias, c))
+            x = F.layer_norm(x + z, (F_,), ref_vec(fc.layer_norm.weight, c), ref_vec(fc.layer_norm.bias, c))
         return x
 
     x_ref = torch.randn(T, 2, F_)
     with torch.no_grad():
-        ours, _ = enc(x_ref[..., perm].transpose(0, 1), torch.tensor([T, T]))
+        ours, _ = enc(x_ref.transpose(0, 1).contiguous(), torch.tensor([T, T]))
         theirs = reference(x_ref)
-    torch.testing.assert_close(ours, theirs.transpose(0, 1)[..., perm], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours, theirs.transpose(0, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_tds_width_major_order_is_another_function() -> None:
+    """tds.feature_order=width_major (emgscale's pre-reference order) computes a different function with the same weights."""
+    torch.manual_seed(0)
+    a = TDSConvEncoder(24, TDSConfig(block_channels=[4, 4], kernel_width=5)).eval()
+    b = TDSConvEncoder(24, TDSConfig(block_channels=[4, 4], kernel_width=5, feature_order="width_major")).eval()
+    b.load_state_dict(a.state_dict())
+    x, lengths = torch.randn(2, 30, 24), torch.tensor([30, 30])
+    with torch.no_grad():
+        assert (a(x, lengths)[0] - b(x, lengths)[0]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="tds.feature_order"):
+        TDSConvEncoder(24, TDSConfig(feature_order="band_major"))
 
 
 def test_rotation_mlp_equals_explicit_rolls() -> None:

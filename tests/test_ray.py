@@ -241,3 +241,24 @@ def test_bench_ray_script_runs(tiny_corpus, tmp_path: Path, capsys):
     assert [(r["mode"], r["workers"]) for r in rows] == [("in-process", 1), ("in-process", 1), ("ray", 1), ("ray", 2)]
     assert all(r["steps"] == 5 and r["loop_steps_per_s"] > 0 for r in rows)
     assert "| ray | 2 | 1 | 5 |" in capsys.readouterr().out
+
+
+def test_tune_ranks_trials_by_their_swad_average(corpus, ray_instance, tmp_path: Path):
+    """rank_by: swad_val_cer ranks trials by the averaged model's validation CER, reported after training."""
+    from emgscale.tune.__main__ import main
+
+    search = {
+        "name": "swad", "out_dir": str(tmp_path / "search"),
+        "base": {"overrides": [*tiny_overrides(corpus.root, corpus.split_path, tmp_path / "unused"),
+                               "run.max_steps=4", "run.eval_every_steps=2", "swad.mode=swad", "swad.n_converge=1",
+                               "swad.n_tolerance=1", "swad.tolerance_ratio=100", "swad.bn_batches=1"]},
+        "space": {"optim.lr": {"grid": ["1e-3", "3e-2"]}},
+        "metric": "val_cer", "mode": "min", "rank_by": "swad_val_cer",
+        "scheduler": {"type": "fifo"}, "resources": {"cpu": 1},
+    }
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(search))
+    assert main([str(path)]) == 0
+    rows = json.loads((tmp_path / "search" / "results.json").read_text())["rows"]
+    cers = [r["best_swad_val_cer"] for r in rows]
+    assert len(rows) == 2 and all(c == c for c in cers) and cers == sorted(cers)

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 from emgscale.bench.suites import SUITES
+from emgscale.cli import cli
 
 GROUPS = {"all": list(SUITES), "demo": ["zero_shot", "personalized"]}
 
 
+@cli("python -m emgscale.bench")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
     p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
     p.add_argument("--lm-text", nargs="*", type=Path, help="text files for the character LM")
+    p.add_argument("--generic-checkpoint", type=Path,
+                   help="start from this generic model instead of training one: an emgscale checkpoint or a "
+                        "reference Lightning checkpoint such as Meta's generic.ckpt (zero_shot evaluates it; "
+                        "personalized and few_shot fine-tune it)")
     p.add_argument("--shard-workers", "--workers", dest="workers", type=int, default=1,
                    help="shard-writing processes (default 1)")
     p.add_argument("--jobs", type=int, default=1,
@@ -36,12 +42,30 @@ def main(argv: list[str] | None = None) -> int:
                    help="dotted.key=value for every training run, e.g. run.workers=8 run.use_gpu=true "
                         "(each run on 8 Ray Train DDP workers)")
     a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
+    from emgscale.bench.budget import get_budget
     from emgscale.bench.runner import run_benchmark
+    from emgscale.config import ConfigError
+
+    for flag, path in (("--data-root", a.data_root), ("--splits-dir", a.splits_dir), ("--definitions", a.definitions),
+                       ("--configs", a.configs)):
+        if path is not None and not Path(path).is_dir():
+            raise ConfigError(f"{flag} {path}: no such folder")
+    for path in a.lm_text or ():
+        if not path.is_file():
+            raise ConfigError(f"--lm-text {path}: no such file")
+    if a.generic_checkpoint is not None:
+        from emgscale.checkpoint import load_checkpoint
+
+        load_checkpoint(a.generic_checkpoint)  # a missing or unreadable file fails now, with its name
+    get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made
+    from emgscale.train.config import load_train_config
+
+    load_train_config([], a.overrides)  # so do unknown keys and wrong types in the overrides
 
     for name in GROUPS.get(a.benchmark, [a.benchmark]):
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
-                      workers=a.workers, jobs=a.jobs, overrides=a.overrides)
+                      workers=a.workers, jobs=a.jobs, overrides=a.overrides, generic_checkpoint=a.generic_checkpoint)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Budgets: how much compute a benchmark spends (epochs, model sizes, corpus size, users).
 
-``tiny`` is for tests (seconds), ``small`` runs each benchmark on the synthetic corpus in ~15-35 minutes
-on 2 CPU cores with ``--jobs 2`` (600-step models: a single subject learns, held-out users barely leave
-the CTC plateau; see benchmarks/README.md), ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
+``tiny`` is for tests (seconds), ``small`` is sized so ``bench all --jobs 2`` fits ~1 hour on 2 unloaded CPU
+cores (400-step models, an 800-step generic model, the keystroke-time auxiliary loss and a label-prior
+output bias; an estimate from
+measured per-step costs, see benchmarks/README.md), ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
 and is meant for GPUs and Ray clusters (``--workers``).
 """
 
@@ -19,6 +20,8 @@ class Budget:
         name: ``tiny`` | ``small`` | ``paper``.
         train: ``dotted.key=value`` overrides applied to every training run.
         finetune: overrides for fine-tuning runs (personalized, few-shot), on top of ``train``.
+        generic: overrides for the generic (multi-user) model, on top of ``train`` (e.g. a longer run:
+            one generic model serves zero_shot, personalized and few_shot).
         model_suffix: model config variant (``configs/models/<arch><suffix>.yaml`` when it exists).
         corpus: synthetic corpus flags (used only when no ``--data-root`` is given).
         max_heldout_users: evaluate at most this many held-out users (0 = all).
@@ -30,6 +33,7 @@ class Budget:
     finetune: tuple[str, ...]
     model_suffix: str
     corpus: dict = field(default_factory=dict)
+    generic: tuple[str, ...] = ()
     max_heldout_users: int = 0
     lm_order: int = 6
 
@@ -48,16 +52,23 @@ BUDGETS: dict[str, Budget] = {
     ),
     "small": Budget(
         name="small",
-        # 600 steps of 16 x 4 s windows from scratch. At Adam 5e-3 with gradient clipping, CNN+BiGRU-small
-        # leaves the CTC blank plateau after ~300 steps (at 2e-3 it took ~1,200); the cosine decays only to
-        # 1e-3, since a decay to ~0 by step 600 stopped the learning that had just begun (benchmarks/README.md).
-        train=("run.max_epochs=8", "run.steps_per_epoch=75", "data.batch_size=16", "optim.warmup_epochs=0.5",
-               "optim.lr=5e-3", "optim.min_lr=1e-3", "optim.grad_clip=5", "run.ckpt_every_steps=75",
-               "run.val_max_batches=4", "run.bf16=false", "swad.n_converge=2", "swad.n_tolerance=3"),
+        # 400 steps of 16 x 4 s windows from scratch (the generic model, which serves zero_shot, personalized
+        # and few_shot, 800). Adam 5e-3 with clipping, cosine only down to 1e-3 (a decay to ~0 stopped the
+        # learning that had just begun), the keystroke-time auxiliary loss (loss.aux=keys, decayed to 0 over
+        # the first half) and the output bias initialised to the label prior (blank 0.9): together they took
+        # CNN+BiGRU-small off the CTC blank plateau by step 75 (53 % val CER at step 150) where the same recipe
+        # without them was still on it at step 300 (benchmarks/README.md, bench_plateau.py). Fine-tunes start
+        # from an aligned model: pure CTC.
+        train=("run.max_epochs=8", "run.steps_per_epoch=50", "data.batch_size=16", "optim.warmup_epochs=0.5",
+               "optim.lr=5e-3", "optim.min_lr=1e-3", "optim.grad_clip=5", "run.ckpt_every_steps=50",
+               "run.val_max_batches=4", "run.bf16=false", "swad.n_converge=2", "swad.n_tolerance=3",
+               "loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=200", "model.head_blank_prior=0.9"),
         finetune=("run.max_epochs=4", "run.steps_per_epoch=15", "optim.warmup_epochs=0.5", "optim.lr=1e-3",
-                  "optim.min_lr=1e-5"),
+                  "optim.min_lr=1e-5", "loss.aux=none"),
+        generic=("run.max_epochs=16", "loss.aux_decay_steps=400"),
         model_suffix="_small",
-        corpus={"users": 10, "sessions_per_user": 6, "minutes": 1.5, "heldout_users": 2},
+        # 3-minute sessions: each held-out user has ~6 min of training EMG (few_shot goes up to 5 min).
+        corpus={"users": 10, "sessions_per_user": 6, "minutes": 3.0, "heldout_users": 2},
         max_heldout_users=2,
     ),
     "paper": Budget(

@@ -18,14 +18,21 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     first appearance.
     """
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    settings: dict[str, list[str]] = defaultdict(list)
     order: list[str] = []
     for r in rows:
         if r["variant"] not in order:
             order.append(r["variant"])
         groups[(r["variant"], r["part"], r["decoder"])].append(float(r["cer"]))
+        if "lm_weight" in r:
+            text = f"{r['lm_weight']:g} / {r['insertion_bonus']:g}"
+            if text not in settings[r["variant"]]:
+                settings[r["variant"]].append(text)
     out = []
     for v in order:
         row: dict[str, Any] = {"variant": v}
+        if settings[v]:
+            row["lm_setting"] = ", ".join(settings[v])  # LM weight / insertion bonus chosen on val
         for part, dec in COLUMNS:
             vals = groups.get((v, part, dec))
             if vals:
@@ -37,65 +44,105 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(agg: Sequence[dict[str, Any]], title: str, variant_header: str = "variant") -> str:
-    """CER (%) mean +/- std over users, columns val/test x greedy/LM."""
-    head = f"| {variant_header} | val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users |"
-    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|"]
+    """CER (%) mean +/- std over users, columns val/test x greedy/LM, and the +LM settings chosen on val."""
+    head = (f"| {variant_header} | val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users "
+            f"| +LM weight / bonus (chosen on val) |")
+    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|---|"]
     for r in agg:
         cells = []
         for part, dec in COLUMNS:
             k = f"{part}_{dec}"
             cells.append(f"{100 * r[k + '_mean']:.2f} ± {100 * r[k + '_std']:.2f}" if k + "_mean" in r else "–")
         n = max((r.get(f"{p}_{d}_n", 0) for p, d in COLUMNS), default=0)
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {n} |")
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {n} | {r.get('lm_setting', '–')} |")
     return "\n".join(lines) + "\n"
 
 
+#: The caption's explanation of what a bar or point is, and why CER can pass 100 %.
+CER_NOTE = ("mean over n users; error bars ± population std (none over one user). "
+            "CER can exceed 100 %: insertions count as errors.")
+
+
+def _yerr(std: Sequence[float], n: Sequence[int]) -> np.ndarray:
+    """Error bars in %, NaN (none drawn) where a mean is over a single user."""
+    return np.array([100 * s if k > 1 else np.nan for s, k in zip(std, n)], dtype=float)
+
+
 def plot_lines(series: dict[str, tuple[list[float], list[float], list[float]]], xlabel: str, title: str,
-               path: Path, logx: bool = False) -> Path:
-    """One PNG with a line (mean, error bars = std over users) per series ``{name: (x, mean, std)}``."""
+               path: Path, logx: bool = False, data: str = "", users: Sequence[int] = ()) -> Path:
+    """One PNG with a line (mean, error bars = std over users) per series ``{name: (x, mean, std)}``.
+
+    Args:
+        data: what the data is (e.g. ``synthetic data``), shown in the title.
+        users: users averaged at each x (error bars only over more than one).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
     for name, (x, mean, std) in series.items():
-        ax.errorbar(x, 100 * np.asarray(mean), yerr=100 * np.asarray(std), marker="o", capsize=3, label=name)
+        n = list(users) or [2] * len(x)
+        ax.errorbar(x, 100 * np.asarray(mean), yerr=_yerr(std, n), marker="o", capsize=3, label=name)
     if logx:
         ax.set_xscale("log", base=2)
         ax.set_xticks(series[next(iter(series))][0])
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel(xlabel)
-    return _finish(fig, ax, "CER (%)", title, path, grid_axis="both")
+    n_text = f"n = {_users_text(users)} users per point; " if users else ""
+    return _finish(fig, ax, "CER (%)", _title(title, data), path, grid_axis="both", caption=n_text + CER_NOTE)
 
 
-def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
-    """Grouped bars: test CER greedy and +LM per variant, error bars = std over users."""
+def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path, data: str = "") -> Path:
+    """Grouped bars: test CER greedy and +LM per variant, error bars = std over users (none over one).
+
+    Args:
+        data: what the data is (e.g. ``synthetic data``), shown in the title.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["variant"] for r in agg]
+    users = [max(r.get(f"test_{d}_n", 0) for d in ("greedy", "lm")) for r in agg]
+    names = [f"{r['variant']}\n(n={n})" for r, n in zip(agg, users)]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(names) + 2), 3.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(names) + 2), 4.4), dpi=120)
     for i, (dec, label) in enumerate((("greedy", "greedy"), ("lm", "+LM"))):
         mean = [100 * r.get(f"test_{dec}_mean", np.nan) for r in agg]
-        std = [100 * r.get(f"test_{dec}_std", 0.0) for r in agg]
-        ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=std, capsize=3, label=label)
+        yerr = _yerr([r.get(f"test_{dec}_std", 0.0) for r in agg], [r.get(f"test_{dec}_n", 0) for r in agg])
+        ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=yerr, capsize=3, label=label)
     ax.set_xticks(x, names, rotation=20, ha="right")
-    return _finish(fig, ax, "test CER (%)", title, path, grid_axis="y")
+    caption = f"n = {_users_text(users)} users per bar; " + CER_NOTE
+    return _finish(fig, ax, "test CER (%)", _title(title, data), path, grid_axis="y", caption=caption)
 
 
-def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path, grid_axis: str) -> Path:
-    """Label, legend and save a figure as PNG, then close it."""
+def _title(title: str, data: str) -> str:
+    return f"{title} ({data})" if data else title
+
+
+def _users_text(users: Sequence[int]) -> str:
+    distinct = sorted(set(users))
+    return str(distinct[0]) if len(distinct) == 1 else f"{distinct[0]}-{distinct[-1]}"
+
+
+def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path, grid_axis: str, caption: str = "") -> Path:
+    """Label, legend, caption and save a figure as PNG, then close it."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis=grid_axis, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    if caption:
+        width = int(fig.get_size_inches()[0] * 14)
+        fig.text(0.01, 0.01, textwrap.fill(caption, width), fontsize=7, va="bottom", ha="left")
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+    else:
+        fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -42,16 +42,24 @@ def _lm(cache: Path, texts: list[Path] | None, order: int) -> Path | None:
         return None
 
 
-def _render(name: str, title: str, table: dict[str, Any], out: Path) -> tuple[str, list[str]]:
+def data_label(data_root: Path) -> str:
+    """``synthetic data`` for a corpus made by ``python -m emgscale.synth`` (it leaves ``synth_summary.json``),
+    else ``real data``: what a table or plot says its numbers come from."""
+    return "synthetic data" if (Path(data_root) / "synth_summary.json").is_file() else "real data"
+
+
+def _render(name: str, title: str, table: dict[str, Any], out: Path, data: str = "") -> tuple[str, list[str]]:
     agg = aggregate(table["rows"])
     md = markdown_table(agg, title, table.get("variant_header", "variant"))
     pngs = []
     for p in table.get("plots", []):
         path = out / f"{p['name']}.png"
         if p["kind"] == "bars":
-            plot_bars(agg, title, path)
+            plot_bars(agg, title, path, data=data)
         else:
-            plot_lines(series_from(agg, p["x"]), p["xlabel"], p.get("title", title), path, logx=p.get("logx", False))
+            users = [max(r.get(f"test_{d}_n", 0) for d in ("greedy", "lm")) for r in agg]
+            plot_lines(series_from(agg, p["x"]), p["xlabel"], p.get("title", title), path, logx=p.get("logx", False),
+                       data=data, users=users)
         pngs.append(path.name)
     md += "\n" + "".join(f"![{n}]({n})\n" for n in pngs)
     return md, pngs
@@ -62,18 +70,22 @@ SELF_RENDERED = ("fingers",)
 
 
 def _render_tables(name: str, res: dict[str, Any], out_dir: Path, budget: str, lm_order: int, corpus: Corpus,
-                   t0: float) -> tuple[str, dict[str, Any], float]:
+                   t0: float, generic_checkpoint: "str | Path | None" = None) -> tuple[str, dict[str, Any], float]:
     """Markdown, result tables and wall time of a CER suite's result."""
     tables = res.get("tables") or {name: res}
     md_parts, result_tables = [], {}
     for tname, table in tables.items():
         title = name.replace("_", " ") if tname == name else f"{name}: {tname.replace('_', ' ')}"
-        md, pngs = _render(tname, title, table, out_dir)
+        md, pngs = _render(tname, title, table, out_dir, data_label(corpus.data_root))
         md_parts.append(md)
         result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs}
     wall = time.monotonic() - t0
-    note = (f"_CER in %, mean ± population std over users; whole-session val/test; +LM = beam search with a "
-            f"{lm_order}-gram character KenLM. Budget `{budget}`, data `{corpus.data_root}`, wall {wall / 60:.1f} min._\n")
+    note = (f"_CER in %, mean ± population std over users (the users column: how many); whole-session val/test; "
+            f"+LM = beam search with a {lm_order}-gram character KenLM, LM weight / insertion bonus chosen on val; "
+            f"CER can exceed 100 % (insertions count as errors). Budget `{budget}`, {data_label(corpus.data_root)} "
+            f"`{corpus.data_root}`, wall {wall / 60:.1f} min."
+            + (f" Generic model: `{generic_checkpoint}` (given, not trained here)." if generic_checkpoint else "")
+            + "_\n")
     return "\n".join(md_parts) + "\n" + note, result_tables, wall
 
 
@@ -81,7 +93,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                   data_root: "str | Path | None" = None, splits_dir: "str | Path | None" = None,
                   cache: "str | Path | None" = None, definitions_dir: "str | Path | None" = None,
                   configs_dir: "str | Path | None" = None, lm_texts: list[Path] | None = None,
-                  workers: int = 1, jobs: int = 1, overrides: list[str] = ()) -> dict[str, Any]:
+                  workers: int = 1, jobs: int = 1, overrides: list[str] = (),
+                  generic_checkpoint: "str | Path | None" = None) -> dict[str, Any]:
     """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``.
 
     Args:
@@ -95,6 +108,9 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         workers: shard-writing processes.
         jobs: independent training runs side by side (processes sharing the cores; Ray for more).
         overrides: extra ``dotted.key=value`` for every training run (e.g. ``run.workers=8``).
+        generic_checkpoint: a generic model to start from instead of training one (an emgscale or a
+            reference Lightning checkpoint such as Meta's ``generic.ckpt``): zero_shot evaluates it,
+            personalized and few_shot fine-tune it (user models use its model config).
 
     Returns:
         The JSON result (rows, aggregated tables, settings, provenance).
@@ -113,7 +129,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         corpus = ensure_corpus(cache, b.corpus)
     ctx = BenchContext(cache=cache, budget=b, corpus=corpus, configs_dir=configs_dir,
                        lm=_lm(cache, lm_texts, b.lm_order) if name not in SELF_RENDERED else None, workers=workers,
-                       jobs=jobs, overrides=list(overrides), out=out_dir)
+                       jobs=jobs, overrides=list(overrides), out=out_dir,
+                       generic_checkpoint=Path(generic_checkpoint) if generic_checkpoint else None)
     definition = load_definition(definitions_dir, name, budget)
     print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}")
     res = SUITES[name](ctx, definition)
@@ -123,11 +140,15 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         result_tables = {name: {k: res[k] for k in ("rows", "aggregate", "plots")}}
         markdown = res["markdown"] + f"\n_Budget `{budget}`, wall {wall / 60:.1f} min._\n"
     else:
-        markdown, result_tables, wall = _render_tables(name, res, out_dir, budget, b.lm_order, corpus, t0)
+        markdown, result_tables, wall = _render_tables(name, res, out_dir, budget, b.lm_order, corpus, t0,
+                                                       generic_checkpoint)
     result = {"benchmark": name, "budget": budget, "definition": definition, "tables": result_tables,
-              "data_root": str(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
-              "overrides": list(overrides), "jobs": jobs, "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
+              "data_root": str(corpus.data_root), "data": data_label(corpus.data_root), "lm": str(ctx.lm) if ctx.lm else None,
+              "overrides": list(overrides), "jobs": jobs,
+              "generic_checkpoint": str(generic_checkpoint) if generic_checkpoint else None, "git_commit": git_commit(), "hardware": hardware(), "wall_s": wall}
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "table.md", markdown)
     print0(markdown)
+    print0(f"[bench] {name}: table {out_dir / 'table.md'}, results {out_dir / 'results.json'}"
+           + "".join(f", plot {out_dir / p}" for t in result_tables.values() for p in t["plots"]))
     return result

@@ -107,7 +107,7 @@ def ensure_lm(cache: Path, text_files: list[Path], order: int) -> Path:
 
 
 #: Run settings that say where and how a run executes, not what it trains: not part of its identity.
-PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address")
+PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address", "overwrite")
 
 
 def _run_key(cfg: Any) -> dict[str, Any]:
@@ -193,9 +193,12 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
         if not (folder / DONE).is_file():
             todo.setdefault(folder, run)
     if jobs <= 1 or len(todo) <= 1:
+        t0 = time.monotonic()
         for n, (folder, (files, overrides)) in enumerate(todo.items(), 1):
             ensure_trained(cache, files, overrides)
-            print0(f"[bench] {n}/{len(todo)} training runs done")
+            spent = time.monotonic() - t0
+            print0(f"[bench] {n}/{len(todo)} training runs done ({spent / 60:.1f} min, "
+                   f"ETA {format_seconds(spent / n * (len(todo) - n))})")
         return folders
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from emgscale.bench.budget import Budget
 from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, score_sessions
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
@@ -32,13 +34,17 @@ class BenchContext:
     jobs: int = 1
     overrides: list[str] = field(default_factory=list)
     out: Path | None = None  # the benchmark's results folder (suites that draw their own plots write there)
+    generic_checkpoint: Path | None = None  # a given generic model (e.g. Meta's generic.ckpt): not trained here
 
     def heldout(self) -> list[Path]:
         return self.corpus.heldout_splits(self.budget.max_heldout_users)
 
 
-def model_files(ctx: BenchContext, arch: str) -> list[str]:
-    """``configs/models/<arch><budget suffix>.yaml`` when it exists, else ``<arch>.yaml``."""
+def model_files(ctx: BenchContext, arch: "str | list[str]") -> list[str]:
+    """``configs/models/<arch><budget suffix>.yaml`` when it exists, else ``<arch>.yaml`` (a list of
+    config files is taken as it is)."""
+    if isinstance(arch, list):
+        return arch
     for name in (f"{arch}{ctx.budget.model_suffix}", arch):
         path = ctx.configs_dir / "models" / f"{name}.yaml"
         if path.is_file():
@@ -46,8 +52,9 @@ def model_files(ctx: BenchContext, arch: str) -> list[str]:
     raise FileNotFoundError(f"no model config for {arch!r} under {ctx.configs_dir / 'models'}")
 
 
-#: One training run of a benchmark: (split file, arch, extra overrides, checkpoint to fine-tune from or None).
-RunSpec = tuple[Path, str, list[str], "Path | None"]
+#: One training run of a benchmark: (split file, arch or model config files, extra overrides, checkpoint to
+#: fine-tune from or None).
+RunSpec = tuple[Path, "str | list[str]", list[str], "Path | None"]
 
 
 def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[Path]:
@@ -68,36 +75,83 @@ def train_run(ctx: BenchContext, split_file: Path, arch: str, extra: list[str] =
     return train_runs(ctx, [(split_file, arch, list(extra), init_from)])[0]
 
 
+#: LM weight x insertion bonus tried on val for every +LM column (the reference's 2 / 2 among them).
+LM_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+LM_BONUSES = (0.0, 1.0, 2.0)
+
+
+def choose_lm_setting(val_emissions: list[dict[str, Any]], lm: Path) -> tuple[float, float]:
+    """The (LM weight, insertion bonus) of :data:`LM_WEIGHTS` x :data:`LM_BONUSES` with the lowest val CER
+    (ties go to the reference's 2 / 2, then to the first in the grid)."""
+    from emgscale.decode import DecoderConfig, build_decoder
+
+    def cer(w: float, b: float) -> float:
+        dec = build_decoder(DecoderConfig(kind="beam", lm_path=str(lm), lm_weight=w, insertion_bonus=b))
+        return score_sessions(val_emissions, dec)["cer"]
+
+    grid = [(w, b) for w in LM_WEIGHTS for b in LM_BONUSES]
+    scores = {wb: cer(*wb) for wb in grid}
+    return min(grid, key=lambda wb: (scores[wb], wb != (2.0, 2.0)))
+
+
 def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: str,
-              which: str = "model") -> list[dict[str, Any]]:
-    """Per-user val and test CER, greedy and +LM, of one checkpoint on one split (cached)."""
+              which: str = "model", parts: tuple[str, ...] = ("val", "test")) -> list[dict[str, Any]]:
+    """Per-user CER, greedy and +LM, of one checkpoint on parts of one split (cached).
+
+    The +LM decoder's LM weight and insertion bonus are chosen on the split's val sessions
+    (:func:`choose_lm_setting`) and used for every part; the +LM rows carry them (``lm_weight``,
+    ``insertion_bonus``).
+    """
     from emgscale.decode import DecoderConfig, build_decoder
     from emgscale.eval import split_emissions
 
     ck = load_checkpoint(checkpoint)
     key = {"checkpoint": str(checkpoint), "step": ck.step, "which": which, "split": str(split_file),
-           "lm": str(ctx.lm) if ctx.lm else None}
+           "lm": str(ctx.lm) if ctx.lm else None, "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts)}
 
     def make(_: Path) -> dict[str, Any]:
         rows = []
-        decoders = {"greedy": build_decoder(DecoderConfig(kind="greedy"))}
+        em = {part: split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
+              for part in dict.fromkeys(("val", *parts))}
+        decoders: dict[str, Any] = {"greedy": (build_decoder(DecoderConfig(kind="greedy")), {})}
         if ctx.lm is not None:
-            decoders["lm"] = build_decoder(DecoderConfig(kind="beam", lm_path=str(ctx.lm)))
-        for part in ("val", "test"):
-            em = split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
-            for name, dec in decoders.items():
-                for user, u in score_sessions(em, dec)["per_user"].items():
-                    rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"]})
+            w, b = choose_lm_setting(em["val"], ctx.lm)
+            print0(f"[bench] {variant}: LM weight {w:g}, insertion bonus {b:g} chosen on val")
+            decoders["lm"] = (build_decoder(DecoderConfig(kind="beam", lm_path=str(ctx.lm), lm_weight=w,
+                                                          insertion_bonus=b)),
+                              {"lm_weight": w, "insertion_bonus": b})
+        for part in parts:
+            for name, (dec, setting) in decoders.items():
+                for user, u in score_sessions(em[part], dec)["per_user"].items():
+                    rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"], **setting})
         return {"rows": rows}
 
     _, res = cached(ctx.cache, "eval", key, make)
     return [{"variant": variant, **r} for r in res["rows"]]
 
 
-def generic_run(ctx: BenchContext, d: dict[str, Any]) -> Path:
+def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> Path:
     """The generic (zero-shot) model's checkpoint folder, trained with SWAD."""
-    return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), d.get("arch", "tds"),
-                     extra=[f"swad.mode={d.get('swad', 'swad')}"])
+    return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), arch or d.get("arch", "tds"),
+                     extra=[f"swad.mode={d.get('swad', 'swad')}", *ctx.budget.generic])
+
+
+def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | list[str]"]:
+    """The generic model's checkpoint file and the model config the user models train with: the given
+    ``--generic-checkpoint`` (its own model config, so fine-tuning fits its weights), or the trained one's."""
+    if ctx.generic_checkpoint is None:
+        return generic_run(ctx, d) / BEST, d.get("arch", "tds")
+    key = {"checkpoint": str(ctx.generic_checkpoint.resolve()), "size": ctx.generic_checkpoint.stat().st_size}
+
+    def make(folder: Path) -> dict[str, Any]:
+        from emgscale.common import atomic_write_text
+
+        model = {"model": load_checkpoint(ctx.generic_checkpoint).config.get("model", {})}
+        atomic_write_text(folder / "model.yaml", yaml.safe_dump(model, sort_keys=False))
+        return {"model_yaml": str(folder / "model.yaml")}
+
+    _, res = cached(ctx.cache, "given", key, make)
+    return ctx.generic_checkpoint, [res["model_yaml"]]
 
 
 def _has_average(path: Path) -> bool:
@@ -114,9 +168,19 @@ def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 
 
 def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
-    """Generic model on held-out users never seen in training: final, best and SWAD-averaged weights."""
+    """Generic model on held-out users never seen in training: final, best and SWAD-averaged weights;
+    for comparison, the best-val weights on new (val) sessions of its training users; and, with
+    ``causal_arch``, a causal generic model (what a real-time system can run) next to the offline one."""
+    if ctx.generic_checkpoint is not None:
+        given, _ = generic_model(ctx, d)
+        rows = eval_rows(ctx, given, ctx.corpus.split(d.get("train_split", "generic")),
+                         "given model: seen users, new sessions", parts=("val",))
+        for split in ctx.heldout():
+            rows += eval_rows(ctx, given, split, f"given model ({given.name})")
+        return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
     ck = generic_run(ctx, d)
-    rows = []
+    rows = eval_rows(ctx, ck / BEST, ctx.corpus.split(d.get("train_split", "generic")),
+                     "seen users, new sessions (best val)", parts=("val",))
     for split in ctx.heldout():
         rows += eval_rows(ctx, ck / LAST, split, "final checkpoint")
         rows += eval_rows(ctx, ck / BEST, split, "best val checkpoint")
@@ -124,19 +188,22 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
             rows += eval_rows(ctx, ck / LAST, split, "SWAD average", which="averaged")
         else:
             print0("[bench] SWAD found no loss valley in this budget: no averaged model to report")
+    if d.get("causal_arch"):
+        causal = generic_run(ctx, d, arch=d["causal_arch"])
+        for split in ctx.heldout():
+            rows += eval_rows(ctx, causal / BEST, split, f"causal {d['causal_arch']} (best val)")
     return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
 
 
 def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Per held-out user: zero-shot generic, from random init, and fine-tuned from the generic model."""
-    generic = generic_run(ctx, d)
-    arch = d.get("arch", "tds")
+    generic, arch = generic_model(ctx, d)
     splits = ctx.heldout()
     cks = iter(train_runs(ctx, [spec for split in splits for spec in (
-        (split, arch, [], None), (split, arch, [], generic / BEST))]))
+        (split, arch, [], None), (split, arch, [], generic))]))
     rows = []
     for split in splits:
-        rows += eval_rows(ctx, generic / BEST, split, "generic (zero-shot)")
+        rows += eval_rows(ctx, generic, split, "generic (zero-shot)")
         rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, random init")
         rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, fine-tuned generic")
     return {"rows": rows, "variant_header": "model", "plots": [{"kind": "bars", "name": "personalized"}]}
@@ -144,14 +211,14 @@ def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 
 def few_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune the generic model on 30 s .. 5 min of a held-out user's data; test on that user."""
-    generic = generic_run(ctx, d)
+    generic, arch = generic_model(ctx, d)
     minutes = [float(m) for m in d["minutes"]]
     splits = ctx.heldout()
-    cks = iter(train_runs(ctx, [(split, d.get("arch", "tds"), [f"data.max_minutes_per_user={m}"], generic / BEST)
+    cks = iter(train_runs(ctx, [(split, arch, [f"data.max_minutes_per_user={m}"], generic)
                                 for split in splits for m in minutes]))
     rows = []
     for split in splits:
-        rows += eval_rows(ctx, generic / BEST, split, "0 min")
+        rows += eval_rows(ctx, generic, split, "0 min")
         for m in minutes:
             rows += eval_rows(ctx, next(cks) / BEST, split, f"{m:g} min")
     return {"rows": rows, "variant_header": "user data for fine-tuning",
@@ -166,11 +233,41 @@ SWEEP_AXES = {
     "sample_rate_hz": ("sampling rate (Hz)", lambda v: [f"model.features.sample_rate_hz={float(v)}"]),
     "minutes": ("minutes of training data per user", lambda v: [f"data.max_minutes_per_user={float(v)}"]),
     "arch": ("architecture", None),
+    # Preprocessing and augmentation (course direction 2). Categorical values are plotted as bars.
+    # Default values (log_spectrogram, batch, default) add no override, so they share the baseline's run.
+    "features": ("features", lambda v: [] if v == "log_spectrogram" else [f"model.features.kind={v}"]),
+    "norm": ("normalisation", lambda v: [] if v == "batch" else [f"model.features.norm={v}"]),
+    "augment": ("augmentation", lambda v: augment_overrides(str(v))),
+    # 4 s is the default (the baseline's run); other window lengths than the shards' are read straight
+    # from the HDF5 sessions.
+    "window_s": ("training window (s)", lambda v: [] if float(v) == 4.0 else [
+        "data.shards=null", f"data.window.window_samples={int(round(float(v) * 2000))}"]),
+}
+
+#: ``augment`` sweep values: the default augmentations (band rotation, inter-band jitter, SpecAugment), each
+#: one left out, none, and the two that are off by default switched on.
+AUGMENT_VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "none": ["model.augment.band_rotation=0", "model.augment.temporal_jitter_samples=0",
+             "model.augment.time_masks=0", "model.augment.freq_masks=0"],
+    "no_band_rotation": ["model.augment.band_rotation=0"],
+    "no_jitter": ["model.augment.temporal_jitter_samples=0"],
+    "no_specaugment": ["model.augment.time_masks=0", "model.augment.freq_masks=0"],
+    "+amplitude": ["model.augment.amplitude_scale=0.25"],
+    "+channel_mask": ["model.augment.channel_mask_prob=0.1"],
 }
 
 
+def augment_overrides(value: str) -> list[str]:
+    """Overrides of an ``augment`` sweep value (a key of :data:`AUGMENT_VARIANTS`)."""
+    if value not in AUGMENT_VARIANTS:
+        raise ValueError(f"sweep augment value {value!r} unknown; choose from {sorted(AUGMENT_VARIANTS)}")
+    return AUGMENT_VARIANTS[value]
+
+
 def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
-    """CER against channels per band, sampling rate, amount of data and architecture (personalized, random init).
+    """CER against channels per band, sampling rate, amount of data, architecture, features, normalisation,
+    augmentations and window length (personalized, random init).
 
     Every run of every axis is trained first (``ctx.jobs`` at a time; points that equal the baseline
     share its run), then evaluated. ``max_users`` in the definition caps the held-out users.
@@ -190,12 +287,13 @@ def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     tables = {}
     for axis, values in d["axes"].items():
         label = SWEEP_AXES[axis][0]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
         rows = [r for v in values for split in splits
                 for r in eval_rows(ctx, cks[(axis, str(v), split)] / BEST, split, f"{v}")]
         tables[axis] = {"rows": rows, "variant_header": label,
-                        "plots": [{"kind": "bars" if axis == "arch" else "lines", "name": f"cer_vs_{axis}",
-                                   "x": [float(x) for x in values] if axis != "arch" else None,
-                                   "xlabel": label, "title": f"CER vs {label}", "logx": axis != "arch"}]}
+                        "plots": [{"kind": "lines" if numeric else "bars", "name": f"cer_vs_{axis}",
+                                   "x": [float(x) for x in values] if numeric else None,
+                                   "xlabel": label, "title": f"CER vs {label}", "logx": numeric}]}
     return {"tables": tables}
 
 

@@ -26,8 +26,10 @@ class InfoReport:
         return {"sessions": self.sessions, "bad": self.bad, "totals": self.totals}
 
 
-def _summarise(path: Path, labels: bool) -> dict[str, Any]:
+def _summarise(path: Path, labels: bool, values: bool) -> dict[str, Any]:
     with EMGSession(path) as s:
+        if values:
+            s.validate()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
         row = s.info().to_dict()
         if labels:
             row["labels"] = s.ground_truth().text
@@ -45,7 +47,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: bool = False,
-                 skip_bad: bool = False) -> InfoReport:
+                 skip_bad: bool = False, check_values: bool = True) -> InfoReport:
     """Summarise a session file, every session under a data root, or the sessions of a split.
 
     Args:
@@ -53,6 +55,8 @@ def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: 
         split: an official split YAML; ``path`` must then be the data root.
         labels: include each session's label text.
         skip_bad: report bad files in ``InfoReport.bad`` and go on, instead of raising.
+        check_values: read every file once, in chunks, and check the EMG is finite and the timestamps
+            never go backwards (False: attributes, structure and lengths only).
 
     Raises:
         DataError: a bad file (unless ``skip_bad``), or sessions of the split missing from the root.
@@ -72,7 +76,7 @@ def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: 
         rows = []
         for f in files:
             try:
-                row = _summarise(f, labels)
+                row = _summarise(f, labels, check_values)
             except DataError as e:
                 if not skip_bad:
                     raise

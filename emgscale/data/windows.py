@@ -170,7 +170,10 @@ class SessionWindows(torch.utils.data.Dataset):
         paths: session files.
         spec: the windowing.
         seed: seeds the jitter (per worker and epoch through torch's worker seed).
-        skip_bad: report a bad file and leave it out instead of raising.
+        skip_bad: leave a bad file out (listed in ``skipped`` with the reason) instead of raising. Bad
+            includes bad values: each file is read once, in chunks (:meth:`EMGSession.validate`,
+            cached per file and process), so NaN/inf EMG or timestamps that go backwards are found
+            before training rather than in the middle of it.
         max_rows: per path, use only its first this many rows (None: all).
     """
 
@@ -189,6 +192,8 @@ class SessionWindows(torch.utils.data.Dataset):
                 with EMGSession(p) as s:
                     rows = len(s) if self.max_rows[i] is None else min(len(s), self.max_rows[i])
                     count = spec.num_windows(rows)
+                    if skip_bad:
+                        check_values_once(s)
             except DataError as e:
                 if not skip_bad:
                     raise
@@ -217,6 +222,27 @@ class SessionWindows(torch.utils.data.Dataset):
         return state
 
 
+_CHECKED: dict[tuple[str, int, int], str | None] = {}
+
+
+def check_values_once(session: EMGSession) -> None:
+    """:meth:`EMGSession.validate` (one streaming pass over the file), once per file and process.
+
+    Raises:
+        DataError: NaN/inf EMG or timestamps that go backwards (again on later calls, from the cache).
+    """
+    st = session.path.stat()
+    key = (str(session.path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        try:
+            session.validate()
+            _CHECKED[key] = None
+        except DataError as e:
+            _CHECKED[key] = e.problem
+    if _CHECKED[key] is not None:
+        raise DataError(session.path, _CHECKED[key])
+
+
 @dataclass
 class Batch:
     """A padded batch; tensors travel with their lengths.
@@ -229,6 +255,8 @@ class Batch:
         keys, users: per-sample identifiers.
         sample_labels: int64 ``(B, T)`` class of every EMG row (frame-level tasks), -1 on padding and
             unlabelled rows; None for keystroke data.
+        label_times: float64 ``(B, S)`` press time of each label in seconds from ``emg[b, 0]`` (padded
+            with 0 like ``labels``); None when the samples carried no ``label_time_s``.
     """
 
     emg: torch.Tensor
@@ -238,6 +266,7 @@ class Batch:
     keys: list[str]
     users: list[str]
     sample_labels: torch.Tensor | None = None
+    label_times: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -247,18 +276,21 @@ class Batch:
         return Batch(self.emg.to(device, non_blocking=True), self.emg_lengths.to(device, non_blocking=True),
                      self.labels.to(device, non_blocking=True), self.label_lengths.to(device, non_blocking=True),
                      self.keys, self.users,
-                     None if self.sample_labels is None else self.sample_labels.to(device, non_blocking=True))
+                     None if self.sample_labels is None else self.sample_labels.to(device, non_blocking=True),
+                     None if self.label_times is None else self.label_times.to(device, non_blocking=True))
 
     def head(self, k: int) -> "Batch":
         """The first ``k`` samples."""
         return Batch(self.emg[:k], self.emg_lengths[:k], self.labels[:k], self.label_lengths[:k], self.keys[:k],
-                     self.users[:k], None if self.sample_labels is None else self.sample_labels[:k])
+                     self.users[:k], None if self.sample_labels is None else self.sample_labels[:k],
+                     None if self.label_times is None else self.label_times[:k])
 
     def pin_memory(self) -> "Batch":
         """Pinned copies of the tensors (the DataLoader calls this with ``pin_memory=True``)."""
         return Batch(self.emg.pin_memory(), self.emg_lengths.pin_memory(), self.labels.pin_memory(),
                      self.label_lengths.pin_memory(), self.keys, self.users,
-                     None if self.sample_labels is None else self.sample_labels.pin_memory())
+                     None if self.sample_labels is None else self.sample_labels.pin_memory(),
+                     None if self.label_times is None else self.label_times.pin_memory())
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
@@ -274,9 +306,13 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     first = np.asarray(samples[0]["emg"])
     emg = np.zeros((len(samples), max(lengths), *first.shape[1:]), dtype=np.float32)
     labels = np.zeros((len(samples), max(label_lengths)), dtype=np.int64)
+    timed = all(s.get("label_time_s") is not None for s in samples)
+    times = np.zeros(labels.shape, dtype=np.float64) if timed else None
     for i, s in enumerate(samples):
         emg[i, : lengths[i]] = s["emg"]
         labels[i, : label_lengths[i]] = s["labels"]
+        if times is not None:
+            times[i, : label_lengths[i]] = s["label_time_s"]
     sample_labels = None
     if "sample_labels" in samples[0]:
         sample_labels = torch.full((len(samples), max(lengths)), -1, dtype=torch.int64)
@@ -290,6 +326,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         keys=[str(s["key"]) for s in samples],
         users=[str(s["user"]) for s in samples],
         sample_labels=sample_labels,
+        label_times=None if times is None else torch.from_numpy(times),
     )
 
 

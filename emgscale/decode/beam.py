@@ -140,6 +140,17 @@ class NativeBeamDecoder(DecoderBase):
         lp, ln = as_batch(log_probs, lengths, self.num_classes)
         return self._impl.decode_batch(lp, ln.tolist(), self.num_threads)
 
+    def stream(self, lookahead_frames: int | None = None) -> "BeamStream":
+        """An incremental search over frames pushed as they come (see :class:`BeamStream`).
+
+        Args:
+            lookahead_frames: also commit the best hypothesis's labels that entered the beam at
+                least this many frames ago (None: commit only what every hypothesis agrees on).
+        """
+        if lookahead_frames is not None and lookahead_frames < 0:
+            raise ValueError(f"lookahead_frames must be >= 0, got {lookahead_frames}")
+        return BeamStream(self, lookahead_frames)
+
     def score_labels(self, labels: list[int], eos: bool = True) -> float:
         """LM score + insertion bonus the search adds for ``labels`` (``"ab⌫c"`` scores as ``"ac"``).
 
@@ -151,3 +162,43 @@ class NativeBeamDecoder(DecoderBase):
             ``lm_weight * log10 P(text after edits) + insertion_bonus * len(text after edits)``.
         """
         return self._impl.score_labels([int(c) for c in labels], eos)
+
+
+class BeamStream:
+    """Incremental backspace-aware beam search: push log-prob frames, get labels once they are final.
+
+    A prefix is *committed* (returned by ``push``, never retracted) when every hypothesis of the beam
+    starts with it, or, with ``lookahead_frames``, when it entered the beam at least that many frames
+    ago on the best hypothesis; the beam then keeps only hypotheses extending it. Without a look-ahead
+    the committed labels followed by ``finish()`` equal :meth:`NativeBeamDecoder.decode` of all frames.
+
+    Args:
+        decoder: the search settings and LM.
+        lookahead_frames: see :meth:`NativeBeamDecoder.stream`.
+    """
+
+    def __init__(self, decoder: NativeBeamDecoder, lookahead_frames: int | None = None) -> None:
+        self.num_classes = decoder.num_classes
+        self._impl = decoder._impl.stream(-1 if lookahead_frames is None else int(lookahead_frames))
+
+    def push(self, log_probs: Any) -> list[int]:
+        """Step the search over (T, C) new frames; returns the labels committed by them."""
+        return self._impl.push(as_emissions(log_probs, None, self.num_classes))
+
+    def partial(self) -> list[int]:
+        """The current best hypothesis after the committed labels (may still change)."""
+        return self._impl.partial()
+
+    def finish(self) -> list[int]:
+        """End of the utterance: the final best hypothesis's labels after the committed ones."""
+        return self._impl.finish()
+
+    @property
+    def frames(self) -> int:
+        """Frames pushed so far."""
+        return self._impl.frames
+
+    @property
+    def committed(self) -> int:
+        """Labels committed so far."""
+        return self._impl.committed

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from emgscale.common import atomic_write_json, git_commit, hardware, print0
-from emgscale.config import to_dict
+from emgscale.config import ConfigError, check_values, to_dict
 from emgscale.data.charset import charset
 from emgscale.data.splits import load_split
 from emgscale.decode import DecoderConfig, build_decoder
@@ -80,12 +80,34 @@ def default_out(cfg: EvalConfig, split_file: "str | Path") -> Path:
     return folder / f"eval-{Path(split_file).stem}-{cfg.split}-{cfg.decoder.kind}.json"
 
 
+#: Ranges, choices and paths of :class:`EvalConfig` (other numbers: finite and >= 0).
+EVAL_RULES = {"checkpoint": "path", "split": ("test", "val"), "split_file": "file", "data_root": "dir",
+              "weights": ("auto", "model", "averaged"), "chunk_seconds": ">0", "decoder.lm_path": "file",
+              "decoder.beam_size": ">=1", "decoder.num_threads": ">=1", "decoder.lm_weight": "any",
+              "decoder.insertion_bonus": "any", "decoder.beam_threshold": "any", "decoder.label_threshold": "any",
+              "decoder.max_labels_per_frame": "any"}
+
+
+def validate(cfg: EvalConfig) -> EvalConfig:
+    """Check ``cfg`` before any work (ranges, choices, paths that must exist); returns it.
+
+    Raises:
+        ConfigError: ``<key>=<value>: <problem>`` naming the first bad field.
+    """
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint is not set")
+    check_values(cfg, EVAL_RULES)
+    return cfg
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on whole sessions; writes the JSON result (see :class:`EvalConfig`) and returns it.
 
     Raises:
+        ConfigError: a bad setting or a path that does not exist (:func:`validate`).
         ValueError: no split file / data root (neither given nor in the checkpoint's config).
     """
+    validate(cfg)
     t0 = time.monotonic()
     which = resolve_weights(load_checkpoint(cfg.checkpoint), cfg.weights)
     model, train_cfg = load_model(cfg.checkpoint, which=which, device=cfg.device)
@@ -116,5 +138,5 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return result
 
 
-__all__ = ["EvalConfig", "default_out", "evaluate", "infer_session", "load_model", "score", "session_emissions",
-           "split_emissions"]
+__all__ = ["EVAL_RULES", "EvalConfig", "default_out", "evaluate", "infer_session", "load_model", "score", "session_emissions",
+           "split_emissions", "validate"]

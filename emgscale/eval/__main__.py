@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 
-from emgscale.config import ConfigError, from_dict, parse_overrides
+from emgscale.cli import cli
+from emgscale.config import from_dict, parse_overrides
 
 
+@cli("python -m emgscale.eval")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.eval", description=__doc__)
     p.add_argument("checkpoint")
@@ -29,11 +31,7 @@ def main(argv: list[str] | None = None) -> int:
            "users": a.users.split(",") if a.users else None}
     for k, v in parse_overrides(a.overrides).items():
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
-    try:
-        cfg = from_dict(EvalConfig, raw)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = from_dict(EvalConfig, raw)
     result = evaluate(cfg)
     print(json.dumps({"cer": result["cer"], "summary": result["summary"], "per_user": result["per_user"]}, indent=2))
     return 0

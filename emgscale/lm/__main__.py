@@ -14,10 +14,12 @@ import itertools
 import sys
 
 import emgscale.lm.build as build_module
+from emgscale.cli import cli
 from emgscale.lm.build import build_lm
 from emgscale.lm.text import text_to_lm_sentences
 
 
+@cli("python -m emgscale.lm")
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run a subcommand; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m emgscale.lm", description=__doc__,

@@ -17,7 +17,8 @@ import torch
 from emgscale.common import print0
 from emgscale.data.session import EMGSession
 from emgscale.data.splits import load_split
-from emgscale.data.windows import SessionWindows, WindowSpec, collate
+from emgscale.data.errors import DataError
+from emgscale.data.windows import SessionWindows, WindowSpec, check_values_once, collate
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 
@@ -42,8 +43,15 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
             raise ValueError("max_minutes_per_user needs windowed samples, not whole sessions")
         infos = []
         for p in paths:
-            with EMGSession(p) as s:
-                infos.append((s.user, str(p), s.start_time, len(s), s.sample_rate_hz))
+            try:
+                with EMGSession(p) as s:
+                    if cfg.skip_bad:
+                        check_values_once(s)
+                    infos.append((s.user, str(p), s.start_time, len(s), s.sample_rate_hz))
+            except DataError as e:
+                if not cfg.skip_bad:
+                    raise
+                _report_skipped(str(p), e.problem)
         budget = minutes_budget(infos, sel.max_minutes)
         ds: torch.utils.data.Dataset = SessionWindows([Path(k) for k in budget], spec, seed=mix,
                                                       max_rows=list(budget.values()))
@@ -72,5 +80,11 @@ def _session_windows(paths: tuple[Path, ...], spec: WindowSpec, skip_bad: bool) 
     """Counting windows opens every file: do it once per (files, windowing), not once per epoch."""
     ds = SessionWindows(paths, spec, skip_bad=skip_bad)
     for path, problem in ds.skipped:
-        print0(f"[data] skipping {path}: {problem}")
+        _report_skipped(path, problem)
     return ds
+
+
+@functools.lru_cache(maxsize=None)
+def _report_skipped(path: str, problem: str) -> None:
+    """Name a session file ``skip_bad`` leaves out, with the reason, once per process."""
+    print0(f"[data] skipping {path}: {problem}")

@@ -5,6 +5,9 @@ bidirectional), ``cnn_rnn`` (strided conv front end + BiGRU/BiLSTM), ``conformer
 (conv subsampling + local/chunked/full rotary attention). All follow one contract,
 ``forward(x (B, T, C), lengths (B,)) -> (y (B, T', D), out_lengths (B,))``, with padding never changing
 a sequence's output. Build a model with ``build_model(ModelConfig(...))``.
+
+Meta's released reference checkpoints (Lightning ``TDSConvCTCModule``) load with
+``import_reference(path)``; ``export_reference(model)`` goes back (:mod:`emgscale.models.reference`).
 """
 
 from emgscale.models.common import Encoder, Span
@@ -13,10 +16,14 @@ from emgscale.models.conformer import ConformerConfig
 from emgscale.models.ctc import ENCODERS, CTCModel, build_model, count_parameters, register_encoder
 from emgscale.models.frontend import FrontendConfig
 from emgscale.models.rnn import CNNRNNConfig, RNNConfig
+from emgscale.models.reference import (ReferenceCheckpoint, export_reference, import_reference,
+                                      is_reference_checkpoint, read_reference, reference_as_checkpoint)
 from emgscale.models.tds import TDSConfig
 from emgscale.models.transformer import TransformerConfig
 
 __all__ = [
     "CNNRNNConfig", "CTCModel", "ConformerConfig", "ENCODERS", "Encoder", "FrontendConfig", "ModelConfig",
-    "RNNConfig", "Span", "TDSConfig", "TransformerConfig", "build_model", "count_parameters", "register_encoder",
+    "RNNConfig", "ReferenceCheckpoint", "Span", "TDSConfig", "TransformerConfig", "build_model", "count_parameters",
+    "export_reference", "import_reference", "is_reference_checkpoint", "read_reference", "reference_as_checkpoint",
+    "register_encoder",
 ]

@@ -27,6 +27,9 @@ class ModelConfig:
             ``gru``; ``rnn.bidirectional`` picks BiLSTM / BiGRU).
         num_classes: outputs of the head; 0 = the CTC charset (98 keys + blank). A frame classifier
             (``loss.kind: frame_ce``) sets its number of labels (6 for the finger dataset).
+        head_blank_prior: when > 0, initialise the output layer's bias to the label prior: blank
+            gets probability ``head_blank_prior`` (its frame frequency, ~0.9 for 4 s windows at
+            62.5 Hz), the 98 keys share the rest evenly. 0 keeps PyTorch's default init (the reference).
     """
 
     arch: str = "tds"
@@ -39,3 +42,4 @@ class ModelConfig:
     cnn_rnn: CNNRNNConfig = field(default_factory=CNNRNNConfig)
     conformer: ConformerConfig = field(default_factory=ConformerConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    head_blank_prior: float = 0.0

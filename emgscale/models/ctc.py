@@ -77,6 +77,8 @@ class CTCModel(nn.Module):
                                        self.featurizer.num_bins)
         self.encoder = ENCODERS[cfg.arch](cfg, self.frontend.out_features)
         self.head = nn.Linear(self.encoder.out_features, self.num_classes)
+        if cfg.head_blank_prior and self.blank is not None:
+            init_head_prior(self.head, self.blank, cfg.head_blank_prior)
 
         f = self.featurizer
         self.input_sample_rate_hz = float(cfg.features.input_sample_rate_hz)
@@ -136,6 +138,20 @@ class CTCModel(nn.Module):
         x = self.frontend(feats)
         y, out_lengths = self.encoder(x, frames)
         return self.head(y).float().log_softmax(-1), out_lengths
+
+
+def init_head_prior(head: nn.Linear, blank: int, blank_prob: float) -> None:
+    """Set ``head``'s bias so that, for zero features, blank has probability ``blank_prob`` and every
+    other class an equal share of the rest (the label prior the CTC plateau otherwise learns first).
+
+    Raises:
+        ValueError: ``blank_prob`` outside (0, 1).
+    """
+    if not 0.0 < blank_prob < 1.0:
+        raise ValueError(f"model.head_blank_prior must be in (0, 1), got {blank_prob}")
+    with torch.no_grad():
+        head.bias.fill_(math.log((1.0 - blank_prob) / (head.out_features - 1)))
+        head.bias[blank] = math.log(blank_prob)
 
 
 def build_model(cfg: ModelConfig) -> CTCModel:

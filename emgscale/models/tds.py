@@ -7,12 +7,20 @@ and a two-layer fully connected block (residual, LayerNorm). Every block shorten
 the reference) and output frame ``j`` reads input frames ``j .. j + 124``: the encoder is causal with
 respect to its last input frame and has a 125-frame (1 s) receptive field.
 
-Layout: the reference reshapes the F = 768 features channel-major (``F = channels x width``) and runs a
-``Conv2d`` with kernel ``(1, kernel_width)`` over a (B, channels, width, T) copy. Here the features are
-grouped width-major (``F = width x channels``), so ``(B, T, F)`` is already a channels-last
-``(B, channels, T, width)`` tensor and the ``Conv2d`` (kernel ``(kernel_width, 1)``) reads it without a
-copy. The two groupings are the same model family with the same parameter count (5,293,315 with the
-reference settings); weights map across by a fixed permutation of the F features.
+Feature order: the reference groups the F = 768 features *channel-major*: feature ``c * width + w`` is
+conv channel ``c`` at position ``w``, so with the per-band MLP's output ``[left 384 | right 384]`` every
+conv position mixes both wrist bands. The encoder's input and output are in that order (the order the
+reference's ``TDSConvEncoder`` and its ``Linear`` head see), so it computes the reference's function.
+
+Inside, the blocks run on a *width-major* copy (``F = width x channels``: position ``w * C + c`` holds
+reference feature ``c * W + w``), where ``(B, T, F)`` is already a channels-last ``(B, channels, T, width)``
+tensor and the ``Conv2d`` (kernel ``(kernel_width, 1)``) reads it without a copy. The order changes only at
+the encoder's edges (and between blocks of different ``channels``), one transpose each
+(:func:`to_width_major` / :func:`to_channel_major`); the LayerNorm and fully connected weights of a block
+are stored in its width-major order, and :mod:`emgscale.models.reference` maps them to the reference's
+layout. ``feature_order: width_major`` skips the edge transposes: the encoder emgscale had before it
+matched the reference (each conv position then sees one band only), kept to load checkpoints trained
+with it.
 """
 
 from __future__ import annotations
@@ -33,11 +41,46 @@ class TDSConfig:
             (conv block, fully connected block) pair per entry.
         kernel_width: temporal kernel of the conv blocks, in frames.
         dropout: dropout on the output of each fully connected block (0 = the reference).
+        feature_order: ``"channel_major"`` (the reference's function) or ``"width_major"`` (emgscale's
+            encoder before it matched the reference; for checkpoints trained with it).
     """
 
     block_channels: list[int] = field(default_factory=lambda: [24, 24, 24, 24])
     kernel_width: int = 32
     dropout: float = 0.0
+    feature_order: str = "channel_major"
+
+FEATURE_ORDERS = ("channel_major", "width_major")
+
+
+def to_width_major(x: Tensor, channels: int) -> Tensor:
+    """Reorder the last dim from the reference's ``c * W + w`` to ``w * C + c`` (``C = channels``).
+
+    Also maps a (…, F) parameter stored in the reference's order to this module's (apply it to both
+    dims of a Linear weight).
+    """
+    *lead, f = x.shape
+    return x.reshape(*lead, channels, f // channels).transpose(-1, -2).reshape(*lead, f)
+
+
+def to_channel_major(x: Tensor, channels: int) -> Tensor:
+    """Inverse of :func:`to_width_major`: last dim from ``w * C + c`` back to ``c * W + w``."""
+    *lead, f = x.shape
+    return x.reshape(*lead, f // channels, channels).transpose(-1, -2).reshape(*lead, f)
+
+
+def block_order(x: Tensor, layout: int | None, channels: int) -> tuple[Tensor, int]:
+    """``x`` in the width-major order of a block of ``channels``, from the order ``layout`` (the channels of
+    the current width-major order; None = the reference's channel-major order). Returns ``(x, channels)``.
+
+    The one rule of where the encoder reorders its features, used by :class:`TDSConvEncoder` and by its
+    streaming form (:mod:`emgscale.stream`): features are reordered per frame, so chunks reorder alike.
+    """
+    if layout == channels:
+        return x, layout
+    if layout is not None:  # blocks of different channels: back to the reference's order first
+        x = to_channel_major(x, layout)
+    return to_width_major(x, channels), channels
 
 
 class TDSConv2dBlock(nn.Module):
@@ -95,6 +138,10 @@ class TDSConvEncoder(Encoder):
             raise ValueError("tds.block_channels must name at least one block")
         if cfg.kernel_width < 1:
             raise ValueError(f"tds.kernel_width must be >= 1, got {cfg.kernel_width}")
+        if cfg.feature_order not in FEATURE_ORDERS:
+            raise ValueError(f"tds.feature_order must be one of {', '.join(FEATURE_ORDERS)}, got {cfg.feature_order!r}")
+        self.channel_major = cfg.feature_order == "channel_major"
+        self.block_channels = list(cfg.block_channels)
         blocks: list[nn.Module] = []
         for channels in cfg.block_channels:
             blocks += [TDSConv2dBlock(in_features, channels, cfg.kernel_width),
@@ -113,4 +160,11 @@ class TDSConvEncoder(Encoder):
         if x.shape[1] <= self.shrink:
             raise ValueError(f"TDS needs more than {self.shrink} frames, got {x.shape[1]}")
         out_lengths = self.output_lengths(lengths)
-        return zero_padding(self.tds_conv_blocks(x), out_lengths), out_lengths
+        layout = None  # channels of the current width-major order; None = the reference's order
+        for i, block in enumerate(self.tds_conv_blocks):
+            if self.channel_major and i % 2 == 0:
+                x, layout = block_order(x, layout, block.channels)
+            x = block(x)
+        if layout is not None:
+            x = to_channel_major(x, layout)
+        return zero_padding(x, out_lengths), out_lengths

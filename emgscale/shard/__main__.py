@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from emgscale.data.errors import DataError
+from emgscale.cli import cli
 from emgscale.data.windows import WindowSpec
 from emgscale.shard.build import default_workers, shard_corpus
 from emgscale.shard.estimate import estimate_sizes, format_estimate
@@ -82,8 +82,9 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
         skip_bad=getattr(args, "skip_bad", False), progress=not getattr(args, "no_progress", False))
 
 
+@cli("python -m emgscale.shard")
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(argv or [])
     if argv and argv[0] == "verify":
         p = argparse.ArgumentParser(prog="python -m emgscale.shard verify",
                                     description="Check every shard against OUT/manifest.json (exists, size, "
@@ -91,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("out", help="the shard folder")
         p.add_argument("--no-hash", action="store_true", help="skip sha256 (size, tar and counts only)")
         args = p.parse_args(argv[1:])
-        try:
-            report = verify_shards(args.out, hash_check=not args.no_hash)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        report = verify_shards(args.out, hash_check=not args.no_hash)
         print(report.format())
         return 0 if report.ok else 1
     if argv and argv[0] == "estimate":
@@ -104,21 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--metadata", required=True, help="a metadata.csv (or a data root holding one)")
         _content_options(p)
         args = p.parse_args(argv[1:])
-        try:
-            print(format_estimate(estimate_sizes(args.metadata, config_from_args(args))))
-        except (DataError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        print(format_estimate(estimate_sizes(args.metadata, config_from_args(args))))
         return 0
     if argv and argv[0] == "write":
         argv = argv[1:]
     args = _write_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        manifest = shard_corpus(cfg)
-    except (DataError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    manifest = shard_corpus(cfg)
     if args.json:
         print(json.dumps({"parts": manifest.parts, "skipped": manifest.skipped}, indent=2))
     else:

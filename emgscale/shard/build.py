@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import emgscale
-from emgscale.common import atomic_write_json, git_commit, progress
+from emgscale.common import DirLock, atomic_write_json, git_commit, progress
+from emgscale.config import check_values
 from emgscale.data.errors import DataError
 from emgscale.shard.manifest import MANIFEST, Manifest, load_manifest, now_utc, summarize_parts
 from emgscale.shard.plan import (SessionEntry, ShardConfig, ShardPlan, Skipped, check_unique_keys, file_signature,
@@ -51,8 +52,27 @@ def shard_corpus(cfg: ShardConfig) -> Manifest:
     """
     if not cfg.data_root or not cfg.out:
         raise ValueError("data_root and out are required")
+    validate_shard_config(cfg)
+    with DirLock(cfg.out, "shard writer"):  # one writer per output folder
+        return _shard_corpus(cfg)
+
+
+def validate_shard_config(cfg: ShardConfig) -> None:
+    """Check the settings before any work: ranges, choices, the data root and split files.
+
+    Raises:
+        ConfigError: naming the first bad setting and its value.
+    """
+    check_values(cfg, {"data_root": "dir", "split": "file", "dtype": ("float16", "float32"),
+                       "val_mode": ("windows", "session"), "test_mode": ("windows", "session"),
+                       "parts": lambda v: None if v and set(v) <= set(_PART_ORDER) else "must be train, val and/or test",
+                       "window.window_samples": ">=1", "window.stride_samples": ">=1",
+                       "train_windows_per_record": ">=1", "shard_size_mb": ">0", "max_samples_per_shard": ">=1",
+                       "group_shards": ">=1", "workers": ">=1", "min_float16_snr_db": "any"})
+
+
+def _shard_corpus(cfg: ShardConfig) -> Manifest:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     for part in cfg.parts:
         for tmp in (out / part).glob(f".*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)  # left by a killed run

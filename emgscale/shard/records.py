@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from emgscale.data.charset import charset
 from emgscale.data.errors import DataError
 from emgscale.data.session import ON_KEYBOARD, EMGSession
 from emgscale.data.windows import WindowSpec, labels_in, read_window, training_windows
@@ -40,6 +41,7 @@ RECORD_FORMAT_VERSION = 1
 KIND_TRAIN, KIND_WINDOW, KIND_SESSION = "train_chunk", "window", "session"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 _UNSAFE = re.compile(r"[^A-Za-z0-9@_\-]")
+_NUM_KEYS = charset().blank  # label values 0 .. blank - 1
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,45 @@ def decode_record(raw: dict[str, Any]) -> dict[str, Any]:
     missing = [m for m in _REQUIRED.get(meta.get("kind"), ("?",)) if m not in out]
     if missing:
         raise DataError(url, f"record {key!r} (kind {meta.get('kind')!r}) lacks members {missing}")
+    problem = _bad_values(out)
+    if problem:
+        raise DataError(url, f"record {key!r} {problem}")
     return out
+
+
+_META_INTS = ("num_rows", "start", "offset", "num_windows", "window_samples")
+_TRAIN_INTS = ("stride_samples", "pad_left_samples", "pad_right_samples")
+
+
+def _bad_values(rec: dict[str, Any]) -> str | None:
+    """What is wrong with a decoded record's values (bytes that still parse can be garbage), or None.
+
+    Checks what would poison training or crash it: EMG that is not finite or not ``(R, 2, 16)``, labels
+    outside the charset's keys, times that are not finite or go backwards, metadata of the wrong type.
+    """
+    meta = rec["meta"]
+    if not isinstance(meta, dict):
+        return "has metadata that is not a JSON object"
+    ints = _META_INTS + (_TRAIN_INTS if meta.get("kind") == KIND_TRAIN else ())
+    bad = [k for k in ints if not isinstance(meta.get(k), int) or meta[k] < 0]
+    if bad or not isinstance(meta.get("session"), str) or not isinstance(meta.get("sample_rate_hz"), (int, float)):
+        return f"has corrupt metadata ({', '.join(bad) or 'session / sample_rate_hz'})"
+    emg = rec["emg"]
+    if emg.ndim != 3 or emg.shape[1:] != (2, 16) or emg.dtype.kind != "f":
+        return f"holds EMG of shape {emg.shape} and dtype {emg.dtype}, expected (rows, 2, 16) floats"
+    if not np.isfinite(emg).all():
+        return f"holds non-finite EMG (NaN/inf at {int((~np.isfinite(emg)).sum())} values)"
+    if meta.get("kind") == KIND_TRAIN and len(rec["time"]) != len(emg):
+        return f"holds {len(emg)} EMG rows but {len(rec['time'])} timestamps"
+    labels = rec["labels"]
+    if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() >= _NUM_KEYS)):
+        return "holds labels outside the charset"
+    for name in ("time", "label_time", "label_time_s"):
+        t = rec.get(name)
+        if t is not None and (t.dtype.kind != "f" or not np.isfinite(t).all()
+                              or (name != "label_time_s" and t.size > 1 and bool(np.any(np.diff(t) < 0)))):
+            return f"holds bad {name} values (not finite, or going backwards)"
+    return None
 
 
 def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.random.Generator | None = None,

@@ -12,7 +12,9 @@ sharing that shard. Either way every sample is seen exactly once over all ranks 
 shard is read by more than ``ceil(R / S)`` readers.
 
 A shard that cannot be opened or read (missing, truncated, corrupt) is logged by name and skipped;
-so is a record with a missing or corrupt member. Neither stops training.
+so is a record with a missing or corrupt member, or whose bytes parse but hold garbage (non-finite EMG,
+labels outside the charset, times going backwards: :func:`emgscale.shard.records.decode_record`), named
+by shard and key. None of them stops training, and none reaches the model.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def log_and_continue(exn: BaseException) -> bool:
             where = next((a for a in reversed(exn.args[1:]) if isinstance(a, str) and a), None)
     key = (where, type(exn).__name__, message)
     if key != _last_logged[0]:
-        log.warning("skipping unreadable shard data in %s: %s: %s", where, type(exn).__name__, message)
+        log.warning("skipping unreadable or bad shard data in %s: %s: %s", where, type(exn).__name__, message)
         _last_logged[0] = key
     return True
 
@@ -94,6 +96,9 @@ def _expand(src: Iterable[dict[str, Any]], jitter: bool, seed: tuple[int, ...],
             yield from record_samples(rec, jitter=jitter, rng=rng, max_rows=limit)
         except DataError as e:
             log_and_continue(e)
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # metadata that parses but does not fit
+            log_and_continue(DataError(rec.get("__url__", "?"), f"record {rec['meta'].get('key', '?')!r} is "
+                                                                  f"inconsistent ({type(e).__name__}: {e})"))
 
 
 def _shuffle(src: Iterable[Any], bufsize: int, seed: tuple[int, ...]) -> Iterator[Any]:

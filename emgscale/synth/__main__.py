@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emgscale.config import ConfigError, build_config
-from emgscale.data.errors import DataError
+from emgscale.cli import cli
+from emgscale.config import build_config
 from emgscale.synth.corpus import SynthConfig, generate_corpus
 
 
+@cli("python -m emgscale.synth")
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, generate the corpus, print its summary; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -53,12 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     base = {k: v for k, v in flags.items() if v is not None}
     if args.fresh_names:
         base["layout_names"] = False
-    try:
-        cfg = build_config(SynthConfig, [], args.overrides, base=base)
-        summary = generate_corpus(cfg)
-    except (ConfigError, ValueError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = build_config(SynthConfig, [], args.overrides, base=base)
+    summary = generate_corpus(cfg)
     print(summary.format(), flush=True)
     return 0
 

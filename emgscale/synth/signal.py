@@ -361,13 +361,15 @@ def synthesize_emg(
         y[:, :MUAP_SAMPLES - 1] += carry
         carry = y[:, n:].copy()
         y = y[:, :n].reshape(NUM_BANDS, NUM_POPULATIONS * NUM_SOURCES, n)
-        x = np.matmul(gain, y).reshape(NUM_BANDS * NUM_ELECTRODES, n)  # (32, n)
+        # einsum, not matmul: BLAS sums in an order that depends on its thread count, and the corpus
+        # must come out bit for bit the same in a 1-thread worker process and a multi-threaded one.
+        x = np.einsum("bek,bkn->ben", gain, y).reshape(NUM_BANDS * NUM_ELECTRODES, n)  # (32, n)
         # Recording: electrode noise, mains interference, contact pops; then the 20 Hz high-pass.
         x += noise_sd * rng.standard_normal((NUM_BANDS * NUM_ELECTRODES, n), dtype=np.float32)
         t = (c0 + np.arange(n)) / fs  # seconds since the extended origin
         w = 2 * np.pi * MAINS_HZ * harmonics[:, None] * t
         basis = np.stack([np.sin(w), np.cos(w)], axis=1).reshape(6, n).astype(np.float32)
-        x += mains_mix @ basis
+        x += np.einsum("ek,kn->en", mains_mix, basis)  # (not BLAS: see above)
         for when, band, electrode, amp, tau in cond.artifacts:
             a = int((when + pre / fs) * fs)
             if a < c1 and a + int(8 * tau * fs) > c0:

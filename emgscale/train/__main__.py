@@ -1,7 +1,13 @@
-"""``python -m emgscale.train [CONFIG.yaml ...] [dotted.key=value ...] [--resume [CKPT]]``.
+"""``python -m emgscale.train [CONFIG.yaml ...] [dotted.key=value ...] [--resume [CKPT]] [--overwrite]``.
 
 Trains as the config says, in this process or on Ray Train (``run.workers > 1``, ``run.use_gpu``, a Ray
 address): see :func:`emgscale.train.launch`.
+
+``--resume`` continues the run in ``run.out_dir`` with the config saved in its folder (``config.yaml``)
+and the command line's ``dotted.key=value`` overrides on top, so the config files only have to name the
+run (``python -m emgscale.train configs/single_user.yaml run.max_epochs=40 --resume``). When the folder
+has no checkpoint yet, ``--resume`` says so and starts the run fresh. Without ``--resume``, a folder that
+already holds a run is refused unless ``--overwrite`` replaces it. ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -10,27 +16,36 @@ import argparse
 import sys
 from pathlib import Path
 
+from emgscale.cli import cli
 from emgscale.common import print0
-from emgscale.config import ConfigError, to_dict
-from emgscale.train.config import load_train_config
+from emgscale.config import to_dict
+from emgscale.train.config import load_train_config, resumed_config
 from emgscale.train.launch import launch
 
 
+@cli("python -m emgscale.train")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emgscale.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("args", nargs="*", help="YAML config files and dotted.key=value overrides")
     parser.add_argument("--resume", nargs="?", const=True, default=False,
-                        help="continue from <out_dir>/checkpoints/last.pt, or from the checkpoint given")
+                        help="continue the run in run.out_dir (its saved config + these overrides), or from "
+                             "the checkpoint given")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in run.out_dir (same as run.overwrite=true)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)
+    if isinstance(ns.resume, str) and ("=" in ns.resume or ns.resume.endswith((".yaml", ".yml"))):
+        ns.args.append(ns.resume)  # "--resume key=value": the value is an override, not a checkpoint
+        ns.resume = True
     files = [a for a in ns.args if "=" not in a]
-    overrides = [a for a in ns.args if "=" in a]
-    try:
+    overrides = [a for a in ns.args if "=" in a] + (["run.overwrite=true"] if ns.overwrite else [])
+    if ns.resume is not False:
+        cfg, note = resumed_config(files, overrides, ns.resume)
+        if note:
+            print0(f"[train] --resume: {note}")
+    else:
         cfg = load_train_config(files, overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
     if ns.print_config:
         import yaml
 

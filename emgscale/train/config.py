@@ -9,15 +9,16 @@ are errors that name the key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emgscale.config import build_config
+from emgscale.config import ConfigError, Rule, build_config, check_values
 from emgscale.loader import DataConfig
-from emgscale.models import ModelConfig
+from emgscale.models import ENCODERS, ModelConfig
 from emgscale.swad import SWADConfig
-from emgscale.train.objective import LossConfig
+from emgscale.train.objective import OBJECTIVES, LossConfig
 
 
 @dataclass
@@ -65,6 +66,7 @@ class RunConfig:
     ray_address: str | None = None
     storage_path: str | None = None  # Ray Train storage (local folder, shared FS or object storage)
     max_failures: int = 0  # restarts after a worker dies (Ray FailureConfig)
+    overwrite: bool = False  # train into a folder that holds a run without resuming it: replace that run
 
 
 @dataclass
@@ -107,3 +109,118 @@ class TrainResult:
 def load_train_config(paths: list["str | Path"], overrides: list[str]) -> TrainConfig:
     """Defaults, then YAML files (each may hold any subset of the sections), then overrides."""
     return build_config(TrainConfig, paths, overrides)
+
+
+def resumed_config(paths: list["str | Path"], overrides: list[str], resume: "bool | str") -> tuple[TrainConfig, str]:
+    """The config a resumed run continues with: the run's own saved config, then ``overrides`` on top.
+
+    The YAML files only locate the run (their ``run.out_dir``); the run folder's ``config.yaml`` (or,
+    for ``resume=CHECKPOINT``, the config inside that checkpoint) holds everything else, so a run made
+    with ``configs/models/tds_small.yaml`` resumes as a TDS-small run even when only the experiment file
+    is named. Configs saved in an older layout are upgraded (:func:`emgscale.checkpoint.upgrade_config`).
+
+    Args:
+        paths, overrides: the command line's YAML files and ``dotted.key=value`` overrides.
+        resume: True (the run in ``run.out_dir``) or a checkpoint file / folder.
+
+    Returns:
+        ``(config, note)``: the config, and a line saying where it came from (empty when the run has no
+        saved config yet and the command line's config is used as it is).
+    """
+    from emgscale.checkpoint import LAST, load_checkpoint, upgrade_config
+    from emgscale.config import deep_merge, load_yaml, parse_overrides, to_dict
+
+    given = load_train_config(paths, overrides)
+    if resume is True:
+        source = Path(given.run.out_dir) / "config.yaml"
+        if not source.is_file():
+            return given, ""
+        saved = load_yaml(source)
+    else:
+        source = Path(resume) / LAST if Path(resume).is_dir() else Path(resume)
+        saved = load_checkpoint(source).config
+    saved = upgrade_config(saved, 1)
+    run = dict(saved.get("run") or {})
+    if resume is True:
+        run["out_dir"] = given.run.out_dir  # the folder found, even when the run was moved there
+    base = deep_merge(saved, {"run": run})
+    try:
+        cfg = build_config(TrainConfig, [], overrides, base=base)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    flat_given, flat_cfg = _flat(to_dict(given)), _flat(to_dict(cfg))
+    asked = set(_flat(parse_overrides(list(overrides))))
+    kept = sorted(k for k in flat_cfg if flat_cfg[k] != flat_given.get(k) and k not in asked)
+    note = f"config from {source}" + (f" with {' '.join(overrides)}" if overrides else "")
+    if kept:
+        note += (f"; the run's own {', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''} kept over the config "
+                 "files on the command line (give dotted.key=value to change them)")
+    return cfg, note
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _device_problem(value: str) -> str | None:
+    return None if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) else "must be auto, cpu, cuda or cuda:N"
+
+
+def _shards_problem(value: str) -> str | None:
+    if ".tar" in value or "://" in value or value.startswith("pipe:") or "{" in value:
+        return None  # URLs and shard lists: the loader names a shard it cannot open
+    return None if Path(value).is_dir() else "no such shard folder"
+
+
+def _channels_problem(value: list[int]) -> str | None:
+    return None if value and all(0 <= c < 16 for c in value) else "must be electrode numbers 0-15 (at least one)"
+
+
+#: The ranges, choices and paths of :class:`TrainConfig` (:func:`validate`); every other number must be
+#: finite and >= 0 (``emgscale.config.check_values``).
+TRAIN_RULES: dict[str, Rule] = {
+    "data.data_root": "dir", "data.split": "file", "data.shards": _shards_problem, "data.shards_manifest": "file",
+    "data.window.window_samples": ">=1", "data.window.stride_samples": ">=1",
+    "data.val_mode": ("windows", "session"), "data.test_mode": ("windows", "session"),
+    "data.batch_size": ">=1", "data.batch_size_per_device": ">=1", "data.train_samples_per_epoch": ">=1",
+    "data.max_minutes_per_user": ">0", "data.limit_samples": ">=1",
+    "model.features.kind": ("log_spectrogram", "log_bands"), "model.features.norm": ("batch", "rolling", "none"),
+    "model.features.n_fft": ">=1", "model.features.hop_samples": ">=1", "model.features.num_log_bands": ">=1",
+    "model.features.sample_rate_hz": ">0", "model.features.input_sample_rate_hz": ">0",
+    "model.features.norm_momentum": "[0,1]", "model.features.norm_eps": ">0", "model.features.rolling_window_s": ">0",
+    "model.features.channels": _channels_problem, "model.frontend.offsets": "any", "model.augment.mask_value": "any",
+    "model.*size*": ">=1", "model.*channels": ">=1", "model.*layers": ">=1", "model.*heads": ">=1",
+    "model.*dim": ">=1", "model.*d_model": ">=1", "model.*kernel*": ">=1", "model.*strides": ">=1",
+    "model.*features": ">=1",
+    "optim.optimizer": ("adam", "adamw"), "optim.lr": ">0", "optim.betas": "[0,1)",
+    "run.max_epochs": ">=1", "run.log_every_steps": ">=1", "run.workers": ">=1", "run.max_failures": ">=-1",
+    "run.device": _device_problem, "run.init_from": "path", "run.out_dir": lambda v: None if v else "must be set",
+    "swad.mode": ("off", "swad", "swa"),
+}
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check ``cfg`` before any work: ranges of every number, choices, paths that must exist, and the
+    settings that only make sense together; returns ``cfg``.
+
+    Raises:
+        ConfigError: ``<key>=<value>: <problem>``, naming the first bad field.
+    """
+    rules = {**TRAIN_RULES, "model.arch": tuple(sorted(ENCODERS)), "loss.kind": tuple(sorted(OBJECTIVES))}
+    d = cfg.data
+    if d.shards:  # training reads the shards only (data_root / split may name where they came from)
+        rules.update({"data.data_root": "any", "data.split": "any"})
+    check_values(cfg, rules)
+    if not d.shards and not (d.data_root and d.split):
+        missing = "data.data_root" if not d.data_root else "data.split"
+        raise ConfigError(f"{missing} is not set: train from shards (data.shards=DIR) or from HDF5 sessions "
+                          "(data.data_root=DIR and data.split=SPLIT.yaml)")
+    if cfg.optim.min_lr > cfg.optim.lr:
+        raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
+    return cfg

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,7 +40,7 @@ from typing import Any, Iterator
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import atomic_write_json, print0
 from emgscale.config import ConfigError, from_dict, to_dict
-from emgscale.train.config import TrainConfig, TrainResult
+from emgscale.train.config import TrainConfig, TrainResult, validate
 from emgscale.train.loop import Report, train
 
 #: Fault-injection hook for tests and drills: ``"rank=1,step=4,marker=/tmp/x"`` makes that rank exit
@@ -68,17 +69,53 @@ def launch(cfg: TrainConfig, resume: bool | str = False, report: Report | None =
         The run's :class:`TrainResult` (``world_size`` says how many workers it trained on).
 
     Raises:
-        ConfigError: ``run.workers`` < 1, a batch the workers cannot split, or a ``report`` callback
-            for a run that goes to Ray Train.
+        ConfigError: a bad config value (:func:`~emgscale.train.config.validate`), a folder holding
+            another run (:func:`prepare_run_folder`), a batch the workers cannot split, or a ``report``
+            callback for a run that goes to Ray Train.
     """
-    if cfg.run.workers < 1:
-        raise ConfigError(f"run.workers must be >= 1, got {cfg.run.workers}")
-    if not wants_ray(cfg):
-        return train(cfg, resume=resume, report=report)
-    if report is not None:
+    validate(cfg)
+    if wants_ray(cfg) and report is not None:
         raise ConfigError("a run with its own report callback is one process (a Tune trial): set resources, "
                           "not run.workers / run.use_gpu")
-    return fit_on_ray(cfg, resume)
+    out = Path(cfg.run.out_dir)
+    made = not out.exists()
+    prepare_run_folder(cfg, resume)
+    try:
+        return fit_on_ray(cfg, resume) if wants_ray(cfg) else train(cfg, resume=resume, report=report)
+    except BaseException:
+        if made and out.is_dir() and not (out / "checkpoints" / LAST).is_file():
+            shutil.rmtree(out, ignore_errors=True)  # no half-made run folder after a failed start-up
+            print0(f"[launch] the run failed before its first checkpoint: removed the run folder {out} it had made")
+        raise
+
+
+#: What a run writes into its folder (``run.overwrite`` removes these, and nothing else, before a new run).
+RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "metrics.csv", "config.yaml", "ray_result.json", "ray")
+
+
+def prepare_run_folder(cfg: TrainConfig, resume: bool | str) -> None:
+    """Refuse to train into a folder that holds a run, unless resuming it or ``run.overwrite`` replaces it.
+
+    Raises:
+        ConfigError: ``run.out_dir`` holds a run's checkpoints or metrics, and neither ``resume`` nor
+            ``run.overwrite`` is set.
+    """
+    out = Path(cfg.run.out_dir)
+    found = [n for n in ("checkpoints/" + LAST, "checkpoints/" + BEST, "metrics.jsonl") if (out / n).exists()]
+    if resume is not False or not found:
+        return
+    if not cfg.run.overwrite:
+        raise ConfigError(f"run.out_dir={str(out)!r} already holds a run ({found[0]}): continue it with --resume, "
+                          "replace it with --overwrite (run.overwrite=true), or choose another run.out_dir")
+    for name in RUN_FILES:
+        p = out / name
+        if name == "ray" and cfg.run.storage_path:
+            continue  # not this run's default Ray storage
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    print0(f"[launch] run.overwrite: removed the earlier run's checkpoints, metrics and logs in {out}")
 
 
 def import_ray() -> Any:

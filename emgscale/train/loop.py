@@ -189,7 +189,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     ckpt_dir = Path(cfg.run.out_dir) / "checkpoints"
     autocast, scaled = _precision(cfg.run.bf16, device)
     run = _Run(cfg=cfg, data=data, objective=build_objective(cfg), model=model, net=model, optimizer=optimizer, scheduler=None,  # type: ignore[arg-type]
-               averager=WeightAverager(cfg.swad), device=device, autocast=autocast,
+               averager=WeightAverager(cfg.swad, store_dir=Path(cfg.run.out_dir) / "swad", is_main=is_main()),
+               device=device, autocast=autocast,
                scaler=torch.amp.GradScaler(device.type, enabled=scaled), world=world, rank=rnk,
                local_batch=global_batch // world, ckpt_dir=ckpt_dir, logger=None, report=report)
 

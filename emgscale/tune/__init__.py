@@ -15,8 +15,9 @@ search space over any dotted config field, the metric, an ASHA scheduler and the
       model.arch: {choice: [tds, cnn_bigru]}
       swad.mode: {grid: [off, swad]}             # grid: every value, times num_samples
     num_samples: 8
-    metric: val_cer                              # any metric train() reports at validation
+    metric: val_cer                              # any metric train() reports at validation (ASHA uses it)
     mode: min
+    # rank_by: swad_val_cer                      # optional: rank the table by the SWAD average instead
     scheduler: {type: asha, max_t: 20, grace_period: 2, reduction_factor: 3}   # in validations
     resources: {cpu: 1, gpu: 0}                  # per trial; fractions allowed, cpu > 0
 
@@ -81,6 +82,7 @@ class SearchConfig:
     num_samples: int = 1
     metric: str = "val_cer"
     mode: str = "min"  # min | max
+    rank_by: str = ""  # the metric the results table ranks trials by (default: metric); swad_val_cer: the SWAD average's
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     max_concurrent_trials: int = 0  # 0 = as many as resources allow
@@ -187,8 +189,10 @@ def _tune_space(parsed: dict[str, tuple[str, Any]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- one trial
 def _trial(params: dict[str, Any], *, base: dict[str, Any], out_dir: str, cwd: str, cpus: float,
-           report_checkpoints: bool) -> None:
-    """A Tune trial: ``train()`` with the sampled params, reporting each validation to Tune."""
+           report_checkpoints: bool, metric: str = "val_cer") -> None:
+    """A Tune trial: one :func:`emgscale.train.launch` run with the sampled params, reporting each
+    validation to Tune; with SWAD on, a last report carries the averaged model's validation
+    (``swad_val_cer``, ``swad_val_loss``) so a search can rank by it (``rank_by: swad_val_cer``)."""
     import ray.tune
 
     from emgscale.train import launch
@@ -209,9 +213,19 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], out_dir: str, cwd: s
     restored = ray.tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            launch(cfg, resume=str(Path(d) / "last.pt"), report=report)
+            result = launch(cfg, resume=str(Path(d) / "last.pt"), report=report)
     else:
-        launch(cfg, resume=True, report=report)  # a retried trial continues from its own last.pt
+        result = launch(cfg, resume=True, report=report)  # a retried trial continues from its own last.pt
+    if cfg.swad.mode != "off":
+        from emgscale.swad.posthoc import averaged_val_metrics
+
+        try:
+            swad = averaged_val_metrics(cfg.run.out_dir, device=cfg.run.device if cfg.run.device != "auto" else "cpu")
+        except (ValueError, FileNotFoundError):  # no valley found: nothing averaged to rank
+            return
+        last = result.history[-1] if result.history else {}
+        ray.tune.report({**{k: v for k, v in last.items() if isinstance(v, (int, float))},
+                         "swad_val_cer": swad["val_cer"], "swad_val_loss": swad["val_loss"], metric: last.get(metric)})
 
 
 # ----------------------------------------------------------------------------- the search
@@ -261,7 +275,7 @@ def run_search(search: SearchConfig) -> TuneResult:
                  if search.scheduler.type == "asha" else FIFOScheduler())
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base, out_dir=str(out_dir), cwd=os.getcwd(),
-                             cpus=search.resources.cpu, report_checkpoints=search.checkpoints),
+                             cpus=search.resources.cpu, report_checkpoints=search.checkpoints, metric=search.metric),
         {"cpu": search.resources.cpu, "gpu": search.resources.gpu})
     tuner = tune.Tuner(
         trainable,
@@ -293,6 +307,7 @@ def write_results(search: SearchConfig, parsed: dict[str, tuple[str, Any]], base
                   out_dir: Path) -> TuneResult:
     """Tabulate a Tune ``ResultGrid``: one row per trial, ranked by its best ``metric`` over validations."""
     keys = list(parsed)
+    rank = search.rank_by or search.metric
     rows: list[dict[str, Any]] = []
     for r in grid:
         m = r.metrics or {}
@@ -300,13 +315,15 @@ def write_results(search: SearchConfig, parsed: dict[str, tuple[str, Any]], base
         row.update({k: r.config.get(k) for k in keys})
         row[f"best_{search.metric}"] = _best_of(r.metrics_dataframe, search.metric, search.mode)
         row[f"last_{search.metric}"] = m.get(search.metric, math.nan)
+        if rank != search.metric:
+            row[f"best_{rank}"] = _best_of(r.metrics_dataframe, rank, search.mode)
         row["validations"] = m.get("training_iteration", 0)
         row["step"] = m.get("step", 0)
         row["time_s"] = round(float(m.get("time_total_s", 0.0)), 1)
         row["error"] = "" if r.error is None else type(r.error).__name__ + ": " + str(r.error).splitlines()[0][:120]
         rows.append(row)
     sign = 1.0 if search.mode == "min" else -1.0
-    best_col = f"best_{search.metric}"
+    best_col = f"best_{rank}"
     rows.sort(key=lambda r: (math.isnan(r[best_col]), sign * (0.0 if math.isnan(r[best_col]) else r[best_col])))
     best = None
     if rows and not math.isnan(rows[0][best_col]):
@@ -314,7 +331,7 @@ def write_results(search: SearchConfig, parsed: dict[str, tuple[str, Any]], base
         cfg = trial_config(base, params)
         cfg.run.out_dir = str(out_dir / "best")  # where training the best config writes
         save_config(cfg, out_dir / "best_config.yaml")
-        best = {"trial": rows[0]["trial"], "params": params, search.metric: rows[0][best_col],
+        best = {"trial": rows[0]["trial"], "params": params, rank: rows[0][best_col],
                 "config": to_dict(cfg)}
     columns = list(rows[0]) if rows else []
     md = _markdown(rows, columns)

@@ -106,6 +106,9 @@ class BeamDecoder {
     return out;
   }
 
+  // For BeamStream: a fresh search over this decoder's LM and settings (the decoder must outlive it).
+  Search* new_search() const { return new Search(lm_.get(), actions_, words_, opt_); }
+
   double score_labels(const std::vector<int>& labels, bool eos) const {
     for (int c : labels)
       if (c < 0 || c >= num_classes() || c == opt_.blank) throw std::invalid_argument("label out of range (or blank)");
@@ -133,9 +136,77 @@ class BeamDecoder {
   std::unique_ptr<LanguageModel> lm_;
 };
 
+// Incremental decoding: one search fed frames as they come; the labels of a prefix are *committed*
+// (returned, never retracted) once every hypothesis of the beam shares it, or, with lookahead >= 0,
+// once the best hypothesis's prefix entered the beam at least `lookahead` frames ago (the beam is then
+// restricted to that prefix, so later frames cannot contradict it). Without a look-ahead the final
+// labels equal the offline search's.
+class BeamStream {
+ public:
+  BeamStream(const BeamDecoder& dec, int64_t lookahead) : search_(dec.new_search()), lookahead_(lookahead),
+                                                          num_classes_(dec.num_classes()) {}
+
+  std::vector<int> push(py::array_t<float, py::array::c_style | py::array::forcecast> log_probs) {
+    if (finished_) throw std::runtime_error("push after finish: start a new stream");
+    if (log_probs.ndim() != 2 || log_probs.shape(1) != num_classes_)
+      throw std::invalid_argument("log_probs must have shape (T, " + std::to_string(num_classes_) + ")");
+    const int64_t T = log_probs.shape(0);
+    std::vector<int> out;
+    {
+      py::gil_scoped_release release;
+      const float* p = log_probs.data();
+      for (int64_t t = 0; t < T; ++t) search_->step(p + t * num_classes_, num_classes_);
+      out = commit();
+    }
+    return out;
+  }
+
+  // The rest of the final best hypothesis (end-of-sentence scores included).
+  std::vector<int> finish() {
+    if (finished_) return {};
+    finished_ = true;
+    Result r = search_->finish(1);
+    const std::vector<int>& all = r.labels[0];
+    if (static_cast<int64_t>(all.size()) < depth_) return {};
+    return std::vector<int>(all.begin() + depth_, all.end());
+  }
+
+  // The current best hypothesis's labels after the committed ones (may still change).
+  std::vector<int> partial() const {
+    if (search_->empty()) return {};
+    return search_->labels_after(search_->best_node(), static_cast<int32_t>(depth_));
+  }
+
+  int64_t frames() const { return search_->frames(); }
+  int64_t committed() const { return depth_; }
+
+ private:
+  std::vector<int> commit() {
+    if (search_->empty()) return {};
+    int32_t target = search_->common_node();
+    bool forced = false;
+    if (lookahead_ >= 0) {
+      int32_t old = search_->entered_by(search_->best_node(), search_->frames() - 1 - lookahead_);
+      if (search_->node(old).depth > search_->node(target).depth) target = old, forced = true;
+    }
+    if (search_->node(target).depth <= depth_) return {};
+    std::vector<int> labels = search_->labels_after(target, static_cast<int32_t>(depth_));
+    if (forced) search_->restrict_to(target);
+    depth_ = search_->node(target).depth;
+    return labels;
+  }
+
+  std::unique_ptr<Search> search_;
+  int64_t lookahead_;
+  int num_classes_;
+  int64_t depth_ = 0;
+  bool finished_ = false;
+};
+
 }  // namespace emgscale_beam
 
 using emgscale_beam::BeamDecoder;
+using emgscale_beam::BeamStream;
 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -153,5 +224,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("nbest", &BeamDecoder::nbest, py::arg("log_probs"), py::arg("length"), py::arg("n"))
       .def("decode_batch", &BeamDecoder::decode_batch, py::arg("log_probs"), py::arg("lengths"),
            py::arg("num_threads") = 1)
-      .def("score_labels", &BeamDecoder::score_labels, py::arg("labels"), py::arg("eos"));
+      .def("score_labels", &BeamDecoder::score_labels, py::arg("labels"), py::arg("eos"))
+      .def("stream", [](const BeamDecoder& d, int64_t lookahead) { return new BeamStream(d, lookahead); },
+           py::arg("lookahead"), py::keep_alive<0, 1>());
+  py::class_<BeamStream>(m, "BeamStream")
+      .def("push", &BeamStream::push, py::arg("log_probs"))
+      .def("finish", &BeamStream::finish)
+      .def("partial", &BeamStream::partial)
+      .def_property_readonly("frames", &BeamStream::frames)
+      .def_property_readonly("committed", &BeamStream::committed);
 }

@@ -43,6 +43,15 @@ struct LMNode {
   lm::ngram::State state;
 };
 
+// A label-trie node: one label prefix (parent prefix + label), with what streaming needs to commit it.
+struct TrieNode {
+  int32_t parent;
+  int32_t label;
+  int32_t depth;   // labels in the prefix
+  int64_t frame;   // frame at which the prefix entered the beam
+  uint64_t hash;   // the prefix's rolling hash (equal prefixes, equal hashes)
+};
+
 struct Hyp {
   uint64_t hash, parent_hash;  // parent_hash: the prefix without its last label (0 for the root)
   int32_t node;  // label trie
@@ -76,7 +85,7 @@ class Search {
     bool found;
     beam_map_.reset(1);
     beam_map_.find_or_insert(0, &found) = 0;
-    nodes_.push_back({-1, -1});
+    nodes_.push_back({-1, -1, 0, -1, 0});
     LMNode root{-1, 0, 0.f, true, {}};
     if (lm_) root.state = lm_->bos_state();
     lm_nodes_.push_back(root);
@@ -202,6 +211,7 @@ class Search {
       extend(h, h.total(), g.last, row, false);
     }
     prune();
+    ++frame_;
   }
 
   // Adds the extension of `h` by `label` unless it provably cannot enter the beam (bound < cutoff).
@@ -272,7 +282,7 @@ class Search {
       Entry& e = entries_[order_[k]];
       if (e.node < 0) {
         e.node = static_cast<int32_t>(nodes_.size());
-        nodes_.push_back({e.parent, e.label});
+        nodes_.push_back({e.parent, e.label, nodes_[e.parent].depth + 1, frame_, e.hash});
       }
       beam_.push_back({e.hash, e.parent_hash, e.node, e.lm, e.last, e.b, e.nb});
     }
@@ -288,13 +298,14 @@ class Search {
     std::vector<char> live(nodes_.size(), 0);
     live[0] = 1;
     for (const Hyp& h : beam_)
-      for (int32_t n = h.node; n >= 0 && !live[n]; n = nodes_[n].first) live[n] = 1;
+      for (int32_t n = h.node; n >= 0 && !live[n]; n = nodes_[n].parent) live[n] = 1;
     int32_t k = 0;
     for (size_t i = 0; i < nodes_.size(); ++i) {
       if (!live[i]) continue;
       remap[i] = k;
-      int32_t p = nodes_[i].first;
-      nodes_[k++] = {p >= 0 ? remap[p] : -1, nodes_[i].second};
+      TrieNode n = nodes_[i];
+      n.parent = n.parent >= 0 ? remap[n.parent] : -1;
+      nodes_[k++] = n;
     }
     nodes_.resize(k);
     for (Hyp& h : beam_) h.node = remap[h.node];
@@ -344,8 +355,8 @@ class Search {
     }
     for (size_t j = 0; j < ranked.size() && static_cast<int>(j) < n; ++j) {
       std::vector<int> labels;
-      for (int32_t node = beam_[ranked[j].second].node; node > 0; node = nodes_[node].first)
-        labels.push_back(nodes_[node].second);
+      for (int32_t node = beam_[ranked[j].second].node; node > 0; node = nodes_[node].parent)
+        labels.push_back(nodes_[node].label);
       std::reverse(labels.begin(), labels.end());
       r.labels.push_back(std::move(labels));
       r.scores.push_back(ranked[j].first);
@@ -369,12 +380,65 @@ class Search {
     return total;
   }
 
+  // ---- streaming (incremental decoding): read the beam's label trie, restrict the beam to a prefix.
+  int64_t frames() const { return frame_; }
+  bool empty() const { return beam_.empty(); }
+  const TrieNode& node(int32_t n) const { return nodes_[n]; }
+  int32_t best_node() const { return beam_.front().node; }  // beam_ is sorted best first
+
+  int32_t ancestor(int32_t n, int32_t depth) const {
+    while (nodes_[n].depth > depth) n = nodes_[n].parent;
+    return n;
+  }
+
+  // The deepest prefix shared by every hypothesis of the beam (the root when they share none).
+  int32_t common_node() const {
+    int32_t depth = std::numeric_limits<int32_t>::max();
+    for (const Hyp& h : beam_) depth = std::min(depth, nodes_[h.node].depth);
+    std::vector<int32_t> at;
+    for (const Hyp& h : beam_) at.push_back(ancestor(h.node, depth));
+    for (;;) {
+      bool same = true;
+      for (int32_t n : at) same = same && nodes_[n].hash == nodes_[at[0]].hash;
+      if (same || depth == 0) return at[0];
+      --depth;
+      for (int32_t& n : at) n = nodes_[n].parent;
+    }
+  }
+
+  // The deepest ancestor of `n` (or `n`) that entered the beam at or before frame `frame`.
+  int32_t entered_by(int32_t n, int64_t frame) const {
+    while (n > 0 && nodes_[n].frame > frame) n = nodes_[n].parent;
+    return n;
+  }
+
+  // Labels of node `n`'s prefix after its first `from_depth` labels.
+  std::vector<int> labels_after(int32_t n, int32_t from_depth) const {
+    std::vector<int> out;
+    for (; nodes_[n].depth > from_depth; n = nodes_[n].parent) out.push_back(nodes_[n].label);
+    std::reverse(out.begin(), out.end());
+    return out;
+  }
+
+  // Drop the hypotheses that do not start with the prefix of node `n` (keeps the beam's order).
+  void restrict_to(int32_t n) {
+    const int32_t depth = nodes_[n].depth;
+    const uint64_t hash = nodes_[n].hash;
+    std::vector<Hyp> kept;
+    for (const Hyp& h : beam_)
+      if (nodes_[h.node].depth >= depth && nodes_[ancestor(h.node, depth)].hash == hash) kept.push_back(h);
+    beam_.swap(kept);
+    beam_map_.reset(beam_.size());
+    bool found;
+    for (size_t k = 0; k < beam_.size(); ++k) beam_map_.find_or_insert(beam_[k].hash, &found) = static_cast<int32_t>(k);
+  }
+
  private:
   const LanguageModel* lm_;
   const std::vector<int>& actions_;
   const std::vector<lm::WordIndex>& words_;
   Options opt_;
-  std::vector<std::pair<int32_t, int32_t>> nodes_;  // label trie: (parent, label)
+  std::vector<TrieNode> nodes_;  // label trie
   std::vector<LMNode> lm_nodes_;
   U64Map lm_cache_;
   std::vector<Hyp> beam_;
@@ -387,6 +451,7 @@ class Search {
   double top_ = kNegInf;
   int backspace_label_ = -1;
   size_t node_gc_at_, lm_gc_at_;
+  int64_t frame_ = 0;
 };
 
 }  // namespace emgscale_beam
