@@ -45,10 +45,17 @@ def test_zero_shot_and_personalized_demo(out):
     z = _check(out, "zero_shot", 2)
     variants = [r["variant"] for r in z["tables"]["zero_shot"]["aggregate"]]
     assert variants[:3] == ["seen users, new sessions (best val)", "final checkpoint", "best val checkpoint"]
-    assert "causal cnn_gru_causal (best val)" in variants  # the causal generic model beside the offline one
+    assert not any(v.startswith("causal") for v in variants)  # the demo leaves the causal model out
     p = _check(out, "personalized", 3)
     assert [r["variant"] for r in p["tables"]["personalized"]["aggregate"]] == [
         "generic (zero-shot)", "personalized, random init", "personalized, fine-tuned generic"]
+
+
+def test_zero_shot_has_a_causal_generic_model_row(out):
+    """`bench zero_shot` (not the demo) adds the causal generic model (causal_arch) beside the offline one."""
+    assert main(["zero_shot", "--budget", "tiny", "--out", str(out)]) == 0
+    z = _check(out, "zero_shot", 4)
+    assert "causal cnn_gru_causal (best val)" in [r["variant"] for r in z["tables"]["zero_shot"]["aggregate"]]
 
 
 def test_single_user(out):

@@ -94,7 +94,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                   cache: "str | Path | None" = None, definitions_dir: "str | Path | None" = None,
                   configs_dir: "str | Path | None" = None, lm_texts: list[Path] | None = None,
                   workers: int = 1, jobs: int = 1, overrides: list[str] = (),
-                  generic_checkpoint: "str | Path | None" = None) -> dict[str, Any]:
+                  generic_checkpoint: "str | Path | None" = None,
+                  definition_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``.
 
     Args:
@@ -111,6 +112,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         generic_checkpoint: a generic model to start from instead of training one (an emgscale or a
             reference Lightning checkpoint such as Meta's ``generic.ckpt``): zero_shot evaluates it,
             personalized and few_shot fine-tune it (user models use its model config).
+        definition_overrides: settings that replace the definition's (e.g. the demo's ``causal_arch: None``).
 
     Returns:
         The JSON result (rows, aggregated tables, settings, provenance).
@@ -131,7 +133,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                        lm=_lm(cache, lm_texts, b.lm_order) if name not in SELF_RENDERED else None, workers=workers,
                        jobs=jobs, overrides=list(overrides), out=out_dir,
                        generic_checkpoint=Path(generic_checkpoint) if generic_checkpoint else None)
-    definition = load_definition(definitions_dir, name, budget)
+    definition = {**load_definition(definitions_dir, name, budget), **(definition_overrides or {})}
     print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}")
     res = SUITES[name](ctx, definition)
     out_dir.mkdir(parents=True, exist_ok=True)
