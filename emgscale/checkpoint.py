@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from emgscale.common import atomic_torch_save
+from emgscale.models.reference import is_reference_checkpoint, reference_as_checkpoint
 
 #: 2: the data config nests its windowing under ``data.window``; RNG state holds no numpy objects.
 #: 3: the TDS encoder computes the reference's function (``model.tds.feature_order: channel_major``);
@@ -207,8 +208,6 @@ def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cp
         path = path / LAST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    from emgscale.models.reference import is_reference_checkpoint, reference_as_checkpoint
-
     if is_reference_checkpoint(path):  # a Lightning checkpoint of the official code (Meta's released models)
         return Checkpoint(**reference_as_checkpoint(path))
     try:

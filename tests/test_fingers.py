@@ -12,9 +12,9 @@ import torch
 from emgscale.data.errors import DataError
 from emgscale.data.windows import Batch
 from emgscale.features import Decimator, FeatureConfig, Featurizer
-from emgscale.fingers.device import DeviceView, apply_view, every_other, resample
+from emgscale.data.device import DeviceView, apply_view, every_other, resample
 from emgscale.fingers.evaluate import confusion_matrix, scores
-from emgscale.fingers.reader import (CSVFormat, label_runs, libemg_format, load_split, make_split, read_table,
+from emgscale.data.tables import (CSVFormat, label_runs, libemg_format, load_split, make_split, read_table,
                                      write_split, write_table)
 from emgscale.models import ModelConfig, build_model
 from emgscale.train.frames import frame_targets, frames_to_samples
@@ -252,7 +252,7 @@ def test_scores_of_a_confusion_matrix():
 @pytest.fixture(scope="module")
 def fingers_data(tmp_path_factory) -> Path:
     """A tiny synthetic finger corpus: 2 users x 3 sessions of 30 s."""
-    from emgscale.fingers.synth import FingerSynthConfig, generate_fingers
+    from emgscale.synth.fingers import FingerSynthConfig, generate_fingers
 
     root = tmp_path_factory.mktemp("fingers") / "data"
     generate_fingers(FingerSynthConfig(out=str(root), users=2, sessions_per_user=3, minutes=0.5))

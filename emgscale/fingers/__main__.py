@@ -12,7 +12,7 @@ Examples::
 
 ``train`` runs the one training loop on ``configs/fingers/train.yaml`` + a model file (default
 ``configs/fingers/cnn_gru_causal.yaml``) + any YAML and ``dotted.key=value`` given; the files' layout
-is ``data.csv.*`` (see :class:`emgscale.fingers.reader.CSVFormat`).
+is ``data.csv.*`` (see :class:`emgscale.data.tables.CSVFormat`).
 """
 
 from __future__ import annotations
@@ -22,25 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-from emgscale.config import ConfigError
-from emgscale.data.errors import DataError
+from emgscale.cli import cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "fingers"
 
 
-def _synth(a: argparse.Namespace) -> int:
-    from emgscale.config import build_config
-    from emgscale.fingers.synth import FingerSynthConfig, generate_fingers
-
-    base = {k: v for k, v in {"out": a.out, "users": a.users, "sessions_per_user": a.sessions_per_user,
-                              "minutes": a.minutes, "seed": a.seed}.items() if v is not None}
-    info = generate_fingers(build_config(FingerSynthConfig, [], a.overrides, base=base))
-    print(json.dumps(info, indent=1))
-    return 0
-
-
 def _split(a: argparse.Namespace) -> int:
-    from emgscale.fingers.reader import make_split, write_split
+    from emgscale.data.tables import make_split, write_split
 
     out = Path(a.out) if a.out else Path(a.data_root) / "split.yaml"
     split = make_split(a.data_root, a.val, a.test)
@@ -50,7 +38,7 @@ def _split(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from emgscale.fingers.reader import make_split, write_split
+    from emgscale.data.tables import make_split, write_split
     from emgscale.train import launch, load_train_config
 
     files = [str(CONFIGS / "train.yaml"), a.model or str(CONFIGS / "cnn_gru_causal.yaml")]
@@ -79,7 +67,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     from emgscale.config import build_config, to_dict
     from emgscale.eval.inference import load_model
     from emgscale.fingers.evaluate import evaluate_recordings, plot_confusion
-    from emgscale.fingers.reader import FINGER_CLASSES
+    from emgscale.data.tables import FINGER_CLASSES
     from emgscale.loader import DataConfig
     from emgscale.loader.csv import read_part
 
@@ -105,18 +93,14 @@ def _evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+@cli("python -m emgscale.fingers")
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments and run the subcommand; returns the exit code (2 with one line on bad input)."""
     p = argparse.ArgumentParser(prog="python -m emgscale.fingers", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synth", help="write a synthetic finger corpus (CSV)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--users", type=int)
-    s.add_argument("--sessions-per-user", type=int)
-    s.add_argument("--minutes", type=float, help="minutes per session")
-    s.add_argument("--seed", type=int)
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="more FingerSynthConfig fields")
+    sub.add_parser("synth", help="write a synthetic finger corpus (CSV); the same as python -m emgscale.synth "
+                                 "fingers", add_help=False)
     s = sub.add_parser("split", help="write a split of a folder (per user: last file test, the one before val)")
     s.add_argument("data_root")
     s.add_argument("--out", help="split YAML (default <data_root>/split.yaml)")
@@ -141,16 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", help="write the scores as JSON here")
     s.add_argument("overrides", nargs="*", metavar="data.csv.key=value", help="the files' layout, if different")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["synth"]:
+        from emgscale.synth.__main__ import fingers_main
+
+        return fingers_main(argv[1:])
     if not argv or argv[0] not in sub.choices:
         p.parse_args(argv)  # help, or the error naming the subcommands
         return 2
     a = sub.choices[argv[0]].parse_intermixed_args(argv[1:])  # options may come after the overrides
     a.cmd = argv[0]
-    try:
-        return {"synth": _synth, "split": _split, "train": _train, "evaluate": _evaluate}[a.cmd](a)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return {"split": _split, "train": _train, "evaluate": _evaluate}[a.cmd](a)
 
 
 if __name__ == "__main__":

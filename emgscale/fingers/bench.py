@@ -2,8 +2,8 @@
 pre-trained on keyboard data, against minutes of the user's own data.
 
 Target data: when ``--data-root`` is a folder of CSV/TSV recordings (the course's format, or any
-:class:`~emgscale.fingers.reader.CSVFormat` given by ``data.csv.*`` overrides) it is used; otherwise a
-synthetic finger corpus (:mod:`emgscale.fingers.synth`, the definition's ``synth`` settings) is made in
+:class:`~emgscale.data.tables.CSVFormat` given by ``data.csv.*`` overrides) it is used; otherwise a
+synthetic finger corpus (:mod:`emgscale.synth.fingers`, the definition's ``synth`` settings) is made in
 the cache. Per user: the last ``test_sessions`` files are test, the ``val_sessions`` before them val,
 the rest train (``make_split``).
 
@@ -32,7 +32,7 @@ import numpy as np
 from emgscale.bench.steps import cached, ensure_corpus, ensure_shards, ensure_trained_many
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
-from emgscale.fingers.reader import FINGER_CLASSES, make_split, table_files, write_split
+from emgscale.data.tables import FINGER_CLASSES, make_split, table_files, write_split
 
 FROZEN = ["featurizer", "frontend", "encoder"]
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -44,7 +44,7 @@ def _target(ctx: Any, d: dict[str, Any]) -> tuple[Path, bool]:
     if table_files(root) and not any(root.glob("*.hdf5")):
         return root, False
     from emgscale.config import from_dict
-    from emgscale.fingers.synth import FingerSynthConfig, generate_fingers
+    from emgscale.synth.fingers import FingerSynthConfig, generate_fingers
 
     flags = dict(d.get("synth") or {})
 
@@ -167,7 +167,7 @@ def render(rows: list[dict[str, Any]], out: Path | None, *, synthetic: bool, roo
            confusion_variant: str) -> dict[str, Any]:
     """Markdown table, accuracy-vs-minutes and confusion PNGs (when ``out`` is set) of the rows."""
     agg = aggregate(rows)
-    data = (f"synthetic finger corpus (emgscale.fingers.synth), {users} users" if synthetic
+    data = (f"synthetic finger corpus (emgscale.synth.fingers), {users} users" if synthetic
             else f"{root} ({users} users)")
     lines = ["### fingers: per-time-point accuracy on held-out sessions", "",
              "| variant | user data (min) | accuracy | balanced accuracy | macro-F1 | users |", "|---|---|---|---|---|---|"]

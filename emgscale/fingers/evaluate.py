@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from emgscale.fingers.reader import Recording
+from emgscale.data.tables import Recording
 from emgscale.train.frames import frames_to_samples
 
 

@@ -15,7 +15,7 @@ whichever the source:
   batches with ``sample_labels``.
 
 ``cfg.view`` (when set) turns every batch into what a smaller device would record: one band, some
-electrodes, a lower rate, random ring rotations in training (:mod:`emgscale.fingers.device`).
+electrodes, a lower rate, random ring rotations in training (:mod:`emgscale.data.device`).
 
 Both give the same samples (one :class:`~emgscale.data.windows.WindowSpec` rule for windows, jitter
 and labels) and honour the same subsets: ``users``, ``sessions`` and ``max_minutes_per_user`` (the
@@ -34,7 +34,7 @@ import numpy as np
 from emgscale.data.errors import DataError
 from emgscale.data.splits import normalize_user
 from emgscale.data.windows import Batch
-from emgscale.fingers.device import DeviceView, apply_view
+from emgscale.data.device import DeviceView, apply_view
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
 from emgscale.loader.csv import csv_loader
 from emgscale.loader.hdf5 import hdf5_loader

@@ -15,8 +15,8 @@ import numpy as np
 
 from emgscale.data.splits import normalize_user
 from emgscale.data.windows import Batch, WindowSpec, training_windows
-from emgscale.fingers.device import DeviceView
-from emgscale.fingers.reader import CSVFormat
+from emgscale.data.device import DeviceView
+from emgscale.data.tables import CSVFormat
 
 
 @dataclass
@@ -26,7 +26,7 @@ class DataConfig:
     Attributes:
         format: ``emg2qwerty`` (HDF5 sessions or shards of them) or ``csv`` (a folder of CSV/TSV
             recordings with a label per row, :mod:`emgscale.loader.csv`; ``split`` is then a split of
-            files, :func:`emgscale.fingers.reader.load_split`).
+            files, :func:`emgscale.data.tables.load_split`).
         data_root: folder of HDF5 sessions (read directly when ``shards`` is unset), or of CSV files.
         split: official split YAML.
         shards: shard folder / URL prefix (``{name}`` is replaced by ``train/train-000000.tar`` etc.) /
@@ -50,7 +50,7 @@ class DataConfig:
         limit_samples: stop each pass after this many samples on each rank (quick checks).
         csv: the layout of the CSV files (``format: csv``).
         view: the data as a smaller device would record it (one band, some electrodes, a lower rate;
-            :class:`~emgscale.fingers.device.DeviceView`), applied to every batch.
+            :class:`~emgscale.data.device.DeviceView`), applied to every batch.
     """
 
     format: str = "emg2qwerty"

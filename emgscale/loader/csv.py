@@ -1,5 +1,5 @@
 """The CSV source of :func:`emgscale.loader.build_loader` (``data.format: csv``): windows of recordings
-with a label per row, from a folder of CSV/TSV files (:mod:`emgscale.fingers.reader`).
+with a label per row, from a folder of CSV/TSV files (:mod:`emgscale.data.tables`).
 
 ``data.data_root`` is the folder, ``data.split`` a split YAML of files (paths or globs) per part,
 ``data.csv`` the files' layout. Samples are cut by the same :class:`~emgscale.data.windows.WindowSpec`
@@ -19,7 +19,7 @@ import torch
 
 from emgscale.data.errors import DataError
 from emgscale.data.windows import WindowSpec, collate
-from emgscale.fingers.reader import Recording, load_split, read_file
+from emgscale.data.tables import Recording, load_split, read_file
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 

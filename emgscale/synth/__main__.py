@@ -21,14 +21,34 @@ from emgscale.config import build_config
 from emgscale.synth.corpus import SynthConfig, generate_corpus
 
 
+@cli("python -m emgscale.synth fingers")
+def fingers_main(argv: list[str]) -> int:
+    """``python -m emgscale.synth fingers --out DIR [...]``: a synthetic finger corpus (CSV); returns 0."""
+    import json
+
+    from emgscale.synth.fingers import FingerSynthConfig, generate_fingers
+
+    ap = argparse.ArgumentParser(prog="python -m emgscale.synth fingers",
+                                 description="A synthetic 8-channel 200 Hz finger dataset in the course's CSV format.")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--users", type=int)
+    ap.add_argument("--sessions-per-user", type=int)
+    ap.add_argument("--minutes", type=float, help="minutes per session")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="more FingerSynthConfig fields")
+    a = ap.parse_intermixed_args(argv)
+    base = {k: v for k, v in {"out": a.out, "users": a.users, "sessions_per_user": a.sessions_per_user,
+                              "minutes": a.minutes, "seed": a.seed}.items() if v is not None}
+    print(json.dumps(generate_fingers(build_config(FingerSynthConfig, [], a.overrides, base=base)), indent=1))
+    return 0
+
+
 @cli("python -m emgscale.synth")
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, generate the corpus, print its summary; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["fingers"]:  # the 8-channel 200 Hz finger dataset as CSV (emgscale.fingers.synth)
-        from emgscale.fingers.__main__ import main as fingers_main
-
-        return fingers_main(["synth", *argv[1:]])
+    if argv[:1] == ["fingers"]:  # the 8-channel 200 Hz finger dataset as CSV (emgscale.synth.fingers)
+        return fingers_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m emgscale.synth", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output data root")

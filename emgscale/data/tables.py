@@ -12,7 +12,7 @@ row within ``grid_tolerance`` of a period of ``t0 + i / rate``) the rows are kep
 otherwise the channels are interpolated linearly onto that grid and each grid point takes the label
 of the last row at or before it. Rows much denser than the stated rate are first interpolated at
 their own median rate and then decimated with the anti-aliased resampler
-(:func:`emgscale.fingers.device.resample`).
+(:func:`emgscale.data.device.resample`).
 
 A problem in a file (a short row, a missing column, a non-number, time going backwards, an unknown
 label) is a :class:`~emgscale.data.errors.DataError` naming the file and the line.
@@ -294,7 +294,7 @@ def to_grid(times_s: np.ndarray, emg: np.ndarray, labels: np.ndarray | None, sam
     t = times_s - times_s[0]
     if len(t) < 2 or np.max(np.abs(t - np.arange(len(t)) * period)) <= tolerance * period:
         return emg, labels, False
-    from emgscale.fingers.device import resample
+    from emgscale.data.device import resample
 
     src_rate = 1.0 / float(np.median(np.diff(t)))
     work_rate = src_rate if src_rate > 1.5 * sample_rate_hz else sample_rate_hz

@@ -5,11 +5,11 @@ motor units and spatial patterns, per-user anatomy (``sample_anatomy``) and per-
 contact, noise and mains (``sample_condition``). The armband is the right band's ring seen at 8 evenly
 spaced electrodes (every other of the model's 16, so the session's placement still shifts it), rendered
 at 2 kHz and brought to 200 Hz with the anti-aliased resampler a 200 Hz device's front end amounts to
-(:func:`emgscale.fingers.device.resample`).
+(:func:`emgscale.data.device.resample`).
 
 A session is a sequence of cued trials: rest for 1-2.5 s, then one finger (thumb, index, middle, ring,
 little; shuffled so each comes equally often) flexed and held for 1-2.5 s. Labels follow the *cue*
-(``rest`` = 0, then the fingers 1-5, :data:`~emgscale.fingers.reader.FINGER_CLASSES`); the muscles
+(``rest`` = 0, then the fingers 1-5, :data:`~emgscale.data.tables.FINGER_CLASSES`); the muscles
 follow it after a reaction time (median 250 ms onset, 200 ms offset, varying per trial) and with the
 model's reach / press / hold / release bursts, so labels are imperfect at the edges, as in a real
 cued recording. Each flexion recruits the finger's flexor and, weaker, its neighbours (enslavement,
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from emgscale.common import atomic_write_json, print0
-from emgscale.fingers.device import every_other, resample
-from emgscale.fingers.reader import FINGER_CLASSES, make_split, write_split, write_table
+from emgscale.data.device import every_other, resample
+from emgscale.data.tables import FINGER_CLASSES, make_split, write_split, write_table
 from emgscale.synth.keyboard import KEY_SPACE, RIGHT
 from emgscale.synth.signal import (EXT0, FCR, FCU, FLEX0, NUM_SOURCES, SAMPLE_RATE_HZ, Anatomy, sample_anatomy,
                                    sample_condition, synthesize_emg)
