@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -53,6 +54,8 @@ VARIANTS: dict[str, list[str]] = {
     "warmup2": ["optim.warmup_epochs=2"],
     "aux": ["loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=300"],
     "aux_prior": ["loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=300", "model.head_blank_prior=0.9"],
+    # the re-sized ``small`` budget's recipe (emgscale/bench/budget.py): aux loss decayed over 200 steps + prior
+    "small": ["loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=200", "model.head_blank_prior=0.9"],
     "aux_stride4": ["loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=300", "model.cnn_rnn.strides=[2,2]"],
     "aux_at_press": ["loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=300", "loss.aux_offset_ms=0"],
 }
@@ -207,7 +210,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     steps = sorted({c["step"] for r in results for c in r["curve"] if c["step"] % a.eval_every == 0})
     print(table(results, steps))
     if a.plot and results:
-        plot(results, Path(a.plot), f"{a.model}, split {a.split}, {Path(a.data_root).name}")
+        from emgscale.bench.runner import data_label
+
+        root = Path(a.data_root)
+        plot(results, Path(a.plot), f"{a.model}, split {a.split} of {data_label(root)} ({root.name}), seeds {a.seeds},\n"
+             f"{a.jobs} run(s) at a time on {os.cpu_count()} cores; greedy CER on 4 s val windows")
         print(f"[plateau] plot: {a.plot}")
     return results
 
