@@ -176,7 +176,7 @@ def test_chunked_spectra_equal_one_shot(rate, kind):
     """compute_spectra in chunks of 7 or 64 frames equals one pass over the whole block (measured bit for bit)."""
     f = Featurizer(FeatureConfig(sample_rate_hz=rate, kind=kind)).eval()
     raw = emg(1, 20_011)[0].numpy()
-    n = f.frames_for = int(f.output_lengths(torch.tensor([len(raw)]))[0])
+    n = int(f.output_lengths(torch.tensor([len(raw)]))[0])
     one = f.spectra(torch.from_numpy(raw)[None], torch.tensor([len(raw)]))[0][0].numpy()
     assert one.shape[0] == n
     for chunk in (7, 64):
@@ -221,16 +221,18 @@ def test_cached_batches_collate_and_move_with_their_lengths(tiny_corpus, tmp_pat
     assert batch.feature_lengths.tolist() == [len(s["features"]) for s in samples]
     assert batch.emg_lengths.tolist() == [s["rows"] for s in samples]
     head = batch.head(2).to("cpu")
-    assert torch.equal(head.features, batch.features[:2]) and head.feature_lengths.tolist() == batch.feature_lengths[:2].tolist()
+    assert torch.equal(head.features, batch.features[:2])
+    assert head.feature_lengths.tolist() == batch.feature_lengths[:2].tolist()
     with pytest.raises(ValueError, match="together with raw-EMG samples"):
         collate([samples[0], windows[0]])
 
 
-def _train_overrides(corpus, tmp_path: Path, *source: str) -> list[str]:
+def _train_overrides(tmp_path: Path, *source: str) -> list[str]:
     return [*source, f"data.feature_cache={tmp_path / 'cache'}", "model.augment.temporal_jitter_samples=0",
             "data.window.window_samples=2000", "data.window.pad_left_samples=300",
             "data.window.pad_right_samples=100", "data.batch_size=4", f"run.out_dir={tmp_path / 'run'}",
-            "run.max_epochs=1", "run.steps_per_epoch=4", "run.log_every_steps=1", "run.tensorboard=false", "run.threads=1",
+            "run.max_epochs=1", "run.steps_per_epoch=4", "run.log_every_steps=1", "run.tensorboard=false",
+            "run.threads=1",
             "optim.lr=3e-3", "optim.warmup_epochs=0", *TINY_MODEL]
 
 
@@ -248,7 +250,7 @@ def test_a_model_trains_from_the_cache(tiny_corpus, tmp_path, source):
                                  split=str(tiny_corpus.split_path), window=WIN, train_windows_per_record=3,
                                  dtype="float32", progress=False))
         where = [f"data.shards={tmp_path / 'shards'}"]
-    cfg = load_train_config([], _train_overrides(tiny_corpus, tmp_path, *where))
+    cfg = load_train_config([], _train_overrides(tmp_path, *where))
     result = launch(cfg)
     blocks = sorted((tmp_path / "cache").rglob("*.npy"))
     if source == "hdf5":  # train and val sessions (6 + 3)
@@ -300,3 +302,18 @@ def test_cache_needs_the_feature_settings_and_refuses_views(tiny_corpus, tmp_pat
     cfg.view.band = 1
     with pytest.raises(ValueError, match="neither data.format=csv nor data.view"):
         build_loader(cfg, "train", train=True, seed=0, features=FeatureConfig())
+
+
+def test_bench_step_measures_raw_and_cached_side_by_side(tiny_corpus, tmp_path, capsys):
+    """benchmarks/bench_step.py --feature-cache times every part from raw EMG and from the cache in one run."""
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"),
+                           run_name="bench_step")
+    out = bench["main"](["--data-root", str(tiny_corpus.root), "--feature-cache", str(tmp_path / "cache"),
+                         "--steps", "2", "--warmup", "1", f"data.split={tiny_corpus.split_path}", "data.batch_size=2",
+                         "data.window.window_samples=2000", *TINY_MODEL])
+    assert set(out) == {"raw", "cached"} and all(len(v) == 2 for t in out.values() for v in t.values())
+    printed = capsys.readouterr().out
+    assert "| step |" in printed and "cached ms / step" in printed and "feature cache:" in printed
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 6  # every training session of the split

@@ -15,6 +15,9 @@ A *sample* is the unit every loader yields (from HDF5 sessions here, from WebDat
 ``sample_rate_hz`` sampling rate of ``emg``
 =================  =========================================================================
 
+A sample served from a feature cache (:meth:`emgscale.features.cache.FeatureCache.serve`) has
+``features`` (its spectra) and ``rows`` (the raw rows they cover) in place of ``emg``.
+
 Windowing follows the reference: ``window_samples`` (4 s) windows every ``stride_samples``, rows
 ``[offset - pad_left, offset + window + pad_right)`` clipped to the session, labels from the
 un-padded window only; training jitter moves ``offset`` forward by ``randint(0, min(stride, leftover))``.

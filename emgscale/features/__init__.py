@@ -32,10 +32,10 @@ path) runs each step as it always has, with the same implementation of each step
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
-
-from typing import Any
 
 from emgscale.features.augment import (JITTER_NEEDS_RAW, amplitude_scale, amplitude_scale_log, channel_mask,
                                        channel_mask_log, select_electrodes, spec_augment, temporal_jitter,
@@ -135,7 +135,8 @@ class Featurizer(nn.Module):
         """The resolved settings that decide :meth:`spectra` (what a feature cache is keyed by): not
         ``channels``, the norm or the augmentations, which act after it."""
         out: dict[str, Any] = {"kind": self.cfg.kind, "n_fft": self.n_fft, "hop_samples": self.hop_samples,
-                               "decimation": self.decimation, "input_sample_rate_hz": float(self.cfg.input_sample_rate_hz),
+                               "decimation": self.decimation,
+                               "input_sample_rate_hz": float(self.cfg.input_sample_rate_hz),
                                "num_bands": self.num_bands, "num_electrodes": self.num_electrodes}
         if self.cfg.kind == "log_bands":
             out["num_log_bands"] = int(self.cfg.num_log_bands)
@@ -226,7 +227,8 @@ class Featurizer(nn.Module):
         """
         want = (self.num_bands, self.num_electrodes, self.num_bins)
         if spectra.dim() != 5 or tuple(spectra.shape[2:]) != want:
-            raise ValueError(f"expected spectra of shape (B, T', {', '.join(map(str, want))}), got {tuple(spectra.shape)}")
+            raise ValueError(f"expected spectra of shape (B, T', {', '.join(map(str, want))}), "
+                             f"got {tuple(spectra.shape)}")
         if frames.shape != spectra.shape[:1]:
             raise ValueError(f"frame lengths must have shape ({spectra.shape[0]},), got {tuple(frames.shape)}")
         aug = self.aug if self.training else None

@@ -94,7 +94,7 @@ def _expand(src: Iterable[dict[str, Any]], jitter: bool, seed: tuple[int, ...],
     for rec in src:
         limit = None if max_rows is None else max_rows.get(rec["meta"]["session"])
         try:
-            samples = record_samples(rec, jitter=jitter, rng=rng, max_rows=limit)
+            samples = record_samples(rec, jitter=jitter, rng=rng, max_rows=limit, float32=cache is None)
             if cache is not None:  # the record is the block: its spectra, computed once
                 block, first_row = cache.record_block(rec), int(rec["meta"]["start"])
                 samples = (cache.serve(s, block, first_row) for s in samples)

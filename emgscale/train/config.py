@@ -198,9 +198,11 @@ def feature_cache_problem(cfg: TrainConfig) -> str | None:
     if cfg.model.augment.temporal_jitter_samples > 0:
         return f"model.{JITTER_NEEDS_RAW} (model.augment.temporal_jitter_samples=0)"
     if d.format == "csv":
-        return "data.feature_cache caches emg2qwerty sessions and shards, not data.format=csv: unset data.feature_cache"
+        return ("data.feature_cache caches emg2qwerty sessions and shards, not data.format=csv: unset "
+                "data.feature_cache")
     if d.view.active:
-        return "data.view changes the raw EMG before the model, which cached spectra cannot: unset data.view or data.feature_cache"
+        return ("data.view changes the raw EMG before the model, which cached spectra cannot: unset data.view "
+                "or data.feature_cache")
     return None
 
 
