@@ -93,6 +93,9 @@ def apply_view(batch: Batch, view: DeviceView, rng: np.random.Generator | None =
     """
     if not view.active:
         return batch
+    if batch.features is not None:
+        raise ValueError("data.view changes the raw EMG, but this batch carries precomputed features: unset "
+                         "data.view or data.feature_cache")
     x = batch.emg
     if x.dim() != 4:
         raise ValueError(f"expected EMG (B, T, bands, electrodes), got shape {tuple(x.shape)}")
@@ -123,4 +126,4 @@ def apply_view(batch: Batch, view: DeviceView, rng: np.random.Generator | None =
             at = (torch.arange(y.shape[1]) * view.input_sample_rate_hz / view.sample_rate_hz).round().long()
             sample_labels = sample_labels[:, at.clamp(max=T - 1)].masked_fill(~keep, -1)
     return Batch(x.contiguous().float(), lengths, batch.labels, batch.label_lengths, batch.keys, batch.users,
-                 sample_labels)
+                 sample_labels, batch.label_times)  # press times are in seconds: unchanged by resampling

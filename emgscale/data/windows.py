@@ -15,6 +15,9 @@ A *sample* is the unit every loader yields (from HDF5 sessions here, from WebDat
 ``sample_rate_hz`` sampling rate of ``emg``
 =================  =========================================================================
 
+A sample served from a feature cache (:meth:`emgscale.features.cache.FeatureCache.serve`) has
+``features`` (its spectra) and ``rows`` (the raw rows they cover) in place of ``emg``.
+
 Windowing follows the reference: ``window_samples`` (4 s) windows every ``stride_samples``, rows
 ``[offset - pad_left, offset + window + pad_right)`` clipped to the session, labels from the
 un-padded window only; training jitter moves ``offset`` forward by ``randint(0, min(stride, leftover))``.
@@ -206,6 +209,10 @@ class SessionWindows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    def path_of(self, item: int) -> Path:
+        """The session file sample ``item`` is cut from."""
+        return self.paths[self._index[item][0]]
+
     def __getitem__(self, item: int) -> dict[str, Any]:
         fi, wi = self._index[item]
         if fi not in self._open:
@@ -248,8 +255,10 @@ class Batch:
     """A padded batch; tensors travel with their lengths.
 
     Attributes:
-        emg: float32 ``(B, T, 2, 16)``, zero-padded in time.
-        emg_lengths: int64 ``(B,)`` valid rows of each sequence.
+        emg: float32 ``(B, T, 2, 16)``, zero-padded in time; ``(B, 0, 2, 16)`` when the batch carries
+            ``features`` instead.
+        emg_lengths: int64 ``(B,)`` valid rows of each sequence (with ``features``: the raw rows they
+            cover).
         labels: int64 ``(B, S)`` padded with 0 (only ``label_lengths`` tells padding apart).
         label_lengths: int64 ``(B,)``.
         keys, users: per-sample identifiers.
@@ -257,6 +266,9 @@ class Batch:
             unlabelled rows; None for keystroke data.
         label_times: float64 ``(B, S)`` press time of each label in seconds from ``emg[b, 0]`` (padded
             with 0 like ``labels``); None when the samples carried no ``label_time_s``.
+        features: float32 ``(B, T', 2, 16, K)`` precomputed spectra (``data.feature_cache``,
+            :meth:`emgscale.features.Featurizer.spectra`), zero-padded, or None (raw EMG).
+        feature_lengths: int64 ``(B,)`` valid frames of ``features``.
     """
 
     emg: torch.Tensor
@@ -267,52 +279,70 @@ class Batch:
     users: list[str]
     sample_labels: torch.Tensor | None = None
     label_times: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    feature_lengths: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def _map(self, fn: Any, k: int | None = None) -> "Batch":
+        """A batch of ``fn(tensor)`` for every tensor (None stays None), the first ``k`` identifiers."""
+        def f(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(t)
+        return Batch(f(self.emg), f(self.emg_lengths), f(self.labels), f(self.label_lengths), self.keys[:k],
+                     self.users[:k], f(self.sample_labels), f(self.label_times), f(self.features),
+                     f(self.feature_lengths))
+
     def to(self, device: "torch.device | str") -> "Batch":
         """The tensors on ``device`` (asynchronous copies from pinned memory)."""
-        return Batch(self.emg.to(device, non_blocking=True), self.emg_lengths.to(device, non_blocking=True),
-                     self.labels.to(device, non_blocking=True), self.label_lengths.to(device, non_blocking=True),
-                     self.keys, self.users,
-                     None if self.sample_labels is None else self.sample_labels.to(device, non_blocking=True),
-                     None if self.label_times is None else self.label_times.to(device, non_blocking=True))
+        return self._map(lambda t: t.to(device, non_blocking=True))
 
     def head(self, k: int) -> "Batch":
         """The first ``k`` samples."""
-        return Batch(self.emg[:k], self.emg_lengths[:k], self.labels[:k], self.label_lengths[:k], self.keys[:k],
-                     self.users[:k], None if self.sample_labels is None else self.sample_labels[:k],
-                     None if self.label_times is None else self.label_times[:k])
+        return self._map(lambda t: t[:k], k)
 
     def pin_memory(self) -> "Batch":
         """Pinned copies of the tensors (the DataLoader calls this with ``pin_memory=True``)."""
-        return Batch(self.emg.pin_memory(), self.emg_lengths.pin_memory(), self.labels.pin_memory(),
-                     self.label_lengths.pin_memory(), self.keys, self.users,
-                     None if self.sample_labels is None else self.sample_labels.pin_memory(),
-                     None if self.label_times is None else self.label_times.pin_memory())
+        return self._map(lambda t: t.pin_memory())
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     """Zero-pad samples into a :class:`Batch` (one preallocated array per field, one copy per sample).
 
     Samples with a ``sample_labels`` field (int64 ``(T,)``, a class per EMG row) give
-    ``Batch.sample_labels`` padded with -1.
+    ``Batch.sample_labels`` padded with -1. Samples with ``features`` (precomputed spectra
+    ``(T', 2, 16, K)`` and ``rows``, the raw rows they cover, in place of ``emg``:
+    :meth:`emgscale.features.cache.FeatureCache.serve`) give ``Batch.features``.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    lengths = [len(s["emg"]) for s in samples]
+    cached = ["features" in s for s in samples]
+    if any(cached) and not all(cached):
+        raise ValueError("cannot collate samples with precomputed features together with raw-EMG samples")
     label_lengths = [len(s["labels"]) for s in samples]
-    first = np.asarray(samples[0]["emg"])
-    emg = np.zeros((len(samples), max(lengths), *first.shape[1:]), dtype=np.float32)
     labels = np.zeros((len(samples), max(label_lengths)), dtype=np.int64)
     timed = all(s.get("label_time_s") is not None for s in samples)
     times = np.zeros(labels.shape, dtype=np.float64) if timed else None
     for i, s in enumerate(samples):
-        emg[i, : lengths[i]] = s["emg"]
         labels[i, : label_lengths[i]] = s["labels"]
         if times is not None:
             times[i, : label_lengths[i]] = s["label_time_s"]
+    features = feature_lengths = None
+    if all(cached):
+        lengths = [int(s["rows"]) for s in samples]
+        frames = [len(s["features"]) for s in samples]
+        first = np.asarray(samples[0]["features"])
+        feats = np.zeros((len(samples), max(frames), *first.shape[1:]), dtype=np.float32)
+        for i, s in enumerate(samples):
+            feats[i, : frames[i]] = s["features"]
+        emg = np.zeros((len(samples), 0, *first.shape[1:3]), dtype=np.float32)
+        features, feature_lengths = torch.from_numpy(feats), torch.tensor(frames, dtype=torch.int64)
+    else:
+        lengths = [len(s["emg"]) for s in samples]
+        first = np.asarray(samples[0]["emg"])
+        emg = np.zeros((len(samples), max(lengths), *first.shape[1:]), dtype=np.float32)
+        for i, s in enumerate(samples):
+            emg[i, : lengths[i]] = s["emg"]
     sample_labels = None
     if "sample_labels" in samples[0]:
         sample_labels = torch.full((len(samples), max(lengths)), -1, dtype=torch.int64)
@@ -327,6 +357,8 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         users=[str(s["user"]) for s in samples],
         sample_labels=sample_labels,
         label_times=None if times is None else torch.from_numpy(times),
+        features=features,
+        feature_lengths=feature_lengths,
     )
 
 

@@ -19,18 +19,30 @@ least 1): 200 Hz gives 6/2 (30 ms windows, 100 Hz frames), so any device rate wo
 
 The input is ``(B, T, num_bands, num_electrodes)`` (``features.num_bands`` / ``num_electrodes``: 2 x 16
 for emg2qwerty, 1 x 8 for an 8-channel armband).
+
+Two halves, for features computed once (:mod:`emgscale.features.cache`, ``data.feature_cache``):
+:meth:`Featurizer.spectra` is steps 1, 3 and 4 for every electrode with no augmentation (what can be
+cached), and :meth:`Featurizer.from_spectra` the rest in feature space: electrode selection and band
+rotation (a roll of the electrode axis: exact), amplitude scaling (adding ``log10(gain**2)``: exact up
+to the 1e-6 floor), channel masking (the floor value), SpecAugment and normalisation. Composed in eval
+mode they equal :meth:`Featurizer.forward` bit for bit; in training mode they draw the same
+augmentations from the same RNG state. Temporal jitter has no feature-space form. ``forward`` (the raw
+path) runs each step as it always has, with the same implementation of each step.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from emgscale.features.augment import (amplitude_scale, channel_mask, select_electrodes, spec_augment,
-                                       temporal_jitter, validate_augment)
+from emgscale.features.augment import (JITTER_NEEDS_RAW, amplitude_scale, amplitude_scale_log, channel_mask,
+                                       channel_mask_log, select_electrodes, spec_augment, temporal_jitter,
+                                       validate_augment)
 from emgscale.features.config import REFERENCE_RATE_HZ, AugmentConfig, FeatureConfig
 from emgscale.features.norm import MaskedBatchNorm, RollingNorm, build_norm, time_mask, zero_padding
-from emgscale.features.spectral import Decimator, SpectralFeatures, log_band_matrix
+from emgscale.features.spectral import Decimator, SpectralFeatures, floor_value, log_band_matrix
 
 __all__ = [
     "AugmentConfig", "Decimator", "FeatureConfig", "Featurizer", "MaskedBatchNorm", "RollingNorm",
@@ -119,16 +131,19 @@ class Featurizer(nn.Module):
         """Fewest input samples that give one feature frame."""
         return (self.n_fft - 1) * self.decimation + 1
 
-    def forward(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Features of a batch.
+    def spectra_settings(self) -> dict[str, Any]:
+        """The resolved settings that decide :meth:`spectra` (what a feature cache is keyed by): not
+        ``channels``, the norm or the augmentations, which act after it."""
+        out: dict[str, Any] = {"kind": self.cfg.kind, "n_fft": self.n_fft, "hop_samples": self.hop_samples,
+                               "decimation": self.decimation,
+                               "input_sample_rate_hz": float(self.cfg.input_sample_rate_hz),
+                               "num_bands": self.num_bands, "num_electrodes": self.num_electrodes}
+        if self.cfg.kind == "log_bands":
+            out["num_log_bands"] = int(self.cfg.num_log_bands)
+        return out
 
-        Args:
-            emg: (B, T, 2, 16) raw EMG (any float dtype; computed in float32).
-            lengths: (B,) valid samples per sequence.
-
-        Returns:
-            feats (B, T', 2, C, K) float32 (zero on padding frames) and frame_lengths (B,) long.
-        """
+    def _check_emg(self, emg: Tensor, lengths: Tensor) -> Tensor:
+        """``lengths`` as long on ``emg``'s device, clamped to its length; ValueError for a bad shape."""
         if emg.dim() != 4 or emg.shape[2] != self.num_bands or emg.shape[3] != self.num_electrodes:
             raise ValueError(f"expected EMG of shape (B, T, {self.num_bands}, {self.num_electrodes}), "
                              f"got {tuple(emg.shape)}")
@@ -137,7 +152,30 @@ class Featurizer(nn.Module):
         if emg.shape[1] < self.min_input_samples:
             raise ValueError(f"input of {emg.shape[1]} samples is shorter than one feature frame "
                              f"({self.min_input_samples} samples)")
-        lengths = lengths.to(device=emg.device, dtype=torch.long).clamp(max=emg.shape[1])
+        return lengths.to(device=emg.device, dtype=torch.long).clamp(max=emg.shape[1])
+
+    def _spectrum(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Decimation and log spectral features: (B, T, 2, C) float32, zero-padded -> (B, T', 2, C, K)."""
+        x, lengths = self.decimator(x, lengths)
+        return self.spectral(x, lengths)
+
+    def _finish(self, feats: Tensor, frames: Tensor, aug: AugmentConfig | None) -> Tensor:
+        """SpecAugment (training) and normalisation of (B, T', 2, C, K) log features."""
+        if aug is not None:
+            feats = spec_augment(feats, frames, aug)
+        return self.norm(feats, frames)
+
+    def forward(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Features of a batch (the raw path).
+
+        Args:
+            emg: (B, T, 2, 16) raw EMG (any float dtype; computed in float32).
+            lengths: (B,) valid samples per sequence.
+
+        Returns:
+            feats (B, T', 2, C, K) float32 (zero on padding frames) and frame_lengths (B,) long.
+        """
+        lengths = self._check_emg(emg, lengths)
         with torch.autocast(emg.device.type, enabled=False):
             x = zero_padding(emg.float(), lengths)
             aug = self.aug if self.training else None
@@ -149,11 +187,62 @@ class Featurizer(nn.Module):
                     x = amplitude_scale(x, aug.amplitude_scale)
                 if aug.channel_mask_prob > 0:
                     x = channel_mask(x, aug.channel_mask_prob)
-            x, lengths = self.decimator(x, lengths)
-            feats, frames = self.spectral(x, lengths)
+            feats, frames = self._spectrum(x, lengths)
+            feats = self._finish(feats, frames, aug)
+        return feats, frames
+
+    def spectra(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The cacheable half: zero padding, decimation and log spectral features of every electrode,
+        no augmentation (the same in train and eval mode).
+
+        Args:
+            emg: (B, T, bands, electrodes) raw EMG.
+            lengths: (B,) valid samples.
+
+        Returns:
+            spectra (B, T', bands, electrodes, K) float32 and frame_lengths (B,) long.
+        """
+        lengths = self._check_emg(emg, lengths)
+        with torch.autocast(emg.device.type, enabled=False):
+            return self._spectrum(zero_padding(emg.float(), lengths), lengths)
+
+    def from_spectra(self, spectra: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """The feature-space half: :meth:`spectra`'s output -> normalised features, as :meth:`forward`.
+
+        Electrode selection and band rotation (a roll of the electrode axis: exact), then in training
+        amplitude scaling (``+ log10(gain**2)``: exact up to the 1e-6 floor, see
+        :func:`~emgscale.features.augment.amplitude_scale_log`) and channel masking (the floor value
+        ``log10(1e-6)``: exact), SpecAugment, and normalisation. The random draws are those of
+        :meth:`forward` without temporal jitter, in the same order.
+
+        Args:
+            spectra: (B, T', bands, electrodes, K) float32 log spectra, any values beyond ``frames``.
+            frames: (B,) valid frames.
+
+        Returns:
+            feats (B, T', bands, C, K) float32 (zero on padding frames) and frame_lengths (B,) long.
+
+        Raises:
+            ValueError: a bad shape, or ``augment.temporal_jitter_samples`` > 0 in training mode.
+        """
+        want = (self.num_bands, self.num_electrodes, self.num_bins)
+        if spectra.dim() != 5 or tuple(spectra.shape[2:]) != want:
+            raise ValueError(f"expected spectra of shape (B, T', {', '.join(map(str, want))}), "
+                             f"got {tuple(spectra.shape)}")
+        if frames.shape != spectra.shape[:1]:
+            raise ValueError(f"frame lengths must have shape ({spectra.shape[0]},), got {tuple(frames.shape)}")
+        aug = self.aug if self.training else None
+        if aug is not None and aug.temporal_jitter_samples > 0:
+            raise ValueError(JITTER_NEEDS_RAW)
+        frames = frames.to(device=spectra.device, dtype=torch.long).clamp(max=spectra.shape[1])
+        with torch.autocast(spectra.device.type, enabled=False):
+            x = select_electrodes(spectra.float(), self.channel_index, aug.band_rotation if aug else 0)
             if aug is not None:
-                feats = spec_augment(feats, frames, aug)
-            feats = self.norm(feats, frames)
+                if aug.amplitude_scale > 0:
+                    x = amplitude_scale_log(x, aug.amplitude_scale)
+                if aug.channel_mask_prob > 0:
+                    x = channel_mask_log(x, aug.channel_mask_prob, floor_value())
+            feats = self._finish(x, frames, aug)
         return feats, frames
 
 

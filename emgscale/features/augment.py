@@ -1,6 +1,11 @@
 """Training augmentations of raw (B, T, 2, 16) EMG and of (B, T, 2, C, K) log features.
 
 All randomness is drawn, vectorised over the batch, from torch's global RNG on the input's device.
+
+Band rotation, amplitude scaling and channel masking act per band / electrode, so each has a raw-EMG
+form (the raw path) and a log-feature form (precomputed spectra, :mod:`emgscale.features.cache`) that
+draw the same random numbers in the same order: one draw, two ways of applying it. Inter-band
+temporal jitter has no feature form (it moves samples by less than a frame).
 """
 
 from __future__ import annotations
@@ -13,29 +18,35 @@ from torch import Tensor
 from emgscale.features.config import AugmentConfig
 from emgscale.features.norm import zero_padding
 
+#: Why a run on precomputed spectra cannot jitter the bands against each other.
+JITTER_NEEDS_RAW = "augment.temporal_jitter_samples needs raw EMG: set it to 0 or unset data.feature_cache"
+
 
 def select_electrodes(emg: Tensor, channels: Tensor | None, rotation: int) -> Tensor:
     """Rotate each band by a random offset (when ``rotation`` > 0), then keep ``channels``.
 
     A rotation by ``r`` is ``torch.roll(band, r, dim=electrode)`` (the reference's ``RandomBandRotation``),
-    drawn from ``-rotation..rotation`` independently per window and band.
+    drawn from ``-rotation..rotation`` independently per window and band. It acts on dimension 3 only,
+    so it applies alike to raw EMG and to per-electrode features (any trailing dimensions).
 
     Args:
-        emg: (B, T, 2, E) raw EMG.
+        emg: (B, T, 2, E) raw EMG, or (B, T, 2, E, K) per-electrode features.
         channels: (C,) long electrode indices to keep, or None for all.
         rotation: largest offset in electrodes; 0 = no rotation.
 
     Returns:
-        (B, T, 2, C).
+        (B, T, 2, C) (or (B, T, 2, C, K)).
     """
-    B, T, bands, E = emg.shape
+    B, T, bands, E = emg.shape[:4]
+    rest = emg.shape[4:]
     if rotation <= 0:
         return emg if channels is None else emg.index_select(3, channels)
     idx = channels if channels is not None else torch.arange(E, device=emg.device)
     offsets = torch.randint(-rotation, rotation + 1, (B, bands), device=emg.device)
     # roll(x, r)[e] = x[(e - r) % E]
     src = (idx.view(1, 1, -1) - offsets.unsqueeze(-1)) % E  # (B, 2, C)
-    return emg.gather(3, src.unsqueeze(1).expand(B, T, bands, src.shape[-1]))
+    index = src.view(B, 1, bands, -1, *([1] * len(rest))).expand(B, T, bands, src.shape[-1], *rest)
+    return emg.gather(3, index)
 
 
 def temporal_jitter(emg: Tensor, lengths: Tensor, max_offset: int) -> tuple[Tensor, Tensor]:
@@ -65,19 +76,49 @@ def temporal_jitter(emg: Tensor, lengths: Tensor, max_offset: int) -> tuple[Tens
     return zero_padding(out, new_lengths), new_lengths
 
 
+def _band_gains(batch: int, bands: int, scale: float, device: torch.device) -> Tensor:
+    """(B, 1, bands, 1) gains drawn log-uniformly from ``[1/(1+scale), 1+scale]``, one per band and window."""
+    log_max = math.log1p(scale)
+    return torch.exp((torch.rand(batch, 1, bands, 1, device=device) * 2 - 1) * log_max)
+
+
 def amplitude_scale(emg: Tensor, scale: float) -> Tensor:
     """Multiply each band of each window by a gain drawn log-uniformly from ``[1/(1+scale), 1+scale]``."""
     B, _, bands, _ = emg.shape
-    log_max = math.log1p(scale)
-    gain = torch.exp((torch.rand(B, 1, bands, 1, device=emg.device) * 2 - 1) * log_max)
+    gain = _band_gains(B, bands, scale, emg.device)
     return emg * gain.to(emg.dtype)
+
+
+def amplitude_scale_log(feats: Tensor, scale: float) -> Tensor:
+    """:func:`amplitude_scale` on (B, T, 2, C, K) log10 power features: add ``log10(gain**2)``.
+
+    Same draws as the raw form. ``log10(P + 1e-6) + log10(g**2) = log10(g**2 P + g**2 1e-6)`` where the
+    raw path gives ``log10(g**2 P + 1e-6)``: exact up to the 1e-6 floor (the two differ by at most
+    ``|log10(g**2)|``, and only where the power is near the floor; at EMG power >> 1e-6, by nothing).
+    """
+    B, _, bands = feats.shape[:3]
+    gain = _band_gains(B, bands, scale, feats.device)
+    return feats + torch.log10(gain * gain).to(feats.dtype).unsqueeze(-1)
+
+
+def _kept_electrodes(batch: int, bands: int, channels: int, prob: float, device: torch.device) -> Tensor:
+    """(B, 1, bands, C) bool: False for each electrode of each window dropped with probability ``prob``."""
+    return torch.rand(batch, 1, bands, channels, device=device) >= prob
 
 
 def channel_mask(emg: Tensor, prob: float) -> Tensor:
     """Zero each electrode of each band of each window with probability ``prob`` (a dead electrode)."""
     B, _, bands, C = emg.shape
-    keep = torch.rand(B, 1, bands, C, device=emg.device) >= prob
+    keep = _kept_electrodes(B, bands, C, prob, emg.device)
     return emg * keep.to(emg.dtype)
+
+
+def channel_mask_log(feats: Tensor, prob: float, floor: float) -> Tensor:
+    """:func:`channel_mask` on (B, T, 2, C, K) log features: a dead electrode's features are ``floor``
+    (``log10(0 + 1e-6)``, what the spectrum of a zeroed electrode gives). Same draws as the raw form."""
+    B, _, bands, C = feats.shape[:4]
+    keep = _kept_electrodes(B, bands, C, prob, feats.device)
+    return feats.masked_fill(~keep.unsqueeze(-1), floor)
 
 
 def _axis_masks(count: Tensor, max_masks: int, max_width: int, size: Tensor, shape: tuple[int, ...],

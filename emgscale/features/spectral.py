@@ -15,6 +15,12 @@ from torch import Tensor, nn
 LOG_FLOOR = 1e-6  # log10(power + 1e-6), as the reference
 
 
+def floor_value() -> float:
+    """The feature of zero power, ``log10(0 + 1e-6)`` (about -6), computed as :class:`SpectralFeatures` does
+    (float32, the vectorised kernel), so a value set to it equals what a zeroed electrode gives."""
+    return float(torch.log10(torch.zeros(64).add_(LOG_FLOOR))[0])
+
+
 class Decimator(nn.Module):
     """Low-pass FIR filter and keep every ``factor``-th sample, along time of a (B, T, ...) tensor.
 

@@ -17,6 +17,9 @@ whichever the source:
 ``cfg.view`` (when set) turns every batch into what a smaller device would record: one band, some
 electrodes, a lower rate, random ring rotations in training (:mod:`emgscale.data.device`).
 
+``cfg.feature_cache`` (when set, with the model's ``features`` given) makes windowed batches carry
+precomputed spectra (``Batch.features``) from :mod:`emgscale.features.cache` instead of raw EMG.
+
 Both give the same samples (one :class:`~emgscale.data.windows.WindowSpec` rule for windows, jitter
 and labels) and honour the same subsets: ``users``, ``sessions`` and ``max_minutes_per_user`` (the
 first N minutes of each user's sessions in recording order, as if the recordings stopped there — for
@@ -35,6 +38,8 @@ from emgscale.data.errors import DataError
 from emgscale.data.splits import normalize_user
 from emgscale.data.windows import Batch
 from emgscale.data.device import DeviceView, apply_view
+from emgscale.features.cache import FeatureCache
+from emgscale.features.config import FeatureConfig
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
 from emgscale.loader.csv import csv_loader
 from emgscale.loader.hdf5 import hdf5_loader
@@ -44,7 +49,7 @@ from emgscale.loader.shards import shard_loader
 def build_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int = 0, rank: int | None = None,
                  world_size: int | None = None, batch_size: int | None = None, users: list[str] | None = None,
                  sessions: list[str] | None = None, max_minutes_per_user: float | None = None,
-                 limit_samples: int | None = None) -> Loader:
+                 limit_samples: int | None = None, features: FeatureConfig | None = None) -> Loader:
     """Batches of ``part`` for training (shuffled, jittered, an epoch long) or evaluation (every sample once).
 
     Args:
@@ -56,6 +61,7 @@ def build_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
             ``torch.distributed`` or the RANK / WORLD_SIZE environment).
         batch_size: this rank's batch size (default: ``cfg.batch_size``).
         users, sessions, max_minutes_per_user, limit_samples: override the config's subsets.
+        features: the model's feature settings; needed (and used) only with ``cfg.feature_cache``.
 
     Returns:
         A :class:`Loader` of :class:`Batch` (``emg`` (B, T, 2, 16) float32 with ``emg_lengths``).
@@ -79,9 +85,18 @@ def build_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
     limit = limit_samples if limit_samples is not None else cfg.limit_samples
     if cfg.format not in ("emg2qwerty", "csv"):
         raise ValueError(f"data.format must be 'emg2qwerty' or 'csv', got {cfg.format!r}")
+    extra = {}
+    if cfg.feature_cache:
+        if cfg.format == "csv" or cfg.view.active:
+            raise ValueError("data.feature_cache serves emg2qwerty windows as the model sees them: it works with "
+                             "neither data.format=csv nor data.view; unset one of them")
+        if features is None:
+            raise ValueError("data.feature_cache needs the model's feature settings: "
+                             "build_loader(..., features=cfg.model.features)")
+        extra["cache"] = FeatureCache(cfg.feature_cache, features)
     source = csv_loader if cfg.format == "csv" else shard_loader if cfg.shards else hdf5_loader
     loader = source(cfg, part, train=train, seed=seed, epoch=epoch, rank=rank, world=world, batch_size=bs, sel=sel,
-                    limit=limit)
+                    limit=limit, **extra)
     if not cfg.view.active:
         return loader
     return Loader(_Viewed(loader, cfg.view.for_training(train), [seed, epoch, rank]), loader.num_batches,

@@ -51,6 +51,10 @@ class DataConfig:
         csv: the layout of the CSV files (``format: csv``).
         view: the data as a smaller device would record it (one band, some electrodes, a lower rate;
             :class:`~emgscale.data.device.DeviceView`), applied to every batch.
+        feature_cache: a folder: windowed samples (training, and ``windows`` val/test) carry the model's
+            spectra, computed once per session (HDF5) or shard record and stored there
+            (:mod:`emgscale.features.cache`), instead of raw EMG; whole sessions stay raw. Needs
+            ``model.augment.temporal_jitter_samples=0`` and no ``view``; None = raw EMG.
     """
 
     format: str = "emg2qwerty"
@@ -76,6 +80,7 @@ class DataConfig:
     limit_samples: int | None = None
     csv: CSVFormat = field(default_factory=CSVFormat)
     view: DeviceView = field(default_factory=DeviceView)
+    feature_cache: str | None = None
 
     def global_batch_size(self, world_size: int) -> int:
         """Samples per optimiser step over ``world_size`` data-parallel workers."""

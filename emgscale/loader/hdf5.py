@@ -19,12 +19,28 @@ from emgscale.data.session import EMGSession
 from emgscale.data.splits import load_split
 from emgscale.data.errors import DataError
 from emgscale.data.windows import SessionWindows, WindowSpec, check_values_once, collate
+from emgscale.features.cache import FeatureCache
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 
+class CachedWindows(torch.utils.data.Dataset):
+    """The samples of a :class:`SessionWindows` with their spectra from a feature cache (one block per
+    session file) in place of their EMG (:meth:`FeatureCache.serve`)."""
+
+    def __init__(self, windows: SessionWindows, cache: FeatureCache) -> None:
+        self.windows, self.cache = windows, cache
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, item: int) -> dict:
+        sample = self.windows[item]
+        return self.cache.serve(sample, self.cache.session_block(self.windows.path_of(item)), first_row=0)
+
+
 def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
-                batch_size: int, sel: Selection, limit: int | None) -> Loader:
-    """See :func:`emgscale.loader.build_loader`."""
+                batch_size: int, sel: Selection, limit: int | None, cache: FeatureCache | None = None) -> Loader:
+    """See :func:`emgscale.loader.build_loader` (``cache``: serve windowed samples from it)."""
     if not cfg.data_root or not cfg.split:
         raise ValueError("set data.shards, or data.data_root and data.split")
     split = load_split(cfg.split)
@@ -58,6 +74,9 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
     else:
         ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad))  # no open files (__getstate__)
         ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
+    cached = cache is not None and spec.window_samples is not None  # whole sessions stay raw
+    if cached:
+        ds = CachedWindows(ds, cache)
     indices = sample_order(len(ds), train, cfg.train_samples_per_epoch, seed, epoch, rank, world)
     num_batches = math.ceil(len(indices) / batch_size)
     generator = torch.Generator().manual_seed(mix)
@@ -65,7 +84,8 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=indices, collate_fn=collate,
                                          num_workers=workers, pin_memory=bool(cfg.pin_memory), generator=generator,
                                          drop_last=False, persistent_workers=False)
-    return Loader(loader, num_batches, len(indices), f"HDF5 {part} of {cfg.split} under {root}", limit, batch_size)
+    where = f"HDF5 {part} of {cfg.split} under {root}" + (f", spectra cached in {cache.folder}" if cached else "")
+    return Loader(loader, num_batches, len(indices), where, limit, batch_size)
 
 
 @functools.lru_cache(maxsize=None)

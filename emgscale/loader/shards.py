@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from webdataset.shardlists import expand_urls
 
+from emgscale.features.cache import FeatureCache
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget
 from emgscale.shard import stream
 from emgscale.shard.manifest import MANIFEST, Manifest, load_manifest, shard_url
@@ -52,8 +53,8 @@ def check_windowing(cfg: DataConfig, manifest: Manifest, part: str) -> None:
 
 
 def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,
-                 batch_size: int, sel: Selection, limit: int | None) -> Loader:
-    """See :func:`emgscale.loader.build_loader`."""
+                 batch_size: int, sel: Selection, limit: int | None, cache: FeatureCache | None = None) -> Loader:
+    """See :func:`emgscale.loader.build_loader` (``cache``: serve windowed samples from it)."""
     base = str(cfg.shards)
     workers = max(1, cfg.num_workers or 0)
     filtered = sel.filtered
@@ -91,6 +92,8 @@ def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
         urls = [shard_url(base, e["name"]) for e in entries]
     if not urls:
         raise ValueError(f"no {part!r} shards hold the selected users/sessions at {where}")
+    if kind == KIND_SESSION:
+        cache = None  # whole sessions stay on the raw path
     if train:
         total = cfg.train_samples_per_epoch or windows
         if not total:
@@ -99,12 +102,12 @@ def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
         pipeline = stream.train_pipeline(urls, seed=seed, epoch=epoch, rank=rank, batch_size=batch_size,
                                          batches_per_worker=per_worker, record_buffer=cfg.record_shuffle_buffer,
                                          sample_buffer=cfg.shuffle_buffer, keep=keep, max_rows=max_rows,
-                                         jitter=cfg.window.jitter)
+                                         jitter=cfg.window.jitter, cache=cache)
         num_batches: int | None = per_worker * workers
         num_samples: int | None = num_batches * batch_size
     else:
         pipeline = stream.eval_pipeline(urls, rank=rank, world=world, batch_size=batch_size, keep=keep,
-                                        max_rows=max_rows)
+                                        max_rows=max_rows, cache=cache)
         num_batches = num_samples = None
         if counts is not None and (kind != KIND_TRAIN or world * workers <= len(counts)):
             per = [stream.eval_samples_per_reader(counts, rank * workers + w, world * workers) for w in range(workers)]
@@ -114,4 +117,5 @@ def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
         iterable = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=cfg.num_workers,
                                                pin_memory=bool(cfg.pin_memory))
     mode = "train stream" if train else "eval pass"
-    return Loader(iterable, num_batches, num_samples, f"{part} shards ({mode}) at {where}", limit, batch_size)
+    where = f"{part} shards ({mode}) at {where}" + (f", spectra cached in {cache.folder}" if cache else "")
+    return Loader(iterable, num_batches, num_samples, where, limit, batch_size)

@@ -13,7 +13,7 @@ Meta's released reference checkpoints (Lightning ``TDSConvCTCModule``) load with
 from emgscale.models.common import Encoder, Span
 from emgscale.models.config import ModelConfig
 from emgscale.models.conformer import ConformerConfig
-from emgscale.models.ctc import ENCODERS, CTCModel, build_model, count_parameters, register_encoder
+from emgscale.models.ctc import ENCODERS, CTCModel, build_model, count_parameters, forward_batch, register_encoder
 from emgscale.models.frontend import FrontendConfig
 from emgscale.models.rnn import CNNRNNConfig, RNNConfig
 from emgscale.models.reference import (ReferenceCheckpoint, export_reference, import_reference,
@@ -24,6 +24,6 @@ from emgscale.models.transformer import TransformerConfig
 __all__ = [
     "CNNRNNConfig", "CTCModel", "ConformerConfig", "ENCODERS", "Encoder", "FrontendConfig", "ModelConfig",
     "RNNConfig", "ReferenceCheckpoint", "Span", "TDSConfig", "TransformerConfig", "build_model", "count_parameters",
-    "export_reference", "import_reference", "is_reference_checkpoint", "read_reference", "reference_as_checkpoint",
-    "register_encoder",
+    "export_reference", "forward_batch", "import_reference", "is_reference_checkpoint", "read_reference",
+    "reference_as_checkpoint", "register_encoder",
 ]

@@ -22,7 +22,7 @@ Chunked (whole-session) inference, from the attributes set at construction:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -117,13 +117,17 @@ class CTCModel(nn.Module):
         last_exact = torch.div(n - 1 - span.right, s, rounding_mode="floor")
         return max(0, int((self.output_lengths(n) - 1 - last_exact).max()))
 
-    def forward(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, emg: Tensor, lengths: Tensor, spectra: bool = False) -> tuple[Tensor, Tensor]:
         """Log-probabilities of a batch.
 
         Args:
             emg: raw float32 (B, T, bands, electrodes) at ``input_sample_rate_hz`` (2 x 16 by default;
-                ``features.num_bands`` x ``features.num_electrodes``), zero-padded.
-            lengths: (B,) valid samples per sequence.
+                ``features.num_bands`` x ``features.num_electrodes``), zero-padded; with ``spectra``,
+                precomputed spectra (B, T', bands, electrodes, K) from
+                :meth:`~emgscale.features.Featurizer.spectra` (``data.feature_cache``).
+            lengths: (B,) valid samples per sequence (valid frames with ``spectra``).
+            spectra: ``emg`` holds spectra: the featurizer runs only its feature-space half
+                (:meth:`~emgscale.features.Featurizer.from_spectra`).
 
         Returns:
             log_probs (B, T', 99) float32 (``log_softmax``; blank = 98; ``model.num_classes`` columns
@@ -131,13 +135,26 @@ class CTCModel(nn.Module):
             ``out_lengths`` are padding) and out_lengths (B,) long. In training mode augmentations
             are applied and ``out_lengths`` accounts for the samples trimmed by temporal jitter.
         """
-        if emg.dim() == 4 and emg.shape[1] < self.min_input_samples:
-            raise ValueError(f"input of {emg.shape[1]} samples is shorter than the model's minimum "
-                             f"({self.min_input_samples} samples)")
-        feats, frames = self.featurizer(emg, lengths)
+        if spectra:
+            feats, frames = self.featurizer.from_spectra(emg, lengths)
+        else:
+            if emg.dim() == 4 and emg.shape[1] < self.min_input_samples:
+                raise ValueError(f"input of {emg.shape[1]} samples is shorter than the model's minimum "
+                                 f"({self.min_input_samples} samples)")
+            feats, frames = self.featurizer(emg, lengths)
         x = self.frontend(feats)
         y, out_lengths = self.encoder(x, frames)
         return self.head(y).float().log_softmax(-1), out_lengths
+
+
+def forward_batch(net: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
+    """``net`` (a :class:`CTCModel`, also inside DDP or ``torch.compile``) on a batch already on its device:
+    on the batch's precomputed spectra when it carries them (``features``, ``data.feature_cache``), else on
+    its raw ``emg``. The one place that chooses, for the loop, validation and norm re-estimation."""
+    feats = getattr(batch, "features", None)
+    if feats is not None:
+        return net(feats, batch.feature_lengths, spectra=True)
+    return net(batch.emg, batch.emg_lengths)
 
 
 def init_head_prior(head: nn.Linear, blank: int, blank_prob: float) -> None:

@@ -239,7 +239,7 @@ def _bad_values(rec: dict[str, Any]) -> str | None:
 
 
 def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.random.Generator | None = None,
-                   max_rows: int | None = None) -> Iterator[dict[str, Any]]:
+                   max_rows: int | None = None, float32: bool = True) -> Iterator[dict[str, Any]]:
     """The samples of a decoded record, in the :mod:`emgscale.data.windows` format.
 
     Args:
@@ -248,10 +248,13 @@ def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.rand
         rng: the jitter's random generator.
         max_rows: treat the session as ending at this row (a per-session data budget): windows that
             do not fit are dropped, jitter and right context stop there.
+        float32: copy each window's ``emg`` to float32; False leaves views of the stored rows (for a
+            caller that needs only which rows a window covers: the feature cache).
 
     Yields:
-        Sample dicts with float32 ``emg``.
+        Sample dicts with float32 ``emg`` (or views in the stored dtype).
     """
+    as_emg = (lambda rows: rows.astype(np.float32)) if float32 else (lambda rows: rows)
     meta = record["meta"]
     n = int(meta["num_rows"]) if max_rows is None else min(int(meta["num_rows"]), int(max_rows))
     common = {"user": meta["user"], "session": meta["session"], "sample_rate_hz": meta["sample_rate_hz"]}
@@ -259,7 +262,7 @@ def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.rand
         offset, start, w = int(meta["offset"]), int(meta["start"]), int(meta["window_samples"])
         if offset + w > n:
             return
-        yield {"key": meta["key"], "emg": record["emg"][: n - start].astype(np.float32),
+        yield {"key": meta["key"], "emg": as_emg(record["emg"][: n - start]),
                "labels": record["labels"], "label_time_s": record["label_time_s"], "start": start,
                "offset": offset, **common}
         return
@@ -276,6 +279,6 @@ def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.rand
             raise DataError(record["__url__"], f"record {meta['key']!r} holds {len(t)} rows, window needs {stop - r0}")
         keep = labels_in(lt, t[offset - r0], t[offset - r0 + win.window_samples - 1])
         yield {"key": f"{meta['user']}/{meta['session']}/{offset}",
-               "emg": record["emg"][start - r0: stop - r0].astype(np.float32),
+               "emg": as_emg(record["emg"][start - r0: stop - r0]),
                "labels": labels[keep], "label_time_s": lt[keep] - t[start - r0], "start": start, "offset": offset,
                **common}

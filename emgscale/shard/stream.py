@@ -32,6 +32,7 @@ from webdataset.utils import make_seed
 
 from emgscale.data.errors import DataError
 from emgscale.data.windows import collate
+from emgscale.features.cache import FeatureCache
 from emgscale.shard.records import decode_record, record_samples
 
 log = logging.getLogger("emgscale.loader")
@@ -87,13 +88,17 @@ def _decode(src: Iterable[dict[str, Any]], keep: Callable[[dict[str, Any]], bool
 
 
 def _expand(src: Iterable[dict[str, Any]], jitter: bool, seed: tuple[int, ...],
-            max_rows: dict[str, int] | None) -> Iterator[dict[str, Any]]:
+            max_rows: dict[str, int] | None, cache: FeatureCache | None = None) -> Iterator[dict[str, Any]]:
     worker, _ = worker_info()
     rng = np.random.default_rng([*seed, worker])
     for rec in src:
         limit = None if max_rows is None else max_rows.get(rec["meta"]["session"])
         try:
-            yield from record_samples(rec, jitter=jitter, rng=rng, max_rows=limit)
+            samples = record_samples(rec, jitter=jitter, rng=rng, max_rows=limit, float32=cache is None)
+            if cache is not None:  # the record is the block: its spectra, computed once
+                block, first_row = cache.record_block(rec), int(rec["meta"]["start"])
+                samples = (cache.serve(s, block, first_row) for s in samples)
+            yield from samples
         except DataError as e:
             log_and_continue(e)
         except (KeyError, TypeError, ValueError, IndexError) as e:  # metadata that parses but does not fit
@@ -136,7 +141,8 @@ def _keep_assigned(src: Iterable[dict[str, Any]], urls: list[str], rank: int, wo
 # ----------------------------------------------------------------------------- pipelines
 def train_pipeline(urls: list[str], *, seed: int, epoch: int, rank: int, batch_size: int, batches_per_worker: int,
                    record_buffer: int, sample_buffer: int, keep: Callable[[dict[str, Any]], bool] | None = None,
-                   max_rows: dict[str, int] | None = None, jitter: bool = True) -> wds.DataPipeline:
+                   max_rows: dict[str, int] | None = None, jitter: bool = True,
+                   cache: FeatureCache | None = None) -> wds.DataPipeline:
     """Endless resampled training stream cut into epochs of ``batches_per_worker`` batches per worker.
 
     Args:
@@ -149,6 +155,7 @@ def train_pipeline(urls: list[str], *, seed: int, epoch: int, rank: int, batch_s
         keep: predicate on a record's metadata (user/session filters).
         max_rows: per-session row budget (see :func:`emgscale.shard.records.record_samples`).
         jitter: draw the reference's window jitter.
+        cache: serve the windows' spectra from this feature cache (one block per record).
     """
     if not urls:
         raise ValueError("no shards to train on")
@@ -158,7 +165,7 @@ def train_pipeline(urls: list[str], *, seed: int, epoch: int, rank: int, batch_s
         wds.tarfile_to_samples(handler=log_and_continue),
         partial(_decode, keep=keep),
         partial(_shuffle, bufsize=record_buffer, seed=(seed, epoch, rank, 1)),
-        partial(_expand, jitter=jitter, seed=(seed, epoch, rank), max_rows=max_rows),
+        partial(_expand, jitter=jitter, seed=(seed, epoch, rank), max_rows=max_rows, cache=cache),
         partial(_shuffle, bufsize=sample_buffer, seed=(seed, epoch, rank, 2)),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     ).with_epoch(batches_per_worker)
@@ -166,14 +173,15 @@ def train_pipeline(urls: list[str], *, seed: int, epoch: int, rank: int, batch_s
 
 def eval_pipeline(urls: list[str], *, rank: int, world: int, batch_size: int,
                   keep: Callable[[dict[str, Any]], bool] | None = None,
-                  max_rows: dict[str, int] | None = None) -> wds.DataPipeline:
-    """One deterministic pass over every sample of ``urls``, split exactly once over ranks x workers."""
+                  max_rows: dict[str, int] | None = None, cache: FeatureCache | None = None) -> wds.DataPipeline:
+    """One deterministic pass over every sample of ``urls``, split exactly once over ranks x workers
+    (``cache``: their spectra from this feature cache)."""
     return wds.DataPipeline(
         partial(_eval_urls, urls, rank, world),
         wds.tarfile_to_samples(handler=log_and_continue),
         partial(_keep_assigned, urls=urls, rank=rank, world=world),
         partial(_decode, keep=keep),
-        partial(_expand, jitter=False, seed=(0,), max_rows=max_rows),
+        partial(_expand, jitter=False, seed=(0,), max_rows=max_rows, cache=cache),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )
 

@@ -306,10 +306,13 @@ def recompute_norm_stats(model: torch.nn.Module, loader_fn: Callable[[], Iterabl
 
     Args:
         model: modified in place.
-        loader_fn: returns batches with ``.to(device)``, ``.emg`` (B, T, ...) and ``.emg_lengths`` (B,).
+        loader_fn: returns batches with ``.to(device)``, ``.emg`` (B, T, ...) and ``.emg_lengths`` (B,)
+            (or precomputed ``.features``: :func:`emgscale.models.forward_batch`).
         n_batches: batches to use; 0 leaves the statistics as they are.
         device: where the forward passes run.
     """
+    from emgscale.models import forward_batch
+
     norms = [m for m in model.modules() if isinstance(getattr(m, "running_mean", None), torch.Tensor)
              and isinstance(getattr(m, "running_var", None), torch.Tensor) and hasattr(m, "momentum")]
     if norms and n_batches > 0:
@@ -325,8 +328,7 @@ def recompute_norm_stats(model: torch.nn.Module, loader_fn: Callable[[], Iterabl
                 break
             for m in norms:  # cumulative average: the k-th batch weighs 1/k (as momentum=None does)
                 m.momentum = 1.0 / (i + 1)
-            batch = batch.to(device)
-            model(batch.emg, batch.emg_lengths)
+            forward_batch(model, batch.to(device))
         for m, mom in saved.items():
             m.momentum = mom
     model.eval()

@@ -101,9 +101,12 @@ def _checkpoint(run: "str | Path") -> Any:
 def _train_batches(config: dict[str, Any]) -> Any:
     from emgscale.config import from_dict
     from emgscale.loader import DataConfig, build_loader
+    from emgscale.models import ModelConfig
 
     data = from_dict(DataConfig, config["data"], "data")
-    return lambda: build_loader(data, "train", train=False, seed=config["run"]["seed"], rank=0, world_size=1)
+    features = from_dict(ModelConfig, config["model"], "model").features
+    return lambda: build_loader(data, "train", train=False, seed=config["run"]["seed"], rank=0, world_size=1,
+                                features=features)
 
 
 def build_averaged_model(run: "str | Path", from_step: int | None = None, to_step: int | None = None,
@@ -168,7 +171,8 @@ def averaged_val_metrics(run: "str | Path", from_step: int | None = None, to_ste
 
     avg = build_averaged_model(run, from_step, to_step, device=device)
     data = from_dict(DataConfig, avg.config["data"], "data")
-    val = build_loader(data, "val", train=False, seed=avg.config["run"]["seed"], rank=0, world_size=1)
+    val = build_loader(data, "val", train=False, seed=avg.config["run"]["seed"], rank=0, world_size=1,
+                       features=avg.model.featurizer.cfg)
     limit = avg.config["run"].get("val_max_batches", 0) if max_batches is None else max_batches
     metrics = validate(avg.model, val, torch.device(device), max_batches=limit)
     return {**metrics, "steps": float(avg.steps)}

@@ -178,6 +178,34 @@ def _shards_problem(value: str) -> str | None:
     return None if Path(value).is_dir() else "no such shard folder"
 
 
+def _cache_dir_problem(value: str) -> str | None:
+    if not value:
+        return "must be a folder (or unset)"
+    return "is a file, not a folder" if Path(value).exists() and not Path(value).is_dir() else None
+
+
+def feature_cache_problem(cfg: TrainConfig) -> str | None:
+    """Why ``data.feature_cache`` cannot work with the rest of ``cfg`` (one line), or None.
+
+    Precomputed spectra cannot be jittered band against band, nor seen through a device view, and the
+    CSV source has no sessions to cache.
+    """
+    from emgscale.features.augment import JITTER_NEEDS_RAW
+
+    d = cfg.data
+    if not d.feature_cache:
+        return None
+    if cfg.model.augment.temporal_jitter_samples > 0:
+        return f"model.{JITTER_NEEDS_RAW} (model.augment.temporal_jitter_samples=0)"
+    if d.format == "csv":
+        return ("data.feature_cache caches emg2qwerty sessions and shards, not data.format=csv: unset "
+                "data.feature_cache")
+    if d.view.active:
+        return ("data.view changes the raw EMG before the model, which cached spectra cannot: unset data.view "
+                "or data.feature_cache")
+    return None
+
+
 def _channels_problem(value: list[int]) -> str | None:
     return None if value and all(0 <= c < 16 for c in value) else "must be electrode numbers 0-15 (at least one)"
 
@@ -189,7 +217,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "data.window.window_samples": ">=1", "data.window.stride_samples": ">=1",
     "data.val_mode": ("windows", "session"), "data.test_mode": ("windows", "session"),
     "data.batch_size": ">=1", "data.batch_size_per_device": ">=1", "data.train_samples_per_epoch": ">=1",
-    "data.max_minutes_per_user": ">0", "data.limit_samples": ">=1",
+    "data.max_minutes_per_user": ">0", "data.limit_samples": ">=1", "data.feature_cache": _cache_dir_problem,
     "model.features.kind": ("log_spectrogram", "log_bands"), "model.features.norm": ("batch", "rolling", "none"),
     "model.features.n_fft": ">=1", "model.features.hop_samples": ">=1", "model.features.num_log_bands": ">=1",
     "model.features.sample_rate_hz": ">0", "model.features.input_sample_rate_hz": ">0",
@@ -224,4 +252,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "(data.data_root=DIR and data.split=SPLIT.yaml)")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
+    problem = feature_cache_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     return cfg

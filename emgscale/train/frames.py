@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from emgscale.config import ConfigError
 from emgscale.data.windows import Batch
+from emgscale.models import forward_batch
 
 IGNORE = -1
 
@@ -92,7 +93,7 @@ class FrameCEObjective:
                 break
             gpu = batch.to(device)
             with torch.autocast(**autocast):
-                log_probs, out_lengths = model(gpu.emg, gpu.emg_lengths)
+                log_probs, out_lengths = forward_batch(model, gpu)
             nll, count, correct = _frame_nll(log_probs, out_lengths, gpu, self.samples_per_frame)
             totals += torch.stack([nll.double(), count.double(), correct.double()])
         if torch.distributed.is_available() and torch.distributed.is_initialized():

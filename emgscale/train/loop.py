@@ -36,9 +36,9 @@ from emgscale.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, rng_sta
 from emgscale.common import format_seconds, is_main, print0, progress, rank, resolve_device, world_size
 from emgscale.config import ConfigError, save_config, to_dict
 from emgscale.loader import DataConfig, build_loader
-from emgscale.models import build_model
+from emgscale.models import build_model, forward_batch
 from emgscale.swad import WeightAverager
-from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
+from emgscale.train.config import OptimConfig, TrainConfig, TrainResult, feature_cache_problem
 from emgscale.train.metrics_log import MetricsLogger
 from emgscale.train.objective import Objective, build_objective
 
@@ -81,7 +81,7 @@ class _Run:
 
     def loader(self, part: str, train: bool, epoch: int = 0) -> Any:
         return build_loader(self.data, part, train=train, seed=self.cfg.run.seed, epoch=epoch, rank=self.rank,
-                            world_size=self.world, batch_size=self.local_batch)
+                            world_size=self.world, batch_size=self.local_batch, features=self.cfg.model.features)
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -163,10 +163,14 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         The run's :class:`TrainResult`.
 
     Raises:
-        ConfigError: settings that cannot work (a batch the workers cannot split, no training data).
+        ConfigError: settings that cannot work (a batch the workers cannot split, no training data,
+            data.feature_cache with inter-band temporal jitter).
         FloatingPointError: more than ``run.max_nonfinite_steps`` steps had a non-finite loss.
     """
     t_start = time.monotonic()
+    problem = feature_cache_problem(cfg)  # before any work (launch's validate checks it too)
+    if problem:
+        raise ConfigError(problem)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     world, rnk = world_size(), rank()
@@ -278,7 +282,7 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
         emg_samples += int(batch.emg_lengths.sum())  # a CPU tensor: no device sync
         gpu = batch.to(run.device)
         with torch.autocast(**run.autocast):
-            log_probs, out_lengths = run.net(gpu.emg, gpu.emg_lengths)
+            log_probs, out_lengths = forward_batch(run.net, gpu)  # raw EMG, or cached spectra
         loss = run.objective.loss(log_probs, out_lengths, gpu, state.step)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()

@@ -11,6 +11,7 @@ from emgscale.data.charset import charset
 from emgscale.data.windows import Batch
 from emgscale.decode.greedy import collapse_batch
 from emgscale.metrics import CERMeter
+from emgscale.models import forward_batch
 
 
 def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, labels: torch.Tensor,
@@ -39,7 +40,7 @@ def validate(model: torch.nn.Module, loader: Iterable[Batch], device: torch.devi
             break
         gpu = batch.to(device)
         with torch.autocast(**(autocast or {"device_type": device.type, "enabled": False})):
-            log_probs, out_lengths = model(gpu.emg, gpu.emg_lengths)
+            log_probs, out_lengths = forward_batch(model, gpu)
         loss = ctc_loss(log_probs, out_lengths, gpu.labels, gpu.label_lengths)
         loss_sum += loss.double() * len(batch)
         n += len(batch)
