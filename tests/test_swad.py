@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emgscale.swad import SWADConfig, WeightAverager
+from emgscale.swad import SWADConfig, WeightAverager, loss_valley
 
 from _swad_fixtures import (STEPS_PER_SEGMENT, VALLEY, VALLEY_CFG, VALLEY_SEGMENTS, _assert_params_equal, _Batch,
                             _drive, _mean, _segment_steps, _set, _Tiny, _weights)
@@ -49,6 +49,25 @@ def test_swad_averages_nothing_while_the_loss_keeps_falling():
     avg, model = WeightAverager(VALLEY_CFG), _Tiny()
     _drive(avg, model, weights, losses)
     assert not avg.has_average() and avg.averaged_params() is None and avg.included_steps == []
+
+
+def test_start_step_keeps_a_plateau_out_of_the_valley():
+    """With swad.start_step no segment starting before it can start the valley (a flat CTC plateau
+    otherwise starts it at step 0 and every later loss meets its threshold); earlier segments are out."""
+    from emgscale.swad.rule import first_candidate
+
+    # the demo's generic model: plateau (3.66, 3.72), then learning, then a flatter stretch
+    losses = [3.66, 3.72, 2.76, 2.86, 3.02, 2.72, 2.25, 2.01, 2.05, 2.11, 1.88, 1.75, 1.98, 1.77, 1.68, 1.65]
+    segments = [{"start_step": 50 * k, "end_step": 50 * (k + 1)} for k in range(len(losses))]
+    plain = loss_valley(losses, 2, 3, 0.3, final=True)
+    assert (plain.start, plain.end) == (0, len(losses))  # the plateau fooled the rule
+    first = first_candidate(segments, 400)
+    assert first == 8
+    late = loss_valley(losses, 2, 3, 0.3, final=True, first=first)
+    assert late.start == 8 and late.end == len(losses)  # 2.05 < 2.11 starts it; threshold 2.665
+    assert [late.status(k) for k in range(8)] == ["out"] * 8
+    running = loss_valley(losses[:9], 2, 3, 0.3, first=first)
+    assert running.start is None and running.status(7) == "out" and running.status(8) == "pending"
 
 
 def test_swa_averages_the_fixed_window():

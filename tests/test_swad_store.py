@@ -149,11 +149,13 @@ def test_old_averager_state_is_refused_with_a_clear_error():
 
 
 def test_bad_settings_are_rejected():
-    """An unknown mode or segment dtype is a ValueError naming the field."""
+    """An unknown mode or segment dtype, or a negative start step, is a ValueError naming the field."""
     with pytest.raises(ValueError, match="swad.mode"):
         WeightAverager(SWADConfig(mode="ema"))
     with pytest.raises(ValueError, match="swad.segment_dtype"):
         WeightAverager(SWADConfig(mode="swad", segment_dtype="float16"))
+    with pytest.raises(ValueError, match="swad.start_step"):
+        WeightAverager(SWADConfig(mode="swad", start_step=-1))
 
 
 class _Killed(RuntimeError):

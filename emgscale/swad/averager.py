@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from emgscale.common import is_main as _is_main_rank
-from emgscale.swad.rule import SWADConfig, Valley, check_config, loss_valley
+from emgscale.swad.rule import SWADConfig, Valley, check_config, first_candidate, loss_valley
 from emgscale.swad.store import INDEX_FORMAT, SegmentStore, is_open, is_segment, open_name, segment_name, weighted_mean
 
 STATE_VERSION = 2
@@ -76,7 +76,8 @@ class WeightAverager:
                 v = Valley(n, 0 if n else None, n, float("inf"), False, n)
             else:
                 v = loss_valley([s["val_loss"] for s in self.segments], self.cfg.n_converge, self.cfg.n_tolerance,
-                                self.cfg.tolerance_ratio, final=self.finalized)
+                                self.cfg.tolerance_ratio, final=self.finalized,
+                                first=first_candidate(self.segments, self.cfg.start_step))
             self._valley = ((n, self.finalized), v)
         return self._valley[1]
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from emgscale.swad.averager import recompute_norm_stats
-from emgscale.swad.rule import SWADConfig, loss_valley
+from emgscale.swad.rule import SWADConfig, first_candidate, loss_valley
 from emgscale.swad.store import INDEX, SegmentStore, read_index, weighted_mean
 
 STORE_DIR = "swad"  # under the run folder
@@ -75,7 +75,7 @@ def _valley_segments(index: dict[str, Any]) -> list[dict[str, Any]]:
         return list(segments)
     cfg = index["config"]
     v = loss_valley([s["val_loss"] for s in segments], cfg["n_converge"], cfg["n_tolerance"],
-                    cfg["tolerance_ratio"], final=True)
+                    cfg["tolerance_ratio"], final=True, first=first_candidate(segments, cfg.get("start_step", 0)))
     return segments[v.start:v.end] if v.converged else []
 
 
