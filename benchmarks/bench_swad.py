@@ -27,6 +27,7 @@ Results go to ``<out>/bench_swad.json``. Default SWAD settings (n_converge 3, n_
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import resource
@@ -120,8 +121,8 @@ def drive(model_name: str, impl: str, steps_per_segment: int, rev: str, out: Pat
     shutil.rmtree(store, ignore_errors=True)
     if impl == "before":
         old = old_module(rev, out)
-        avg = old.WeightAverager(old.SWADConfig(**{k: v for k, v in vars(cfg.swad).items()
-                                                    if k not in ("segment_dtype", "keep_segments")}))
+        known = {f.name for f in dataclasses.fields(old.SWADConfig)}  # the settings the old revision had
+        avg = old.WeightAverager(old.SWADConfig(**{k: v for k, v in vars(cfg.swad).items() if k in known}))
     else:
         from emgscale.swad import WeightAverager
 
