@@ -65,6 +65,8 @@ BUDGETS: dict[str, Budget] = {
                "loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=200", "model.head_blank_prior=0.9"),
         finetune=("run.max_epochs=4", "run.steps_per_epoch=15", "optim.warmup_epochs=0.5", "optim.lr=1e-3",
                   "optim.min_lr=1e-5", "loss.aux=none"),
+        # SWAD looks for its valley only from step 400 (the aux loss has decayed): the blank plateau's flat
+        # loss at steps 0-100 otherwise starts the valley at step 0 and the average takes in every step.
         generic=("run.max_epochs=16", "loss.aux_decay_steps=400", "swad.start_step=400"),
         model_suffix="_small",
         # 3-minute sessions: each held-out user has ~6 min of training EMG (few_shot goes up to 5 min).
