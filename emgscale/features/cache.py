@@ -14,7 +14,7 @@ n_fft, hop, decimation, rates, bands/electrodes, log bands; not ``channels``, th
 augmentations) and ``settings.json`` beside the blocks says what they are. A block id names the
 session and a digest of its source's identity (resolved path, size and mtime of an HDF5 file; shard
 URL, record key, first row and rows of a record, plus the tar's size and mtime when it is a local
-file), so a changed source gets a new block (old ones are not evicted). Blocks are written through
+file; an HDF5 file's identity is read once per process), so a changed source gets a new block in the next run (old ones are not evicted). Blocks are written through
 :func:`emgscale.common.atomic_path`: two processes building the same block both write whole files and
 the last rename wins; readers memory-map them. A file that does not parse or has the wrong shape
 (truncated, overwritten, of another shape) is rebuilt, with one logged line naming it; a file of the
@@ -135,6 +135,7 @@ class FeatureCache:
         self.frame_shape = (f.num_bands, f.num_electrodes, f.num_bins)
         self.chunk_frames = int(chunk_frames)
         self._open: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._session_names: dict[str, str] = {}  # session path -> block name (its identity, read once)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -150,12 +151,15 @@ class FeatureCache:
         """The spectra of a whole HDF5 session (built on first use), memory-mapped."""
         from emgscale.data.session import EMGSession
 
-        p = Path(path).resolve()
-        st = p.stat()
-        name = f"{_UNSAFE.sub('_', p.stem)}-{_digest(f'hdf5|{p}|{st.st_size}|{st.st_mtime_ns}')}"
+        name = self._session_names.get(str(path))
+        if name is None:  # resolve and stat a file once per process, not once per window
+            p = Path(path).resolve()
+            st = p.stat()
+            name = f"{_UNSAFE.sub('_', p.stem)}-{_digest(f'hdf5|{p}|{st.st_size}|{st.st_mtime_ns}')}"
+            self._session_names[str(path)] = name
         if name in self._open:
             return self._hit(name)
-        with EMGSession(p) as session:
+        with EMGSession(Path(path).resolve()) as session:
             return self._block(name, len(session), session.emg)
 
     def record_block(self, record: dict[str, Any]) -> np.ndarray:
