@@ -14,7 +14,8 @@ n_fft, hop, decimation, rates, bands/electrodes, log bands; not ``channels``, th
 augmentations) and ``settings.json`` beside the blocks says what they are. A block id names the
 session and a digest of its source's identity (resolved path, size and mtime of an HDF5 file; shard
 URL, record key, first row and rows of a record, plus the tar's size and mtime when it is a local
-file; an HDF5 file's identity is read once per process), so a changed source gets a new block in the next run (old ones are not evicted). Blocks are written through
+file; an HDF5 file's identity is read once per process), so a changed source gets a new block in
+the next run (old ones are not evicted). Blocks are written through
 :func:`emgscale.common.atomic_path`: two processes building the same block both write whole files and
 the last rename wins; readers memory-map them. A file that does not parse or has the wrong shape
 (truncated, overwritten, of another shape) is rebuilt, with one logged line naming it; a file of the
