@@ -14,7 +14,7 @@ n_fft, hop, decimation, rates, bands/electrodes, log bands; not ``channels``, th
 augmentations) and ``settings.json`` beside the blocks says what they are. A block id names the
 session and a digest of its source's identity (resolved path, size and mtime of an HDF5 file; shard
 URL, record key, first row and rows of a record, plus the tar's size and mtime when it is a local
-file; an HDF5 file's identity is read once per process), so a changed source gets a new block in
+file; a file's identity is read once per process), so a changed source gets a new block in
 the next run (old ones are not evicted). Blocks are written through
 :func:`emgscale.common.atomic_path`: two processes building the same block both write whole files and
 the last rename wins; readers memory-map them. A file that does not parse or has the wrong shape
@@ -137,6 +137,7 @@ class FeatureCache:
         self.chunk_frames = int(chunk_frames)
         self._open: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._session_names: dict[str, str] = {}  # session path -> block name (its identity, read once)
+        self._tar_ids: dict[str, str] = {}  # shard URL -> its local file's size and mtime (read once)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -167,14 +168,19 @@ class FeatureCache:
         """The spectra of a decoded shard record's rows (:func:`emgscale.shard.records.decode_record`)."""
         meta, url, emg = record["meta"], str(record.get("__url__", "?")), record["emg"]
         ident = f"shard|{url}|{meta['key']}|{meta['kind']}|{meta['start']}|{len(emg)}"
-        local = Path(url[7:] if url.startswith("file:") else url)
-        if local.is_file():
-            st = local.stat()
-            ident += f"|{st.st_size}|{st.st_mtime_ns}"
+        ident += self._tar_identity(url)
         name = f"{_UNSAFE.sub('_', str(meta['session']))}-{int(meta['start']):09d}-{_digest(ident)}"
         if name in self._open:
             return self._hit(name)
         return self._block(name, len(emg), lambda a, b: emg[a:b])
+
+    def _tar_identity(self, url: str) -> str:
+        """``|size|mtime`` of a local shard file ('' for a remote URL), stat-ed once per process."""
+        if url not in self._tar_ids:
+            local = Path(url[7:] if url.startswith("file:") else url)
+            st = local.stat() if local.is_file() else None
+            self._tar_ids[url] = f"|{st.st_size}|{st.st_mtime_ns}" if st else ""
+        return self._tar_ids[url]
 
     def _hit(self, name: str) -> np.ndarray:
         self._open.move_to_end(name)
