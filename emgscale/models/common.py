@@ -76,8 +76,8 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def encode(self, x: Tensor, lengths: LengthsOrState) -> tuple[Tensor, LengthsOrState]:
-        """The forward pass before padding is zeroed, offline (``lengths``) or streaming (a
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
+        """The forward pass, before padding is zeroed: offline (``lengths``) or streaming (a
         :class:`~emgscale.models.streaming.StreamState`); what :meth:`streaming_forward` runs."""
         raise NotStreamable(f"encoder {type(self).__name__} has no streaming step")
 
@@ -94,7 +94,7 @@ class Encoder(nn.Module):
         """One streaming step: (1, T, C) new frames at stream position ``pos`` (output frames so far),
         ``state`` as :meth:`init_state` -> ``(y (1, T', D), *new_state)``."""
         step = StreamState(pos, state)
-        y, _ = self.encode(x, step)
+        y = self.encode(x, step)
         return (y, *step.finish())
 
 

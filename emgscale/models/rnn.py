@@ -121,11 +121,12 @@ class StackedRNN(nn.Module):
         step = lengths if isinstance(lengths, StreamState) else None
         rev = None
         if self.backward_layers is not None:
-            if step is not None:
+            if isinstance(lengths, StreamState):
                 self.init_state()  # raises NotStreamable
-            t = torch.arange(T, device=x.device).view(1, T)
-            n = lengths.view(B, 1)  # type: ignore[union-attr]
-            rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1)  # reverses each sequence within its length
+            else:
+                t = torch.arange(T, device=x.device).view(1, T)
+                n = lengths.view(B, 1)
+                rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1)  # reverses each sequence within its length
         autocast_on = autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast_on else _nullcontext():
             h = x.float() if autocast_on else x
@@ -138,7 +139,7 @@ class StackedRNN(nn.Module):
                     back = self.backward_layers[i](h.gather(1, idx))[0]
                     out = torch.cat([out, back.gather(1, rev.expand(B, T, back.shape[-1]))], -1)
                 h = out
-        return zero_padding(h, lengths) if step is None else h
+        return h if isinstance(lengths, StreamState) else zero_padding(h, lengths)
 
 
 def _layer_step(layer: nn.Module, x: Tensor, step: StreamState) -> Tensor:
@@ -174,10 +175,10 @@ class RNNEncoder(Encoder):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, C), (B,) -> (B, T, H), (B,)."""
-        return self.encode(x, lengths)  # type: ignore[return-value]
+        return self.encode(x, lengths), lengths
 
-    def encode(self, x: Tensor, lengths: LengthsOrState) -> tuple[Tensor, LengthsOrState]:
-        return self.dropout(self.rnn(x, lengths)), lengths
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
+        return self.dropout(self.rnn(x, lengths))
 
     def init_state(self) -> list[Tensor]:
         """Each RNN layer's hidden (and cell) state; NotStreamable when bidirectional."""
@@ -215,13 +216,13 @@ class CNNRNNEncoder(Encoder):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, C), (B,) -> (B, T', H), (B,) with ``T' = T / prod(strides)`` (rounded up per layer)."""
-        return self.encode(x, lengths)  # type: ignore[return-value]
+        return self.encode(x, lengths), self.output_lengths(lengths)
 
-    def encode(self, x: Tensor, lengths: LengthsOrState) -> tuple[Tensor, LengthsOrState]:
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         for conv, post in zip(self.convs, self.post):
             x, lengths = conv(x, lengths)
             x = post(x)
-        return self.dropout(self.rnn(x, lengths)), lengths
+        return self.dropout(self.rnn(x, lengths))
 
     def init_state(self) -> list[Tensor]:
         """Each conv's last ``kernel - 1`` frames, then each RNN layer's state, in the order they run."""

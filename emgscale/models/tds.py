@@ -172,10 +172,10 @@ class TDSConvEncoder(Encoder):
         """(B, T, F), (B,) -> (B, T - shrink, F), (B,)."""
         if x.shape[1] <= self.shrink:
             raise ValueError(f"TDS needs more than {self.shrink} frames, got {x.shape[1]}")
-        x, out_lengths = self.encode(x, lengths)
-        return zero_padding(x, out_lengths), out_lengths  # type: ignore[arg-type,return-value]
+        out_lengths = self.output_lengths(lengths)
+        return zero_padding(self.encode(x, lengths), out_lengths), out_lengths
 
-    def encode(self, x: Tensor, lengths: LengthsOrState) -> tuple[Tensor, LengthsOrState]:
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         step = lengths if isinstance(lengths, StreamState) else None
         layout = None  # channels of the current width-major order; None = the reference's order
         for i, block in enumerate(self.tds_conv_blocks):
@@ -187,7 +187,7 @@ class TDSConvEncoder(Encoder):
                 x = block(x)
         if layout is not None:
             x = to_channel_major(x, layout)
-        return x, (lengths if step is not None else self.output_lengths(lengths))  # type: ignore[arg-type]
+        return x
 
     def init_state(self) -> list[Tensor]:
         """Each conv block's last ``kernel_width - 1`` input frames."""

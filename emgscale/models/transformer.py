@@ -90,14 +90,14 @@ class TransformerEncoder(Encoder):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, C), (B,) -> (B, T', d_model), (B,)."""
-        x, out_lengths = self.encode(x, lengths)
-        return zero_padding(x, out_lengths), out_lengths  # type: ignore[arg-type,return-value]
+        out_lengths = self.output_lengths(lengths)
+        return zero_padding(self.encode(x, lengths), out_lengths), out_lengths
 
-    def encode(self, x: Tensor, lengths: LengthsOrState) -> tuple[Tensor, LengthsOrState]:
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         x, lengths = self.subsampling_layer(x, lengths)
         for block in self.blocks:
             x = block(x, lengths)
-        return self.norm(x), lengths
+        return self.norm(x)
 
     def init_state(self) -> list[Tensor]:
         """The subsampling convs' caches, then each block's attention keys and values."""

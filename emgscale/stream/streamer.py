@@ -105,7 +105,7 @@ class Streamer:
 
     def _repair(self, x: np.ndarray) -> np.ndarray:
         """(n, 2, 16) float32 with each bad value held at its channel's last valid value."""
-        flat = x.reshape(len(x), -1)
+        flat = x.reshape(len(x), NUM_BANDS * NUM_ELECTRODES)
         with np.errstate(invalid="ignore"):
             bad = ~(np.abs(flat) <= self.max_abs_sample)  # NaN compares False
         if bad.any():
