@@ -125,9 +125,12 @@ class Streamer:
     @torch.no_grad()
     def _run(self, samples: np.ndarray) -> np.ndarray:
         out = self.step(torch.from_numpy(samples), *self.state)
-        for name, t in zip(["log_probs", *self.core.state_names], out):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"the streaming step's {name} became non-finite on finite input (the model's "
+        # A float64 sum is finite iff every value is (float32 values cannot overflow it): one cheap pass.
+        if not bool(torch.stack([t.sum(dtype=torch.float64) for t in out if t.is_floating_point()]).isfinite().all()):
+            bad = [n for n, t in zip(["log_probs", *self.core.state_names], out)
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+            if bad:
+                raise ValueError(f"the streaming step's {bad[0]} became non-finite on finite input (the model's "
                                  f"weights overflow); the step was not applied")
         lp, self.state = out[0], list(out[1:])
         lp = lp.float().numpy()
