@@ -21,7 +21,6 @@ The feature normalisation and the encoder bring their own streaming steps (``ini
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgscale.features import NUM_BANDS, NUM_ELECTRODES
@@ -75,11 +74,8 @@ class StreamStep(nn.Module):
         """(L, 2, 16) raw samples (cache + new) -> (1, T, 2, C, K) log features, before normalisation."""
         f = self.featurizer
         x = select_electrodes(raw.unsqueeze(0).float(), f.channel_index, 0)
-        if self.decimation > 1:  # the Decimator's filter, without padding (the cache holds the context)
-            B, L, bands, C = x.shape
-            h = F.conv1d(x.reshape(B, L, -1).transpose(1, 2).reshape(-1, 1, L), f.decimator.taps,
-                         stride=self.decimation)
-            x = h.reshape(B, bands * C, -1).transpose(1, 2).reshape(B, -1, bands, C)
+        if self.decimation > 1:  # without padding: the raw cache holds the context
+            x = f.decimator.filter(x, 0)
         feats, _ = f.spectral(x, torch.full((1,), x.shape[1], dtype=torch.long))
         return feats
 
