@@ -15,6 +15,7 @@ from emgscale.config import from_dict
 from emgscale.models import ENCODERS, ModelConfig, build_model, count_parameters
 from emgscale.models.attention import AttentionMask
 from emgscale.models.frontend import RotationInvariantMLP
+from emgscale.models.streaming import NotStreamable
 from emgscale.models.tds import TDSConfig, TDSConvEncoder
 
 torch.set_num_threads(1)
@@ -44,6 +45,9 @@ TINY = {
     "transformer_full": {"arch": "transformer", "transformer": {"d_model": 32, "num_layers": 1, "num_heads": 2,
                                                                 "ffn_dim": 64, "attention": "full"}},
 }
+
+#: the TINY models whose encoder streams (causal); the others must say why not
+STREAMABLE = {"tds", "lstm", "cnn_gru_causal", "conformer_causal"}
 
 
 def tiny_cfg(name: str, **features: typing.Any) -> ModelConfig:
@@ -404,6 +408,30 @@ def test_blocked_attention_equals_dense_masked_attention(mask: AttentionMask) ->
         dense = F.scaled_dot_product_attention(q[b:b + 1, :, :n], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
                                                attn_mask=allowed[:n, :n])
         torch.testing.assert_close(out[b:b + 1, :, :n], dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_encoder_streaming_step_equals_its_forward_or_says_why_not(name: str) -> None:
+    """A causal encoder's streaming_forward, fed its input in pieces, gives its forward (after
+    stream_skip_frames); any other raises NotStreamable from init_state."""
+    enc = tiny_model(name).encoder
+    if name not in STREAMABLE:
+        with pytest.raises(NotStreamable):
+            enc.init_state()
+        return
+    s = enc.subsampling
+    x = torch.randn(1, 40 * s, enc.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, n = enc(x, torch.tensor([x.shape[1]]))
+        state, pos, out = enc.init_state(), torch.zeros((), dtype=torch.long), []
+        for a, b in ((0, s), (s, 8 * s), (8 * s, 9 * s), (9 * s, 40 * s)):
+            y, *state = enc.streaming_forward(x[:, a:b], pos, *state)
+            out.append(y)
+            pos = pos + y.shape[1]
+        with pytest.raises(ValueError, match="state tensors"):
+            enc.streaming_forward(x[:, :s], pos, *state[:-1])
+    got = torch.cat(out, 1)[:, enc.stream_skip_frames:]
+    torch.testing.assert_close(got, ref[:, :int(n[0])], atol=1e-5, rtol=0)
 
 
 def test_unknown_arch_and_bad_settings_raise() -> None:

@@ -149,6 +149,41 @@ def test_bad_chunk_shape_is_a_clear_error() -> None:
         Streamer(tiny("tds")).push(np.zeros((10, 32), np.float32))
 
 
+def test_non_finite_input_is_held_at_the_last_valid_value_and_never_reaches_the_state() -> None:
+    """NaN, inf and float32-overflowing samples are repaired (held per channel): the stream equals the
+    offline forward of the repaired session, the state stays finite, and later frames are unharmed."""
+    model = tiny("cnn_gru_causal")
+    emg = rand_emg(3000)
+    bad, fixed = emg.copy(), emg.copy()
+    bad[0, 1, 5] = np.nan  # before any valid value: 0
+    fixed[0, 1, 5] = 0.0
+    bad[700, 0, 3] = np.nan
+    fixed[700, 0, 3] = emg[699, 0, 3]
+    bad[701:705, 1, :] = np.inf
+    fixed[701:705, 1, :] = emg[700, 1, :]
+    bad[1500, 0, 0] = 3e38  # finite, but its power spectrum overflows float32
+    fixed[1500, 0, 0] = emg[1499, 0, 0]
+    s = Streamer(model)
+    got = stream(s, bad, sizes(3000, 80))
+    assert np.isfinite(got).all() and s.repaired_values == 1 + 1 + 4 * 16 + 1
+    np.testing.assert_allclose(got, offline(model, fixed), atol=ATOL, rtol=0)
+    assert all(bool(torch.isfinite(t).all()) for t in s.state if t.is_floating_point())
+
+
+def test_a_step_that_turns_non_finite_raises_and_is_not_applied() -> None:
+    """A model whose weights overflow makes push() raise ValueError; the state keeps its last finite value."""
+    model = tiny("cnn_gru_causal")
+    s = Streamer(model)
+    s.push(rand_emg(500))
+    before = [t.clone() for t in s.state]
+    with torch.no_grad():
+        model.encoder.rnn.forward_layers[0].weight_hh_l0.fill_(float("inf"))
+    with pytest.raises(ValueError, match="non-finite"):
+        s.push(rand_emg(200, seed=1))
+    for a, b in zip(s.state, before):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # --- online decoding --------------------------------------------------------------------------------
 def test_online_greedy_equals_offline_greedy_on_a_whole_session(tiny_corpus) -> None:
     """Online greedy over a streamed session (40 ms chunks) == offline greedy of the whole-session forward."""

@@ -1,8 +1,14 @@
-"""Normalisation of (B, T, 2, C, K) log features, per electrode channel, ignoring padding frames."""
+"""Normalisation of (B, T, 2, C, K) log features, per electrode channel, ignoring padding frames.
+
+Each normalisation also streams (eval mode): ``init_state() -> list[Tensor]`` and
+``streaming_forward(x (1, T, 2, C, K), *state) -> (y, *new_state)`` give, fed a sequence in pieces,
+what ``forward`` gives for the whole (the contract of :mod:`emgscale.models.streaming`).
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -73,11 +79,24 @@ class MaskedBatchNorm(nn.Module):
                     self.running_mean.lerp_(mean.detach().flatten(), self.momentum)
                     self.running_var.lerp_(unbiased, self.momentum)
         else:
-            mean, var, full = self.running_mean.view(shape), self.running_var.view(shape), False
+            mean, var, full = self.running_mean, self.running_var, False
+        y = self._affine(x, mean, var)
+        return y if full else zero_padding(y, lengths)
+
+    def _affine(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+        """``(x - mean) / sqrt(var + eps) * weight + bias`` per (band, electrode) channel, in one pass over x."""
+        shape = (x.shape[2], x.shape[3], 1)
         scale = self.weight.view(shape) * torch.rsqrt(var.view(shape) + self.eps)
         shift = self.bias.view(shape) - mean.view(shape) * scale
-        y = torch.addcmul(shift, x, scale)  # one pass over x
-        return y if full else zero_padding(y, lengths)
+        return torch.addcmul(shift, x, scale)
+
+    def init_state(self) -> list[Tensor]:
+        """No state: in eval mode the norm is a fixed affine map."""
+        return []
+
+    def streaming_forward(self, x: Tensor) -> tuple[Tensor]:
+        """(1, T, 2, C, K) -> (1, T, 2, C, K) by the running statistics (eval mode)."""
+        return (self._affine(x, self.running_mean, self.running_var),)
 
 
 class RollingNorm(nn.Module):
@@ -104,21 +123,39 @@ class RollingNorm(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Normalise (x (B, T, 2, C, K) float32, lengths (B,) frames) -> (B, T, 2, C, K), zero on padding."""
+        history = x.new_zeros(x.shape[0], self.window_frames - 1, x.shape[2] * x.shape[3], dtype=torch.float64)
+        y, _, _ = self._normalise(x, history, history, x.new_zeros((), dtype=torch.float64))
+        return zero_padding(y, lengths)
+
+    def init_state(self) -> list[Tensor]:
+        """Per-frame sums and sums of squares of the last ``window_frames - 1`` frames (float64,
+        (1, W - 1, 2 * C), zero) and the frames seen (float64 ())."""
+        zeros = torch.zeros(1, self.window_frames - 1, self.weight.numel(), dtype=torch.float64)
+        return [zeros, zeros.clone(), torch.zeros((), dtype=torch.float64)]
+
+    def streaming_forward(self, x: Tensor, s1: Tensor, s2: Tensor, count: Tensor) -> tuple[Tensor, ...]:
+        """(1, T, 2, C, K) new frames, state as :meth:`init_state` -> (y, *new_state)."""
+        y, h1, h2 = self._normalise(x, s1, s2, count)
+        T = x.shape[1]
+        return y, h1[:, T:], h2[:, T:], count + T
+
+    def _normalise(self, x: Tensor, s1: Tensor, s2: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` (B, T, 2, C, K) after ``count`` frames whose last ``W - 1`` per-frame sums (of values and
+        of squares, (B, W - 1, 2 * C) float64) are ``s1``, ``s2`` -> (y, those sums followed by x's)."""
         B, T, bands, C, K = x.shape
         W = self.window_frames
         # Running sums in float64: whole sessions are tens of thousands of frames.
-        s1 = x.sum(-1, dtype=torch.float64).cumsum(1)  # (B, T, 2, C)
-        s2 = x.double().pow(2).sum(-1).cumsum(1)
-        if T > W:
-            s1 = torch.cat([s1[:, :W], s1[:, W:] - s1[:, :-W]], 1)
-            s2 = torch.cat([s2[:, :W], s2[:, W:] - s2[:, :-W]], 1)
-        n = (torch.arange(T, device=x.device, dtype=torch.float64) + 1).clamp(max=W).view(1, T, 1, 1) * K
-        mean = s1 / n
-        var = (s2 / n - mean.pow(2)).clamp(min=0.0)
-        inv = torch.rsqrt(var + self.eps).to(x.dtype).unsqueeze(-1)
-        y = (x - mean.to(x.dtype).unsqueeze(-1)) * inv
+        h1 = torch.cat([s1, x.sum(-1, dtype=torch.float64).flatten(2)], 1)  # (B, W - 1 + T, 2 * C)
+        h2 = torch.cat([s2, x.double().pow(2).sum(-1).flatten(2)], 1)
+        c1, c2 = F.pad(h1.cumsum(1), (0, 0, 1, 0)), F.pad(h2.cumsum(1), (0, 0, 1, 0))
+        w1, w2 = c1[:, W:] - c1[:, :T], c2[:, W:] - c2[:, :T]  # sums over each frame's window
+        n = (count + torch.arange(1, T + 1, device=x.device, dtype=torch.float64)).clamp(max=W).view(1, T, 1) * K
+        mean = w1 / n
+        var = (w2 / n - mean.pow(2)).clamp(min=0.0)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype).view(B, T, bands, C, 1)
+        y = (x - mean.to(x.dtype).view(B, T, bands, C, 1)) * inv
         y = y * self.weight.view(bands, C, 1) + self.bias.view(bands, C, 1)
-        return zero_padding(y, lengths)
+        return y, h1, h2
 
 
 class NoNorm(nn.Module):
@@ -126,6 +163,12 @@ class NoNorm(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         return zero_padding(x, lengths)
+
+    def init_state(self) -> list[Tensor]:
+        return []
+
+    def streaming_forward(self, x: Tensor) -> tuple[Tensor]:
+        return (x,)
 
 
 def build_norm(kind: str, num_channels: int, frame_rate_hz: float, momentum: float, eps: float,

@@ -63,14 +63,18 @@ class Decimator(nn.Module):
         """
         if self.factor == 1:
             return x, lengths
+        return self.filter(x, self.half_taps), self.output_lengths(lengths)
+
+    def filter(self, x: Tensor, pad: int) -> Tensor:
+        """The filter and the decimation of (B, T, ...) ``x`` with ``pad`` zero samples on each side
+        (``half_taps`` offline; 0 when streaming, where the samples before and after are in ``x``)."""
         B, T = x.shape[:2]
         rest = x.shape[2:]
         # (B, T, ...) -> (B * prod(rest), 1, T): every channel filtered alike.
         h = x.reshape(B, T, -1).transpose(1, 2).reshape(-1, 1, T)
-        h = F.conv1d(F.pad(h, (self.half_taps, self.half_taps)), self.taps, stride=self.factor)
+        h = F.conv1d(F.pad(h, (pad, pad)), self.taps, stride=self.factor)
         t_out = h.shape[-1]
-        y = h.reshape(B, -1, t_out).transpose(1, 2).reshape(B, t_out, *rest).contiguous()
-        return y, self.output_lengths(lengths)
+        return h.reshape(B, -1, t_out).transpose(1, 2).reshape(B, t_out, *rest).contiguous()
 
 
 def log_band_matrix(num_bins: int, num_bands: int) -> Tensor:

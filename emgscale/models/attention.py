@@ -14,6 +14,11 @@ Attention modes (per layer, at the subsampled frame rate):
 masked (and a query may always see itself, so padded queries never produce NaNs). Positions are
 rotary (RoPE): scores depend only on frame differences, so a chunk behaves like the same frames
 inside a whole session.
+
+Streaming (causal ``local`` or ``chunk`` attention), :class:`SelfAttention` keeps the last
+``span.left`` keys and values (before the rotary rotation: each step rotates the keys of
+``[cache, new]`` by their place in that window and the queries by theirs, which gives the offline
+scores with shapes that never change) and masks by stream position.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgscale.models.common import MaskedConv1d, Span, drop, time_mask
+from emgscale.models.streaming import LengthsOrState, NotStreamable, StreamState
 
 
 @dataclass(frozen=True)
@@ -129,11 +135,11 @@ class AttentionMask:
         return out.view(B, nb, H, block, D).transpose(1, 2).reshape(B, H, tq, D)[:, :, :T]
 
 
-def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotary position embedding of (B, H, T, Dh) queries or keys at positions 0..T-1 (Dh even)."""
+def rotary(x: Tensor, base: float = 10000.0, start: int = 0) -> Tensor:
+    """Rotary position embedding of (B, H, T, Dh) queries or keys at positions start..start+T-1 (Dh even)."""
     T, D = x.shape[-2], x.shape[-1]
     inv = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float64) / D)
-    ang = torch.arange(T, device=x.device, dtype=torch.float64)[:, None] * inv[None, :]  # (T, D/2)
+    ang = torch.arange(start, start + T, device=x.device, dtype=torch.float64)[:, None] * inv[None, :]  # (T, D/2)
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
@@ -161,13 +167,46 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """(B, T, D), (B,) -> (B, T, D)."""
+    def forward(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
+        """(B, T, D), (B,) -> (B, T, D); streaming, ``lengths`` is the step's
+        :class:`~emgscale.models.streaming.StreamState` (key/value cache, position)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q, self.rope_base), rotary(k, self.rope_base)
-        o = self.mask.attend(q, k, v, lengths, self.dropout if self.training else 0.0)
+        if isinstance(lengths, StreamState):
+            o = self._attend_cached(q, k, v, lengths)
+        else:
+            q, k = rotary(q, self.rope_base), rotary(k, self.rope_base)
+            o = self.mask.attend(q, k, v, lengths, self.dropout if self.training else 0.0)
         return self.proj(o.transpose(1, 2).reshape(B, T, D))
+
+    def init_state(self, what: str = "attention") -> list[Tensor]:
+        """The key and value cache, zero: (1, heads, L, Dh) each, ``L = mask.span.left`` (none for 0).
+
+        Raises:
+            NotStreamable: full attention (unbounded state) or attention that reads future frames.
+        """
+        m = self.mask
+        if m.mode == "full":
+            raise NotStreamable(f"{what}: full attention has unbounded state; use attention: local or chunk")
+        if m.span.right:
+            raise NotStreamable(f"{what}: attention reads future frames; set causal: true")
+        cache = int(m.span.left or 0)
+        zeros = torch.zeros(1, self.num_heads, cache, self.qkv.in_features // self.num_heads)
+        return [zeros, zeros.clone()] if cache else []
+
+    def _attend_cached(self, q: Tensor, k: Tensor, v: Tensor, step: StreamState) -> Tensor:
+        """(B, H, T, Dh) of the frames at ``step.pos ..`` against the cached keys and values before them."""
+        B, H, T, Dh = q.shape
+        L = int(self.mask.span.left or 0)
+        if L:
+            k_cache, v_cache = step.take(2)
+            k, v = torch.cat([k_cache, k], 2), torch.cat([v_cache, v], 2)
+            step.put(k[:, :, T:], v[:, :, T:])
+        qpos = (step.pos + torch.arange(T, device=q.device)).view(T, 1)
+        kpos = (step.pos - L + torch.arange(L + T, device=q.device)).view(1, L + T)
+        allowed = (self.mask._allowed(qpos, kpos) & (kpos >= 0)) | (qpos == kpos)
+        return F.scaled_dot_product_attention(rotary(q, self.rope_base, L), rotary(k, self.rope_base), v,
+                                              attn_mask=allowed.view(1, 1, T, L + T))
 
 
 class FeedForward(nn.Module):
@@ -206,7 +245,11 @@ class ConvSubsampling(nn.Module):
             lengths = conv.output_lengths(lengths)
         return lengths
 
-    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def init_state(self, what: str = "subsampling") -> list[Tensor]:
+        """Each conv's cache (:meth:`MaskedConv1d.init_state`)."""
+        return [s for conv in self.convs for s in conv.init_state(what)]
+
+    def forward(self, x: Tensor, lengths: LengthsOrState) -> tuple[Tensor, LengthsOrState]:
         if self.proj is not None:
             return self.proj(x), lengths
         for conv in self.convs:

@@ -4,6 +4,9 @@ Encoder contract: ``forward(x (B, T, C), lengths (B,)) -> (y (B, T', D), out_len
 ``output_lengths(lengths)`` giving ``out_lengths`` exactly, and padding never changing a sequence's
 output (a batched forward equals each sequence run alone; padded output frames are zero).
 
+Streaming contract (``init_state`` / ``streaming_forward``, state in, state out): see
+:mod:`emgscale.models.streaming`.
+
 Spans describe receptive fields: output frame ``j`` depends on input frames
 ``j * stride - left .. j * stride + right`` (None = unbounded: recurrence or global attention).
 Chunked inference uses them to know which frames of a chunk equal whole-sequence inference.
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgscale.features.norm import time_mask, zero_padding
+from emgscale.models.streaming import LengthsOrState, NotStreamable, StreamState, history_state
 
 __all__ = ["Encoder", "MaskedConv1d", "Span", "conv_output_lengths", "time_mask", "zero_padding"]
 
@@ -50,12 +54,16 @@ class Encoder(nn.Module):
     """Base class of the encoders (see the module docstring for the contract).
 
     Subclasses set ``in_features``, ``out_features``, ``span`` (a :class:`Span` in input frames, its
-    ``stride`` the temporal subsampling) and implement ``forward`` and ``output_lengths``.
+    ``stride`` the temporal subsampling) and implement ``forward`` and ``output_lengths``. A causal
+    family streams by implementing ``init_state`` and either ``encode`` (its forward pass, which then
+    serves both) or ``streaming_forward`` (:mod:`emgscale.models.streaming`).
     """
 
     in_features: int
     out_features: int
     span: Span
+    #: junk frames a stream emits first, which the offline forward does not have
+    stream_skip_frames: int = 0
 
     @property
     def subsampling(self) -> int:
@@ -67,6 +75,27 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
+        """The forward pass, before padding is zeroed: offline (``lengths``) or streaming (a
+        :class:`~emgscale.models.streaming.StreamState`); what :meth:`streaming_forward` runs."""
+        raise NotStreamable(f"encoder {type(self).__name__} has no streaming step")
+
+    def init_state(self) -> list[Tensor]:
+        """The state at the start of a stream (fixed shapes, batch 1).
+
+        Raises:
+            NotStreamable: the encoder reads future frames or needs unbounded state (the message names
+                the setting), or its family has no streaming step.
+        """
+        raise NotStreamable(f"encoder {type(self).__name__} has no streaming step")
+
+    def streaming_forward(self, x: Tensor, pos: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """One streaming step: (1, T, C) new frames at stream position ``pos`` (output frames so far),
+        ``state`` as :meth:`init_state` -> ``(y (1, T', D), *new_state)``."""
+        step = StreamState(pos, state)
+        y = self.encode(x, step)
+        return (y, *step.finish())
 
 
 def conv_output_lengths(lengths: Tensor, kernel_size: int, stride: int, pad_left: int, pad_right: int) -> Tensor:
@@ -102,12 +131,30 @@ class MaskedConv1d(nn.Module):
     def output_lengths(self, lengths: Tensor) -> Tensor:
         return conv_output_lengths(lengths, self.kernel_size, self.stride, self.pad_left, self.pad_right)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T, C_in), (B,) -> (B, T', C_out), (B,); output frames beyond the new lengths are zero."""
-        h = zero_padding(x, lengths).transpose(1, 2)
-        h = self.conv(F.pad(h, (self.pad_left, self.pad_right)))
+    def forward(self, x: Tensor, lengths: LengthsOrState) -> tuple[Tensor, LengthsOrState]:
+        """(B, T, C_in), (B,) -> (B, T', C_out), (B,); output frames beyond the new lengths are zero.
+
+        Streaming (``lengths`` a :class:`~emgscale.models.streaming.StreamState`), the last
+        ``kernel - 1`` input frames of the previous steps stand in for the left padding.
+        """
+        if isinstance(lengths, StreamState):
+            return self._conv(lengths.with_history(x, self.pad_left), 0), lengths
         out_lengths = self.output_lengths(lengths)
-        return zero_padding(h.transpose(1, 2), out_lengths), out_lengths
+        return zero_padding(self._conv(zero_padding(x, lengths), self.pad_left), out_lengths), out_lengths
+
+    def _conv(self, x: Tensor, pad_left: int) -> Tensor:
+        """(B, T, C_in) -> (B, T', C_out), padded by ``pad_left`` zero frames and the right padding."""
+        return self.conv(F.pad(x.transpose(1, 2), (pad_left, self.pad_right))).transpose(1, 2)
+
+    def init_state(self, what: str = "conv") -> list[Tensor]:
+        """The last ``kernel - 1`` input frames, zero (``what``: the config key, for the error).
+
+        Raises:
+            NotStreamable: the convolution is not causal.
+        """
+        if self.pad_right:
+            raise NotStreamable(f"{what}: a non-causal convolution reads future frames; set causal: true")
+        return history_state(self.pad_left, self.conv.in_channels)
 
 
 def autocast_enabled(device_type: str) -> bool:

@@ -3,6 +3,8 @@
 
 The convolution module uses LayerNorm instead of BatchNorm after its depthwise conv, so no statistic
 crosses sequences or padding; the depthwise conv is masked and, with ``causal``, left-padded.
+With ``causal`` and local or chunked attention the encoder streams: its blocks run unchanged on a
+:class:`~emgscale.models.streaming.StreamState` (conv and attention caches) in place of the lengths.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 
 from emgscale.models.attention import ConvSubsampling, FeedForward, SelfAttention, layers_span
 from emgscale.models.common import Encoder, MaskedConv1d, Span, drop, zero_padding
+from emgscale.models.streaming import LengthsOrState
 from emgscale.models.transformer import TransformerConfig
 
 
@@ -42,7 +45,7 @@ class ConvModule(nn.Module):
         self.pointwise2 = nn.Linear(d_model, d_model)
         self.dropout = drop(dropout)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         h = nn.functional.glu(self.pointwise1(self.norm(x)), dim=-1)
         h, _ = self.depthwise(h, lengths)
         return self.dropout(self.pointwise2(self.act(self.conv_norm(h))))
@@ -62,7 +65,7 @@ class ConformerBlock(nn.Module):
         self.ffn2_norm, self.ffn2 = nn.LayerNorm(d), FeedForward(d, cfg.ffn_dim, cfg.dropout, "silu")
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         x = x + 0.5 * self.ffn1(self.ffn1_norm(x))
         x = x + self.dropout(self.attn(self.attn_norm(x), lengths))
         x = x + self.conv(x, lengths)
@@ -91,7 +94,19 @@ class ConformerEncoder(Encoder):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, C), (B,) -> (B, T', d_model), (B,)."""
+        out_lengths = self.output_lengths(lengths)
+        return zero_padding(self.encode(x, lengths), out_lengths), out_lengths
+
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         x, lengths = self.subsampling_layer(x, lengths)
         for block in self.blocks:
             x = block(x, lengths)
-        return zero_padding(x, lengths), lengths
+        return x
+
+    def init_state(self) -> list[Tensor]:
+        """The subsampling convs' caches, then per block the attention's keys and values and the
+        depthwise conv's cache, in the order they run."""
+        state = self.subsampling_layer.init_state("conformer")
+        for block in self.blocks:
+            state += block.attn.init_state("conformer") + block.conv.depthwise.init_state("conformer.conv_kernel")
+        return state

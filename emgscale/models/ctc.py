@@ -39,7 +39,8 @@ from emgscale.models.transformer import TransformerEncoder
 
 EncoderFactory = Callable[[ModelConfig, int], Encoder]
 
-#: arch name -> ``factory(model_cfg, in_features) -> Encoder``
+#: arch name -> ``factory(model_cfg, in_features) -> Encoder``; each encoder also says whether it streams
+#: (``init_state`` / ``streaming_forward``, or NotStreamable: :mod:`emgscale.models.streaming`)
 ENCODERS: dict[str, EncoderFactory] = {
     "tds": lambda cfg, n: TDSConvEncoder(n, cfg.tds),
     "lstm": lambda cfg, n: RNNEncoder("lstm", n, cfg.rnn),

@@ -1,7 +1,8 @@
 """Recurrent encoders: LSTM / GRU (uni- or bidirectional) and a CNN front end + RNN hybrid.
 
 Padding never enters the recurrence (see :class:`StackedRNN`). A unidirectional RNN is causal; its
-span is unbounded to the left, a bidirectional one on both sides.
+span is unbounded to the left, a bidirectional one on both sides. Both encoders stream when causal
+(the state: each conv's last ``kernel - 1`` frames and each RNN layer's hidden state).
 
 The CNN + RNN hybrid (``cnn_rnn``) runs masked 1-D convolutions with temporal striding (e.g. 2 -> 62.5 Hz
 outputs) before the RNN; this family gives the best published single-user emg2qwerty results.
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from emgscale.models.common import Encoder, MaskedConv1d, Span, autocast_enabled, drop, zero_padding
+from emgscale.models.streaming import LengthsOrState, NotStreamable, StreamState
 
 
 @dataclass
@@ -97,31 +99,58 @@ class StackedRNN(nn.Module):
         self.dropout = drop(dropout)
         self.out_features = hidden_size * dirs
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """(B, T, C), (B,) -> (B, T, H * directions), zero beyond each length.
+    def init_state(self, what: str = "rnn") -> list[Tensor]:
+        """Each layer's hidden state (and cell state, LSTM), zero: (1, 1, hidden_size) each.
+
+        Raises:
+            NotStreamable: the RNN is bidirectional.
+        """
+        if self.backward_layers is not None:
+            raise NotStreamable(f"{what}: a bidirectional RNN reads the whole future; set bidirectional: false")
+        per = 2 if isinstance(self.forward_layers[0], nn.LSTM) else 1
+        return [torch.zeros(1, 1, self.forward_layers[0].hidden_size) for _ in range(per * len(self.forward_layers))]
+
+    def forward(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
+        """(B, T, C), (B,) -> (B, T, H * directions), zero beyond each length; streaming (``lengths`` a
+        :class:`~emgscale.models.streaming.StreamState`), each layer starts from its state.
 
         Under autocast the RNN runs in float32 with autocast off (CPU RNN kernels want one dtype, and
         the input may arrive in bfloat16 from autocast matmuls).
         """
         B, T, _ = x.shape
+        step = lengths if isinstance(lengths, StreamState) else None
         rev = None
         if self.backward_layers is not None:
-            t = torch.arange(T, device=x.device).view(1, T)
-            n = lengths.view(B, 1)
-            rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1)  # reverses each sequence within its length
+            if isinstance(lengths, StreamState):
+                self.init_state()  # raises NotStreamable
+            else:
+                t = torch.arange(T, device=x.device).view(1, T)
+                n = lengths.view(B, 1)
+                rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1)  # reverses each sequence within its length
         autocast_on = autocast_enabled(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if autocast_on else _nullcontext():
             h = x.float() if autocast_on else x
             for i, layer in enumerate(self.forward_layers):
                 if i > 0:
                     h = self.dropout(h)
-                out = layer(h)[0]
+                out = layer(h)[0] if step is None else _layer_step(layer, h, step)
                 if rev is not None:
                     idx = rev.expand(B, T, h.shape[-1])
                     back = self.backward_layers[i](h.gather(1, idx))[0]
                     out = torch.cat([out, back.gather(1, rev.expand(B, T, back.shape[-1]))], -1)
                 h = out
-        return zero_padding(h, lengths)
+        return h if isinstance(lengths, StreamState) else zero_padding(h, lengths)
+
+
+def _layer_step(layer: nn.Module, x: Tensor, step: StreamState) -> Tensor:
+    """One RNN layer over a streaming step's frames, from its state in ``step`` (which keeps the new one)."""
+    if isinstance(layer, nn.LSTM):
+        out, (h, c) = layer(x, step.take(2))
+        step.put(h, c)
+    else:
+        out, h = layer(x, *step.take())
+        step.put(h)
+    return out
 
 
 class RNNEncoder(Encoder):
@@ -146,7 +175,14 @@ class RNNEncoder(Encoder):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, C), (B,) -> (B, T, H), (B,)."""
-        return self.dropout(self.rnn(x, lengths)), lengths
+        return self.encode(x, lengths), lengths
+
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
+        return self.dropout(self.rnn(x, lengths))
+
+    def init_state(self) -> list[Tensor]:
+        """Each RNN layer's hidden (and cell) state; NotStreamable when bidirectional."""
+        return self.rnn.init_state("rnn")
 
 
 class CNNRNNEncoder(Encoder):
@@ -180,7 +216,14 @@ class CNNRNNEncoder(Encoder):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, C), (B,) -> (B, T', H), (B,) with ``T' = T / prod(strides)`` (rounded up per layer)."""
+        return self.encode(x, lengths), self.output_lengths(lengths)
+
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         for conv, post in zip(self.convs, self.post):
             x, lengths = conv(x, lengths)
             x = post(x)
-        return self.dropout(self.rnn(x, lengths)), lengths
+        return self.dropout(self.rnn(x, lengths))
+
+    def init_state(self) -> list[Tensor]:
+        """Each conv's last ``kernel - 1`` frames, then each RNN layer's state, in the order they run."""
+        return [*(s for conv in self.convs for s in conv.init_state("cnn_rnn")), *self.rnn.init_state("cnn_rnn")]

@@ -21,6 +21,10 @@ are stored in its width-major order, and :mod:`emgscale.models.reference` maps t
 layout. ``feature_order: width_major`` skips the edge transposes: the encoder emgscale had before it
 matched the reference (each conv position then sees one band only), kept to load checkpoints trained
 with it.
+
+Streaming, each conv block keeps its last ``kernel_width - 1`` input frames (in its width-major
+order), so ``T`` new frames give ``T`` outputs; the first ``shrink`` outputs of a stream read the zero
+initial state and are junk (``stream_skip_frames``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from emgscale.models.common import Encoder, Span, drop, zero_padding
+from emgscale.models.streaming import LengthsOrState, StreamState, history_state
 
 
 @dataclass
@@ -73,8 +78,8 @@ def block_order(x: Tensor, layout: int | None, channels: int) -> tuple[Tensor, i
     """``x`` in the width-major order of a block of ``channels``, from the order ``layout`` (the channels of
     the current width-major order; None = the reference's channel-major order). Returns ``(x, channels)``.
 
-    The one rule of where the encoder reorders its features, used by :class:`TDSConvEncoder` and by its
-    streaming form (:mod:`emgscale.stream`): features are reordered per frame, so chunks reorder alike.
+    The one rule of where the encoder reorders its features: features are reordered per frame, so
+    streamed chunks reorder alike.
     """
     if layout == channels:
         return x, layout
@@ -100,8 +105,15 @@ class TDSConv2dBlock(nn.Module):
         self.conv2d = nn.Conv2d(channels, channels, kernel_size=(kernel_width, 1))
         self.layer_norm = nn.LayerNorm(num_features)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, F) -> (B, T - kernel_width + 1, F)."""
+    def init_state(self) -> list[Tensor]:
+        """The last ``kernel_width - 1`` input frames, zero (none for a kernel of 1)."""
+        return history_state(self.kernel_width - 1, self.width * self.channels)
+
+    def forward(self, x: Tensor, step: StreamState | None = None) -> Tensor:
+        """(B, T, F) -> (B, T - kernel_width + 1, F); streaming (``step`` given), the block's last
+        ``kernel_width - 1`` input frames go first, so ``T`` frames in give ``T`` out."""
+        if step is not None:
+            x = step.with_history(x, self.kernel_width - 1)
         B, T, F = x.shape
         h = x.view(B, T, self.width, self.channels).permute(0, 3, 1, 2)  # (B, C, T, W), channels-last memory
         h = self.conv2d(h).relu_()  # in place: the conv's backward does not need its output
@@ -150,6 +162,7 @@ class TDSConvEncoder(Encoder):
         self.in_features = self.out_features = in_features
         self.shrink = len(cfg.block_channels) * (cfg.kernel_width - 1)
         self.span = Span(0, self.shrink, 1)
+        self.stream_skip_frames = self.shrink
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """``L - num_blocks * (kernel_width - 1)``, clamped at 0."""
@@ -160,11 +173,22 @@ class TDSConvEncoder(Encoder):
         if x.shape[1] <= self.shrink:
             raise ValueError(f"TDS needs more than {self.shrink} frames, got {x.shape[1]}")
         out_lengths = self.output_lengths(lengths)
+        return zero_padding(self.encode(x, lengths), out_lengths), out_lengths
+
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
+        step = lengths if isinstance(lengths, StreamState) else None
         layout = None  # channels of the current width-major order; None = the reference's order
         for i, block in enumerate(self.tds_conv_blocks):
-            if self.channel_major and i % 2 == 0:
-                x, layout = block_order(x, layout, block.channels)
-            x = block(x)
+            if i % 2 == 0:
+                if self.channel_major:
+                    x, layout = block_order(x, layout, block.channels)
+                x = block(x, step)
+            else:
+                x = block(x)
         if layout is not None:
             x = to_channel_major(x, layout)
-        return zero_padding(x, out_lengths), out_lengths
+        return x
+
+    def init_state(self) -> list[Tensor]:
+        """Each conv block's last ``kernel_width - 1`` input frames."""
+        return [s for block in self.tds_conv_blocks[0::2] for s in block.init_state()]

@@ -1,4 +1,8 @@
-"""Transformer encoder: conv subsampling, then pre-LayerNorm blocks of masked rotary self-attention + FFN."""
+"""Transformer encoder: conv subsampling, then pre-LayerNorm blocks of masked rotary self-attention + FFN.
+
+With ``causal`` and local or chunked attention it streams: its blocks run unchanged on a
+:class:`~emgscale.models.streaming.StreamState` (conv and attention caches) in place of the lengths.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from torch import Tensor, nn
 
 from emgscale.models.attention import AttentionMask, ConvSubsampling, FeedForward, SelfAttention, layers_span
 from emgscale.models.common import Encoder, drop, zero_padding
+from emgscale.models.streaming import LengthsOrState
 
 
 @dataclass
@@ -61,7 +66,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout, "gelu")
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         x = x + self.dropout(self.attn(self.norm1(x), lengths))
         return x + self.ffn(self.norm2(x))
 
@@ -85,7 +90,18 @@ class TransformerEncoder(Encoder):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, C), (B,) -> (B, T', d_model), (B,)."""
+        out_lengths = self.output_lengths(lengths)
+        return zero_padding(self.encode(x, lengths), out_lengths), out_lengths
+
+    def encode(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
         x, lengths = self.subsampling_layer(x, lengths)
         for block in self.blocks:
             x = block(x, lengths)
-        return zero_padding(self.norm(x), lengths), lengths
+        return self.norm(x)
+
+    def init_state(self) -> list[Tensor]:
+        """The subsampling convs' caches, then each block's attention keys and values."""
+        state = self.subsampling_layer.init_state("transformer")
+        for block in self.blocks:
+            state += block.attn.init_state("transformer")
+        return state

@@ -7,7 +7,8 @@
 >>> keys = decoder.push(streamer.flush()) + decoder.finish()
 
 * :class:`Streamer` (``streamer.py``): pushes of any size give the offline forward's log-probs;
-  every stage keeps its state (``step.py``, ``cells.py``, ``encoders.py``).
+  every stage keeps its state (``step.py`` chains the streaming steps of the feature norm and the
+  encoder, which live beside their offline forward: :mod:`emgscale.models.streaming`).
 * :class:`OnlineGreedy`, :class:`OnlineBeam` (``decoding.py``): keys committed once final.
 * :func:`replay_session` (``replay.py``): replays a session, per-chunk compute, real-time factor,
   key latency from logged press to emission.
@@ -16,7 +17,7 @@
 CLI: ``python -m emgscale.stream CKPT SESSION.hdf5 [--realtime] [--chunk-ms 40]``.
 """
 
-from emgscale.stream.cells import NotStreamable
+from emgscale.models.streaming import NotStreamable
 from emgscale.stream.decoding import OnlineBeam, OnlineDecoder, OnlineGreedy, online_decoder
 from emgscale.stream.export import ExportedStep, export_step
 from emgscale.stream.replay import ReplayResult, key_latencies, replay_session

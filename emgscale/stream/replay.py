@@ -45,6 +45,7 @@ class ReplayResult:
         chunk_ms: chunk length; duration_s: session length replayed.
         lookahead_ms, buffering_ms: the model's algorithmic delay (see :class:`Streamer`).
         frames: output frames; frame_rate_hz: their rate.
+        repaired_values: input values the streamer repaired (NaN, inf or out of range).
     """
 
     labels: list[int]
@@ -61,6 +62,7 @@ class ReplayResult:
     frames: int
     frame_rate_hz: float
     realtime: bool = False
+    repaired_values: int = 0
     latency_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
@@ -90,6 +92,7 @@ class ReplayResult:
             "chunk_cpu_ms": {"median": _pct(self.chunk_cpu_s * ms, 50), "p99": _pct(self.chunk_cpu_s * ms, 99)},
             "rtf_cpu": float(self.chunk_cpu_s.sum()) / max(self.duration_s, 1e-9),
             "rtf": self.rtf, "lookahead_ms": self.lookahead_ms, "buffering_ms": self.buffering_ms,
+            "repaired_values": self.repaired_values,
             "keys_decoded": len(self.labels), "keys_target": len(self.target), "keys_matched": len(lat),
             "cer": self.cer,
             "key_latency_ms": {"median": _pct(lat, 50), "p90": _pct(lat, 90), "mean": float(lat.mean()) if len(lat)
@@ -205,7 +208,8 @@ def replay_session(streamer: Streamer, session: "EMGSession | str | np.ndarray",
         labels=labels, emit_s=emit_s, target=gt.labels.tolist(), press_s=press, chunk_s=np.asarray(chunk_s),
         step_s=np.asarray(step_s), chunk_cpu_s=np.asarray(cpu_s), chunk_ms=chunk * 1e3 / rate, duration_s=n / rate,
         lookahead_ms=streamer.lookahead_samples * 1e3 / rate, buffering_ms=streamer.buffering_samples * 1e3 / rate,
-        frames=streamer.frames_out, frame_rate_hz=float(model.frame_rate_hz), realtime=realtime)
+        frames=streamer.frames_out, frame_rate_hz=float(model.frame_rate_hz), realtime=realtime,
+        repaired_values=streamer.repaired_values)
     if press is not None:
         result.latency_s = key_latencies(result.target, press, labels, emit_s)
     return result

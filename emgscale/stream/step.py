@@ -14,57 +14,18 @@ Two startup rules live outside the step, in :class:`~emgscale.stream.Streamer`:
 * the first ``skip_frames`` output frames are junk (TDS blocks have no padding) and are dropped.
 
 With those, the concatenated output of the steps is the offline forward of the whole sequence.
+The feature normalisation and the encoder bring their own streaming steps (``init_state`` /
+``streaming_forward``, :mod:`emgscale.models.streaming`); the step only chains them.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgscale.features import NUM_BANDS, NUM_ELECTRODES
 from emgscale.features.augment import select_electrodes
-from emgscale.features.norm import MaskedBatchNorm, NoNorm, RollingNorm
-from emgscale.stream.cells import NotStreamable, RollingNormCell
-from emgscale.stream.encoders import encoder_cell
-
-
-class BatchNormCell(nn.Module):
-    """:class:`MaskedBatchNorm` in eval mode: a per-channel affine map from the running statistics."""
-
-    def __init__(self, norm: MaskedBatchNorm, bands: int, channels: int) -> None:
-        super().__init__()
-        self.norm, self.shape = norm, (bands, channels, 1)
-
-    def init_state(self) -> list[Tensor]:
-        return []
-
-    def forward(self, x: Tensor) -> tuple[Tensor]:
-        n = self.norm
-        scale = n.weight.view(self.shape) * torch.rsqrt(n.running_var.view(self.shape) + n.eps)
-        shift = n.bias.view(self.shape) - n.running_mean.view(self.shape) * scale
-        return (torch.addcmul(shift, x, scale),)
-
-
-class IdentityCell(nn.Module):
-    """:class:`NoNorm` on valid frames."""
-
-    def init_state(self) -> list[Tensor]:
-        return []
-
-    def forward(self, x: Tensor) -> tuple[Tensor]:
-        return (x,)
-
-
-def norm_cell(norm: nn.Module, bands: int, channels: int) -> nn.Module:
-    """The streaming cell of a feature normalisation module."""
-    if isinstance(norm, RollingNorm):
-        return RollingNormCell(norm, bands, channels)
-    if isinstance(norm, MaskedBatchNorm):
-        return BatchNormCell(norm, bands, channels)
-    if isinstance(norm, NoNorm):
-        return IdentityCell()
-    raise NotStreamable(f"no streaming version of feature normalisation {type(norm).__name__}")
+from emgscale.models.streaming import NotStreamable
 
 
 class StreamStep(nn.Module):
@@ -96,9 +57,10 @@ class StreamStep(nn.Module):
         self.overlap_samples = 2 * self.half_taps + (f.n_fft - f.hop_samples) * f.decimation
         self.prime_samples = self.overlap_samples - self.half_taps
         self.unit_samples = int(model.samples_per_frame)
-        self.norm = norm_cell(f.norm, NUM_BANDS, f.num_channels)
-        self.encoder = encoder_cell(model.encoder)
-        self.skip_frames = self.encoder.skip_frames
+        self.norm, self.encoder = f.norm, model.encoder
+        if not hasattr(self.norm, "streaming_forward"):
+            raise NotStreamable(f"no streaming step for feature normalisation {type(self.norm).__name__}")
+        self.skip_frames = int(self.encoder.stream_skip_frames)
         self._norm_n, self._enc_n = len(self.norm.init_state()), len(self.encoder.init_state())
         self.state_names = (["raw"] + [f"norm.{i}" for i in range(self._norm_n)] + ["pos"]
                             + [f"encoder.{i}" for i in range(self._enc_n)])
@@ -112,11 +74,8 @@ class StreamStep(nn.Module):
         """(L, 2, 16) raw samples (cache + new) -> (1, T, 2, C, K) log features, before normalisation."""
         f = self.featurizer
         x = select_electrodes(raw.unsqueeze(0).float(), f.channel_index, 0)
-        if self.decimation > 1:  # the Decimator's filter, without padding (the cache holds the context)
-            B, L, bands, C = x.shape
-            h = F.conv1d(x.reshape(B, L, -1).transpose(1, 2).reshape(-1, 1, L), f.decimator.taps,
-                         stride=self.decimation)
-            x = h.reshape(B, bands * C, -1).transpose(1, 2).reshape(B, -1, bands, C)
+        if self.decimation > 1:  # without padding: the raw cache holds the context
+            x = f.decimator.filter(x, 0)
         feats, _ = f.spectral(x, torch.full((1,), x.shape[1], dtype=torch.long))
         return feats
 
@@ -130,11 +89,11 @@ class StreamStep(nn.Module):
                                            state[2 + self._norm_n:])
         buf = torch.cat([raw, samples.to(raw.dtype)], 0)
         feats = self.features(buf)
-        feats, *norm_new = self.norm(feats, *norm_state)
+        feats, *norm_new = self.norm.streaming_forward(feats, *norm_state)
         x = self.frontend(feats)
-        y, *enc_new = self.encoder(x, pos, *enc_state)
+        y, *enc_new = self.encoder.streaming_forward(x, pos, *enc_state)
         lp = self.head(y).float().log_softmax(-1)[0]
         return (lp, buf[buf.shape[0] - self.overlap_samples:], *norm_new, pos + lp.shape[0], *enc_new)
 
 
-__all__ = ["BatchNormCell", "StreamStep", "norm_cell"]
+__all__ = ["StreamStep"]
