@@ -286,3 +286,22 @@ def _kwargs_file(model: torch.nn.Module, tmp_path: Path) -> str:
     path = tmp_path / "kwargs.json"
     path.write_text(json.dumps({"kwargs": braindecode_kwargs(model.cfg)}))
     return str(path)
+
+
+@pytest.mark.slow
+def test_bench_takes_an_imported_model_as_generic_checkpoint(tmp_path: Path) -> None:
+    """`bench zero_shot --generic-checkpoint <imported braindecode model>` evaluates it instead of training one, naming it."""
+    from emgscale.bench.__main__ import main as bench_main
+
+    model = random_tds("small", seed=6)
+    torch.save(export_braindecode(model)[0], tmp_path / "bd.pt")
+    src = tmp_path / "generic.pt"
+    assert models_main(["import-braindecode", str(tmp_path / "bd.pt"), "--kwargs", _kwargs_file(model, tmp_path),
+                        "--out", str(src)]) == 0
+    assert bench_main(["zero_shot", "--budget", "tiny", "--out", str(tmp_path / "b"), "--generic-checkpoint", str(src),
+                       "run.threads=1"]) == 0
+    res = json.loads((tmp_path / "b" / "zero_shot" / "results.json").read_text())
+    assert res["generic_checkpoint"] == str(src)
+    variants = [r["variant"] for r in res["tables"]["zero_shot"]["aggregate"]]
+    assert variants == ["given model: seen users, new sessions", "given model (generic.pt)"]
+    assert not list((tmp_path / "b" / "cache" / "runs").glob("*/config.yaml"))  # nothing trained here
