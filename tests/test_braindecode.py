@@ -143,7 +143,7 @@ def test_whole_model_equals_braindecode_function(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_export_import_round_trip_is_exact(name: str, tmp_path: Path) -> None:
-    """export_braindecode -> read_braindecode with its kwargs gives back every tensor bit for bit and the same config."""
+    """export_braindecode -> read_braindecode with its kwargs gives back every tensor bit for bit, same config."""
     model = random_tds(name, seed=2)
     sd, kw = export_braindecode(model)
     torch.save(sd, tmp_path / "state.pt")
@@ -155,11 +155,16 @@ def test_export_import_round_trip_is_exact(name: str, tmp_path: Path) -> None:
 
 @needs_fixtures
 def test_import_export_gives_back_the_braindecode_tensors() -> None:
-    """The fixture imported then exported is the same state dict, bit for bit, and its kwargs name the defaults."""
+    """The fixture imported then exported is the same state dict, bit for bit; its model is the reference's default."""
     theirs = torch.load(STATE, weights_only=True)
     sd, kw = export_braindecode(import_braindecode(STATE))
     assert sorted(sd) == sorted(theirs) and all(torch.equal(sd[k], theirs[k]) for k in theirs)
     assert kw["mlp_features"] == [384] and kw["block_channels"] == [24] * 4 and kw["pooling"] == "mean"
+    # the default EMG2QwertyNet is the reference's default TDSConvCTCModule (same emgscale model config)
+    from emgscale.models import read_reference
+
+    ref = read_reference(SESSION.parent / "tds_default_step12_noopt.ckpt").model_cfg
+    assert to_dict(read_braindecode(STATE).model_cfg) == to_dict(ref)
 
 
 def test_kwargs_come_from_the_file_beside_or_a_hub_folder(tmp_path: Path) -> None:
@@ -192,7 +197,7 @@ def test_kwargs_come_from_the_file_beside_or_a_hub_folder(tmp_path: Path) -> Non
     ({"depth": 3}, "unknown EMG2QwertyNet argument(s) 'depth'"),
 ])
 def test_unsupported_configuration_is_one_error_naming_it(kwargs: dict, message: str, tmp_path: Path) -> None:
-    """A configuration emgscale's TDS cannot compute, or kwargs contradicting the shapes: one line naming what differs."""
+    """A configuration emgscale's TDS cannot compute, or kwargs against the shapes: one line naming what differs."""
     sd, _ = export_braindecode(random_tds("small"))
     torch.save(sd, tmp_path / "m.pt")
     with pytest.raises(ValueError) as e:
@@ -231,7 +236,7 @@ def test_braindecode_kwargs_refuse_what_it_cannot_hold() -> None:
 # --- the CLI, eval, fine-tuning and the benchmark ------------------------------------------------------
 
 def test_cli_import_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """import-braindecode (--kwargs, --arg) writes an emgscale checkpoint eval loads; export goes back exactly; errors exit 2."""
+    """import-braindecode (--kwargs, --arg) writes a checkpoint eval loads; export goes back exactly; errors exit 2."""
     from emgscale.eval import load_model
 
     model = random_tds("wide", seed=4)
@@ -239,11 +244,13 @@ def test_cli_import_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     torch.save(sd, tmp_path / "bd.pt")
     (tmp_path / "args.json").write_text(json.dumps({"kwargs": {**kw, "pooling": "mean"}}))
     assert models_main(["import-braindecode", str(tmp_path / "bd.pt"), "--kwargs", str(tmp_path / "args.json"),
-                        "--arg", "pooling=max", "--arg", "rotation_offsets=[-2, 0, 2]", "--out", str(tmp_path / "ours.pt")]) == 0
+                        "--arg", "pooling=max", "--arg", "rotation_offsets=[-2, 0, 2]",
+                        "--out", str(tmp_path / "ours.pt")]) == 0
     loaded, cfg = load_model(tmp_path / "ours.pt")
     assert to_dict(cfg.model) == to_dict(model.cfg)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
-    assert models_main(["export", str(tmp_path / "ours.pt"), "--to", "braindecode", "--out", str(tmp_path / "back.pt")]) == 0
+    assert models_main(["export", str(tmp_path / "ours.pt"), "--to", "braindecode",
+                        "--out", str(tmp_path / "back.pt")]) == 0
     back = torch.load(tmp_path / "back.pt", weights_only=True)
     assert sorted(back) == sorted(sd) and all(torch.equal(back[k], v) for k, v in sd.items())
     assert read_kwargs(tmp_path / "back.json") == kw
@@ -290,7 +297,7 @@ def _kwargs_file(model: torch.nn.Module, tmp_path: Path) -> str:
 
 @pytest.mark.slow
 def test_bench_takes_an_imported_model_as_generic_checkpoint(tmp_path: Path) -> None:
-    """`bench zero_shot --generic-checkpoint <imported braindecode model>` evaluates it instead of training one, naming it."""
+    """`bench zero_shot --generic-checkpoint <imported braindecode model>` evaluates it, trains nothing, names it."""
     from emgscale.bench.__main__ import main as bench_main
 
     model = random_tds("small", seed=6)
@@ -304,4 +311,27 @@ def test_bench_takes_an_imported_model_as_generic_checkpoint(tmp_path: Path) -> 
     assert res["generic_checkpoint"] == str(src)
     variants = [r["variant"] for r in res["tables"]["zero_shot"]["aggregate"]]
     assert variants == ["given model: seen users, new sessions", "given model (generic.pt)"]
+    row = res["tables"]["zero_shot"]["aggregate"][1]  # the rates and rendered CER reach the results JSON
+    assert {"test_greedy_rendered_cer_mean", "test_greedy_substitution_rate_mean"} <= set(row)
     assert not list((tmp_path / "b" / "cache" / "runs").glob("*/config.yaml"))  # nothing trained here
+
+
+def test_readme_braindecode_lines_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's import-braindecode and export --to braindecode lines work as written (in a scratch folder)."""
+    import shlex
+
+    lines = [ln.split("  #")[0].strip() for ln in (REPO / "README.md").read_text().splitlines()]
+    imp, exp = ([ln for ln in lines if ln.startswith(f"python -m emgscale.models {p}")] for p in
+                ("import-braindecode", "export runs/x/checkpoints/best.pt --to braindecode"))
+    assert len(imp) == 1 and len(exp) == 1
+    monkeypatch.chdir(tmp_path)
+    model = random_tds("small", seed=7)
+    sd, kw = export_braindecode(model)
+    torch.save(sd, "pytorch_model.bin")
+    Path("config.json").write_text(json.dumps({**kw, "braindecode_version": "1.8.1"}))
+    assert models_main(shlex.split(imp[0])[3:]) == 0
+    Path("runs/x/checkpoints").mkdir(parents=True)
+    Path("generic.pt").rename("runs/x/checkpoints/best.pt")
+    assert models_main(shlex.split(exp[0])[3:]) == 0
+    back = torch.load("x.pt", weights_only=True)
+    assert all(torch.equal(back[k], v) for k, v in sd.items()) and read_kwargs("x.json") == kw

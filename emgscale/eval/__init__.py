@@ -89,7 +89,8 @@ def format_table(summary: dict[str, Any], per_user: dict[str, dict[str, Any]]) -
 
     def row(name: str, d: dict[str, Any]) -> str:
         return (f"{name:<16} {d['target_length']:>7} {100 * d['cer']:>7.2f}% {100 * d['insertion_rate']:>6.2f}% "
-                f"{100 * d['deletion_rate']:>6.2f}% {100 * d['substitution_rate']:>6.2f}% {100 * d['rendered_cer']:>12.2f}%")
+                f"{100 * d['deletion_rate']:>6.2f}% {100 * d['substitution_rate']:>6.2f}% "
+                f"{100 * d['rendered_cer']:>12.2f}%")
 
     lines = [head, "-" * len(head), *(row(str(u), d) for u, d in sorted(per_user.items(), key=lambda x: str(x[0])))]
     return "\n".join([*lines, "-" * len(head), row("pooled", summary)])

@@ -132,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     bd.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                     help="a constructor argument (JSON value), e.g. pooling=max; wins over --kwargs")
     bd.add_argument("--out", required=True, help="emgscale checkpoint to write (.pt)")
-    exp = sub.add_parser("export", help="emgscale TDS checkpoint -> reference Lightning checkpoint or braindecode state dict")
+    exp = sub.add_parser("export", help="emgscale TDS checkpoint -> reference Lightning checkpoint or "
+                                        "braindecode state dict")
     exp.add_argument("checkpoint", help="an emgscale checkpoint file or run checkpoint folder")
     exp.add_argument("--to", required=True, choices=["reference", "braindecode"], help="target layout")
     exp.add_argument("--weights", default="model", choices=["model", "averaged"])
     exp.add_argument("--out", required=True,
-                     help="file to write: Lightning checkpoint (.ckpt), or braindecode state dict (.pt; kwargs beside it as .json)")
+                     help="file to write: Lightning checkpoint (.ckpt), or braindecode state dict "
+                          "(.pt; kwargs beside it as .json)")
     a = p.parse_args(argv)
     {"import-reference": _import, "import-braindecode": _import_braindecode, "export": _export}[a.command](a)
     return 0

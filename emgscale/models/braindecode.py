@@ -109,7 +109,8 @@ def _load_state(path: Path) -> dict[str, Tensor]:
         raise ValueError(f"{path}: not a readable state dict ({msg})") from None
     if isinstance(sd, dict) and "state_dict" in sd and "hyper_parameters" in sd:
         raise ValueError(f"{path}: a Lightning checkpoint, not a braindecode state dict (use import-reference)")
-    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                     for k, v in sd.items()):
         raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
     return dict(sd)
 
@@ -131,14 +132,15 @@ def _shapes(sd: dict[str, Tensor], path: Path) -> dict[str, Any]:
         return sd[key]
 
     bn = need("model.0.batch_norm.weight").shape[0]
-    mlp = sorted((int(b), int(j), tuple(t.shape)) for k, t in sd.items() if (m := _MLP.fullmatch(k)) for b, j in [m.groups()])
+    mlp = sorted((int(m.group(1)), int(m.group(2)), tuple(t.shape)) for k, t in sd.items() if (m := _MLP.fullmatch(k)))
     convs = sorted((int(m.group(1)), tuple(t.shape)) for k, t in sd.items() if (m := _CONV.fullmatch(k)))
     if not mlp or not convs:
         raise ValueError(f"{path}: not an EMG2QwertyNet state dict (no model.1.mlps.* or model.3.tds_conv_blocks.*)")
     num_bands = max(b for b, _, _ in mlp) + 1
     band0 = [s for b, _, s in mlp if b == 0]
-    if bn % num_bands or band0[0][1] % (bn // num_bands):
-        raise ValueError(f"{path}: {num_bands} MLPs, {bn} BatchNorm channels and MLP input {band0[0][1]} do not fit together")
+    if bn < num_bands or bn % num_bands or band0[0][1] % (bn // num_bands):
+        raise ValueError(f"{path}: {num_bands} MLPs, {bn} BatchNorm channels and MLP input {band0[0][1]} "
+                         "do not fit together")
     electrodes = bn // num_bands
     if any(len(s) != 4 or s[0] != s[1] or s[2] != 1 for _, s in convs) or len({s[3] for _, s in convs}) != 1:
         raise ValueError(f"{path}: conv2d weights {[s for _, s in convs]} are not (C, C, 1, kernel_width) of one width")
@@ -162,7 +164,8 @@ def _model_config(kw: dict[str, Any], given: set[str], shapes: dict[str, Any], w
     if not isinstance(n_fft, int) or n_fft // 2 + 1 != n_bins:
         problems.append(f"n_fft {n_fft!r} but the state dict has {n_bins} frequency bins")
     if shapes["n_outputs"] != charset().num_classes:
-        problems.append(f"n_outputs {shapes['n_outputs']} is not emgscale's {charset().num_classes} classes (98 keys + blank)")
+        problems.append(f"n_outputs {shapes['n_outputs']} is not emgscale's {charset().num_classes} classes "
+                        "(98 keys + blank)")
     if kw["n_chans"] != shapes["num_bands"] * shapes["electrodes_per_band"]:
         problems.append(f"n_chans {kw['n_chans']!r} is not num_bands x electrodes_per_band")
     if kw["activation"] not in RELU_NAMES:
@@ -191,7 +194,8 @@ def _model_config(kw: dict[str, Any], given: set[str], shapes: dict[str, Any], w
         arch="tds",
         features=FeatureConfig(kind="log_spectrogram", n_fft=n_fft, hop_samples=hop, scale_with_rate=at_reference_rate,
                                sample_rate_hz=float(sfreq), input_sample_rate_hz=float(sfreq),
-                               num_bands=shapes["num_bands"], num_electrodes=shapes["electrodes_per_band"], norm="batch"),
+                               num_bands=shapes["num_bands"], num_electrodes=shapes["electrodes_per_band"],
+                               norm="batch"),
         augment=AugmentConfig() if shapes["num_bands"] == 2 else AugmentConfig(temporal_jitter_samples=0),
         frontend=FrontendConfig(kind="rotation_mlp", mlp_features=shapes["mlp_features"], offsets=offsets or [0],
                                 pooling=kw["pooling"], dropout=0.0),
@@ -298,7 +302,8 @@ def braindecode_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         raise ValueError(f"not expressible as braindecode's EMG2QwertyNet: {'; '.join(problems)}")
     scale = f.sample_rate_hz / REFERENCE_RATE_HZ if f.scale_with_rate else 1.0
     n_fft, hop = max(2, round(f.n_fft * scale)), max(1, round(f.hop_samples * scale))  # as the Featurizer rounds
-    return {"n_outputs": charset().num_classes, "n_chans": f.num_bands * f.num_electrodes, "sfreq": float(f.sample_rate_hz),
+    return {"n_outputs": charset().num_classes, "n_chans": f.num_bands * f.num_electrodes,
+            "sfreq": float(f.sample_rate_hz),
             "num_bands": f.num_bands, "electrodes_per_band": f.num_electrodes, "n_fft": n_fft, "hop_length": hop,
             "mlp_features": list(fe.mlp_features), "rotation_offsets": list(fe.offsets), "pooling": fe.pooling,
             "block_channels": list(t.block_channels), "kernel_width": t.kernel_width, "drop_prob": float(t.dropout)}
