@@ -37,6 +37,9 @@ CONFIGS = {
     "wide": {"features": {"n_fft": 33, "hop_samples": 8},
              "frontend": {"mlp_features": [64, 32], "offsets": [-2, 0, 2], "pooling": "max"},
              "tds": {"block_channels": [16, 8], "kernel_width": 5, "dropout": 0.1}},
+    "1khz": {"features": {"sample_rate_hz": 1000.0, "input_sample_rate_hz": 1000.0, "scale_with_rate": False,
+                          "n_fft": 32, "hop_samples": 8},
+             "frontend": {"mlp_features": [32]}, "tds": {"block_channels": [8], "kernel_width": 9}},
 }
 
 
@@ -137,6 +140,22 @@ def test_whole_model_equals_braindecode_function(name: str) -> None:
         theirs = braindecode_forward({k: v.double() for k, v in sd.items()}, kw, emg.double().reshape(-1, 32))
     assert ours.shape[1] == int(out_len[0]) == theirs.shape[0]
     assert float((ours[0].double() - theirs).abs().max()) < 1e-4  # float32 vs exact
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_exported_model_runs_in_braindecode_itself(name: str) -> None:
+    """Where braindecode installs cleanly: EMG2QwertyNet(**kwargs) with the exported state dict gives our emissions."""
+    bd = pytest.importorskip("braindecode.models", reason="braindecode not installed (it pulls torchaudio and mne)")
+    model = random_tds(name, seed=8)
+    sd, kw = export_braindecode(model)
+    net = bd.EMG2QwertyNet(**kw).eval()
+    net.load_state_dict(sd)
+    torch.manual_seed(1)
+    emg = torch.randn(2500, 2, 16) * 20.0
+    with torch.no_grad():
+        ours = model(emg[None], torch.tensor([2500]))[0][0]
+        theirs = net(emg.reshape(1, 2500, 32).transpose(1, 2)).log_softmax(-1)[0]
+    assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) < EMISSION_ATOL
 
 
 # --- round trips ------------------------------------------------------------------------------------
