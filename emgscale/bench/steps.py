@@ -233,7 +233,8 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
 
 def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, Any]:
     """CER of decoded emissions, pooled and per user (the paper's definition), with the rendered-text CER;
-    ``per_user`` also holds the insertion / deletion / substitution rates (:meth:`~emgscale.metrics.CERMeter.per_user`)."""
+    ``per_user`` also holds the insertion / deletion / substitution rates
+    (:meth:`~emgscale.metrics.CERMeter.per_user`)."""
     from emgscale.eval import score
 
     meter = score(emissions, decoder)

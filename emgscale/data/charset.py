@@ -163,7 +163,7 @@ class CharacterSet:
             raise ValueError(f"label out of range 0..{len(self.chars) - 1} in {list(labels)[:20]}") from e
 
     def render(self, labels: "list[int] | np.ndarray") -> str:
-        """The text a user sees after typing ``labels`` (:func:`render_text`): ``⇧a`` -> ``A``, ``ab⌫c`` -> ``ac``."""
+        """The text a user sees after typing ``labels`` (:func:`render_text`: ``ab⌫c`` -> ``ac``)."""
         return render_text(self.labels_to_str(labels))
 
     def char_to_label(self, char: str) -> int:

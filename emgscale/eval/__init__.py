@@ -162,5 +162,5 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return result
 
 
-__all__ = ["EVAL_RULES", "EvalConfig", "default_out", "evaluate", "format_table", "infer_session", "load_model", "score",
-           "session_emissions", "split_emissions", "validate"]
+__all__ = ["EVAL_RULES", "EvalConfig", "default_out", "evaluate", "format_table", "infer_session", "load_model",
+           "score", "session_emissions", "split_emissions", "validate"]

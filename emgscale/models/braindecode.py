@@ -43,7 +43,7 @@ from emgscale.features.spectral import LOG_FLOOR
 from emgscale.models.config import ModelConfig
 from emgscale.models.ctc import CTCModel, build_model
 from emgscale.models.frontend import FrontendConfig
-from emgscale.models.reference import ReferenceCheckpoint, _rules
+from emgscale.models.reference import ReferenceCheckpoint, _rules  # the reference's layout rules: one mapping
 from emgscale.models.tds import TDSConfig
 
 __all__ = ["BRAINDECODE_DEFAULTS", "braindecode_kwargs", "export_braindecode", "import_braindecode",
