@@ -193,6 +193,8 @@ def test_kwargs_come_from_the_file_beside_or_a_hub_folder(tmp_path: Path) -> Non
     torch.save(sd, tmp_path / "m.pt")
     (tmp_path / "m.json").write_text(json.dumps({"class": "braindecode.models.EMG2QwertyNet", "kwargs": kw}))
     assert to_dict(read_braindecode(tmp_path / "m.pt").model_cfg) == to_dict(model.cfg)
+    over = read_braindecode(tmp_path / "m.pt", overrides={"pooling": "mean"}).model_cfg  # --arg on top of the file
+    assert over.frontend.pooling == "mean" and over.features.hop_samples == 8
     hub = tmp_path / "hub"
     hub.mkdir()
     torch.save(sd, hub / "pytorch_model.bin")

@@ -7,7 +7,7 @@ emgscale checkpoint (weights, resolved config, step, epoch) that ``python -m emg
 ``run.init_from`` take. ``import-braindecode`` does the same for a braindecode ``EMG2QwertyNet`` state
 dict (the hub's ``pytorch_model.bin``, or a folder holding it and ``config.json``); its constructor
 arguments come from ``--kwargs FILE.json`` (else ``STATE.json`` / ``config.json`` beside it, else
-braindecode's defaults) and ``--arg name=value`` (a JSON value; wins over the file). ``export --to
+braindecode's defaults), and ``--arg name=value`` (a JSON value) wins over them. ``export --to
 reference`` writes an emgscale TDS checkpoint as a Lightning checkpoint the reference loads (``python -m
 emg2qwerty.train checkpoint=OUT.ckpt ...``); ``export --to braindecode`` writes ``OUT`` (the state dict:
 ``EMG2QwertyNet(**kwargs).load_state_dict(torch.load(OUT))``) and ``OUT`` with suffix ``.json`` (the kwargs).
@@ -78,12 +78,9 @@ def parse_args(pairs: list[str]) -> dict[str, object]:
 
 
 def _import_braindecode(a: argparse.Namespace) -> None:
-    from emgscale.models.braindecode import read_braindecode, read_kwargs
+    from emgscale.models.braindecode import read_braindecode
 
-    kwargs = None
-    if a.kwargs or a.arg:
-        kwargs = {**(read_kwargs(a.kwargs) if a.kwargs else {}), **parse_args(a.arg)}
-    ref = read_braindecode(a.state_dict, kwargs)
+    ref = read_braindecode(a.state_dict, a.kwargs, parse_args(a.arg))
     out = save_imported(a.out, ref, source=f"braindecode:{a.state_dict}")
     m = ref.model_cfg
     print(f"[models] {a.state_dict} (EMG2QwertyNet: mlp_features {m.frontend.mlp_features}, block_channels "
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     bd.add_argument("state_dict", help="torch.save'd EMG2QwertyNet state_dict (.pt, pytorch_model.bin) or a hub folder")
     bd.add_argument("--kwargs", help="JSON of constructor arguments ({'kwargs': {...}} or the hub's config.json)")
     bd.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
-                    help="a constructor argument (JSON value), e.g. pooling=max; wins over --kwargs")
+                    help="a constructor argument (JSON value), e.g. pooling=max; wins over the kwargs file")
     bd.add_argument("--out", required=True, help="emgscale checkpoint to write (.pt)")
     exp = sub.add_parser("export", help="emgscale TDS checkpoint -> reference Lightning checkpoint or "
                                         "braindecode state dict")

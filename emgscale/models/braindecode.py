@@ -188,7 +188,7 @@ def _model_config(kw: dict[str, Any], given: set[str], shapes: dict[str, Any], w
         problems.append(f"drop_prob {drop!r} but the state dict {'has' if shapes['dropout'] else 'has no'} dropout "
                         "layers (fc_block.3)")
     if problems:
-        raise ValueError(f"{where}: not an EMG2QwertyNet emgscale's TDS can hold: {'; '.join(problems)}")
+        raise ValueError(f"{where}: this EMG2QwertyNet is not expressible as emgscale's TDS: {'; '.join(problems)}")
     at_reference_rate = float(sfreq) == REFERENCE_RATE_HZ
     return ModelConfig(
         arch="tds",
@@ -214,7 +214,8 @@ def _bd_key(ref_key: str, dropout: bool) -> str:
 
 # --- public API -----------------------------------------------------------------------------------
 
-def read_braindecode(path: "str | Path", kwargs: "Mapping[str, Any] | str | Path | None" = None) -> ReferenceCheckpoint:
+def read_braindecode(path: "str | Path", kwargs: "Mapping[str, Any] | str | Path | None" = None,
+                     overrides: "Mapping[str, Any] | None" = None) -> ReferenceCheckpoint:
     """Read an ``EMG2QwertyNet`` state dict into emgscale's names, layout and model config.
 
     Args:
@@ -223,6 +224,7 @@ def read_braindecode(path: "str | Path", kwargs: "Mapping[str, Any] | str | Path
         kwargs: the constructor arguments: a dict, or a JSON file (:func:`read_kwargs`). None: the
             ``<stem>.json`` beside the file (``config.json`` beside ``pytorch_model.bin``) if there is
             one, else braindecode's defaults.
+        overrides: arguments that win over ``kwargs`` (the CLI's ``--arg name=value``).
 
     Returns:
         a :class:`~emgscale.models.reference.ReferenceCheckpoint` whose ``hyper_parameters`` are the
@@ -243,7 +245,7 @@ def read_braindecode(path: "str | Path", kwargs: "Mapping[str, Any] | str | Path
         where = f"{path} with {kwargs}"
         kwargs = read_kwargs(kwargs)
     sd = _load_state(path)
-    given = dict(kwargs or {})
+    given = {**(kwargs or {}), **(overrides or {})}
     kw = _resolve_kwargs(given, where)
     cfg = _model_config(kw, set(given), _shapes(sd, path), where)
     try:
@@ -268,13 +270,14 @@ def read_braindecode(path: "str | Path", kwargs: "Mapping[str, Any] | str | Path
     return ReferenceCheckpoint(cfg, state, {k: v for k, v in kw.items() if k in given or k in _SHAPE_FREE})
 
 
-def import_braindecode(path: "str | Path", kwargs: "Mapping[str, Any] | str | Path | None" = None) -> CTCModel:
+def import_braindecode(path: "str | Path", kwargs: "Mapping[str, Any] | str | Path | None" = None,
+                       overrides: "Mapping[str, Any] | None" = None) -> CTCModel:
     """The emgscale model (eval mode) computing an ``EMG2QwertyNet``'s function (with ``log_softmax``).
 
     Args:
-        path, kwargs: as :func:`read_braindecode`.
+        path, kwargs, overrides: as :func:`read_braindecode`.
     """
-    r = read_braindecode(path, kwargs)
+    r = read_braindecode(path, kwargs, overrides)
     model = build_model(r.model_cfg)
     model.load_state_dict(r.state_dict)
     return model.eval()
