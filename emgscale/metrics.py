@@ -3,7 +3,15 @@ label sequences (backspace, shift and enter are characters like any other), erro
 split and divided by the total target length — pooled, per session and per user.
 
 Edit distances come from rapidfuzz (``Levenshtein.editops`` on label sequences), which also splits
-each distance into insertions (extra predicted keys), deletions (missed target keys) and substitutions.
+each distance into insertions (extra predicted keys), deletions (missed target keys) and substitutions;
+their rates (``insertion_rate`` ...) are each count over the target length, pooled like the CER, and add
+up to it.
+
+Beside the key CER, the *rendered* CER (``rendered_cer``) compares the text a user would see
+(:func:`emgscale.data.charset.render_text`: backspaces applied, shift folded into the next key, as the
+emg2qwerty NeurIPS challenge and NeuralBench score text): errors of the rendered prediction against the
+rendered target, pooled over the rendered target length. A typo corrected with backspace costs nothing
+there; a missed backspace costs one character less than in the key CER.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
+
+from emgscale.data.charset import charset
 
 
 def _as_list(labels: Any) -> list[int]:
@@ -55,9 +65,13 @@ class EditCounts:
     @property
     def cer(self) -> float:
         """errors / target_length (NaN for 0/0, inf for errors over an empty target)."""
-        if self.target_length == 0:
-            return math.nan if self.errors == 0 else math.inf
-        return self.errors / self.target_length
+        return _rate(self.errors, self.target_length)
+
+    def rates(self) -> dict[str, float]:
+        """``insertion_rate``, ``deletion_rate``, ``substitution_rate``: each count / target_length (sum: the CER)."""
+        return {"insertion_rate": _rate(self.insertions, self.target_length),
+                "deletion_rate": _rate(self.deletions, self.target_length),
+                "substitution_rate": _rate(self.substitutions, self.target_length)}
 
     def __iadd__(self, other: "EditCounts") -> "EditCounts":
         self.insertions += other.insertions
@@ -68,8 +82,15 @@ class EditCounts:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Counts plus ``errors`` and ``cer``, JSON-ready."""
-        return {**asdict(self), "errors": self.errors, "cer": self.cer}
+        """Counts plus ``errors``, ``cer`` and the three rates, JSON-ready."""
+        return {**asdict(self), "errors": self.errors, "cer": self.cer, **self.rates()}
+
+
+def _rate(count: int, length: int) -> float:
+    """count / length; NaN for 0/0, inf for a count over an empty target."""
+    if length == 0:
+        return math.nan if count == 0 else math.inf
+    return count / length
 
 
 def edit_counts(pred_labels: Any, target_labels: Any) -> EditCounts:
@@ -82,7 +103,24 @@ def edit_counts(pred_labels: Any, target_labels: Any) -> EditCounts:
     Returns:
         One utterance's :class:`EditCounts`.
     """
-    pred, target = _as_list(pred_labels), _as_list(target_labels)
+    return _count(_as_list(pred_labels), _as_list(target_labels))
+
+
+def rendered_edit_counts(pred_labels: Any, target_labels: Any) -> EditCounts:
+    """:func:`edit_counts` of the rendered texts (:meth:`~emgscale.data.charset.CharacterSet.render`), per character.
+
+    Args:
+        pred_labels: (S_pred,) decoded key labels.
+        target_labels: (S,) target key labels.
+
+    Returns:
+        One utterance's :class:`EditCounts`, ``target_length`` the rendered target's characters.
+    """
+    cs = charset()
+    return _count(cs.render(_as_list(pred_labels)), cs.render(_as_list(target_labels)))
+
+
+def _count(pred: "Sequence[Any]", target: "Sequence[Any]") -> EditCounts:
     counts = EditCounts(target_length=len(target), utterances=1)
     for op in Levenshtein.editops(target, pred):
         if op.tag == "insert":
@@ -110,8 +148,10 @@ class CERMeter:
 
     def __init__(self) -> None:
         self.total = EditCounts()
+        self.rendered = EditCounts()  # of the rendered texts (see the module docstring)
         self._sessions: dict[Hashable, EditCounts] = {}
         self._users: dict[Hashable, EditCounts] = {}
+        self._rendered: dict[tuple[str, Hashable], EditCounts] = {}  # ("session" | "user", name)
         self._session_user: dict[Hashable, Hashable] = {}
 
     def update(self, pred_labels: Any, target_labels: Any, session: Hashable | None = None,
@@ -128,43 +168,62 @@ class CERMeter:
             This utterance's counts.
         """
         c = edit_counts(pred_labels, target_labels)
+        r = rendered_edit_counts(pred_labels, target_labels)
         self.total += c
+        self.rendered += r
         if session is not None:
             self._sessions.setdefault(session, EditCounts()).__iadd__(c)
+            self._rendered.setdefault(("session", session), EditCounts()).__iadd__(r)
             if user is not None:
                 self._session_user[session] = user
         if user is not None:
             self._users.setdefault(user, EditCounts()).__iadd__(c)
+            self._rendered.setdefault(("user", user), EditCounts()).__iadd__(r)
         return c
 
     def merge(self, other: "CERMeter") -> "CERMeter":
         """Add another meter's counts (e.g. from another worker); returns self."""
         self.total += other.total
-        for mine, theirs in ((self._sessions, other._sessions), (self._users, other._users)):
+        self.rendered += other.rendered
+        for mine, theirs in ((self._sessions, other._sessions), (self._users, other._users),
+                             (self._rendered, other._rendered)):
             for k, v in theirs.items():
                 mine.setdefault(k, EditCounts()).__iadd__(v)
         self._session_user.update(other._session_user)
         return self
+
+    @staticmethod
+    def _with_rendered(c: EditCounts, r: EditCounts) -> dict[str, Any]:
+        """Key counts, CER and rates, plus ``rendered_cer`` / ``rendered_errors`` / ``rendered_length``."""
+        return {**c.to_dict(), "rendered_cer": r.cer, "rendered_errors": r.errors, "rendered_length": r.target_length}
 
     @property
     def cer(self) -> float:
         """Pooled CER: all errors / all target keys."""
         return self.total.cer
 
+    @property
+    def rendered_cer(self) -> float:
+        """Pooled CER of the rendered texts: all their errors / all rendered target characters."""
+        return self.rendered.cer
+
     def per_session(self) -> dict[Hashable, dict[str, Any]]:
-        """``{session: {cer, errors, insertions, deletions, substitutions, target_length, utterances, user}}``."""
-        return {s: {**c.to_dict(), "user": self._session_user.get(s)} for s, c in self._sessions.items()}
+        """``{session: {cer, errors, insertions, deletions, substitutions, target_length, utterances,
+        insertion_rate, deletion_rate, substitution_rate, rendered_cer, rendered_errors, rendered_length, user}}``."""
+        return {s: {**self._with_rendered(c, self._rendered[("session", s)]), "user": self._session_user.get(s)}
+                for s, c in self._sessions.items()}
 
     def per_user(self) -> dict[Hashable, dict[str, Any]]:
-        """``{user: {cer, errors, insertions, deletions, substitutions, target_length, utterances}}``,
-        each pooled over that user's utterances."""
-        return {u: c.to_dict() for u, c in self._users.items()}
+        """``{user: {...}}`` with the keys of :meth:`per_session` (but ``user``), each pooled over that
+        user's utterances."""
+        return {u: self._with_rendered(c, self._rendered[("user", u)]) for u, c in self._users.items()}
 
     def summary(self) -> dict[str, Any]:
-        """Pooled counts and CER, the mean and spread of per-user CERs, and the number of sessions/users."""
+        """Pooled counts, CER, rates and rendered CER, the mean and spread of per-user CERs, and the number
+        of sessions/users."""
         user_cers = [c.cer for c in self._users.values() if c.target_length > 0]
         return {
-            **self.total.to_dict(),
+            **self._with_rendered(self.total, self.rendered),
             "num_sessions": len(self._sessions),
             "num_users": len(self._users),
             "mean_user_cer": float(np.mean(user_cers)) if user_cers else math.nan,

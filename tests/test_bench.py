@@ -27,6 +27,7 @@ def _check(out: Path, name: str, min_variants: int) -> dict:
             assert (out / name / png).stat().st_size > 1000
         for row in t["aggregate"]:  # every row has val and test, but the seen-user row (val sessions only)
             assert "val_greedy_mean" in row and ("test_greedy_mean" in row or row["variant"].startswith("seen users"))
+            assert "val_greedy_rendered_cer_mean" in row and "val_greedy_insertion_rate_std" in row
     assert "±" in table
     return res
 
@@ -37,6 +38,17 @@ def test_aggregate_is_mean_and_population_std():
     agg = aggregate(rows)
     assert agg[0]["test_greedy_mean"] == pytest.approx(0.3) and agg[0]["test_greedy_std"] == pytest.approx(0.1)
     assert "30.00 ± 10.00" in markdown_table(agg, "t")
+
+
+def test_aggregate_carries_rates_and_rendered_cer():
+    """The rates and rendered CER of the rows are aggregated like the CER (mean, population std over users)."""
+    rows = [{"variant": "a", "user": u, "part": "val", "decoder": "lm", "cer": c, "insertion_rate": i,
+             "deletion_rate": c - i, "substitution_rate": 0.0, "rendered_cer": r}
+            for u, c, i, r in (("1", 0.2, 0.1, 0.1), ("2", 0.4, 0.1, 0.3))]
+    agg = aggregate(rows + [{"variant": "b", "user": "1", "part": "val", "decoder": "lm", "cer": 0.5}])  # older row
+    assert agg[0]["val_lm_rendered_cer_mean"] == pytest.approx(0.2) and agg[0]["val_lm_rendered_cer_std"] == pytest.approx(0.1)
+    assert agg[0]["val_lm_deletion_rate_mean"] == pytest.approx(0.2) and agg[0]["val_lm_insertion_rate_std"] == 0.0
+    assert agg[1]["val_lm_mean"] == 0.5 and "val_lm_rendered_cer_mean" not in agg[1]
 
 
 def test_zero_shot_and_personalized_demo(out):

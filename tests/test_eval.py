@@ -77,6 +77,13 @@ def test_eval_cli_writes_result(trained, tmp_path, capsys):
     assert res["cer"] == pytest.approx(s["errors"] / s["target_length"])
     assert 0.0 <= res["cer"] and res["wall_s"] > 0 and "git_commit" in res and res["train_config"]["run"]
     assert res["decoder"]["kind"] == "greedy"
+    # beside the key CER: its three rates (adding up to it) and the CER of the rendered text, pooled
+    sm = res["summary"]
+    assert sm["insertion_rate"] + sm["deletion_rate"] + sm["substitution_rate"] == pytest.approx(res["cer"])
+    assert res["rendered_cer"] == sm["rendered_cer"] == pytest.approx(sm["rendered_errors"] / sm["rendered_length"])
+    assert {"insertion_rate", "rendered_cer"} <= set(s) and "target_rendered" in s
+    printed = capsys.readouterr().out
+    assert "rendered CER" in printed and "pooled" in printed and f"{100 * res['cer']:.2f}%" in printed
 
 
 @pytest.mark.skipif(shutil.which("lmplz") is None and not (Path(__import__("sys").executable).parent / "lmplz").exists(),

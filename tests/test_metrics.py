@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from emgscale.data.charset import charset
-from emgscale.metrics import CERMeter, EditCounts, cer, edit_counts, edit_distance
+from emgscale.data.charset import charset, render_text
+from emgscale.metrics import CERMeter, EditCounts, cer, edit_counts, edit_distance, rendered_edit_counts
 
 CS = charset()
 
@@ -88,3 +88,50 @@ def test_empty_targets():
     assert math.isnan(EditCounts().cer)
     assert edit_counts(L("a"), []).cer == math.inf
     assert cer([L("ab"), L("")], [L("ab"), L("c")]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("keys,text", [
+    ("ab\u232bc", "ac"),               # backspace deletes the previous character
+    ("\u21e7a", "A"),                   # shift folds into the next key
+    ("\u21e7A", "A"),                   # an already shifted character stays (the dataset's labels)
+    ("\u21e7\u21e71x", "!x"),           # US-keyboard shift of a digit, repeated shift counts once
+    ("\u232b\u232bx", "x"),             # nothing to delete at the start
+    ("a\u23ceb", "a\nb"),               # enter is a line break
+    ("Hi \u21e7\u232bx\u21e7", "Hix"),   # shift before backspace shows nothing; a trailing shift neither
+    ("", ""),
+])
+def test_render_text_hand_computed(keys, text):
+    """Rendering applies backspaces and folds shift into the next key, as a user sees the text."""
+    assert render_text(keys) == text
+    assert CS.render(L(keys)) == text
+
+
+@pytest.mark.parametrize("target,pred,rates", [
+    ("kitten", "sitting", (1 / 6, 0.0, 2 / 6)),
+    ("abcd", "acdx", (1 / 4, 1 / 4, 0.0)),
+    ("ab\u232bc", "ac", (0.0, 2 / 4, 0.0)),
+])
+def test_rates_are_counts_over_target_length_and_add_up_to_cer(target, pred, rates):
+    """insertion, deletion and substitution rates are each count / target length; their sum is the CER."""
+    c = edit_counts(L(pred), L(target))
+    r = c.rates()
+    assert (r["insertion_rate"], r["deletion_rate"], r["substitution_rate"]) == pytest.approx(rates)
+    assert sum(r.values()) == pytest.approx(c.cer) and c.to_dict()["deletion_rate"] == r["deletion_rate"]
+
+
+def test_rendered_cer_compares_the_texts_a_user_sees():
+    """rendered_cer: edit distance of the rendered texts, pooled over rendered target characters."""
+    assert rendered_edit_counts(L("ac"), L("ab\u232bc")).errors == 0  # corrected typo: free once rendered
+    assert rendered_edit_counts(L("\u21e7ac"), L("\u21e7Ac")).errors == 0  # ⇧a and ⇧A both show A
+    c = rendered_edit_counts(L("ab"), L("ab\u232bc"))  # "ab" against "ac"
+    assert (c.substitutions, c.target_length) == (1, 2)
+    m = CERMeter()
+    m.update(L("ac"), L("ab\u232bc"), session="s1", user="u1")   # keys: 2 / 4, rendered 0 / 2
+    m.update(L("ab"), L("ab\u232bc"), session="s2", user="u1")   # keys: 2 / 4, rendered 1 / 2
+    m.update(L("xyz"), L("xy"), session="s3", user="u2")         # keys: 1 / 2, rendered 1 / 2
+    assert m.cer == pytest.approx(5 / 10) and m.rendered_cer == pytest.approx(2 / 6)
+    s = m.summary()
+    assert (s["rendered_errors"], s["rendered_length"], s["rendered_cer"]) == (2, 6, pytest.approx(2 / 6))
+    assert s["insertion_rate"] + s["deletion_rate"] + s["substitution_rate"] == pytest.approx(s["cer"])
+    assert m.per_user()["u1"]["rendered_cer"] == pytest.approx(1 / 4)
+    assert m.per_session()["s1"]["rendered_cer"] == 0.0 and m.per_session()["s2"]["rendered_errors"] == 1

@@ -9,21 +9,30 @@ from typing import Any, Sequence
 import numpy as np
 
 COLUMNS = (("val", "greedy"), ("val", "lm"), ("test", "greedy"), ("test", "lm"))
+#: Per-user metrics a CER row may carry beside ``cer`` (:mod:`emgscale.metrics`); aggregated like it, in the
+#: results JSON only (the markdown tables keep their CER columns).
+EXTRA_METRICS = ("insertion_rate", "deletion_rate", "substitution_rate", "rendered_cer")
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group result rows by (variant, part, decoder) and take mean and population std over users.
 
-    Each input row is ``{"variant", "user", "part", "decoder", "cer"}``; ``variant`` keeps its order of
-    first appearance.
+    Each input row is ``{"variant", "user", "part", "decoder", "cer"}``, optionally with the
+    :data:`EXTRA_METRICS`; ``variant`` keeps its order of first appearance. Output keys:
+    ``<part>_<decoder>_mean`` / ``_std`` / ``_n`` for the CER, ``<part>_<decoder>_<metric>_mean`` / ``_std``
+    for each extra metric every row of the group has.
     """
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    extra: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
     settings: dict[str, list[str]] = defaultdict(list)
     order: list[str] = []
     for r in rows:
         if r["variant"] not in order:
             order.append(r["variant"])
         groups[(r["variant"], r["part"], r["decoder"])].append(float(r["cer"]))
+        for m in EXTRA_METRICS:
+            if m in r:
+                extra[(r["variant"], r["part"], r["decoder"], m)].append(float(r[m]))
         if "lm_weight" in r:
             text = f"{r['lm_weight']:g} / {r['insertion_bonus']:g}"
             if text not in settings[r["variant"]]:
@@ -39,6 +48,11 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[f"{part}_{dec}_mean"] = float(np.mean(vals))
                 row[f"{part}_{dec}_std"] = float(np.std(vals))  # population std, as the paper
                 row[f"{part}_{dec}_n"] = len(vals)
+                for m in EXTRA_METRICS:
+                    mvals = extra.get((v, part, dec, m))
+                    if mvals and len(mvals) == len(vals):
+                        row[f"{part}_{dec}_{m}_mean"] = float(np.mean(mvals))
+                        row[f"{part}_{dec}_{m}_std"] = float(np.std(mvals))
         out.append(row)
     return out
 

@@ -232,8 +232,10 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
 
 
 def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, Any]:
-    """CER of decoded emissions: aggregate and per user (the paper's definition)."""
+    """CER of decoded emissions, pooled and per user (the paper's definition), with the rendered-text CER;
+    ``per_user`` also holds the insertion / deletion / substitution rates
+    (:meth:`~emgscale.metrics.CERMeter.per_user`)."""
     from emgscale.eval import score
 
     meter = score(emissions, decoder)
-    return {"cer": meter.cer, "per_user": meter.per_user()}
+    return {"cer": meter.cer, "rendered_cer": meter.rendered_cer, "per_user": meter.per_user()}

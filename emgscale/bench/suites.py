@@ -1,7 +1,8 @@
 """The benchmarks: single_user, zero_shot, personalized, few_shot and sweep.
 
 Each takes a :class:`BenchContext` and its definition (a YAML under ``benchmarks/``) and returns result
-rows ``{"variant", "user", "part", "decoder", "cer"}`` plus plot specs; :mod:`emgscale.bench.runner`
+rows ``{"variant", "user", "part", "decoder", "cer"}`` (plus the rates and rendered CER of
+:data:`~emgscale.bench.report.EXTRA_METRICS`) plus plot specs; :mod:`emgscale.bench.runner`
 turns them into tables, JSON and PNGs. All training goes through :func:`emgscale.train.launch` and all
 evaluation is whole-session, greedy and with the character LM.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from emgscale.bench.budget import Budget
+from emgscale.bench.report import EXTRA_METRICS
 from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, score_sessions
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
@@ -107,7 +109,8 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
 
     ck = load_checkpoint(checkpoint)
     key = {"checkpoint": str(checkpoint), "step": ck.step, "which": which, "split": str(split_file),
-           "lm": str(ctx.lm) if ctx.lm else None, "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts)}
+           "lm": str(ctx.lm) if ctx.lm else None, "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts),
+           "metrics": list(EXTRA_METRICS)}  # rows cached before these metrics existed are recomputed
 
     def make(_: Path) -> dict[str, Any]:
         rows = []
@@ -123,7 +126,8 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
         for part in parts:
             for name, (dec, setting) in decoders.items():
                 for user, u in score_sessions(em[part], dec)["per_user"].items():
-                    rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"], **setting})
+                    rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"],
+                                 **{m: u[m] for m in EXTRA_METRICS}, **setting})
         return {"rows": rows}
 
     _, res = cached(ctx.cache, "eval", key, make)

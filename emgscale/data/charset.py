@@ -6,6 +6,10 @@ space (96, ``" "``) and shift (97, ``⇧``). The blank is 98, so models emit 99 
 
 Keys are pynput-style names as stored in the HDF5 ``keystrokes`` JSON (a printable character is the
 bare character; special keys are ``Key.<name>``). Text uses the unicode glyphs above.
+
+:func:`render_text` turns typed keys into the text a user would see (backspaces applied, shift folded
+into the next key): the one rendering rule, used by the rendered-text CER (:mod:`emgscale.metrics`) and
+the LM's training text (:mod:`emgscale.lm.text`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,44 @@ _UNICHAR_TO_KEY = {
     "\u2191": "Key.shift_l",  # ↑
     "\u21e1": "Key.shift_r",  # ⇡
 }
+#: What shift makes of a key on a US keyboard (letters: their capital; other keys unchanged).
+_SHIFTED = dict(zip("`1234567890-=[]\\;',./", '~!@#$%^&*()_+{}|:"<>?'))
+
+
+def render_text(keys: str) -> str:
+    """The text a user sees after typing ``keys`` (charset glyphs): backspaces applied, shift folded in.
+
+    A backspace deletes the last visible character (nothing at the start); a shift applies to the next
+    key, whatever it is: a letter becomes its capital, a digit or punctuation key its US-keyboard shifted
+    character (``1`` -> ``!``), an already shifted character stays; a shift before a backspace, space or
+    enter, or at the end, shows nothing. Enter is a line break (``\\n``).
+
+    >>> render_text("ab\u232bc \u21e7d\u21e71")
+    'ac D!'
+
+    Args:
+        keys: typed keys as text (e.g. :meth:`CharacterSet.labels_to_str` of labels).
+
+    Returns:
+        The rendered text.
+    """
+    out: list[str] = []
+    shift = False
+    for c in keys:
+        if c == SHIFT:
+            shift = True
+            continue
+        if c == BACKSPACE:
+            if out:
+                out.pop()
+        elif c == ENTER:
+            out.append("\n")
+        else:
+            out.append((_SHIFTED.get(c, c.upper()) if shift else c))
+        shift = False
+    return "".join(out)
+
+
 # Substitutions applied before anything else when normalising text.
 _STR_SUBSTITUTIONS = {
     "\n": ENTER,
@@ -119,6 +161,10 @@ class CharacterSet:
             return "".join(self.chars[int(i)] for i in labels)
         except IndexError as e:
             raise ValueError(f"label out of range 0..{len(self.chars) - 1} in {list(labels)[:20]}") from e
+
+    def render(self, labels: "list[int] | np.ndarray") -> str:
+        """The text a user sees after typing ``labels`` (:func:`render_text`: ``ab⌫c`` -> ``ac``)."""
+        return render_text(self.labels_to_str(labels))
 
     def char_to_label(self, char: str) -> int:
         """Label of one in-vocabulary character."""

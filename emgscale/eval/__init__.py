@@ -4,8 +4,10 @@
 
 :func:`evaluate` loads a checkpoint (emgscale's, or an imported reference checkpoint), computes
 whole-session emissions (:mod:`emgscale.eval.inference`, shared with the benchmarks), decodes them
-and scores them with :class:`~emgscale.metrics.CERMeter`. The JSON result holds the CER, per-user and
-per-session counts and, per session, the decoded text next to the target.
+and scores them with :class:`~emgscale.metrics.CERMeter`. The JSON result holds the CER (pooled over
+the split, as the paper), the insertion / deletion / substitution rates, the CER of the rendered text
+(``rendered_cer``: backspaces applied, shift folded in), per-user and per-session counts and, per session,
+the decoded text next to the target; :func:`format_table` prints them per user.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def score(emissions: Iterable[dict[str, Any]], decoder: Any, texts: dict[str, di
     Args:
         emissions: dicts with ``session``, ``user``, ``log_probs`` (T', C) and ``target`` labels.
         decoder: a :class:`~emgscale.decode.Decoder`.
-        texts: when given, ``texts[session] = {"decoded": ..., "target": ...}`` is filled in.
+        texts: when given, ``texts[session] = {"decoded": ..., "target": ...}`` is filled in (keys as typed),
+            with ``decoded_rendered`` / ``target_rendered`` (the text a user would see).
     """
     meter = CERMeter()
     cs = charset()
@@ -69,8 +72,28 @@ def score(emissions: Iterable[dict[str, Any]], decoder: Any, texts: dict[str, di
         pred = decoder.decode(e["log_probs"])
         meter.update(pred, e["target"], session=e["session"], user=e["user"])
         if texts is not None:
-            texts[e["session"]] = {"decoded": cs.labels_to_str(pred), "target": cs.labels_to_str(e["target"])}
+            texts[e["session"]] = {"decoded": cs.labels_to_str(pred), "target": cs.labels_to_str(e["target"]),
+                                   "decoded_rendered": cs.render(pred), "target_rendered": cs.render(e["target"])}
     return meter
+
+
+def format_table(summary: dict[str, Any], per_user: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table of CER, its insertion / deletion / substitution rates and the rendered CER (in %),
+    one row per user and a pooled row.
+
+    Args:
+        summary: :meth:`CERMeter.summary`.
+        per_user: :meth:`CERMeter.per_user`.
+    """
+    head = f"{'user':<16} {'keys':>7} {'CER':>8} {'ins':>7} {'del':>7} {'sub':>7} {'rendered CER':>13}"
+
+    def row(name: str, d: dict[str, Any]) -> str:
+        return (f"{name:<16} {d['target_length']:>7} {100 * d['cer']:>7.2f}% {100 * d['insertion_rate']:>6.2f}% "
+                f"{100 * d['deletion_rate']:>6.2f}% {100 * d['substitution_rate']:>6.2f}% "
+                f"{100 * d['rendered_cer']:>12.2f}%")
+
+    lines = [head, "-" * len(head), *(row(str(u), d) for u, d in sorted(per_user.items(), key=lambda x: str(x[0])))]
+    return "\n".join([*lines, "-" * len(head), row("pooled", summary)])
 
 
 def default_out(cfg: EvalConfig, split_file: "str | Path") -> Path:
@@ -128,15 +151,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     result = {
         "checkpoint": str(cfg.checkpoint), "weights": which, "split_file": str(split_file), "part": cfg.split,
         "decoder": to_dict(cfg.decoder), "config": to_dict(cfg), "train_config": to_dict(train_cfg),
-        "cer": meter.cer, "summary": meter.summary(), "per_session": per_session,
+        "cer": meter.cer, "rendered_cer": meter.rendered_cer, "summary": meter.summary(), "per_session": per_session,
         "per_user": meter.per_user(), "git_commit": git_commit(), "hardware": hardware(),
         "wall_s": time.monotonic() - t0, "out": str(out),
     }
     atomic_write_json(out, result)
-    print0(f"[eval] {split.name}/{cfg.split}: CER {meter.cer:.2%} over {len(refs)} sessions ({cfg.decoder.kind}); "
-           f"result in {out}")
+    print0(format_table(result["summary"], result["per_user"]))
+    print0(f"[eval] {split.name}/{cfg.split}: CER {meter.cer:.2%} (rendered text {meter.rendered_cer:.2%}) over "
+           f"{len(refs)} sessions ({cfg.decoder.kind}); result in {out}")
     return result
 
 
-__all__ = ["EVAL_RULES", "EvalConfig", "default_out", "evaluate", "infer_session", "load_model", "score", "session_emissions",
-           "split_emissions", "validate"]
+__all__ = ["EVAL_RULES", "EvalConfig", "default_out", "evaluate", "format_table", "infer_session", "load_model",
+           "score", "session_emissions", "split_emissions", "validate"]

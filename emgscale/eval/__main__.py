@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
     cfg = from_dict(EvalConfig, raw)
     result = evaluate(cfg)
-    print(json.dumps({"cer": result["cer"], "summary": result["summary"], "per_user": result["per_user"]}, indent=2))
+    print(json.dumps({"cer": result["cer"], "rendered_cer": result["rendered_cer"], "summary": result["summary"],
+                      "per_user": result["per_user"]}, indent=2))
     return 0
 
 

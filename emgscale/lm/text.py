@@ -9,7 +9,9 @@
 * Backspace is an edit, not a token: in training text it deletes the previous character; in the
   decoder it pops the last character's LM state (``ab⌫c`` is scored as ``ac``).
 * Shift (``⇧``) is not a token: it types no character (the shifted character that follows is its
-  own label), so it leaves the LM context untouched and gets neither LM score nor insertion bonus. The
+  own label), so it leaves the LM context untouched and gets neither LM score nor insertion bonus; in
+  training text it folds into the next character (``⇧a`` -> ``A``). Training text is rendered by the
+  one rule of :func:`emgscale.data.charset.render_text`. The
   reference decoder instead treated it, like every key outside its lowercase-letters LM, as a word
   boundary; with a full-charset LM that would cut the context before every capital letter.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-from emgscale.data.charset import BACKSPACE, ENTER, SHIFT, SPACE, CharacterSet, charset
+from emgscale.data.charset import BACKSPACE, ENTER, SHIFT, SPACE, CharacterSet, charset, render_text
 
 SPACE_TOKEN = "<sp>"
 """LM token of the space key."""
@@ -34,7 +36,8 @@ def text_to_lm_sentences(text: str, cs: CharacterSet | None = None) -> Iterator[
 
     Each line is cleaned with the charset's ``clean_str`` (``é`` -> ``e``; untypeable characters
     dropped) after any run of whitespace becomes one space; leading and trailing spaces are dropped;
-    backspaces delete the previous character; shifts are dropped; every character becomes a token.
+    the line is rendered (:func:`~emgscale.data.charset.render_text`: backspaces delete the previous
+    character, a shift folds into the next); every character becomes a token.
 
     Args:
         text: any text; ``\\n``, ``\\r`` and ``⏎`` end sentences.
@@ -46,17 +49,10 @@ def text_to_lm_sentences(text: str, cs: CharacterSet | None = None) -> Iterator[
     cs = cs or charset()
     for raw in re.split(r"[\n\r\u23ce]", text):
         tokens: list[str] = []
-        for c in cs.clean_str(_WHITESPACE.sub(" ", raw)):
-            if c == BACKSPACE:
-                if tokens:
-                    tokens.pop()
-            elif c == SHIFT:
-                continue
-            elif c == SPACE:
+        for c in render_text(cs.clean_str(_WHITESPACE.sub(" ", raw))):
+            if c == SPACE:
                 if tokens and tokens[-1] != SPACE_TOKEN:
                     tokens.append(SPACE_TOKEN)
-            elif c == ENTER:  # cannot happen after the split; kept for clarity
-                continue
             else:
                 tokens.append(c)
         while tokens and tokens[-1] == SPACE_TOKEN:

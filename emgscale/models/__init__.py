@@ -8,8 +8,11 @@ a sequence's output. Build a model with ``build_model(ModelConfig(...))``.
 
 Meta's released reference checkpoints (Lightning ``TDSConvCTCModule``) load with
 ``import_reference(path)``; ``export_reference(model)`` goes back (:mod:`emgscale.models.reference`).
+braindecode's ``EMG2QwertyNet`` state dicts load with ``import_braindecode(path, kwargs)``;
+``export_braindecode(model)`` goes back (:mod:`emgscale.models.braindecode`).
 """
 
+from emgscale.models.braindecode import export_braindecode, import_braindecode, read_braindecode
 from emgscale.models.common import Encoder, Span
 from emgscale.models.config import ModelConfig
 from emgscale.models.conformer import ConformerConfig
@@ -24,6 +27,6 @@ from emgscale.models.transformer import TransformerConfig
 __all__ = [
     "CNNRNNConfig", "CTCModel", "ConformerConfig", "ENCODERS", "Encoder", "FrontendConfig", "ModelConfig",
     "RNNConfig", "ReferenceCheckpoint", "Span", "TDSConfig", "TransformerConfig", "build_model", "count_parameters",
-    "export_reference", "forward_batch", "import_reference", "is_reference_checkpoint", "read_reference",
-    "reference_as_checkpoint", "register_encoder",
+    "export_braindecode", "export_reference", "forward_batch", "import_braindecode", "import_reference",
+    "is_reference_checkpoint", "read_braindecode", "read_reference", "reference_as_checkpoint", "register_encoder",
 ]

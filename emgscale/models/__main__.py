@@ -1,15 +1,22 @@
-"""``python -m emgscale.models import-reference CKPT --out OUT.pt`` | ``export CKPT --to reference --out OUT.ckpt``.
+"""``python -m emgscale.models import-reference CKPT --out OUT.pt`` | ``import-braindecode STATE.pt --out OUT.pt``
+| ``export CKPT --to reference|braindecode --out OUT``.
 
 ``import-reference`` reads a reference (emg2qwerty / PyTorch Lightning) ``TDSConvCTCModule`` checkpoint,
 such as Meta's released ``models/generic.ckpt``, without running pickled code, and writes an ordinary
 emgscale checkpoint (weights, resolved config, step, epoch) that ``python -m emgscale.eval`` and
-``run.init_from`` take. ``export`` writes an emgscale TDS checkpoint as a Lightning checkpoint the
-reference loads (``python -m emg2qwerty.train checkpoint=OUT.ckpt ...``).
+``run.init_from`` take. ``import-braindecode`` does the same for a braindecode ``EMG2QwertyNet`` state
+dict (the hub's ``pytorch_model.bin``, or a folder holding it and ``config.json``); its constructor
+arguments come from ``--kwargs FILE.json`` (else ``STATE.json`` / ``config.json`` beside it, else
+braindecode's defaults), and ``--arg name=value`` (a JSON value) wins over them. ``export --to
+reference`` writes an emgscale TDS checkpoint as a Lightning checkpoint the reference loads (``python -m
+emg2qwerty.train checkpoint=OUT.ckpt ...``); ``export --to braindecode`` writes ``OUT`` (the state dict:
+``EMG2QwertyNet(**kwargs).load_state_dict(torch.load(OUT))``) and ``OUT`` with suffix ``.json`` (the kwargs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +35,9 @@ def save_imported(path: "str | Path", ref: "ReferenceCheckpoint", source: str = 
 
     Args:
         path: the ``.pt`` file to write (atomically).
-        ref: what :func:`~emgscale.models.reference.read_reference` returned.
+        ref: what :func:`~emgscale.models.reference.read_reference` (or
+            :func:`~emgscale.models.braindecode.read_braindecode`) returned.
+        source: recorded as the checkpoint's ``source``.
     """
     from emgscale.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
@@ -50,16 +59,57 @@ def _import(a: argparse.Namespace) -> None:
           f"step {ref.global_step}) -> {out}")
 
 
+def parse_args(pairs: list[str]) -> dict[str, object]:
+    """``["pooling=max", "rotation_offsets=[-2,0,2]"]`` -> kwargs; each value is JSON, else a string.
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise ValueError(f"--arg {pair!r}: expected name=value")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def _import_braindecode(a: argparse.Namespace) -> None:
+    from emgscale.models.braindecode import read_braindecode
+
+    ref = read_braindecode(a.state_dict, a.kwargs, parse_args(a.arg))
+    out = save_imported(a.out, ref, source=f"braindecode:{a.state_dict}")
+    m = ref.model_cfg
+    print(f"[models] {a.state_dict} (EMG2QwertyNet: mlp_features {m.frontend.mlp_features}, block_channels "
+          f"{m.tds.block_channels}, kernel_width {m.tds.kernel_width}, {m.frontend.pooling} pooling over "
+          f"{m.frontend.offsets}, n_fft {m.features.n_fft}, hop {m.features.hop_samples}) -> {out}")
+
+
 def _export(a: argparse.Namespace) -> None:
     from emgscale.checkpoint import load_checkpoint
-    from emgscale.common import atomic_torch_save
+    from emgscale.common import atomic_torch_save, atomic_write_json
     from emgscale.config import from_dict
     from emgscale.models import ModelConfig, build_model
-    from emgscale.models.reference import reference_lightning_checkpoint
 
     ck = load_checkpoint(a.checkpoint)
     model = build_model(from_dict(ModelConfig, ck.config.get("model", {}), "model"))
     model.load_state_dict(ck.weights(a.weights))
+    if a.to == "braindecode":
+        from emgscale.models.braindecode import CLASS_NAME, export_braindecode
+
+        state, kwargs = export_braindecode(model.eval())
+        sidecar = Path(a.out).with_suffix(".json")
+        if sidecar == Path(a.out):
+            raise ValueError(f"--out {a.out}: the state dict needs a name not ending in .json (the kwargs go there)")
+        atomic_torch_save(state, a.out)
+        atomic_write_json(sidecar, {"class": CLASS_NAME, "kwargs": kwargs, "source": str(a.checkpoint)})
+        print(f"[models] {a.checkpoint} ({a.weights} weights) -> {a.out} + {sidecar} (braindecode EMG2QwertyNet)")
+        return
+    from emgscale.models.reference import reference_lightning_checkpoint
+
     out = reference_lightning_checkpoint(model.eval(), epoch=ck.epoch, global_step=ck.step)
     atomic_torch_save(out, a.out)
     print(f"[models] {a.checkpoint} ({a.weights} weights) -> {a.out} (reference TDSConvCTCModule layout)")
@@ -73,13 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import-reference", help="reference Lightning checkpoint -> emgscale checkpoint")
     imp.add_argument("checkpoint", help="the reference .ckpt (e.g. emg2qwerty's models/generic.ckpt)")
     imp.add_argument("--out", required=True, help="emgscale checkpoint to write (.pt)")
-    exp = sub.add_parser("export", help="emgscale TDS checkpoint -> reference Lightning checkpoint")
+    bd = sub.add_parser("import-braindecode", help="braindecode EMG2QwertyNet state dict -> emgscale checkpoint")
+    bd.add_argument("state_dict", help="torch.save'd EMG2QwertyNet state_dict (.pt, pytorch_model.bin) or a hub folder")
+    bd.add_argument("--kwargs", help="JSON of constructor arguments ({'kwargs': {...}} or the hub's config.json)")
+    bd.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                    help="a constructor argument (JSON value), e.g. pooling=max; wins over the kwargs file")
+    bd.add_argument("--out", required=True, help="emgscale checkpoint to write (.pt)")
+    exp = sub.add_parser("export", help="emgscale TDS checkpoint -> reference Lightning checkpoint or "
+                                        "braindecode state dict")
     exp.add_argument("checkpoint", help="an emgscale checkpoint file or run checkpoint folder")
-    exp.add_argument("--to", required=True, choices=["reference"], help="target layout")
+    exp.add_argument("--to", required=True, choices=["reference", "braindecode"], help="target layout")
     exp.add_argument("--weights", default="model", choices=["model", "averaged"])
-    exp.add_argument("--out", required=True, help="Lightning checkpoint to write (.ckpt)")
+    exp.add_argument("--out", required=True,
+                     help="file to write: Lightning checkpoint (.ckpt), or braindecode state dict "
+                          "(.pt; kwargs beside it as .json)")
     a = p.parse_args(argv)
-    _import(a) if a.command == "import-reference" else _export(a)
+    {"import-reference": _import, "import-braindecode": _import_braindecode, "export": _export}[a.command](a)
     return 0
 
 
