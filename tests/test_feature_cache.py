@@ -1,4 +1,4 @@
-"""The feature cache (emgscale.features.cache): the featurizer's two halves, cached blocks, cached training."""
+"""The feature cache (emgscale.loader.feature_cache): the featurizer's two halves, cached blocks, cached training."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from emgscale.data import EMGSession, WindowSpec
 from emgscale.data.windows import SessionWindows, collate, read_window
 from emgscale.features import AugmentConfig, FeatureConfig, Featurizer
 from emgscale.features.augment import spec_augment, temporal_jitter
-from emgscale.features.cache import FeatureCache, compute_spectra, edge_frames
+from emgscale.loader.feature_cache import FeatureCache, compute_spectra, edge_frames
 from emgscale.features.norm import zero_padding
 from emgscale.loader import DataConfig, build_loader
 
@@ -196,7 +196,7 @@ def test_corrupt_or_truncated_block_is_rebuilt_with_one_line(tiny_corpus, tmp_pa
                    lambda p: p.write_bytes(b"not a numpy file")):
         damage(files[0])
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="emgscale.features.cache"):
+        with caplog.at_level(logging.WARNING, logger="emgscale.loader.feature_cache"):
             again = FeatureCache(tmp_path / "cache", FeatureConfig()).session_block(path)
         lines = [r.getMessage() for r in caplog.records]
         assert len(lines) == 1 and str(files[0]) in lines[0] and "rebuilding" in lines[0]
@@ -211,13 +211,14 @@ def test_cache_key_ignores_channels_and_norm_but_not_the_spectra_settings(tmp_pa
 
 
 def test_cached_batches_collate_and_move_with_their_lengths(tiny_corpus, tmp_path):
-    """Served samples collate into features (B, T', 2, 16, K) + frame lengths, emg_lengths = raw rows covered."""
+    """Served samples collate into features (B, T', 2, 16, K) + frame lengths and no EMG placeholder (emg None);
+    emg_lengths = raw rows covered."""
     cache = FeatureCache(tmp_path / "cache", FeatureConfig())
     paths = [tiny_corpus.path(s) for s in tiny_corpus.all_sessions()[:2]]
     windows = SessionWindows(paths, WIN)
     samples = [cache.serve(windows[i], cache.session_block(windows.path_of(i)), 0) for i in range(len(windows))]
     batch = collate(samples)
-    assert batch.features.shape[0] == len(samples) and batch.emg.shape[:2] == (len(samples), 0)
+    assert batch.features.shape[0] == len(samples) and batch.emg is None
     assert batch.feature_lengths.tolist() == [len(s["features"]) for s in samples]
     assert batch.emg_lengths.tolist() == [s["rows"] for s in samples]
     head = batch.head(2).to("cpu")
@@ -294,14 +295,18 @@ def test_shard_windows_served_from_records_equal_spectra_of_their_rows(tiny_corp
 
 
 def test_cache_needs_the_feature_settings_and_refuses_views(tiny_corpus, tmp_path):
-    """build_loader with a feature cache needs the model's features, and refuses data.view / CSV in one line."""
+    """build_loader with a feature cache needs the model's features; DataConfig.check refuses data.view / CSV."""
     cfg = DataConfig(data_root=str(tiny_corpus.root), split=str(tiny_corpus.split_path), window=WIN,
                      feature_cache=str(tmp_path / "c"))
+    cfg.check(AugmentConfig(temporal_jitter_samples=0))
     with pytest.raises(ValueError, match="needs the model's feature settings"):
         build_loader(cfg, "train", train=True, seed=0)
     cfg.view.band = 1
-    with pytest.raises(ValueError, match="neither data.format=csv nor data.view"):
-        build_loader(cfg, "train", train=True, seed=0, features=FeatureConfig())
+    with pytest.raises(ConfigError, match="unset data.view or data.feature_cache"):
+        cfg.check()
+    cfg.view.band, cfg.format = None, "csv"
+    with pytest.raises(ConfigError, match="not data.format=csv"):
+        cfg.check()
 
 
 def test_bench_step_measures_raw_and_cached_side_by_side(tiny_corpus, tmp_path, capsys):

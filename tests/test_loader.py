@@ -11,7 +11,7 @@ import pytest
 from emgscale.data import EMGSession, WindowSpec
 from emgscale.loader import DataConfig, build_loader, minutes_budget
 from emgscale.shard import ShardConfig, shard_corpus
-from emgscale.shard.stream import assign_shards
+from emgscale.loader.shard_pipeline import assign_shards
 
 WIN = dict(window=WindowSpec(window_samples=1000, pad_left_samples=200, pad_right_samples=50, jitter=True))
 W, PL, PR = 1000, 200, 50

@@ -1,25 +1,37 @@
-"""Training augmentations of raw (B, T, 2, 16) EMG and of (B, T, 2, C, K) log features.
+"""Training augmentations of raw (B, T, 2, 16) EMG and of (B, T, 2, C, K) log features: their one home.
 
 All randomness is drawn, vectorised over the batch, from torch's global RNG on the input's device.
+The :class:`~emgscale.features.Featurizer` applies them in this order, in training mode only:
 
-Band rotation, amplitude scaling and channel masking act per band / electrode, so each has a raw-EMG
-form (the raw path) and a log-feature form (precomputed spectra, :mod:`emgscale.features.cache`) that
-draw the same random numbers in the same order: one draw, two ways of applying it. Inter-band
-temporal jitter has no feature form (it moves samples by less than a frame).
+1. band rotation with the electrode selection (:func:`select_electrodes`): one form, a roll of the
+   electrode axis, the same on raw EMG and on per-electrode spectra;
+2. the signal augmentations of :data:`SIGNAL_AUGMENTATIONS`, in that order. Each has a raw-EMG form
+   (the raw path) and, where the feature space allows it, a form on precomputed log spectra
+   (:mod:`emgscale.loader.feature_cache`) drawing the same random numbers in the same order: one
+   draw, two ways of applying it. Amplitude scaling and channel masking have both (the log form of a
+   gain is an addition, a dead electrode is the floor value); inter-band temporal jitter has no
+   feature form (it moves samples by less than a frame), so its config field is marked
+   ``metadata={"raw_emg": True}`` and ``data.feature_cache`` refuses it
+   (:meth:`emgscale.loader.base.DataConfig.check`);
+3. SpecAugment (:func:`spec_augment`) on the log features: one form, both paths.
+
+A new augmentation: a field of :class:`~emgscale.features.config.AugmentConfig` (0 = off) and, here,
+its function(s) and one :data:`SIGNAL_AUGMENTATIONS` entry (or a call beside SpecAugment for one that
+acts on the log features).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from emgscale.features.config import AugmentConfig
 from emgscale.features.norm import zero_padding
-
-#: Why a run on precomputed spectra cannot jitter the bands against each other.
-JITTER_NEEDS_RAW = "augment.temporal_jitter_samples needs raw EMG: set it to 0 or unset data.feature_cache"
+from emgscale.features.spectral import floor_value
 
 
 def select_electrodes(emg: Tensor, channels: Tensor | None, rotation: int) -> Tensor:
@@ -169,6 +181,67 @@ def spec_augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig) -> Tensor:
         mf = _axis_masks(n, cfg.freq_masks, cfg.freq_mask_bins, size, shape, K, x.device)  # (B, 2|1, C|1, K)
         x = x.masked_fill(mf.unsqueeze(1), cfg.mask_value)
     return x
+
+
+#: ``form(x, lengths, strength) -> (x, lengths)``: raw EMG (B, T, bands, C) with valid samples, or log
+#: spectra (B, T', bands, C, K) with valid frames; ``strength`` is the config field's value (> 0).
+Form = Callable[[Tensor, Tensor, float], "tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class SignalAugmentation:
+    """A training augmentation of the signal, before the spectra, in its forms.
+
+    Attributes:
+        field: the :class:`~emgscale.features.config.AugmentConfig` field giving its strength (0 = off).
+        raw: its form on raw EMG.
+        spectra: its form on precomputed log spectra, drawing the same random numbers as ``raw``; None
+            when the feature space has none (the field is then marked ``metadata={"raw_emg": True}``).
+    """
+
+    field: str
+    raw: Form
+    spectra: Form | None = None
+
+
+def _jitter(x: Tensor, lengths: Tensor, strength: float) -> tuple[Tensor, Tensor]:
+    return temporal_jitter(x, lengths, int(strength))
+
+
+#: The signal augmentations in the order they draw (the raw path's order since the reference).
+SIGNAL_AUGMENTATIONS: tuple[SignalAugmentation, ...] = (
+    SignalAugmentation("temporal_jitter_samples", _jitter),
+    SignalAugmentation("amplitude_scale", lambda x, n, a: (amplitude_scale(x, a), n),
+                       lambda x, n, a: (amplitude_scale_log(x, a), n)),
+    SignalAugmentation("channel_mask_prob", lambda x, n, p: (channel_mask(x, p), n),
+                       lambda x, n, p: (channel_mask_log(x, p, floor_value()), n)),
+)
+
+
+def augment_signal(x: Tensor, lengths: Tensor, cfg: AugmentConfig, spectra: bool = False) -> tuple[Tensor, Tensor]:
+    """Every signal augmentation switched on in ``cfg``, in order, in its raw or spectra form.
+
+    Args:
+        x: (B, T, bands, C) raw EMG, or (B, T', bands, C, K) log spectra with ``spectra``.
+        lengths: (B,) valid samples (valid frames with ``spectra``).
+        cfg: the augmentation config.
+        spectra: apply the forms on log spectra.
+
+    Returns:
+        The augmented ``x`` and its (B,) lengths (temporal jitter trims samples).
+
+    Raises:
+        ValueError: with ``spectra``, an augmentation switched on that needs raw EMG.
+    """
+    for aug in SIGNAL_AUGMENTATIONS:
+        strength = getattr(cfg, aug.field)
+        if not strength > 0:
+            continue
+        form = aug.spectra if spectra else aug.raw
+        if form is None:
+            raise ValueError(f"augment.{aug.field} needs raw EMG: set it to 0 or unset data.feature_cache")
+        x, lengths = form(x, lengths, strength)
+    return x, lengths
 
 
 def validate_augment(cfg: AugmentConfig) -> None:

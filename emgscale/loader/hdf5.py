@@ -19,7 +19,7 @@ from emgscale.data.session import EMGSession
 from emgscale.data.splits import load_split
 from emgscale.data.errors import DataError
 from emgscale.data.windows import SessionWindows, WindowSpec, check_values_once, collate
-from emgscale.features.cache import FeatureCache
+from emgscale.loader.feature_cache import FeatureCache
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 

@@ -32,7 +32,7 @@ from webdataset.utils import make_seed
 
 from emgscale.data.errors import DataError
 from emgscale.data.windows import collate
-from emgscale.features.cache import FeatureCache
+from emgscale.loader.feature_cache import FeatureCache
 from emgscale.shard.records import decode_record, record_samples
 
 log = logging.getLogger("emgscale.loader")

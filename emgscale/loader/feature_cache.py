@@ -56,12 +56,11 @@ import torch
 from emgscale.common import atomic_path, atomic_write_json
 from emgscale.data.errors import DataError
 from emgscale.features import Featurizer
-from emgscale.features.augment import JITTER_NEEDS_RAW
 from emgscale.features.config import FeatureConfig
 
-__all__ = ["CACHE_VERSION", "FeatureCache", "JITTER_NEEDS_RAW", "compute_spectra", "edge_frames"]
+__all__ = ["CACHE_VERSION", "FeatureCache", "compute_spectra", "edge_frames"]
 
-log = logging.getLogger("emgscale.features.cache")
+log = logging.getLogger("emgscale.loader.feature_cache")
 
 #: Bumped when the stored layout or the spectra's computation changes (a new settings folder).
 CACHE_VERSION = 1
