@@ -39,9 +39,13 @@ from emgscale.data.window_spec import WindowSpec, labels_in, training_windows  #
 
 
 def read_window(
-    session: EMGSession, index: int, spec: WindowSpec, rng: np.random.Generator | None = None
+    session: EMGSession, index: int, spec: WindowSpec, rng: np.random.Generator | None = None, with_emg: bool = True
 ) -> dict[str, Any]:
-    """Sample ``index`` of ``session`` under ``spec`` (see the module docstring for the fields)."""
+    """Sample ``index`` of ``session`` under ``spec`` (see the module docstring for the fields).
+
+    ``with_emg=False`` reads the timestamps only (:meth:`EMGSession.time`, no EMG field): the sample has
+    ``rows`` (the rows it covers) in place of ``emg``, for a caller that brings its own features of
+    those rows (:class:`emgscale.loader.hdf5.CachedWindows`). Same rows, labels and jitter draws."""
     n = len(session)
     if spec.window_samples is None:
         offset, window = 0, n
@@ -52,14 +56,18 @@ def read_window(
             raise IndexError(f"{session.path}: window {index} does not fit in {n} rows")
         offset = spec.jittered(offset, n, rng)
     start, stop = spec.padded_rows(offset, window, n)
-    emg, t = session.window(start, stop)
+    if with_emg:
+        emg, t = session.window(start, stop)
+        rows: dict[str, Any] = {"emg": emg}
+    else:
+        t, rows = session.time(start, stop), {"rows": stop - start}
     w0, w1 = offset - start, offset - start + window - 1
     if session.condition != ON_KEYBOARD:
         raise DataError(session.path, f"condition is {session.condition!r}; windows need 'on_keyboard' sessions")
     label = session.keystroke_labels(t[w0], t[w1])
     return {
         "key": f"{session.user}/{session.session_name}/{offset}",
-        "emg": emg,
+        **rows,
         "labels": label.labels,
         "label_time_s": label.timestamps - t[0],
         "user": session.user,
@@ -134,6 +142,10 @@ class SessionWindows(torch.utils.data.Dataset):
         return self.paths[self._index[item][0]]
 
     def __getitem__(self, item: int) -> dict[str, Any]:
+        return self.sample(item)
+
+    def sample(self, item: int, with_emg: bool = True) -> dict[str, Any]:
+        """Sample ``item``; ``with_emg=False`` reads its timestamps only (:func:`read_window`)."""
         fi, wi = self._index[item]
         if fi not in self._open:
             session = EMGSession(self.paths[fi])
@@ -141,7 +153,7 @@ class SessionWindows(torch.utils.data.Dataset):
             self._open[fi] = session if limit is None else TruncatedSession(session, limit)
         if self._rng is None:
             self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**31])
-        return read_window(self._open[fi], wi, self.spec, self._rng)  # type: ignore[arg-type]
+        return read_window(self._open[fi], wi, self.spec, self._rng, with_emg)  # type: ignore[arg-type]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
