@@ -431,15 +431,17 @@ def test_data_config_and_window_spec_load_without_torch():
 
 
 def test_augmentations_without_a_spectra_form_are_the_ones_the_cache_refuses():
-    """One registry: the signal augmentations without a spectra form are exactly the AugmentConfig fields
-    marked raw_emg, in forward's draw order, and DataConfig.check names each one that is on."""
+    """One registry: the augmentations without a spectra form are exactly the AugmentConfig fields marked
+    raw_emg, those with a raw form come first (so both paths draw in registry order), and DataConfig.check
+    names each one that is on."""
     import dataclasses
 
-    from emgscale.features.augment import SIGNAL_AUGMENTATIONS
+    from emgscale.features.augment import AUGMENTATIONS
 
     marked = {f.name for f in dataclasses.fields(AugmentConfig) if f.metadata.get("raw_emg")}
-    assert {a.field for a in SIGNAL_AUGMENTATIONS if a.spectra is None} == marked
-    assert all(hasattr(AugmentConfig(), a.field) for a in SIGNAL_AUGMENTATIONS)
+    assert {a.name for a in AUGMENTATIONS if a.spectra is None} == marked
+    with_raw = [a.raw is not None for a in AUGMENTATIONS]
+    assert with_raw == sorted(with_raw, reverse=True)
     cfg = DataConfig(feature_cache="x")
     for name in marked:
         with pytest.raises(ConfigError, match=f"model.augment.{name}="):

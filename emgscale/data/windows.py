@@ -1,7 +1,7 @@
 """Windows of sessions as training/evaluation samples, and their collation into batches.
 
 A *sample* is the unit every loader yields (from HDF5 sessions here, from WebDataset shards in
-:mod:`emgscale.shard`) and :func:`collate` batches. It is a dict:
+:mod:`emgscale.loader.shard_pipeline`) and :func:`collate` batches. It is a dict:
 
 =================  =========================================================================
 ``key``            ``"<user>/<session>/<offset>"``, stable and readable
@@ -16,7 +16,8 @@ A *sample* is the unit every loader yields (from HDF5 sessions here, from WebDat
 =================  =========================================================================
 
 A sample served from a feature cache (:meth:`emgscale.loader.feature_cache.FeatureCache.serve`) has
-``features`` (its spectra) and ``rows`` (the raw rows they cover) in place of ``emg``.
+``features`` (its spectra) and ``rows`` (the raw rows they cover) in place of ``emg``; its batch has
+``Batch.features`` and ``Batch.emg`` None.
 
 Windowing follows the reference: ``window_samples`` (4 s) windows every ``stride_samples``, rows
 ``[offset - pad_left, offset + window + pad_right)`` clipped to the session, labels from the
@@ -94,8 +95,8 @@ class TruncatedSession:
 class SessionWindows(torch.utils.data.Dataset):
     """Map-style dataset of the windows of some session files, read lazily from HDF5.
 
-    This is the direct-from-HDF5 loader (what the reference does); :mod:`emgscale.shard` streams the
-    same samples from WebDataset shards. Files are opened per worker on first use.
+    This is the direct-from-HDF5 loader (what the reference does); :mod:`emgscale.loader.shard_pipeline`
+    streams the same samples from WebDataset shards. Files are opened per worker on first use.
 
     Args:
         paths: session files.

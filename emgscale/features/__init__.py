@@ -4,11 +4,11 @@
 with ``lengths`` in samples) into normalised log features ``(B, T', 2, C, K)`` with frame lengths:
 
 1. zero everything beyond each length (so a caller's padding value never matters);
-2. training only: band rotation (+ electrode subset), inter-band temporal jitter, amplitude scaling,
-   channel masking;
+2. training only: band rotation (+ electrode subset), inter-band temporal jitter, amplitude scaling;
 3. anti-aliased decimation to ``sample_rate_hz`` (FIR low-pass + keep every n-th sample);
 4. log spectrogram / log bands (float32, autocast off);
-5. training only: SpecAugment time/frequency masks (before normalisation, as the reference);
+5. training only: channel masking (a dead electrode's features are the floor value, what its zeroed
+   EMG gives), SpecAugment time/frequency masks (before normalisation, as the reference);
 6. normalisation (masked BatchNorm, causal rolling, or none); padding frames are zero on output.
 
 Rate scaling: ``n_fft`` and ``hop_samples`` are given at 2 kHz and scaled by ``sample_rate_hz / 2000``
@@ -27,7 +27,8 @@ rotation (a roll of the electrode axis: exact), amplitude scaling (adding ``log1
 to the 1e-6 floor), channel masking (the floor value), SpecAugment and normalisation. Composed in eval
 mode they equal :meth:`Featurizer.forward` bit for bit; in training mode they draw the same
 augmentations from the same RNG state. Temporal jitter has no feature-space form. ``forward`` (the raw
-path) runs each step as it always has, with the same implementation of each step.
+path) computes what it always has, bit for bit. The augmentations and which form each has:
+:mod:`emgscale.features.augment`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from emgscale.features.augment import augment_signal, select_electrodes, spec_augment, validate_augment
+from emgscale.features.augment import augment, select_electrodes, spec_augment, validate_augment
 from emgscale.features.config import REFERENCE_RATE_HZ, AugmentConfig, FeatureConfig
 from emgscale.features.norm import MaskedBatchNorm, RollingNorm, build_norm, time_mask, zero_padding
 from emgscale.features.spectral import Decimator, SpectralFeatures, log_band_matrix
@@ -158,9 +159,10 @@ class Featurizer(nn.Module):
         return self.spectral(x, lengths)
 
     def _finish(self, feats: Tensor, frames: Tensor, aug: AugmentConfig | None) -> Tensor:
-        """SpecAugment (training) and normalisation of (B, T', 2, C, K) log features."""
+        """The raw path's augmentations of the log features (training: channel masks, SpecAugment) and
+        normalisation of (B, T', 2, C, K) log features."""
         if aug is not None:
-            feats = spec_augment(feats, frames, aug)
+            feats, frames = augment(feats, frames, aug, "after_raw")
         return self.norm(feats, frames)
 
     def forward(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,7 +181,7 @@ class Featurizer(nn.Module):
             aug = self.aug if self.training else None
             x = select_electrodes(x, self.channel_index, aug.band_rotation if aug else 0)
             if aug is not None:
-                x, lengths = augment_signal(x, lengths, aug)
+                x, lengths = augment(x, lengths, aug, "raw")
             feats, frames = self._spectrum(x, lengths)
             feats = self._finish(feats, frames, aug)
         return feats, frames
@@ -230,8 +232,8 @@ class Featurizer(nn.Module):
         with torch.autocast(spectra.device.type, enabled=False):
             x = select_electrodes(spectra.float(), self.channel_index, aug.band_rotation if aug else 0)
             if aug is not None:
-                x, frames = augment_signal(x, frames, aug, spectra=True)
-            feats = self._finish(x, frames, aug)
+                x, frames = augment(x, frames, aug, "spectra")
+            feats = self.norm(x, frames)
         return feats, frames
 
 

@@ -1,23 +1,28 @@
 """Training augmentations of raw (B, T, 2, 16) EMG and of (B, T, 2, C, K) log features: their one home.
 
 All randomness is drawn, vectorised over the batch, from torch's global RNG on the input's device.
-The :class:`~emgscale.features.Featurizer` applies them in this order, in training mode only:
+The :class:`~emgscale.features.Featurizer` applies them in training mode only: band rotation with the
+electrode selection (:func:`select_electrodes`: a roll of the electrode axis, one form for raw EMG and
+per-electrode spectra alike), then :data:`AUGMENTATIONS` in order, each in one form where the feature
+space allows it:
 
-1. band rotation with the electrode selection (:func:`select_electrodes`): one form, a roll of the
-   electrode axis, the same on raw EMG and on per-electrode spectra;
-2. the signal augmentations of :data:`SIGNAL_AUGMENTATIONS`, in that order. Each has a raw-EMG form
-   (the raw path) and, where the feature space allows it, a form on precomputed log spectra
-   (:mod:`emgscale.loader.feature_cache`) drawing the same random numbers in the same order: one
-   draw, two ways of applying it. Amplitude scaling and channel masking have both (the log form of a
-   gain is an addition, a dead electrode is the floor value); inter-band temporal jitter has no
-   feature form (it moves samples by less than a frame), so its config field is marked
-   ``metadata={"raw_emg": True}`` and ``data.feature_cache`` refuses it
-   (:meth:`emgscale.loader.base.DataConfig.check`);
-3. SpecAugment (:func:`spec_augment`) on the log features: one form, both paths.
+=========================  ==================  ===============================================
+augmentation               raw EMG path        precomputed spectra (``data.feature_cache``)
+=========================  ==================  ===============================================
+inter-band temporal jitter raw form            none: it moves samples by less than a frame
+amplitude scaling          raw form            log form (``+ log10(gain**2)``, same draws)
+channel masking            log form (one form, after the spectra: a dead electrode's spectra
+                           are the floor value, what its zeroed EMG gives)
+SpecAugment                on the log features (one form)
+=========================  ==================  ===============================================
+
+Amplitude scaling keeps two forms because the log form is exact only away from the 1e-6 power floor,
+and the raw path stays what it was bit for bit. An augmentation without a spectra form has its
+:class:`~emgscale.features.config.AugmentConfig` field marked ``metadata={"raw_emg": True}``, from
+which ``data.feature_cache`` refuses it (:meth:`emgscale.loader.base.DataConfig.check`).
 
 A new augmentation: a field of :class:`~emgscale.features.config.AugmentConfig` (0 = off) and, here,
-its function(s) and one :data:`SIGNAL_AUGMENTATIONS` entry (or a call beside SpecAugment for one that
-acts on the log features).
+its function and one :data:`AUGMENTATIONS` entry.
 """
 
 from __future__ import annotations
@@ -113,24 +118,13 @@ def amplitude_scale_log(feats: Tensor, scale: float) -> Tensor:
     return feats + torch.log10(gain * gain).to(feats.dtype).unsqueeze(-1)
 
 
-def _kept_electrodes(batch: int, bands: int, channels: int, prob: float, device: torch.device) -> Tensor:
-    """(B, 1, bands, C) bool: False for each electrode of each window dropped with probability ``prob``."""
-    return torch.rand(batch, 1, bands, channels, device=device) >= prob
-
-
-def channel_mask(emg: Tensor, prob: float) -> Tensor:
-    """Zero each electrode of each band of each window with probability ``prob`` (a dead electrode)."""
-    B, _, bands, C = emg.shape
-    keep = _kept_electrodes(B, bands, C, prob, emg.device)
-    return emg * keep.to(emg.dtype)
-
-
-def channel_mask_log(feats: Tensor, prob: float, floor: float) -> Tensor:
-    """:func:`channel_mask` on (B, T, 2, C, K) log features: a dead electrode's features are ``floor``
-    (``log10(0 + 1e-6)``, what the spectrum of a zeroed electrode gives). Same draws as the raw form."""
+def channel_mask(feats: Tensor, prob: float, floor: float | None = None) -> Tensor:
+    """Drop each electrode of each band of each window with probability ``prob`` (a dead electrode), on
+    (B, T, 2, C, K) log features: its features become ``floor`` (default :func:`floor_value`,
+    ``log10(0 + 1e-6)``), exactly what the spectrum of its zeroed EMG gives. One form for both paths."""
     B, _, bands, C = feats.shape[:4]
-    keep = _kept_electrodes(B, bands, C, prob, feats.device)
-    return feats.masked_fill(~keep.unsqueeze(-1), floor)
+    keep = torch.rand(B, 1, bands, C, device=feats.device) >= prob
+    return feats.masked_fill(~keep.unsqueeze(-1), floor_value() if floor is None else floor)
 
 
 def _axis_masks(count: Tensor, max_masks: int, max_width: int, size: Tensor, shape: tuple[int, ...],
@@ -183,64 +177,74 @@ def spec_augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig) -> Tensor:
     return x
 
 
-#: ``form(x, lengths, strength) -> (x, lengths)``: raw EMG (B, T, bands, C) with valid samples, or log
-#: spectra (B, T', bands, C, K) with valid frames; ``strength`` is the config field's value (> 0).
-Form = Callable[[Tensor, Tensor, float], "tuple[Tensor, Tensor]"]
+#: ``form(x, lengths, cfg) -> (x, lengths)``: raw EMG (B, T, bands, C) with valid samples, or log spectra
+#: (B, T', bands, C, K) with valid frames.
+Form = Callable[[Tensor, Tensor, AugmentConfig], "tuple[Tensor, Tensor]"]
 
 
 @dataclass(frozen=True)
-class SignalAugmentation:
-    """A training augmentation of the signal, before the spectra, in its forms.
+class Augmentation:
+    """A training augmentation (after band rotation), in the forms it has.
 
     Attributes:
-        field: the :class:`~emgscale.features.config.AugmentConfig` field giving its strength (0 = off).
-        raw: its form on raw EMG.
-        spectra: its form on precomputed log spectra, drawing the same random numbers as ``raw``; None
-            when the feature space has none (the field is then marked ``metadata={"raw_emg": True}``).
+        name: what it is called in messages: its :class:`~emgscale.features.config.AugmentConfig` field.
+        on: whether ``cfg`` switches it on.
+        raw: its form on raw EMG, before the spectra; None when it acts on the spectra in both paths.
+        spectra: its form on log spectra, drawing the same random numbers as ``raw``; None when the
+            feature space has none (its field is then marked ``metadata={"raw_emg": True}``).
     """
 
-    field: str
-    raw: Form
+    name: str
+    on: Callable[[AugmentConfig], bool]
+    raw: Form | None = None
     spectra: Form | None = None
 
 
-def _jitter(x: Tensor, lengths: Tensor, strength: float) -> tuple[Tensor, Tensor]:
-    return temporal_jitter(x, lengths, int(strength))
-
-
-#: The signal augmentations in the order they draw (the raw path's order since the reference).
-SIGNAL_AUGMENTATIONS: tuple[SignalAugmentation, ...] = (
-    SignalAugmentation("temporal_jitter_samples", _jitter),
-    SignalAugmentation("amplitude_scale", lambda x, n, a: (amplitude_scale(x, a), n),
-                       lambda x, n, a: (amplitude_scale_log(x, a), n)),
-    SignalAugmentation("channel_mask_prob", lambda x, n, p: (channel_mask(x, p), n),
-                       lambda x, n, p: (channel_mask_log(x, p, floor_value()), n)),
+#: Every augmentation after band rotation, in the order they draw. On raw EMG the featurizer applies
+#: the ``raw`` forms before the spectra and the others after them; on precomputed spectra every
+#: ``spectra`` form, in order. (Entries with a ``raw`` form come first, so both orders are this one.)
+AUGMENTATIONS: tuple[Augmentation, ...] = (
+    Augmentation("temporal_jitter_samples", lambda c: c.temporal_jitter_samples > 0,
+                 raw=lambda x, n, c: temporal_jitter(x, n, c.temporal_jitter_samples)),
+    Augmentation("amplitude_scale", lambda c: c.amplitude_scale > 0,
+                 raw=lambda x, n, c: (amplitude_scale(x, c.amplitude_scale), n),
+                 spectra=lambda x, n, c: (amplitude_scale_log(x, c.amplitude_scale), n)),
+    Augmentation("channel_mask_prob", lambda c: c.channel_mask_prob > 0,
+                 spectra=lambda x, n, c: (channel_mask(x, c.channel_mask_prob), n)),
+    Augmentation("spec_augment", lambda c: True, spectra=lambda x, n, c: (spec_augment(x, n, c), n)),
 )
 
 
-def augment_signal(x: Tensor, lengths: Tensor, cfg: AugmentConfig, spectra: bool = False) -> tuple[Tensor, Tensor]:
-    """Every signal augmentation switched on in ``cfg``, in order, in its raw or spectra form.
+def augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig, stage: str) -> tuple[Tensor, Tensor]:
+    """Every augmentation of ``stage`` that ``cfg`` switches on, in :data:`AUGMENTATIONS` order.
 
     Args:
-        x: (B, T, bands, C) raw EMG, or (B, T', bands, C, K) log spectra with ``spectra``.
-        lengths: (B,) valid samples (valid frames with ``spectra``).
+        x: (B, T, bands, C) raw EMG for ``stage="raw"``, else (B, T', bands, C, K) log spectra.
+        lengths: (B,) valid samples (valid frames for the spectra stages).
         cfg: the augmentation config.
-        spectra: apply the forms on log spectra.
+        stage: ``"raw"`` (the raw path, before the spectra: the ``raw`` forms), ``"after_raw"`` (the
+            raw path, after the spectra: the augmentations without a ``raw`` form) or ``"spectra"``
+            (precomputed spectra: every ``spectra`` form).
 
     Returns:
         The augmented ``x`` and its (B,) lengths (temporal jitter trims samples).
 
     Raises:
-        ValueError: with ``spectra``, an augmentation switched on that needs raw EMG.
+        ValueError: for ``stage="spectra"``, an augmentation switched on that needs raw EMG.
     """
-    for aug in SIGNAL_AUGMENTATIONS:
-        strength = getattr(cfg, aug.field)
-        if not strength > 0:
+    for aug in AUGMENTATIONS:
+        if not aug.on(cfg):
             continue
-        form = aug.spectra if spectra else aug.raw
-        if form is None:
-            raise ValueError(f"augment.{aug.field} needs raw EMG: set it to 0 or unset data.feature_cache")
-        x, lengths = form(x, lengths, strength)
+        if stage == "raw":
+            form = aug.raw
+        elif stage == "after_raw":
+            form = aug.spectra if aug.raw is None else None
+        elif aug.spectra is None:
+            raise ValueError(f"augment.{aug.name} needs raw EMG: set it to 0 or unset data.feature_cache")
+        else:
+            form = aug.spectra
+        if form is not None:
+            x, lengths = form(x, lengths, cfg)
     return x, lengths
 
 

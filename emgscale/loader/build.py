@@ -1,22 +1,20 @@
 """The dispatcher: :func:`build_loader` picks the source of a :class:`~emgscale.loader.base.DataConfig`
 (see :mod:`emgscale.loader`)."""
 
-
 from __future__ import annotations
 
 from typing import Iterator
 
-from emgscale.common import rank as env_rank
-from emgscale.common import world_size as env_world_size
 import numpy as np
 
-from emgscale.data.errors import DataError
+from emgscale.common import rank as env_rank
+from emgscale.common import world_size as env_world_size
+from emgscale.data.device import DeviceView, apply_view
 from emgscale.data.splits import normalize_user
 from emgscale.data.windows import Batch
-from emgscale.data.device import DeviceView, apply_view
-from emgscale.loader.feature_cache import FeatureCache
 from emgscale.features.config import FeatureConfig
-from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
+from emgscale.loader.base import DataConfig, Loader, Selection
+from emgscale.loader.feature_cache import FeatureCache
 from emgscale.loader.csv import csv_loader
 from emgscale.loader.hdf5 import hdf5_loader
 from emgscale.loader.shards import shard_loader
@@ -40,10 +38,12 @@ def build_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
         features: the model's feature settings; needed (and used) only with ``cfg.feature_cache``.
 
     Returns:
-        A :class:`Loader` of :class:`Batch` (``emg`` (B, T, 2, 16) float32 with ``emg_lengths``).
+        A :class:`Loader` of :class:`Batch` (``emg`` (B, T, 2, 16) float32 with ``emg_lengths``; with
+        ``cfg.feature_cache``, windowed batches carry ``features`` and ``emg`` None).
 
     Raises:
-        ValueError: inconsistent settings (no source, windowing different from the shards', ...).
+        ValueError: inconsistent settings (no source, windowing different from the shards', ...); the
+            settings :meth:`DataConfig.check` judges are assumed checked (launch and ``train()`` do).
         DataError: a missing or bad split, manifest or session file.
     """
     rank = env_rank() if rank is None else rank
