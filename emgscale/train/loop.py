@@ -164,7 +164,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
 
     Raises:
         ConfigError: settings that cannot work (a batch the workers cannot split, no training data,
-            data.feature_cache with inter-band temporal jitter).
+            data settings that do not work together: :meth:`~emgscale.loader.base.DataConfig.check`).
         FloatingPointError: more than ``run.max_nonfinite_steps`` steps had a non-finite loss.
     """
     t_start = time.monotonic()
