@@ -18,7 +18,7 @@ with the default augmentations) ``--steps`` times after ``--warmup`` untimed ste
 Prints median milliseconds per part and its share of the step (the table in benchmarks/README.md).
 
 ``--feature-cache DIR`` measures the raw path and the feature cache (``data.feature_cache``,
-:mod:`emgscale.features.cache`) side by side in one run, both without inter-band temporal jitter
+:mod:`emgscale.loader.feature_cache`) side by side in one run, both without inter-band temporal jitter
 (the cache cannot jitter): the same seed and initial weights, one step from raw EMG and one from
 cached spectra in turn, where *features* is only the feature-space half (rotation, SpecAugment, norm) and
 *data* includes reading the memory-mapped spectra. With HDF5 the cache is built for every training
@@ -106,7 +106,7 @@ def build_cache(cfg: Any) -> tuple[float, float]:
     """Build the feature cache of every training session of ``cfg`` (HDF5); ``(seconds, EMG seconds)``."""
     from emgscale.data.session import EMGSession
     from emgscale.data.splits import load_split
-    from emgscale.features.cache import FeatureCache
+    from emgscale.loader.feature_cache import FeatureCache
 
     cache = FeatureCache(cfg.data.feature_cache, cfg.model.features)
     t0, emg_s = time.perf_counter(), 0.0

@@ -57,6 +57,45 @@ def print0(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs, flush=True)
 
 
+class RateLimitedLog:
+    """Warnings that may repeat without end (a bad shard met again and again) as a bounded number of lines.
+
+    Each key is logged the first time, then at most once per ``interval_s``; over all keys at most
+    ``lines_per_interval`` lines are written per ``interval_s``. What is held back is counted, and the
+    next line written says how many were. The one rate limit for repeated warnings (the loader uses it).
+
+    Args:
+        logger: where the lines go (``logger.warning``).
+        lines_per_interval: most lines per interval, all keys together.
+        interval_s: the interval, in seconds.
+        clock: seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(self, logger: Any, lines_per_interval: int = 10, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.lines_per_interval, self.interval_s, self.clock = logger, lines_per_interval, interval_s, clock
+        self._last: dict[Any, float] = {}
+        self._window_start, self._lines, self.suppressed = -float("inf"), 0, 0
+
+    def warning(self, key: Any, message: str, *args: Any) -> bool:
+        """Log ``message % args`` unless the limits hold it back; True when it was written."""
+        now = self.clock()
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._lines = now, 0
+        last = self._last.get(key)
+        if (last is not None and now - last < self.interval_s) or self._lines >= self.lines_per_interval:
+            self.suppressed += 1
+            return False
+        if len(self._last) > 10_000:  # keys of an endless stream: forget the old ones
+            self._last.clear()
+        self._last[key], self._lines = now, self._lines + 1
+        if self.suppressed:
+            message += f" ({self.suppressed} similar warnings held back before this one)"
+            self.suppressed = 0
+        self.logger.warning(message, *args)
+        return True
+
+
 # ----------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterator[Path]:

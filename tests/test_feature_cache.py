@@ -1,10 +1,11 @@
-"""The feature cache (emgscale.features.cache): the featurizer's two halves, cached blocks, cached training."""
+"""The feature cache (emgscale.loader.feature_cache): the featurizer's two halves, cached blocks, cached training."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ from emgscale.data import EMGSession, WindowSpec
 from emgscale.data.windows import SessionWindows, collate, read_window
 from emgscale.features import AugmentConfig, FeatureConfig, Featurizer
 from emgscale.features.augment import spec_augment, temporal_jitter
-from emgscale.features.cache import FeatureCache, compute_spectra, edge_frames
+from emgscale.loader.feature_cache import FeatureCache, compute_spectra, edge_frames
 from emgscale.features.norm import zero_padding
 from emgscale.loader import DataConfig, build_loader
 
 torch.set_num_threads(1)
 
+ROOT = Path(__file__).resolve().parents[1]
 WIN = WindowSpec(window_samples=2000, pad_left_samples=300, pad_right_samples=100, jitter=True)
 ALL_AUG = AugmentConfig(band_rotation=2, temporal_jitter_samples=60, amplitude_scale=0.25, channel_mask_prob=0.2)
 NO_JITTER = AugmentConfig(band_rotation=2, temporal_jitter_samples=0, amplitude_scale=0.25, channel_mask_prob=0.2)
@@ -196,7 +198,7 @@ def test_corrupt_or_truncated_block_is_rebuilt_with_one_line(tiny_corpus, tmp_pa
                    lambda p: p.write_bytes(b"not a numpy file")):
         damage(files[0])
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="emgscale.features.cache"):
+        with caplog.at_level(logging.WARNING, logger="emgscale.loader.feature_cache"):
             again = FeatureCache(tmp_path / "cache", FeatureConfig()).session_block(path)
         lines = [r.getMessage() for r in caplog.records]
         assert len(lines) == 1 and str(files[0]) in lines[0] and "rebuilding" in lines[0]
@@ -211,13 +213,14 @@ def test_cache_key_ignores_channels_and_norm_but_not_the_spectra_settings(tmp_pa
 
 
 def test_cached_batches_collate_and_move_with_their_lengths(tiny_corpus, tmp_path):
-    """Served samples collate into features (B, T', 2, 16, K) + frame lengths, emg_lengths = raw rows covered."""
+    """Served samples collate into features (B, T', 2, 16, K) + frame lengths and no EMG placeholder (emg None);
+    emg_lengths = raw rows covered."""
     cache = FeatureCache(tmp_path / "cache", FeatureConfig())
     paths = [tiny_corpus.path(s) for s in tiny_corpus.all_sessions()[:2]]
     windows = SessionWindows(paths, WIN)
     samples = [cache.serve(windows[i], cache.session_block(windows.path_of(i)), 0) for i in range(len(windows))]
     batch = collate(samples)
-    assert batch.features.shape[0] == len(samples) and batch.emg.shape[:2] == (len(samples), 0)
+    assert batch.features.shape[0] == len(samples) and batch.emg is None
     assert batch.feature_lengths.tolist() == [len(s["features"]) for s in samples]
     assert batch.emg_lengths.tolist() == [s["rows"] for s in samples]
     head = batch.head(2).to("cpu")
@@ -294,14 +297,18 @@ def test_shard_windows_served_from_records_equal_spectra_of_their_rows(tiny_corp
 
 
 def test_cache_needs_the_feature_settings_and_refuses_views(tiny_corpus, tmp_path):
-    """build_loader with a feature cache needs the model's features, and refuses data.view / CSV in one line."""
+    """build_loader with a feature cache needs the model's features; DataConfig.check refuses data.view / CSV."""
     cfg = DataConfig(data_root=str(tiny_corpus.root), split=str(tiny_corpus.split_path), window=WIN,
                      feature_cache=str(tmp_path / "c"))
+    cfg.check(AugmentConfig(temporal_jitter_samples=0))
     with pytest.raises(ValueError, match="needs the model's feature settings"):
         build_loader(cfg, "train", train=True, seed=0)
     cfg.view.band = 1
-    with pytest.raises(ValueError, match="neither data.format=csv nor data.view"):
-        build_loader(cfg, "train", train=True, seed=0, features=FeatureConfig())
+    with pytest.raises(ConfigError, match="unset data.view or data.feature_cache"):
+        cfg.check()
+    cfg.view.band, cfg.format = None, "csv"
+    with pytest.raises(ConfigError, match="not data.format=csv"):
+        cfg.check()
 
 
 def test_bench_step_measures_raw_and_cached_side_by_side(tiny_corpus, tmp_path, capsys):
@@ -317,3 +324,125 @@ def test_bench_step_measures_raw_and_cached_side_by_side(tiny_corpus, tmp_path, 
     printed = capsys.readouterr().out
     assert "| step |" in printed and "cached ms / step" in printed and "feature cache:" in printed
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 6  # every training session of the split
+
+
+def _block_file(cache_root: Path) -> Path:
+    files = list(cache_root.rglob("*.npy"))
+    assert len(files) == 1
+    return files[0]
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "nan"])
+def test_rotted_block_of_the_right_shape_is_rebuilt_with_one_line(tiny_corpus, tmp_path, caplog, damage):
+    """A block whose bytes changed after it was written (a flipped byte, a NaN) fails its checksum when a
+    process maps it: one warning names it, it is rebuilt, and the served spectra are the true ones."""
+    path = tiny_corpus.path(tiny_corpus.all_sessions()[0])
+    good = np.array(FeatureCache(tmp_path / "cache", FeatureConfig()).session_block(path))
+    file = _block_file(tmp_path / "cache")
+    block = np.load(file, mmap_mode="r+")
+    if damage == "nan":
+        block[len(block) // 2, 0, 0, 0] = np.nan
+    else:
+        block.view(np.uint8).reshape(-1)[1234] ^= 0x40
+    block.flush()
+    del block
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="emgscale.loader.feature_cache"):
+        again = FeatureCache(tmp_path / "cache", FeatureConfig()).session_block(path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and str(file) in lines[0] and "checksum" in lines[0] and "rebuilding" in lines[0]
+    assert np.array_equal(again, good) and np.isfinite(again).all()
+
+
+def test_disk_full_while_building_a_block_is_one_line_and_leaves_no_temp_file(tiny_corpus, tmp_path, monkeypatch):
+    """ENOSPC while a block is written: one error line naming the block and 'No space left on device', no
+    temporary file left behind, and the next build (space freed) works."""
+    import builtins
+    import errno
+
+    from emgscale.cli import error_line
+    from emgscale.loader import feature_cache as fc
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.left = f, 4096
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return FullDisk(f) if "w" in mode else f
+
+    monkeypatch.setattr(fc, "open", full_open, raising=False)
+    path = tiny_corpus.path(tiny_corpus.all_sessions()[0])
+    cache = FeatureCache(tmp_path / "cache", FeatureConfig())
+    with pytest.raises(fc.CacheWriteError) as err:
+        cache.session_block(path)
+    line = error_line(err.value)
+    assert "No space left on device" in line and str(cache.folder) in line and "\n" not in line
+    assert [p.name for p in cache.folder.iterdir()] == ["settings.json"]  # no temporary file
+    monkeypatch.undo()
+    assert np.isfinite(np.array(FeatureCache(tmp_path / "cache", FeatureConfig()).session_block(path))).all()
+
+
+def test_cached_hdf5_windows_read_no_emg(tiny_corpus, tmp_path, monkeypatch):
+    """With the feature cache, the HDF5 source reads only each window's timestamps (no EMG field), and
+    serves the same samples (labels, times, spectra) as from a full read."""
+    cfg = DataConfig(data_root=str(tiny_corpus.root), split=str(tiny_corpus.split_path), window=WIN, batch_size=4,
+                     feature_cache=str(tmp_path / "c"))
+    first = [b for b in build_loader(cfg, "val", train=False, seed=0, features=FeatureConfig())]  # builds blocks
+    reads = []
+    real = EMGSession._read
+
+    def counting(self, start, stop, fields):
+        reads.append(tuple(fields))
+        return real(self, start, stop, fields)
+
+    monkeypatch.setattr(EMGSession, "_read", counting)
+    again = [b for b in build_loader(cfg, "val", train=False, seed=0, features=FeatureConfig())]
+    assert reads and all(fields == ("time",) for fields in reads), set(reads)
+    assert [b.keys for b in again] == [b.keys for b in first]
+    for a, b in zip(first, again):
+        assert torch.equal(a.features, b.features) and torch.equal(a.label_times, b.label_times)
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.emg_lengths, b.emg_lengths)
+
+
+def test_data_config_and_window_spec_load_without_torch():
+    """DataConfig (with its check) and WindowSpec import without torch, so a config error needs no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from emgscale.loader import DataConfig; from emgscale.data.window_spec import WindowSpec; "
+            "DataConfig(feature_cache='x').check(); assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_augmentations_without_a_spectra_form_are_the_ones_the_cache_refuses():
+    """One registry: the augmentations without a spectra form are exactly the AugmentConfig fields marked
+    raw_emg, those with a raw form come first (so both paths draw in registry order), and DataConfig.check
+    names each one that is on."""
+    import dataclasses
+
+    from emgscale.features.augment import AUGMENTATIONS
+
+    marked = {f.name for f in dataclasses.fields(AugmentConfig) if f.metadata.get("raw_emg")}
+    assert {a.name for a in AUGMENTATIONS if a.spectra is None} == marked
+    with_raw = [a.raw is not None for a in AUGMENTATIONS]
+    assert with_raw == sorted(with_raw, reverse=True)
+    cfg = DataConfig(feature_cache="x")
+    for name in marked:
+        with pytest.raises(ConfigError, match=f"model.augment.{name}="):
+            cfg.check(AugmentConfig())

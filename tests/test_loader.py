@@ -8,10 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from emgscale.data import EMGSession, WindowSpec
+from emgscale.common import RateLimitedLog
+from emgscale.data import DataError, EMGSession, WindowSpec
 from emgscale.loader import DataConfig, build_loader, minutes_budget
 from emgscale.shard import ShardConfig, shard_corpus
-from emgscale.shard.stream import assign_shards
+from emgscale.loader.shard_pipeline import assign_shards
 
 WIN = dict(window=WindowSpec(window_samples=1000, pad_left_samples=200, pad_right_samples=50, jitter=True))
 W, PL, PR = 1000, 200, 50
@@ -189,3 +190,36 @@ def test_url_pattern_without_manifest(sharded):
     assert sum(len(b) for b in build_loader(cfg, "val", train=True, seed=0)) == 8
     cfg.shards = f"pipe:cat {out}/val/val-000000.tar"
     assert _keys(build_loader(cfg, "val", train=False, seed=0))
+
+
+@pytest.mark.timeout(120)
+def test_all_training_shards_unreadable_stops_with_one_line(sharded, caplog):
+    """Every training shard unreadable: the endless training stream stops after a full pass with one error
+    naming the shard folder, and logs a bounded number of warnings instead of one per shard drawn."""
+    corpus, out, manifest = sharded
+    names = [s["name"] for s in manifest.shards_of("train")]
+    for name in names:
+        (out / name).write_bytes(b"not a tar file " * 64)
+    cfg = DataConfig(shards=str(out), batch_size=4, train_samples_per_epoch=200, **WIN)
+    with caplog.at_level(logging.WARNING, logger="emgscale.loader"):
+        with pytest.raises(DataError, match=f"none of the {len(names)} training shards") as err:
+            sum(len(b) for b in build_loader(cfg, "train", train=True, seed=0))
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+    assert 0 < len(caplog.records) <= 10
+
+
+def test_repeated_warnings_are_rate_limited_and_counted():
+    """RateLimitedLog: a key once per interval, a cap on lines per interval, and the held-back count said."""
+    lines, now = [], [0.0]
+
+    class Sink:
+        def warning(self, msg, *args):
+            lines.append(msg % args)
+
+    limited = RateLimitedLog(Sink(), lines_per_interval=3, interval_s=60.0, clock=lambda: now[0])
+    for i in range(1000):
+        limited.warning(i % 5, "bad shard %d", i % 5)
+    assert lines == ["bad shard 0", "bad shard 1", "bad shard 2"]
+    now[0] = 61.0
+    limited.warning(0, "bad shard %d", 0)
+    assert lines[-1] == "bad shard 0 (997 similar warnings held back before this one)"

@@ -17,7 +17,7 @@ _EXPORTS = {
     "CharacterSet": "charset", "charset": "charset", "DataError": "errors", "LabelData": "labels",
     "EMGSession": "session", "SessionInfo": "session", "Split": "splits", "SessionRef": "splits",
     "load_split": "splits", "read_metadata": "splits", "session_files": "splits", "Batch": "windows",
-    "SessionWindows": "windows", "WindowSpec": "windows", "collate": "windows", "read_window": "windows",
+    "SessionWindows": "windows", "WindowSpec": "window_spec", "collate": "windows", "read_window": "windows",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from emgscale.data.windows import Batch
+if TYPE_CHECKING:  # DeviceView is part of the data config, which loads without torch
+    from emgscale.data.windows import Batch
 
 
 def resample(x: np.ndarray, from_hz: float, to_hz: float, axis: int = 0) -> np.ndarray:
@@ -91,11 +92,14 @@ def apply_view(batch: Batch, view: DeviceView, rng: np.random.Generator | None =
         (``ceil(L * rate / input_rate)``), the same labels; ``sample_labels``, if any, picked at the
         new sample times.
     """
+    import torch
+
+    from emgscale.data.windows import Batch
+
     if not view.active:
         return batch
-    if batch.features is not None:
-        raise ValueError("data.view changes the raw EMG, but this batch carries precomputed features: unset "
-                         "data.view or data.feature_cache")
+    if batch.emg is None:
+        raise ValueError("apply_view needs raw EMG; this batch carries precomputed spectra only")
     x = batch.emg
     if x.dim() != 4:
         raise ValueError(f"expected EMG (B, T, bands, electrodes), got shape {tuple(x.shape)}")

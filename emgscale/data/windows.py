@@ -1,7 +1,7 @@
 """Windows of sessions as training/evaluation samples, and their collation into batches.
 
 A *sample* is the unit every loader yields (from HDF5 sessions here, from WebDataset shards in
-:mod:`emgscale.shard`) and :func:`collate` batches. It is a dict:
+:mod:`emgscale.loader.shard_pipeline`) and :func:`collate` batches. It is a dict:
 
 =================  =========================================================================
 ``key``            ``"<user>/<session>/<offset>"``, stable and readable
@@ -15,8 +15,9 @@ A *sample* is the unit every loader yields (from HDF5 sessions here, from WebDat
 ``sample_rate_hz`` sampling rate of ``emg``
 =================  =========================================================================
 
-A sample served from a feature cache (:meth:`emgscale.features.cache.FeatureCache.serve`) has
-``features`` (its spectra) and ``rows`` (the raw rows they cover) in place of ``emg``.
+A sample served from a feature cache (:meth:`emgscale.loader.feature_cache.FeatureCache.serve`) has
+``features`` (its spectra) and ``rows`` (the raw rows they cover) in place of ``emg``; its batch has
+``Batch.features`` and ``Batch.emg`` None.
 
 Windowing follows the reference: ``window_samples`` (4 s) windows every ``stride_samples``, rows
 ``[offset - pad_left, offset + window + pad_right)`` clipped to the session, labels from the
@@ -26,7 +27,7 @@ un-padded window only; training jitter moves ``offset`` forward by ``randint(0, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -35,93 +36,17 @@ import torch
 
 from emgscale.data.errors import DataError
 from emgscale.data.session import ON_KEYBOARD, EMGSession
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    """How a session is cut into samples: the one implementation of the window / jitter / label rule.
-
-    The data config (``data.window``), the shard plan (``ShardConfig.window``) and the shard records
-    (``RecordSpec.window``) all nest this spec, and both the HDF5 reader (:func:`read_window`) and
-    the shard reader (:func:`emgscale.shard.records.record_samples`) cut windows with its methods.
-
-    Attributes:
-        window_samples: un-padded window length (8000 = 4 s at 2 kHz); None = the whole session.
-        stride_samples: step between windows; None = ``window_samples`` (no overlap).
-        pad_left_samples: past context read before the window (1800 = 900 ms).
-        pad_right_samples: future context read after it (200 = 100 ms).
-        jitter: move each training window's start by a random amount within the stride (the
-            reference's training behaviour, on in the data and shard configs; evaluation never
-            jitters). Off by default here, so a spec used directly reads fixed windows.
-    """
-
-    window_samples: int | None = 8000
-    stride_samples: int | None = None
-    pad_left_samples: int = 1800
-    pad_right_samples: int = 200
-    jitter: bool = False
-
-    def __post_init__(self) -> None:
-        if self.window_samples is not None and self.window_samples <= 0:
-            raise ValueError(f"window_samples must be positive, got {self.window_samples}")
-        if self.stride_samples is not None and self.stride_samples <= 0:
-            raise ValueError(f"stride_samples must be positive, got {self.stride_samples}")
-        if self.pad_left_samples < 0 or self.pad_right_samples < 0:
-            raise ValueError(f"pad_left_samples/pad_right_samples must be >= 0, got "
-                             f"{self.pad_left_samples}/{self.pad_right_samples}")
-
-    @property
-    def stride(self) -> int | None:
-        return self.stride_samples or self.window_samples
-
-    def num_windows(self, num_rows: int) -> int:
-        """``max(L - W, 0) // stride + 1`` as the reference (0 for a session shorter than a window)."""
-        if self.window_samples is None:
-            return 1 if num_rows > 0 else 0
-        if num_rows < self.window_samples:
-            return 0
-        return (num_rows - self.window_samples) // self.stride + 1
-
-    def max_jitter(self, num_rows: int, offset: int) -> int:
-        """Number of possible jitters of the window at ``offset``: ``min(stride, leftover)``, or 1."""
-        leftover = num_rows - (offset + self.window_samples)
-        return min(self.stride, leftover) if leftover > 0 else 1
-
-    def jittered(self, offset: int, num_rows: int, rng: np.random.Generator | None) -> int:
-        """The window start actually used: ``offset + randint(0, min(stride, leftover))`` when jittering
-        (the reference's rule), else ``offset``."""
-        if not self.jitter or self.window_samples is None or num_rows - (offset + self.window_samples) <= 0:
-            return offset
-        rng = rng if rng is not None else np.random.default_rng()
-        return offset + int(rng.integers(0, self.max_jitter(num_rows, offset)))
-
-    def padded_rows(self, offset: int, window: int, num_rows: int) -> tuple[int, int]:
-        """Rows ``[start, stop)`` read for the window ``[offset, offset + window)``: its context, clipped."""
-        return max(offset - self.pad_left_samples, 0), min(offset + window + self.pad_right_samples, num_rows)
-
-    def for_training(self, train: bool) -> "WindowSpec":
-        """This spec as used for training (jitter as configured) or evaluation (never jittered)."""
-        return self if train or not self.jitter else replace(self, jitter=False)
-
-    def whole_session(self) -> "WindowSpec":
-        return WindowSpec(None, None, 0, 0, False)
-
-
-def training_windows() -> WindowSpec:
-    """The reference's training windowing: 4 s windows, 900 ms / 100 ms context, jittered."""
-    return WindowSpec(jitter=True)
-
-
-def labels_in(times: np.ndarray, first_s: float, last_s: float) -> np.ndarray:
-    """Mask of the key-press ``times`` inside the un-padded window ``[first_s, last_s]`` (inclusive, as
-    the reference's ``LabelData.from_keystrokes`` range)."""
-    return (times >= first_s) & (times <= last_s)
+from emgscale.data.window_spec import WindowSpec, labels_in, training_windows  # noqa: F401 (re-exported)
 
 
 def read_window(
-    session: EMGSession, index: int, spec: WindowSpec, rng: np.random.Generator | None = None
+    session: EMGSession, index: int, spec: WindowSpec, rng: np.random.Generator | None = None, with_emg: bool = True
 ) -> dict[str, Any]:
-    """Sample ``index`` of ``session`` under ``spec`` (see the module docstring for the fields)."""
+    """Sample ``index`` of ``session`` under ``spec`` (see the module docstring for the fields).
+
+    ``with_emg=False`` reads the timestamps only (:meth:`EMGSession.time`, no EMG field): the sample has
+    ``rows`` (the rows it covers) in place of ``emg``, for a caller that brings its own features of
+    those rows (:class:`emgscale.loader.hdf5.CachedWindows`). Same rows, labels and jitter draws."""
     n = len(session)
     if spec.window_samples is None:
         offset, window = 0, n
@@ -132,14 +57,18 @@ def read_window(
             raise IndexError(f"{session.path}: window {index} does not fit in {n} rows")
         offset = spec.jittered(offset, n, rng)
     start, stop = spec.padded_rows(offset, window, n)
-    emg, t = session.window(start, stop)
+    if with_emg:
+        emg, t = session.window(start, stop)
+        rows: dict[str, Any] = {"emg": emg}
+    else:
+        t, rows = session.time(start, stop), {"rows": stop - start}
     w0, w1 = offset - start, offset - start + window - 1
     if session.condition != ON_KEYBOARD:
         raise DataError(session.path, f"condition is {session.condition!r}; windows need 'on_keyboard' sessions")
     label = session.keystroke_labels(t[w0], t[w1])
     return {
         "key": f"{session.user}/{session.session_name}/{offset}",
-        "emg": emg,
+        **rows,
         "labels": label.labels,
         "label_time_s": label.timestamps - t[0],
         "user": session.user,
@@ -166,8 +95,8 @@ class TruncatedSession:
 class SessionWindows(torch.utils.data.Dataset):
     """Map-style dataset of the windows of some session files, read lazily from HDF5.
 
-    This is the direct-from-HDF5 loader (what the reference does); :mod:`emgscale.shard` streams the
-    same samples from WebDataset shards. Files are opened per worker on first use.
+    This is the direct-from-HDF5 loader (what the reference does); :mod:`emgscale.loader.shard_pipeline`
+    streams the same samples from WebDataset shards. Files are opened per worker on first use.
 
     Args:
         paths: session files.
@@ -214,6 +143,10 @@ class SessionWindows(torch.utils.data.Dataset):
         return self.paths[self._index[item][0]]
 
     def __getitem__(self, item: int) -> dict[str, Any]:
+        return self.sample(item)
+
+    def sample(self, item: int, with_emg: bool = True) -> dict[str, Any]:
+        """Sample ``item``; ``with_emg=False`` reads its timestamps only (:func:`read_window`)."""
         fi, wi = self._index[item]
         if fi not in self._open:
             session = EMGSession(self.paths[fi])
@@ -221,7 +154,7 @@ class SessionWindows(torch.utils.data.Dataset):
             self._open[fi] = session if limit is None else TruncatedSession(session, limit)
         if self._rng is None:
             self._rng = np.random.default_rng([self.seed, torch.initial_seed() % 2**31])
-        return read_window(self._open[fi], wi, self.spec, self._rng)  # type: ignore[arg-type]
+        return read_window(self._open[fi], wi, self.spec, self._rng, with_emg)  # type: ignore[arg-type]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -255,8 +188,8 @@ class Batch:
     """A padded batch; tensors travel with their lengths.
 
     Attributes:
-        emg: float32 ``(B, T, 2, 16)``, zero-padded in time; ``(B, 0, 2, 16)`` when the batch carries
-            ``features`` instead.
+        emg: float32 ``(B, T, 2, 16)``, zero-padded in time; None when the batch carries ``features``
+            instead (exactly one of the two is set).
         emg_lengths: int64 ``(B,)`` valid rows of each sequence (with ``features``: the raw rows they
             cover).
         labels: int64 ``(B, S)`` padded with 0 (only ``label_lengths`` tells padding apart).
@@ -271,7 +204,7 @@ class Batch:
         feature_lengths: int64 ``(B,)`` valid frames of ``features``.
     """
 
-    emg: torch.Tensor
+    emg: torch.Tensor | None
     emg_lengths: torch.Tensor
     labels: torch.Tensor
     label_lengths: torch.Tensor
@@ -312,7 +245,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     Samples with a ``sample_labels`` field (int64 ``(T,)``, a class per EMG row) give
     ``Batch.sample_labels`` padded with -1. Samples with ``features`` (precomputed spectra
     ``(T', 2, 16, K)`` and ``rows``, the raw rows they cover, in place of ``emg``:
-    :meth:`emgscale.features.cache.FeatureCache.serve`) give ``Batch.features``.
+    :meth:`emgscale.loader.feature_cache.FeatureCache.serve`) give ``Batch.features``.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
@@ -335,7 +268,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         feats = np.zeros((len(samples), max(frames), *first.shape[1:]), dtype=np.float32)
         for i, s in enumerate(samples):
             feats[i, : frames[i]] = s["features"]
-        emg = np.zeros((len(samples), 0, *first.shape[1:3]), dtype=np.float32)
+        emg = None
         features, feature_lengths = torch.from_numpy(feats), torch.tensor(frames, dtype=torch.int64)
     else:
         lengths = [len(s["emg"]) for s in samples]
@@ -349,7 +282,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
         for i, s in enumerate(samples):
             sample_labels[i, : lengths[i]] = torch.as_tensor(s["sample_labels"], dtype=torch.int64)
     return Batch(
-        emg=torch.from_numpy(emg),
+        emg=None if emg is None else torch.from_numpy(emg),
         emg_lengths=torch.tensor(lengths, dtype=torch.int64),
         labels=torch.from_numpy(labels),
         label_lengths=torch.tensor(label_lengths, dtype=torch.int64),

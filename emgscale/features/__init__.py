@@ -4,11 +4,11 @@
 with ``lengths`` in samples) into normalised log features ``(B, T', 2, C, K)`` with frame lengths:
 
 1. zero everything beyond each length (so a caller's padding value never matters);
-2. training only: band rotation (+ electrode subset), inter-band temporal jitter, amplitude scaling,
-   channel masking;
+2. training only: band rotation (+ electrode subset), inter-band temporal jitter, amplitude scaling;
 3. anti-aliased decimation to ``sample_rate_hz`` (FIR low-pass + keep every n-th sample);
 4. log spectrogram / log bands (float32, autocast off);
-5. training only: SpecAugment time/frequency masks (before normalisation, as the reference);
+5. training only: channel masking (a dead electrode's features are the floor value, what its zeroed
+   EMG gives), SpecAugment time/frequency masks (before normalisation, as the reference);
 6. normalisation (masked BatchNorm, causal rolling, or none); padding frames are zero on output.
 
 Rate scaling: ``n_fft`` and ``hop_samples`` are given at 2 kHz and scaled by ``sample_rate_hz / 2000``
@@ -20,14 +20,15 @@ least 1): 200 Hz gives 6/2 (30 ms windows, 100 Hz frames), so any device rate wo
 The input is ``(B, T, num_bands, num_electrodes)`` (``features.num_bands`` / ``num_electrodes``: 2 x 16
 for emg2qwerty, 1 x 8 for an 8-channel armband).
 
-Two halves, for features computed once (:mod:`emgscale.features.cache`, ``data.feature_cache``):
+Two halves, for features computed once (:mod:`emgscale.loader.feature_cache`, ``data.feature_cache``):
 :meth:`Featurizer.spectra` is steps 1, 3 and 4 for every electrode with no augmentation (what can be
 cached), and :meth:`Featurizer.from_spectra` the rest in feature space: electrode selection and band
 rotation (a roll of the electrode axis: exact), amplitude scaling (adding ``log10(gain**2)``: exact up
 to the 1e-6 floor), channel masking (the floor value), SpecAugment and normalisation. Composed in eval
 mode they equal :meth:`Featurizer.forward` bit for bit; in training mode they draw the same
 augmentations from the same RNG state. Temporal jitter has no feature-space form. ``forward`` (the raw
-path) runs each step as it always has, with the same implementation of each step.
+path) computes what it always has, bit for bit. The augmentations and which form each has:
+:mod:`emgscale.features.augment`.
 """
 
 from __future__ import annotations
@@ -37,12 +38,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from emgscale.features.augment import (JITTER_NEEDS_RAW, amplitude_scale, amplitude_scale_log, channel_mask,
-                                       channel_mask_log, select_electrodes, spec_augment, temporal_jitter,
-                                       validate_augment)
+from emgscale.features.augment import augment, select_electrodes, spec_augment, validate_augment
 from emgscale.features.config import REFERENCE_RATE_HZ, AugmentConfig, FeatureConfig
 from emgscale.features.norm import MaskedBatchNorm, RollingNorm, build_norm, time_mask, zero_padding
-from emgscale.features.spectral import Decimator, SpectralFeatures, floor_value, log_band_matrix
+from emgscale.features.spectral import Decimator, SpectralFeatures, log_band_matrix
 
 __all__ = [
     "AugmentConfig", "Decimator", "FeatureConfig", "Featurizer", "MaskedBatchNorm", "RollingNorm",
@@ -160,9 +159,10 @@ class Featurizer(nn.Module):
         return self.spectral(x, lengths)
 
     def _finish(self, feats: Tensor, frames: Tensor, aug: AugmentConfig | None) -> Tensor:
-        """SpecAugment (training) and normalisation of (B, T', 2, C, K) log features."""
+        """The raw path's augmentations of the log features (training: channel masks, SpecAugment) and
+        normalisation of (B, T', 2, C, K) log features."""
         if aug is not None:
-            feats = spec_augment(feats, frames, aug)
+            feats, frames = augment(feats, frames, aug, "after_raw")
         return self.norm(feats, frames)
 
     def forward(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,12 +181,7 @@ class Featurizer(nn.Module):
             aug = self.aug if self.training else None
             x = select_electrodes(x, self.channel_index, aug.band_rotation if aug else 0)
             if aug is not None:
-                if aug.temporal_jitter_samples > 0:
-                    x, lengths = temporal_jitter(x, lengths, aug.temporal_jitter_samples)
-                if aug.amplitude_scale > 0:
-                    x = amplitude_scale(x, aug.amplitude_scale)
-                if aug.channel_mask_prob > 0:
-                    x = channel_mask(x, aug.channel_mask_prob)
+                x, lengths = augment(x, lengths, aug, "raw")
             feats, frames = self._spectrum(x, lengths)
             feats = self._finish(feats, frames, aug)
         return feats, frames
@@ -223,7 +218,8 @@ class Featurizer(nn.Module):
             feats (B, T', bands, C, K) float32 (zero on padding frames) and frame_lengths (B,) long.
 
         Raises:
-            ValueError: a bad shape, or ``augment.temporal_jitter_samples`` > 0 in training mode.
+            ValueError: a bad shape, or in training mode an augmentation that needs raw EMG
+                (:meth:`~emgscale.features.config.AugmentConfig.needs_raw_emg`).
         """
         want = (self.num_bands, self.num_electrodes, self.num_bins)
         if spectra.dim() != 5 or tuple(spectra.shape[2:]) != want:
@@ -232,17 +228,12 @@ class Featurizer(nn.Module):
         if frames.shape != spectra.shape[:1]:
             raise ValueError(f"frame lengths must have shape ({spectra.shape[0]},), got {tuple(frames.shape)}")
         aug = self.aug if self.training else None
-        if aug is not None and aug.temporal_jitter_samples > 0:
-            raise ValueError(JITTER_NEEDS_RAW)
         frames = frames.to(device=spectra.device, dtype=torch.long).clamp(max=spectra.shape[1])
         with torch.autocast(spectra.device.type, enabled=False):
             x = select_electrodes(spectra.float(), self.channel_index, aug.band_rotation if aug else 0)
             if aug is not None:
-                if aug.amplitude_scale > 0:
-                    x = amplitude_scale_log(x, aug.amplitude_scale)
-                if aug.channel_mask_prob > 0:
-                    x = channel_mask_log(x, aug.channel_mask_prob, floor_value())
-            feats = self._finish(x, frames, aug)
+                x, frames = augment(x, frames, aug, "spectra")
+            feats = self.norm(x, frames)
         return feats, frames
 
 

@@ -1,25 +1,42 @@
-"""Training augmentations of raw (B, T, 2, 16) EMG and of (B, T, 2, C, K) log features.
+"""Training augmentations of raw (B, T, 2, 16) EMG and of (B, T, 2, C, K) log features: their one home.
 
 All randomness is drawn, vectorised over the batch, from torch's global RNG on the input's device.
+The :class:`~emgscale.features.Featurizer` applies them in training mode only: band rotation with the
+electrode selection (:func:`select_electrodes`: a roll of the electrode axis, one form for raw EMG and
+per-electrode spectra alike), then :data:`AUGMENTATIONS` in order, each in one form where the feature
+space allows it:
 
-Band rotation, amplitude scaling and channel masking act per band / electrode, so each has a raw-EMG
-form (the raw path) and a log-feature form (precomputed spectra, :mod:`emgscale.features.cache`) that
-draw the same random numbers in the same order: one draw, two ways of applying it. Inter-band
-temporal jitter has no feature form (it moves samples by less than a frame).
+=========================  ==================  ===============================================
+augmentation               raw EMG path        precomputed spectra (``data.feature_cache``)
+=========================  ==================  ===============================================
+inter-band temporal jitter raw form            none: it moves samples by less than a frame
+amplitude scaling          raw form            log form (``+ log10(gain**2)``, same draws)
+channel masking            log form (one form, after the spectra: a dead electrode's spectra
+                           are the floor value, what its zeroed EMG gives)
+SpecAugment                on the log features (one form)
+=========================  ==================  ===============================================
+
+Amplitude scaling keeps two forms because the log form is exact only away from the 1e-6 power floor,
+and the raw path stays what it was bit for bit. An augmentation without a spectra form has its
+:class:`~emgscale.features.config.AugmentConfig` field marked ``metadata={"raw_emg": True}``, from
+which ``data.feature_cache`` refuses it (:meth:`emgscale.loader.base.DataConfig.check`).
+
+A new augmentation: a field of :class:`~emgscale.features.config.AugmentConfig` (0 = off) and, here,
+its function and one :data:`AUGMENTATIONS` entry.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from emgscale.features.config import AugmentConfig
 from emgscale.features.norm import zero_padding
-
-#: Why a run on precomputed spectra cannot jitter the bands against each other.
-JITTER_NEEDS_RAW = "augment.temporal_jitter_samples needs raw EMG: set it to 0 or unset data.feature_cache"
+from emgscale.features.spectral import floor_value
 
 
 def select_electrodes(emg: Tensor, channels: Tensor | None, rotation: int) -> Tensor:
@@ -101,24 +118,13 @@ def amplitude_scale_log(feats: Tensor, scale: float) -> Tensor:
     return feats + torch.log10(gain * gain).to(feats.dtype).unsqueeze(-1)
 
 
-def _kept_electrodes(batch: int, bands: int, channels: int, prob: float, device: torch.device) -> Tensor:
-    """(B, 1, bands, C) bool: False for each electrode of each window dropped with probability ``prob``."""
-    return torch.rand(batch, 1, bands, channels, device=device) >= prob
-
-
-def channel_mask(emg: Tensor, prob: float) -> Tensor:
-    """Zero each electrode of each band of each window with probability ``prob`` (a dead electrode)."""
-    B, _, bands, C = emg.shape
-    keep = _kept_electrodes(B, bands, C, prob, emg.device)
-    return emg * keep.to(emg.dtype)
-
-
-def channel_mask_log(feats: Tensor, prob: float, floor: float) -> Tensor:
-    """:func:`channel_mask` on (B, T, 2, C, K) log features: a dead electrode's features are ``floor``
-    (``log10(0 + 1e-6)``, what the spectrum of a zeroed electrode gives). Same draws as the raw form."""
+def channel_mask(feats: Tensor, prob: float, floor: float | None = None) -> Tensor:
+    """Drop each electrode of each band of each window with probability ``prob`` (a dead electrode), on
+    (B, T, 2, C, K) log features: its features become ``floor`` (default :func:`floor_value`,
+    ``log10(0 + 1e-6)``), exactly what the spectrum of its zeroed EMG gives. One form for both paths."""
     B, _, bands, C = feats.shape[:4]
-    keep = _kept_electrodes(B, bands, C, prob, feats.device)
-    return feats.masked_fill(~keep.unsqueeze(-1), floor)
+    keep = torch.rand(B, 1, bands, C, device=feats.device) >= prob
+    return feats.masked_fill(~keep.unsqueeze(-1), floor_value() if floor is None else floor)
 
 
 def _axis_masks(count: Tensor, max_masks: int, max_width: int, size: Tensor, shape: tuple[int, ...],
@@ -169,6 +175,77 @@ def spec_augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig) -> Tensor:
         mf = _axis_masks(n, cfg.freq_masks, cfg.freq_mask_bins, size, shape, K, x.device)  # (B, 2|1, C|1, K)
         x = x.masked_fill(mf.unsqueeze(1), cfg.mask_value)
     return x
+
+
+#: ``form(x, lengths, cfg) -> (x, lengths)``: raw EMG (B, T, bands, C) with valid samples, or log spectra
+#: (B, T', bands, C, K) with valid frames.
+Form = Callable[[Tensor, Tensor, AugmentConfig], "tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A training augmentation (after band rotation), in the forms it has.
+
+    Attributes:
+        name: what it is called in messages: its :class:`~emgscale.features.config.AugmentConfig` field.
+        on: whether ``cfg`` switches it on.
+        raw: its form on raw EMG, before the spectra; None when it acts on the spectra in both paths.
+        spectra: its form on log spectra, drawing the same random numbers as ``raw``; None when the
+            feature space has none (its field is then marked ``metadata={"raw_emg": True}``).
+    """
+
+    name: str
+    on: Callable[[AugmentConfig], bool]
+    raw: Form | None = None
+    spectra: Form | None = None
+
+
+#: Every augmentation after band rotation, in the order they draw. On raw EMG the featurizer applies
+#: the ``raw`` forms before the spectra and the others after them; on precomputed spectra every
+#: ``spectra`` form, in order. (Entries with a ``raw`` form come first, so both orders are this one.)
+AUGMENTATIONS: tuple[Augmentation, ...] = (
+    Augmentation("temporal_jitter_samples", lambda c: c.temporal_jitter_samples > 0,
+                 raw=lambda x, n, c: temporal_jitter(x, n, c.temporal_jitter_samples)),
+    Augmentation("amplitude_scale", lambda c: c.amplitude_scale > 0,
+                 raw=lambda x, n, c: (amplitude_scale(x, c.amplitude_scale), n),
+                 spectra=lambda x, n, c: (amplitude_scale_log(x, c.amplitude_scale), n)),
+    Augmentation("channel_mask_prob", lambda c: c.channel_mask_prob > 0,
+                 spectra=lambda x, n, c: (channel_mask(x, c.channel_mask_prob), n)),
+    Augmentation("spec_augment", lambda c: True, spectra=lambda x, n, c: (spec_augment(x, n, c), n)),
+)
+
+
+def augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig, stage: str) -> tuple[Tensor, Tensor]:
+    """Every augmentation of ``stage`` that ``cfg`` switches on, in :data:`AUGMENTATIONS` order.
+
+    Args:
+        x: (B, T, bands, C) raw EMG for ``stage="raw"``, else (B, T', bands, C, K) log spectra.
+        lengths: (B,) valid samples (valid frames for the spectra stages).
+        cfg: the augmentation config.
+        stage: ``"raw"`` (the raw path, before the spectra: the ``raw`` forms), ``"after_raw"`` (the
+            raw path, after the spectra: the augmentations without a ``raw`` form) or ``"spectra"``
+            (precomputed spectra: every ``spectra`` form).
+
+    Returns:
+        The augmented ``x`` and its (B,) lengths (temporal jitter trims samples).
+
+    Raises:
+        ValueError: for ``stage="spectra"``, an augmentation switched on that needs raw EMG.
+    """
+    for aug in AUGMENTATIONS:
+        if not aug.on(cfg):
+            continue
+        if stage == "raw":
+            form = aug.raw
+        elif stage == "after_raw":
+            form = aug.spectra if aug.raw is None else None
+        elif aug.spectra is None:
+            raise ValueError(f"augment.{aug.name} needs raw EMG: set it to 0 or unset data.feature_cache")
+        else:
+            form = aug.spectra
+        if form is not None:
+            x, lengths = form(x, lengths, cfg)
+    return x, lengths
 
 
 def validate_augment(cfg: AugmentConfig) -> None:

@@ -7,7 +7,7 @@ into log-probabilities.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 #: Sampling rate at which :attr:`FeatureConfig.n_fft` and :attr:`FeatureConfig.hop_samples` are counted.
 REFERENCE_RATE_HZ = 2000.0
@@ -91,7 +91,8 @@ class AugmentConfig:
     """
 
     band_rotation: int = 1
-    temporal_jitter_samples: int = 120
+    #: ``raw_emg``: no form on precomputed spectra (``data.feature_cache`` refuses it when on).
+    temporal_jitter_samples: int = field(default=120, metadata={"raw_emg": True})
     amplitude_scale: float = 0.0
     channel_mask_prob: float = 0.0
     time_masks: int = 3
@@ -100,3 +101,9 @@ class AugmentConfig:
     freq_mask_bins: int = 4
     iid_masks: bool = True
     mask_value: float = 0.0
+
+    def needs_raw_emg(self) -> list[str]:
+        """The augmentations switched on here that have no form on precomputed spectra (their fields are
+        marked ``metadata={"raw_emg": True}``; :data:`emgscale.features.augment.SIGNAL_AUGMENTATIONS`
+        has them without a ``spectra`` form)."""
+        return [f.name for f in fields(self) if f.metadata.get("raw_emg") and getattr(self, f.name)]

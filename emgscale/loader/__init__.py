@@ -8,7 +8,7 @@ whichever the source:
   ``manifest.json``, a URL prefix such as ``pipe:aws s3 cp s3://bucket/shards/{name} -`` or
   ``https://host/shards``, or a brace pattern of ``.tar`` URLs without a manifest). Training is an
   endless resampled stream cut into epochs; evaluation reads every sample exactly once over all
-  ranks and workers (:mod:`emgscale.loader.shards`, :mod:`emgscale.shard.stream`).
+  ranks and workers (:mod:`emgscale.loader.shards`, :mod:`emgscale.loader.shard_pipeline`).
 * otherwise ``cfg.data_root`` + ``cfg.split``: windows read at random from the HDF5 files
   (:mod:`emgscale.loader.hdf5`), as the reference does.
 * ``cfg.format: csv``: windows of CSV/TSV recordings with a label per row (:mod:`emgscale.loader.csv`),
@@ -18,100 +18,36 @@ whichever the source:
 electrodes, a lower rate, random ring rotations in training (:mod:`emgscale.data.device`).
 
 ``cfg.feature_cache`` (when set, with the model's ``features`` given) makes windowed batches carry
-precomputed spectra (``Batch.features``) from :mod:`emgscale.features.cache` instead of raw EMG.
+precomputed spectra (``Batch.features``, and ``Batch.emg`` None) from :mod:`emgscale.loader.feature_cache`
+instead of raw EMG. Which settings work together is one rule, :meth:`DataConfig.check`.
 
 Both give the same samples (one :class:`~emgscale.data.windows.WindowSpec` rule for windows, jitter
 and labels) and honour the same subsets: ``users``, ``sessions`` and ``max_minutes_per_user`` (the
 first N minutes of each user's sessions in recording order, as if the recordings stopped there — for
 few-shot curves).
+
+Layout: :mod:`~emgscale.loader.base` (the torch-free config and what every source shares),
+:mod:`~emgscale.loader.build` (the dispatcher), one module per source, the shard pipelines
+(:mod:`~emgscale.loader.shard_pipeline`) and the feature cache (:mod:`~emgscale.loader.feature_cache`).
+This package is the only reader of sessions and shards for training and evaluation; :mod:`emgscale.shard`
+writes shards. Names are imported lazily, so ``from emgscale.loader import DataConfig`` loads no torch.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
-
-from emgscale.common import rank as env_rank
-from emgscale.common import world_size as env_world_size
-import numpy as np
+import importlib
+from typing import Any
 
 from emgscale.data.errors import DataError
-from emgscale.data.splits import normalize_user
-from emgscale.data.windows import Batch
-from emgscale.data.device import DeviceView, apply_view
-from emgscale.features.cache import FeatureCache
-from emgscale.features.config import FeatureConfig
-from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, window_spec
-from emgscale.loader.csv import csv_loader
-from emgscale.loader.hdf5 import hdf5_loader
-from emgscale.loader.shards import shard_loader
+
+_EXPORTS = {
+    "DataConfig": "base", "Loader": "base", "Selection": "base", "minutes_budget": "base", "window_spec": "base",
+    "build_loader": "build",
+}
+__all__ = sorted([*_EXPORTS, "DataError"])
 
 
-def build_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int = 0, rank: int | None = None,
-                 world_size: int | None = None, batch_size: int | None = None, users: list[str] | None = None,
-                 sessions: list[str] | None = None, max_minutes_per_user: float | None = None,
-                 limit_samples: int | None = None, features: FeatureConfig | None = None) -> Loader:
-    """Batches of ``part`` for training (shuffled, jittered, an epoch long) or evaluation (every sample once).
-
-    Args:
-        cfg: the data config.
-        part: ``train``, ``val`` or ``test``.
-        train: shuffle and jitter (else a deterministic pass).
-        seed, epoch: seed the order and jitter; the same arguments give the same batches.
-        rank, world_size: this process among the data-parallel ones (default: from
-            ``torch.distributed`` or the RANK / WORLD_SIZE environment).
-        batch_size: this rank's batch size (default: ``cfg.batch_size``).
-        users, sessions, max_minutes_per_user, limit_samples: override the config's subsets.
-        features: the model's feature settings; needed (and used) only with ``cfg.feature_cache``.
-
-    Returns:
-        A :class:`Loader` of :class:`Batch` (``emg`` (B, T, 2, 16) float32 with ``emg_lengths``).
-
-    Raises:
-        ValueError: inconsistent settings (no source, windowing different from the shards', ...).
-        DataError: a missing or bad split, manifest or session file.
-    """
-    rank = env_rank() if rank is None else rank
-    world = env_world_size() if world_size is None else world_size
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in [0, {world})")
-    if part not in ("train", "val", "test"):
-        raise ValueError(f"part must be 'train', 'val' or 'test', got {part!r}")
-    users = users if users is not None else cfg.users
-    sessions = sessions if sessions is not None else cfg.sessions
-    sel = Selection(users=frozenset(normalize_user(u) for u in users) if users else None,
-                    sessions=frozenset(sessions) if sessions else None,
-                    max_minutes=max_minutes_per_user if max_minutes_per_user is not None else cfg.max_minutes_per_user)
-    bs = batch_size or cfg.batch_size
-    limit = limit_samples if limit_samples is not None else cfg.limit_samples
-    if cfg.format not in ("emg2qwerty", "csv"):
-        raise ValueError(f"data.format must be 'emg2qwerty' or 'csv', got {cfg.format!r}")
-    extra = {}
-    if cfg.feature_cache:
-        if cfg.format == "csv" or cfg.view.active:
-            raise ValueError("data.feature_cache serves emg2qwerty windows as the model sees them: it works with "
-                             "neither data.format=csv nor data.view; unset one of them")
-        if features is None:
-            raise ValueError("data.feature_cache needs the model's feature settings: "
-                             "build_loader(..., features=cfg.model.features)")
-        extra["cache"] = FeatureCache(cfg.feature_cache, features)
-    source = csv_loader if cfg.format == "csv" else shard_loader if cfg.shards else hdf5_loader
-    loader = source(cfg, part, train=train, seed=seed, epoch=epoch, rank=rank, world=world, batch_size=bs, sel=sel,
-                    limit=limit, **extra)
-    if not cfg.view.active:
-        return loader
-    return Loader(_Viewed(loader, cfg.view.for_training(train), [seed, epoch, rank]), loader.num_batches,
-                  loader.num_samples, f"{loader.source} as {cfg.view}", None, bs)
-
-
-class _Viewed:
-    """The batches of ``loader`` through :func:`apply_view` (rotations seeded per pass)."""
-
-    def __init__(self, loader: Loader, view: DeviceView, seed: list[int]) -> None:
-        self.loader, self.view, self.seed = loader, view, seed
-
-    def __iter__(self) -> Iterator[Batch]:
-        rng = np.random.default_rng([*self.seed, 7])
-        return (apply_view(b, self.view, rng) for b in self.loader)
-
-
-__all__ = ["DataConfig", "DataError", "Loader", "Selection", "build_loader", "minutes_budget", "window_spec"]
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"emgscale.loader.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'emgscale.loader' has no attribute {name!r}")

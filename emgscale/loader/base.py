@@ -1,7 +1,9 @@
 """What every data source shares: the data config, the :class:`Loader` pass, subsets and data budgets.
 
-The two sources (:mod:`emgscale.loader.hdf5`, :mod:`emgscale.loader.shards`) import from here and
-nothing from each other or from the dispatcher (:func:`emgscale.loader.build_loader`).
+The sources (:mod:`emgscale.loader.hdf5`, :mod:`emgscale.loader.shards`, :mod:`emgscale.loader.csv`)
+import from here and nothing from each other or from the dispatcher
+(:func:`emgscale.loader.build_loader`). This module does not import torch: a config that nests
+:class:`DataConfig` is parsed and checked (:meth:`DataConfig.check`) before torch loads.
 """
 
 from __future__ import annotations
@@ -9,14 +11,19 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
-from emgscale.data.splits import normalize_user
-from emgscale.data.windows import Batch, WindowSpec, training_windows
+from emgscale.config import ConfigError
 from emgscale.data.device import DeviceView
+from emgscale.data.splits import normalize_user
 from emgscale.data.tables import CSVFormat
+from emgscale.data.window_spec import WindowSpec, training_windows
+
+if TYPE_CHECKING:  # both import torch (their packages do): annotations only
+    from emgscale.data.windows import Batch
+    from emgscale.features.config import AugmentConfig
 
 
 @dataclass
@@ -53,8 +60,9 @@ class DataConfig:
             :class:`~emgscale.data.device.DeviceView`), applied to every batch.
         feature_cache: a folder: windowed samples (training, and ``windows`` val/test) carry the model's
             spectra, computed once per session (HDF5) or shard record and stored there
-            (:mod:`emgscale.features.cache`), instead of raw EMG; whole sessions stay raw. Needs
-            ``model.augment.temporal_jitter_samples=0`` and no ``view``; None = raw EMG.
+            (:mod:`emgscale.loader.feature_cache`), instead of raw EMG; whole sessions stay raw. Needs
+            the emg2qwerty format, no ``view`` and no augmentation that needs raw EMG (:meth:`check`);
+            None = raw EMG.
     """
 
     format: str = "emg2qwerty"
@@ -81,6 +89,33 @@ class DataConfig:
     csv: CSVFormat = field(default_factory=CSVFormat)
     view: DeviceView = field(default_factory=DeviceView)
     feature_cache: str | None = None
+
+    def check(self, augment: AugmentConfig | None = None) -> None:
+        """The settings that only work together, judged in one place (launch and ``train()`` call it).
+
+        Precomputed spectra (``feature_cache``) exist for emg2qwerty sessions and shards only, cannot be
+        seen through a device ``view`` (it changes the raw EMG), and cannot take an augmentation of the
+        model that has no feature-space form (:meth:`~emgscale.features.config.AugmentConfig.needs_raw_emg`).
+
+        Args:
+            augment: the model's augmentations (``model.augment``); None checks the data settings only.
+
+        Raises:
+            ConfigError: one line naming the keys that conflict.
+        """
+        if self.format not in ("emg2qwerty", "csv"):
+            raise ConfigError(f"data.format={self.format!r}: must be 'emg2qwerty' or 'csv'")
+        if not self.feature_cache:
+            return
+        if self.format == "csv":
+            raise ConfigError("data.feature_cache caches emg2qwerty sessions and shards, not data.format=csv: "
+                              "unset data.feature_cache")
+        if self.view.active:
+            raise ConfigError("data.view changes the raw EMG before the model, which cached spectra cannot: unset "
+                              "data.view or data.feature_cache")
+        for name in augment.needs_raw_emg() if augment is not None else []:
+            raise ConfigError(f"model.augment.{name}={getattr(augment, name)!r}: augment.{name} needs raw EMG: "
+                              f"set it to 0 or unset data.feature_cache")
 
     def global_batch_size(self, world_size: int) -> int:
         """Samples per optimiser step over ``world_size`` data-parallel workers."""

@@ -19,13 +19,14 @@ from emgscale.data.session import EMGSession
 from emgscale.data.splits import load_split
 from emgscale.data.errors import DataError
 from emgscale.data.windows import SessionWindows, WindowSpec, check_values_once, collate
-from emgscale.features.cache import FeatureCache
+from emgscale.loader.feature_cache import FeatureCache
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 
 class CachedWindows(torch.utils.data.Dataset):
     """The samples of a :class:`SessionWindows` with their spectra from a feature cache (one block per
-    session file) in place of their EMG (:meth:`FeatureCache.serve`)."""
+    session file) in place of their EMG (:meth:`FeatureCache.serve`); a window's EMG is never read,
+    only its timestamps (for the labels)."""
 
     def __init__(self, windows: SessionWindows, cache: FeatureCache) -> None:
         self.windows, self.cache = windows, cache
@@ -34,7 +35,7 @@ class CachedWindows(torch.utils.data.Dataset):
         return len(self.windows)
 
     def __getitem__(self, item: int) -> dict:
-        sample = self.windows[item]
+        sample = self.windows.sample(item, with_emg=False)
         return self.cache.serve(sample, self.cache.session_block(self.windows.path_of(item)), first_row=0)
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from webdataset.shardlists import expand_urls
 
-from emgscale.features.cache import FeatureCache
+from emgscale.loader.feature_cache import FeatureCache
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget
-from emgscale.shard import stream
+from emgscale.loader import shard_pipeline
 from emgscale.shard.manifest import MANIFEST, Manifest, load_manifest, shard_url
 from emgscale.shard.records import KIND_SESSION, KIND_TRAIN
 
@@ -99,18 +98,18 @@ def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
         if not total:
             raise ValueError("set data.train_samples_per_epoch: the shards have no manifest to count windows from")
         per_worker = math.ceil(math.ceil(total / (world * batch_size)) / workers)
-        pipeline = stream.train_pipeline(urls, seed=seed, epoch=epoch, rank=rank, batch_size=batch_size,
+        pipeline = shard_pipeline.train_pipeline(urls, seed=seed, epoch=epoch, rank=rank, batch_size=batch_size,
                                          batches_per_worker=per_worker, record_buffer=cfg.record_shuffle_buffer,
                                          sample_buffer=cfg.shuffle_buffer, keep=keep, max_rows=max_rows,
                                          jitter=cfg.window.jitter, cache=cache)
         num_batches: int | None = per_worker * workers
         num_samples: int | None = num_batches * batch_size
     else:
-        pipeline = stream.eval_pipeline(urls, rank=rank, world=world, batch_size=batch_size, keep=keep,
+        pipeline = shard_pipeline.eval_pipeline(urls, rank=rank, world=world, batch_size=batch_size, keep=keep,
                                         max_rows=max_rows, cache=cache)
         num_batches = num_samples = None
         if counts is not None and (kind != KIND_TRAIN or world * workers <= len(counts)):
-            per = [stream.eval_samples_per_reader(counts, rank * workers + w, world * workers) for w in range(workers)]
+            per = [shard_pipeline.eval_samples_per_reader(counts, rank * workers + w, world * workers) for w in range(workers)]
             num_samples, num_batches = sum(per), sum(math.ceil(n / batch_size) for n in per)
     iterable: Any = pipeline
     if (cfg.num_workers or 0) > 0:

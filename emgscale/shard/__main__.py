@@ -15,7 +15,7 @@ import json
 import sys
 
 from emgscale.cli import cli
-from emgscale.data.windows import WindowSpec
+from emgscale.data.window_spec import WindowSpec
 from emgscale.shard.build import default_workers, shard_corpus
 from emgscale.shard.estimate import estimate_sizes, format_estimate
 from emgscale.shard.plan import ShardConfig

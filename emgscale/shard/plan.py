@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from emgscale.data.errors import DataError
-from emgscale.data.windows import WindowSpec, training_windows
+from emgscale.data.window_spec import WindowSpec, training_windows
 from emgscale.data.session import ON_KEYBOARD, EMGSession
 from emgscale.data.splits import METADATA_CSV, SPLIT_NAMES, load_split, normalize_user, read_metadata, session_files
 from emgscale.shard.records import (KIND_SESSION, KIND_TRAIN, KIND_WINDOW, RECORD_FORMAT_VERSION, RecordSpec,

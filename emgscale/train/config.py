@@ -184,28 +184,6 @@ def _cache_dir_problem(value: str) -> str | None:
     return "is a file, not a folder" if Path(value).exists() and not Path(value).is_dir() else None
 
 
-def feature_cache_problem(cfg: TrainConfig) -> str | None:
-    """Why ``data.feature_cache`` cannot work with the rest of ``cfg`` (one line), or None.
-
-    Precomputed spectra cannot be jittered band against band, nor seen through a device view, and the
-    CSV source has no sessions to cache.
-    """
-    from emgscale.features.augment import JITTER_NEEDS_RAW
-
-    d = cfg.data
-    if not d.feature_cache:
-        return None
-    if cfg.model.augment.temporal_jitter_samples > 0:
-        return f"model.{JITTER_NEEDS_RAW} (model.augment.temporal_jitter_samples=0)"
-    if d.format == "csv":
-        return ("data.feature_cache caches emg2qwerty sessions and shards, not data.format=csv: unset "
-                "data.feature_cache")
-    if d.view.active:
-        return ("data.view changes the raw EMG before the model, which cached spectra cannot: unset data.view "
-                "or data.feature_cache")
-    return None
-
-
 def _channels_problem(value: list[int]) -> str | None:
     return None if value and all(0 <= c < 16 for c in value) else "must be electrode numbers 0-15 (at least one)"
 
@@ -252,7 +230,5 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "(data.data_root=DIR and data.split=SPLIT.yaml)")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
-    problem = feature_cache_problem(cfg)
-    if problem:
-        raise ConfigError(problem)
+    d.check(cfg.model.augment)
     return cfg

@@ -38,7 +38,7 @@ from emgscale.config import ConfigError, save_config, to_dict
 from emgscale.loader import DataConfig, build_loader
 from emgscale.models import build_model, forward_batch
 from emgscale.swad import WeightAverager
-from emgscale.train.config import OptimConfig, TrainConfig, TrainResult, feature_cache_problem
+from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
 from emgscale.train.metrics_log import MetricsLogger
 from emgscale.train.objective import Objective, build_objective
 
@@ -164,13 +164,11 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
 
     Raises:
         ConfigError: settings that cannot work (a batch the workers cannot split, no training data,
-            data.feature_cache with inter-band temporal jitter).
+            data settings that do not work together: :meth:`~emgscale.loader.base.DataConfig.check`).
         FloatingPointError: more than ``run.max_nonfinite_steps`` steps had a non-finite loss.
     """
     t_start = time.monotonic()
-    problem = feature_cache_problem(cfg)  # before any work (launch's validate checks it too)
-    if problem:
-        raise ConfigError(problem)
+    cfg.data.check(cfg.model.augment)  # before any work (launch's validate calls it too)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     world, rnk = world_size(), rank()

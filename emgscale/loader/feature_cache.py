@@ -15,11 +15,16 @@ augmentations) and ``settings.json`` beside the blocks says what they are. A blo
 session and a digest of its source's identity (resolved path, size and mtime of an HDF5 file; shard
 URL, record key, first row and rows of a record, plus the tar's size and mtime when it is a local
 file; a file's identity is read once per process), so a changed source gets a new block in
-the next run (old ones are not evicted). Blocks are written through
+the next run (old ones are not evicted). Blocks are written with ordinary writes through
 :func:`emgscale.common.atomic_path`: two processes building the same block both write whole files and
-the last rename wins; readers memory-map them. A file that does not parse or has the wrong shape
-(truncated, overwritten, of another shape) is rebuilt, with one logged line naming it; a file of the
-right shape whose bytes rotted is not detected (there is no checksum).
+the last rename wins; readers memory-map them. A full disk (or quota, or a read-only folder) stops
+with one line naming the block and the reason (:class:`CacheWriteError`), and leaves no temporary file.
+After the array a block file holds a 16-byte trailer: ``EMGSCRC1`` and the CRC-32 of the array's
+bytes, checked the first time a process maps the block (a sequential read of the file, about as fast
+as the disk). A file that does not parse, has the wrong shape, lacks its trailer (truncated, or of
+another version) or fails its checksum (flipped bytes, a NaN written into it) is rebuilt, with one
+logged line naming it. Spectra that come out non-finite are refused when a block is built (a
+:class:`~emgscale.data.errors.DataError` naming the session file or shard record).
 
 Frames are on the block's grid: frame ``j`` starts at row ``first_row + j * samples_per_frame``. A
 window of rows ``[s, e)`` is served from ``s' = s`` rounded down to that grid (at most
@@ -46,9 +51,10 @@ import logging
 import math
 import os
 import re
+import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -56,19 +62,24 @@ import torch
 from emgscale.common import atomic_path, atomic_write_json
 from emgscale.data.errors import DataError
 from emgscale.features import Featurizer
-from emgscale.features.augment import JITTER_NEEDS_RAW
 from emgscale.features.config import FeatureConfig
 
-__all__ = ["CACHE_VERSION", "FeatureCache", "JITTER_NEEDS_RAW", "compute_spectra", "edge_frames"]
+__all__ = ["CACHE_VERSION", "CacheWriteError", "FeatureCache", "compute_spectra", "edge_frames", "spectra_chunks"]
 
-log = logging.getLogger("emgscale.features.cache")
+log = logging.getLogger("emgscale.loader.feature_cache")
 
 #: Bumped when the stored layout or the spectra's computation changes (a new settings folder).
-CACHE_VERSION = 1
+#: 2: a checksum trailer after the array.
+CACHE_VERSION = 2
 #: Frames per computed chunk: 4096 frames of 2 x 16 x 33 bins is ~17 MB of output per chunk.
 CHUNK_FRAMES = 4096
 #: Open memory maps kept per process.
 OPEN_BLOCKS = 32
+#: What follows a block's array in its file: this tag, then the array bytes' CRC-32 (8 bytes, little-endian).
+TRAILER_TAG = b"EMGSCRC1"
+TRAILER_BYTES = 16
+#: Bytes read at a time when a block's checksum is verified.
+READ_BYTES = 1 << 24
 _UNSAFE = re.compile(r"[^A-Za-z0-9@_\-]")
 
 RowReader = Callable[[int, int], np.ndarray]
@@ -84,14 +95,10 @@ def edge_frames(featurizer: Featurizer) -> int:
     return math.ceil(featurizer.decimator.half_taps / featurizer.samples_per_frame)
 
 
-@torch.no_grad()
 def compute_spectra(featurizer: Featurizer, read_rows: RowReader, num_rows: int, out: np.ndarray,
                     chunk_frames: int = CHUNK_FRAMES) -> None:
-    """Fill ``out`` with ``featurizer.spectra()`` of rows ``[0, num_rows)`` as one sequence, in chunks.
-
-    Chunk ``[f0, f1)`` reads rows ``[f0 * spf - left, (f1 - 1) * spf + right]`` (``left`` =
-    ``half_taps`` rounded up to whole frames, ``right`` = the last row a frame reads), so every frame
-    it keeps sees exactly the rows (or the zero padding past the block's ends) it sees in one pass.
+    """Fill ``out`` with ``featurizer.spectra()`` of rows ``[0, num_rows)`` as one sequence, in chunks
+    (:func:`spectra_chunks`).
 
     Args:
         featurizer: whose :meth:`~emgscale.features.Featurizer.spectra` to compute.
@@ -100,17 +107,41 @@ def compute_spectra(featurizer: Featurizer, read_rows: RowReader, num_rows: int,
         out: ``(featurizer.output_lengths(num_rows), bands, electrodes, K)`` float32, written in place.
         chunk_frames: frames per chunk.
     """
+    for f0, chunk in spectra_chunks(featurizer, read_rows, num_rows, len(out), chunk_frames):
+        out[f0:f0 + len(chunk)] = chunk
+
+
+@torch.no_grad()
+def spectra_chunks(featurizer: Featurizer, read_rows: RowReader, num_rows: int, total_frames: int,
+                   chunk_frames: int = CHUNK_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
+    """``featurizer.spectra()`` of rows ``[0, num_rows)`` as one sequence, as ``(first frame, frames)`` chunks.
+
+    Chunk ``[f0, f1)`` reads rows ``[f0 * spf - left, (f1 - 1) * spf + right]`` (``left`` =
+    ``half_taps`` rounded up to whole frames, ``right`` = the last row a frame reads), so every frame
+    it keeps sees exactly the rows (or the zero padding past the block's ends) it sees in one pass.
+
+    Args:
+        featurizer, read_rows, num_rows, chunk_frames: as :func:`compute_spectra`.
+        total_frames: ``featurizer.output_lengths(num_rows)``.
+
+    Yields:
+        ``(f0, spectra)``: float32 ``(f1 - f0, bands, electrodes, K)`` of frames ``[f0, f1)``, in order.
+    """
     spf = featurizer.samples_per_frame
     left = edge_frames(featurizer) * spf
     right = (featurizer.n_fft - 1) * featurizer.decimation + featurizer.decimator.half_taps
-    total = len(out)
-    for f0 in range(0, total, chunk_frames):
-        f1 = min(total, f0 + chunk_frames)
+    for f0 in range(0, total_frames, chunk_frames):
+        f1 = min(total_frames, f0 + chunk_frames)
         a, b = max(0, f0 * spf - left), min(num_rows, (f1 - 1) * spf + right + 1)
         x = torch.from_numpy(np.ascontiguousarray(read_rows(a, b), dtype=np.float32)).unsqueeze(0)
         y, _ = featurizer.spectra(x, torch.tensor([b - a]))
         k0 = (f0 * spf - a) // spf  # a is on the frame grid
-        out[f0:f1] = y[0, k0:k0 + f1 - f0].numpy()
+        yield f0, y[0, k0:k0 + f1 - f0].numpy()
+
+
+class CacheWriteError(DataError):
+    """A block could not be written (disk full, quota, read-only folder): training stops on it, a bad
+    source record does not (:mod:`emgscale.loader.shard_pipeline` skips those)."""
 
 
 class FeatureCache:
@@ -138,6 +169,7 @@ class FeatureCache:
         self._open: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._session_names: dict[str, str] = {}  # session path -> block name (its identity, read once)
         self._tar_ids: dict[str, str] = {}  # shard URL -> its local file's size and mtime (read once)
+        self._verified: set[str] = set()  # blocks whose checksum this process has checked
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -162,7 +194,7 @@ class FeatureCache:
         if name in self._open:
             return self._hit(name)
         with EMGSession(Path(path).resolve()) as session:
-            return self._block(name, len(session), session.emg)
+            return self._block(name, len(session), session.emg, str(path))
 
     def record_block(self, record: dict[str, Any]) -> np.ndarray:
         """The spectra of a decoded shard record's rows (:func:`emgscale.shard.records.decode_record`)."""
@@ -172,7 +204,7 @@ class FeatureCache:
         name = f"{_UNSAFE.sub('_', str(meta['session']))}-{int(meta['start']):09d}-{_digest(ident)}"
         if name in self._open:
             return self._hit(name)
-        return self._block(name, len(emg), lambda a, b: emg[a:b])
+        return self._block(name, len(emg), lambda a, b: emg[a:b], f"{url} record {meta['key']!r}")
 
     def _tar_identity(self, url: str) -> str:
         """``|size|mtime`` of a local shard file ('' for a remote URL), stat-ed once per process."""
@@ -186,41 +218,53 @@ class FeatureCache:
         self._open.move_to_end(name)
         return self._open[name]
 
-    def _block(self, name: str, num_rows: int, read_rows: RowReader) -> np.ndarray:
+    def _block(self, name: str, num_rows: int, read_rows: RowReader, source: str) -> np.ndarray:
         shape = (self.frames_for_rows(num_rows), *self.frame_shape)
         if shape[0] == 0:
             return np.zeros(shape, np.float32)
         path = self.folder / f"{name}.npy"
-        block, problem = _open_block(path, shape)
+        block, problem = _open_block(path, shape, verify=name not in self._verified)
         if block is None:
             if problem is not None:
                 log.warning("[feature-cache] %s %s; rebuilding it", path, problem)
-            self._build(path, shape, num_rows, read_rows)
-            block, problem = _open_block(path, shape)
+            self._build(path, shape, num_rows, read_rows, source)
+            block, problem = _open_block(path, shape, verify=False)  # just written and checked chunk by chunk
             if block is None:
                 raise DataError(path, f"feature cache block just written {problem or 'is missing'}")
+        self._verified.add(name)
         self._open[name] = block
         while len(self._open) > OPEN_BLOCKS:
             self._open.popitem(last=False)
         return block
 
-    def _build(self, path: Path, shape: tuple[int, ...], num_rows: int, read_rows: RowReader) -> None:
+    def _build(self, path: Path, shape: tuple[int, ...], num_rows: int, read_rows: RowReader, source: str) -> None:
+        """Write the block with ordinary writes (a full disk is an error, not a SIGBUS), its checksum last."""
         settings = self.folder / "settings.json"
-        if not settings.is_file():
-            atomic_write_json(settings, self.settings)
-        with atomic_path(path, suffix=".npy.tmp") as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            compute_spectra(self.featurizer, read_rows, num_rows, out, self.chunk_frames)
-            out.flush()
-            del out
-            os.chmod(tmp, 0o644)  # a shared cache: readable by the other users of the folder (mkstemp: 0600)
+        try:
+            if not settings.is_file():
+                atomic_write_json(settings, self.settings)
+            with atomic_path(path, suffix=".npy.tmp") as tmp:  # removed on any error
+                with open(tmp, "wb") as f:
+                    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                    crc = 0
+                    for _, chunk in spectra_chunks(self.featurizer, read_rows, num_rows, shape[0], self.chunk_frames):
+                        if not np.isfinite(chunk).all():
+                            raise DataError(source, "its spectra are not finite (EMG too large for float32 power?)")
+                        data = np.ascontiguousarray(chunk, dtype="<f4").tobytes()
+                        f.write(data)
+                        crc = zlib.crc32(data, crc)
+                    f.write(TRAILER_TAG + crc.to_bytes(TRAILER_BYTES - len(TRAILER_TAG), "little"))
+                os.chmod(tmp, 0o644)  # a shared cache: readable by the other users of the folder (mkstemp: 0600)
+        except OSError as e:
+            raise CacheWriteError(path, f"cannot write the feature cache block: {e.strerror or e}") from None
 
     # ------------------------------------------------------------------ windows
     def serve(self, sample: dict[str, Any], block: np.ndarray, first_row: int) -> dict[str, Any]:
         """A window sample (:mod:`emgscale.data.windows` format) with its spectra in place of its EMG.
 
         Args:
-            sample: a raw window sample (``emg`` of session rows ``[start, start + len(emg))``).
+            sample: a window sample of session rows ``[start, start + len(emg))``, or with ``rows`` in
+                place of ``emg`` (read without its EMG: :func:`emgscale.data.windows.read_window`).
             block: the spectra of the block holding those rows.
             first_row: session row of the block's first row (0 for a whole session).
 
@@ -233,7 +277,7 @@ class FeatureCache:
             DataError: the block is shorter than the window needs (a stale or foreign block).
         """
         start = int(sample["start"])
-        stop = start + len(sample["emg"])
+        stop = start + (len(sample["emg"]) if "emg" in sample else int(sample["rows"]))
         spf = self.samples_per_frame
         j0 = (start - first_row) // spf
         s2 = first_row + j0 * spf
@@ -249,8 +293,9 @@ class FeatureCache:
         return out
 
 
-def _open_block(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
-    """``(memory map, None)``, ``(None, None)`` when there is no file, ``(None, problem)`` when it is bad."""
+def _open_block(path: Path, shape: tuple[int, ...], verify: bool) -> tuple[np.ndarray | None, str | None]:
+    """``(memory map, None)``, ``(None, None)`` when there is no file, ``(None, problem)`` when it is bad:
+    unreadable, of another dtype or shape, without its trailer, or (``verify``) failing its checksum."""
     if not path.is_file():
         return None, None
     try:
@@ -259,4 +304,23 @@ def _open_block(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray | None, 
         return None, f"is unreadable or truncated ({type(e).__name__}: {e})"
     if block.dtype != np.float32 or block.shape != shape:
         return None, f"holds {block.dtype} {block.shape}, expected float32 {shape}"
+    end = int(block.offset) + block.nbytes
+    try:
+        with open(path, "rb") as f:
+            f.seek(end)
+            trailer = f.read(TRAILER_BYTES + 1)
+            if len(trailer) != TRAILER_BYTES or not trailer.startswith(TRAILER_TAG):
+                return None, "has no checksum after its array (truncated, or written by another version)"
+            if verify:
+                f.seek(int(block.offset))
+                crc, left = 0, block.nbytes
+                while left > 0:
+                    data = f.read(min(READ_BYTES, left))
+                    if not data:
+                        return None, "is truncated"
+                    crc, left = zlib.crc32(data, crc), left - len(data)
+                if crc != int.from_bytes(trailer[len(TRAILER_TAG):], "little"):
+                    return None, "fails its checksum (its bytes changed after it was written)"
+    except OSError as e:
+        return None, f"is unreadable ({e.strerror or e})"
     return block, None

@@ -14,13 +14,18 @@ shard is read by more than ``ceil(R / S)`` readers.
 A shard that cannot be opened or read (missing, truncated, corrupt) is logged by name and skipped;
 so is a record with a missing or corrupt member, or whose bytes parse but hold garbage (non-finite EMG,
 labels outside the charset, times going backwards: :func:`emgscale.shard.records.decode_record`), named
-by shard and key. None of them stops training, and none reaches the model.
+by shard and key. None of them stops training, and none reaches the model. The warnings are rate
+limited per pipeline (:class:`emgscale.common.RateLimitedLog`: each shard and problem once a minute,
+at most 10 lines a minute). When every shard of the training stream has been drawn since the last readable
+record (a full pass that gave nothing: every shard unreadable, or none holds a selected record), the
+stream stops with one :class:`~emgscale.data.errors.DataError` instead of drawing shards forever.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator
@@ -30,20 +35,30 @@ import torch
 import webdataset as wds
 from webdataset.utils import make_seed
 
+from emgscale.common import RateLimitedLog
 from emgscale.data.errors import DataError
 from emgscale.data.windows import collate
-from emgscale.features.cache import FeatureCache
+from emgscale.loader.feature_cache import CacheWriteError, FeatureCache
 from emgscale.shard.records import decode_record, record_samples
 
 log = logging.getLogger("emgscale.loader")
 
 
 _FILEOBJ = re.compile(r" @ <.*name='([^']*)'.*>$")
-_last_logged: list[tuple[Any, ...]] = [()]
+Handler = Callable[[BaseException], bool]
 
 
-def log_and_continue(exn: BaseException) -> bool:
-    """WebDataset ``handler=``: log the error with the shard it came from (once), then go on."""
+def log_and_continue(exn: BaseException, warnings: RateLimitedLog | None = None) -> bool:
+    """WebDataset ``handler=``: log the error with the shard it came from, then go on.
+
+    Args:
+        exn: the error.
+        warnings: the rate limit of the pipeline it happened in (each pipeline has its own:
+            :func:`_handler`); None logs every error.
+
+    Returns:
+        True (go on).
+    """
     if isinstance(exn, DataError):
         where, message = exn.path, exn.problem
     else:
@@ -54,10 +69,11 @@ def log_and_continue(exn: BaseException) -> bool:
             where, message = found.group(1), message[: found.start()]
         else:  # webdataset appends the URL to the exception's args
             where = next((a for a in reversed(exn.args[1:]) if isinstance(a, str) and a), None)
-    key = (where, type(exn).__name__, message)
-    if key != _last_logged[0]:
-        log.warning("skipping unreadable or bad shard data in %s: %s: %s", where, type(exn).__name__, message)
-        _last_logged[0] = key
+    line = ("skipping unreadable or bad shard data in %s: %s: %s", where, type(exn).__name__, message)
+    if warnings is None:
+        log.warning(*line)
+    else:
+        warnings.warning((where, type(exn).__name__, message), *line)
     return True
 
 
@@ -76,19 +92,61 @@ def assign_shards(num_shards: int, reader: int, readers: int) -> list[tuple[int,
 
 
 # ----------------------------------------------------------------------------- stages
-def _decode(src: Iterable[dict[str, Any]], keep: Callable[[dict[str, Any]], bool] | None) -> Iterator[dict[str, Any]]:
+class _Progress:
+    """The shards a training stream has drawn since its last readable record (shared by two stages)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = frozenset(urls)
+        self.drawn: set[str] = set()
+
+
+def _stop_after_empty_pass(src: Iterable[dict[str, Any]], progress: _Progress) -> Iterator[dict[str, Any]]:
+    """Pass shard URLs on, until every one has been drawn since the last readable record."""
+    progress.drawn.clear()
+    for item in src:
+        if progress.drawn >= progress.urls:
+            raise DataError(_common_root(sorted(progress.urls)), f"none of the {len(progress.urls)} training "
+                            "shards gave a readable record in a full pass (each unreadable, empty or outside the "
+                            "selected users/sessions; see the warnings above)")
+        progress.drawn.add(item["url"])
+        yield item
+
+
+def _made_progress(src: Iterable[dict[str, Any]], progress: _Progress) -> Iterator[dict[str, Any]]:
+    for rec in src:
+        progress.drawn.clear()
+        yield rec
+
+
+def _common_root(urls: list[str]) -> str:
+    """Where the shards are: their common prefix up to a ``/`` (the shard folder), or the one URL."""
+    if len(urls) == 1:
+        return urls[0]
+    prefix = os.path.commonprefix(urls)
+    return prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else prefix or "?"
+
+
+def _handler() -> Handler:
+    """A pipeline's error handler: :func:`log_and_continue` under a rate limit of its own (a bad shard
+    drawn again and again is named once a minute, at most 10 lines a minute in all)."""
+    return partial(log_and_continue, warnings=RateLimitedLog(log))
+
+
+def _decode(src: Iterable[dict[str, Any]], keep: Callable[[dict[str, Any]], bool] | None,
+            handler: Handler = log_and_continue) -> Iterator[dict[str, Any]]:
     for raw in src:
         try:
             rec = decode_record(raw)
         except DataError as e:
-            log_and_continue(e)
+            handler(e)
             continue
         if keep is None or keep(rec["meta"]):
             yield rec
 
 
 def _expand(src: Iterable[dict[str, Any]], jitter: bool, seed: tuple[int, ...],
-            max_rows: dict[str, int] | None, cache: FeatureCache | None = None) -> Iterator[dict[str, Any]]:
+            max_rows: dict[str, int] | None, cache: FeatureCache | None = None,
+            handler: Handler = log_and_continue) -> Iterator[dict[str, Any]]:
     worker, _ = worker_info()
     rng = np.random.default_rng([*seed, worker])
     for rec in src:
@@ -99,10 +157,12 @@ def _expand(src: Iterable[dict[str, Any]], jitter: bool, seed: tuple[int, ...],
                 block, first_row = cache.record_block(rec), int(rec["meta"]["start"])
                 samples = (cache.serve(s, block, first_row) for s in samples)
             yield from samples
+        except CacheWriteError:
+            raise  # a full disk stops training; a bad record does not
         except DataError as e:
-            log_and_continue(e)
+            handler(e)
         except (KeyError, TypeError, ValueError, IndexError) as e:  # metadata that parses but does not fit
-            log_and_continue(DataError(rec.get("__url__", "?"), f"record {rec['meta'].get('key', '?')!r} is "
+            handler(DataError(rec.get("__url__", "?"), f"record {rec['meta'].get('key', '?')!r} is "
                                                                   f"inconsistent ({type(e).__name__}: {e})"))
 
 
@@ -159,13 +219,16 @@ def train_pipeline(urls: list[str], *, seed: int, epoch: int, rank: int, batch_s
     """
     if not urls:
         raise ValueError("no shards to train on")
+    progress, handler = _Progress(urls), _handler()
     return wds.DataPipeline(
         wds.ResampledShards(urls, seed=make_seed(seed, epoch), worker_seed=partial(_worker_seed, rank),
                             deterministic=True),
-        wds.tarfile_to_samples(handler=log_and_continue),
-        partial(_decode, keep=keep),
+        partial(_stop_after_empty_pass, progress=progress),
+        wds.tarfile_to_samples(handler=handler),
+        partial(_decode, keep=keep, handler=handler),
+        partial(_made_progress, progress=progress),
         partial(_shuffle, bufsize=record_buffer, seed=(seed, epoch, rank, 1)),
-        partial(_expand, jitter=jitter, seed=(seed, epoch, rank), max_rows=max_rows, cache=cache),
+        partial(_expand, jitter=jitter, seed=(seed, epoch, rank), max_rows=max_rows, cache=cache, handler=handler),
         partial(_shuffle, bufsize=sample_buffer, seed=(seed, epoch, rank, 2)),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     ).with_epoch(batches_per_worker)
@@ -176,12 +239,13 @@ def eval_pipeline(urls: list[str], *, rank: int, world: int, batch_size: int,
                   max_rows: dict[str, int] | None = None, cache: FeatureCache | None = None) -> wds.DataPipeline:
     """One deterministic pass over every sample of ``urls``, split exactly once over ranks x workers
     (``cache``: their spectra from this feature cache)."""
+    handler = _handler()
     return wds.DataPipeline(
         partial(_eval_urls, urls, rank, world),
-        wds.tarfile_to_samples(handler=log_and_continue),
+        wds.tarfile_to_samples(handler=handler),
         partial(_keep_assigned, urls=urls, rank=rank, world=world),
-        partial(_decode, keep=keep),
-        partial(_expand, jitter=False, seed=(0,), max_rows=max_rows, cache=cache),
+        partial(_decode, keep=keep, handler=handler),
+        partial(_expand, jitter=False, seed=(0,), max_rows=max_rows, cache=cache, handler=handler),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )
 
