@@ -111,7 +111,7 @@ class StreamStep(nn.Module):
     def features(self, raw: Tensor) -> Tensor:
         """(L, 2, 16) raw samples (cache + new) -> (1, T, 2, C, K) log features, before normalisation."""
         f = self.featurizer
-        x = select_electrodes(raw.unsqueeze(0).float(), f.channel_index, 0)
+        x = f.scale_input(select_electrodes(raw.unsqueeze(0).float(), f.channel_index, 0))
         if self.decimation > 1:  # the Decimator's filter, without padding (the cache holds the context)
             B, L, bands, C = x.shape
             h = F.conv1d(x.reshape(B, L, -1).transpose(1, 2).reshape(-1, 1, L), f.decimator.taps,
