@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emgscale.config import ConfigError, Rule, build_config, check_values
+from emgscale.data.charset import charset
 from emgscale.loader import DataConfig
 from emgscale.models import ENCODERS, ModelConfig
 from emgscale.swad import SWADConfig
@@ -251,6 +252,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         missing = "data.data_root" if not d.data_root else "data.split"
         raise ConfigError(f"{missing} is not set: train from shards (data.shards=DIR) or from HDF5 sessions "
                           "(data.data_root=DIR and data.split=SPLIT.yaml)")
+    ctc_classes = charset().num_classes
+    if cfg.loss.kind == "ctc" and cfg.model.num_classes not in (0, ctc_classes):
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes}: loss.kind=ctc decodes the keys and a blank "
+                          f"({ctc_classes} classes: model.num_classes 0); a {cfg.model.num_classes}-class frame "
+                          "classifier trains with loss.kind=frame_ce (a YAML file named later overrides one named "
+                          "earlier)")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
     problem = feature_cache_problem(cfg)
