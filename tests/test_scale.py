@@ -134,15 +134,15 @@ def test_warning_names_a_model_gain_unlike_the_data():
 
 
 def _loro_accuracy(tmp_path: Path, root: Path, *extra: str) -> float:
-    """Leave repetition 3 out of the real Myo files: the last weights' per-time-point test accuracy."""
+    """Leave repetition 0 out of the real Myo files: the last weights' per-time-point test accuracy."""
     from emgscale.data.tables import write_split
     from emgscale.eval.inference import load_model
     from emgscale.fingers.evaluate import evaluate_recordings
     from emgscale.loader.csv import read_part
     from emgscale.train import launch, load_train_config
 
-    train = [f"R_{r}_C_*_EMG.csv" for r in range(3)]
-    write_split({"train": train, "val": train, "test": ["R_3_C_*_EMG.csv"]}, tmp_path / "loro.yaml")
+    train = [f"R_{r}_C_*_EMG.csv" for r in (1, 2, 3)]
+    write_split({"train": train, "val": train, "test": ["R_0_C_*_EMG.csv"]}, tmp_path / "loro.yaml")
     res = launch(load_train_config([FINGERS / "train.yaml", FINGERS / "cnn_gru_causal.yaml"], [
         f"data.data_root={root}", f"data.split={tmp_path / 'loro.yaml'}", f"run.out_dir={tmp_path / 'run'}",
         "data.csv.header=no", "data.csv.time_column=null", "data.csv.label_column=null",

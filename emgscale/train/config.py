@@ -9,6 +9,7 @@ are errors that name the key.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +237,16 @@ TRAIN_RULES: dict[str, Rule] = {
 }
 
 
+def _ray_job_hint(problem: str) -> str:
+    """Inside ``ray job submit`` a relative path means the job's uploaded copy of the working dir, which
+    leaves out git-ignored data: say so after a path problem, else ""."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ or "no such" not in problem:
+        return ""
+    return (f" (this is a Ray job running in {os.getcwd()}, the uploaded copy of --working-dir without its "
+            "git-ignored files such as data/: give data paths every node can read as absolute paths, e.g. "
+            "data.data_root=$PWD/data/synth on the submitting machine)")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check ``cfg`` before any work: ranges of every number, choices, paths that must exist, and the
     settings that only make sense together; returns ``cfg``.
@@ -247,7 +258,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     d = cfg.data
     if d.shards:  # training reads the shards only (data_root / split may name where they came from)
         rules.update({"data.data_root": "any", "data.split": "any"})
-    check_values(cfg, rules)
+    try:
+        check_values(cfg, rules)
+    except ConfigError as e:
+        raise ConfigError(str(e) + _ray_job_hint(str(e))) from None
     if not d.shards and not (d.data_root and d.split):
         missing = "data.data_root" if not d.data_root else "data.split"
         raise ConfigError(f"{missing} is not set: train from shards (data.shards=DIR) or from HDF5 sessions "
