@@ -164,3 +164,14 @@ def test_real_myo_data_learns_in_counts_and_in_volts(tmp_path):
     forced = _loro_accuracy(tmp_path / "forced", volts, "model.features.input_gain=1")
     assert counts > 0.5 and in_volts > 0.5 and abs(counts - in_volts) < 0.15, (counts, in_volts)
     assert forced < 0.35, forced
+
+
+def test_data_error_survives_pickling():
+    """A DataError raised in a Ray worker is pickled to the driver: it comes back as itself, file and problem."""
+    import pickle
+
+    from emgscale.data.errors import DataError
+
+    e = pickle.loads(pickle.dumps(DataError("/x/s.hdf5", "no such split file")))
+    assert isinstance(e, DataError) and (e.path, e.problem, str(e)) == ("/x/s.hdf5", "no such split file",
+                                                                        "/x/s.hdf5: no such split file")
