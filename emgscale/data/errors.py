@@ -17,3 +17,7 @@ class DataError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickle by the two arguments (an error raised in a Ray worker reaches the driver as itself)."""
+        return type(self), (self.path, self.problem)

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from emgscale.data.errors import DataError
+from emgscale.data.scale import sampled_scale, scale_warning
 from emgscale.data.session import EMGSession
 from emgscale.data.splits import SPLIT_NAMES, load_split, session_files
 
@@ -31,9 +34,25 @@ def _summarise(path: Path, labels: bool, values: bool) -> dict[str, Any]:
         if values:
             s.validate()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
         row = s.info().to_dict()
+        row.update(_scale(s))
         if labels:
             row["labels"] = s.ground_truth().text
     return row
+
+
+def _scale(s: EMGSession) -> dict[str, Any]:
+    """The session's signal scale in the file's units, from up to a minute of evenly spread EMG:
+    RMS per band, the per-channel scale the front end's rule uses, and its one-line warning (or None)."""
+    pieces: list[np.ndarray] = []
+
+    def read(a: int, b: int) -> np.ndarray:
+        pieces.append(s.emg(a, b))
+        return pieces[-1]
+
+    scale = sampled_scale(read, len(s), s.sample_rate_hz)
+    x = np.concatenate(pieces).astype(np.float64) if pieces else np.zeros((0, 2, 16))
+    rms = [float(np.sqrt(np.mean(x[:, b] ** 2))) if len(x) else 0.0 for b in range(x.shape[1])]
+    return {"rms_per_band": rms, "scale": scale, "scale_warning": scale_warning(scale, where=str(s.path))}
 
 
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,16 +110,25 @@ def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: 
 
 def format_report(report: InfoReport, labels: bool = False) -> str:
     """A human-readable table of the report."""
-    lines = [f"{'user':>10}  {'condition':<12} {'part':<5} {'min':>7} {'samples':>10} {'keys':>6} {'label':>6}  session"]
+    lines = [f"{'user':>10}  {'condition':<12} {'part':<5} {'min':>7} {'samples':>10} {'keys':>6} {'label':>6} "
+             f"{'RMS L/R (file units)':>21}  session"]
+    warnings = []
     for r in report.sessions:
+        rms = "/".join(f"{v:.3g}" for v in r["rms_per_band"])
         lines.append(f"{r['user']:>10}  {r['condition']:<12} {r['part']:<5} {r['duration_s'] / 60:7.2f} "
-                     f"{r['num_samples']:10d} {r['num_keystrokes']:6d} {r['label_length']:6d}  {r['session']}")
+                     f"{r['num_samples']:10d} {r['num_keystrokes']:6d} {r['label_length']:6d} {rms:>21}  "
+                     f"{r['session']}")
         if labels:
             lines.append(f"{'':>12}{r['labels']!r}")
+        if r.get("scale_warning"):
+            warnings.append(f"WARNING {r['scale_warning']}")
     lines.append("")
     for part, t in report.totals.items():
         lines.append(f"[{part}] {t['sessions']} sessions, {t['users']} users, {t['hours']:.2f} h, "
                      f"{t['keystrokes']} keystrokes, {t['label_chars']} label characters")
     for b in report.bad:
         lines.append(f"BAD {b['path']}: {b['problem']}")
+    if warnings:  # one line, however many sessions share the problem
+        more = f" (and {len(warnings) - 1} more sessions)" if len(warnings) > 1 else ""
+        lines.append(warnings[0] + more)
     return "\n".join(lines)

@@ -309,7 +309,7 @@ def to_grid(times_s: np.ndarray, emg: np.ndarray, labels: np.ndarray | None, sam
 
 
 def write_table(path: "str | Path", emg: np.ndarray, labels: np.ndarray | None, sample_rate_hz: float,
-                start_s: float = 0.0, delimiter: str = ",", decimals: int = 3) -> Path:
+                start_s: float = 0.0, delimiter: str = ",", decimals: int | None = 3) -> Path:
     """Write rows ``time_s, emg0..emgN-1[, label]`` (a header, time in seconds), atomically.
 
     Args:
@@ -319,12 +319,13 @@ def write_table(path: "str | Path", emg: np.ndarray, labels: np.ndarray | None, 
         sample_rate_hz: rate of the rows (the time column is ``start_s + i / rate``).
         start_s: time of the first row.
         delimiter: column separator.
-        decimals: decimals written for the channels.
+        decimals: decimals written for the channels; None writes 8 significant digits (any unit: a fixed
+            number of decimals would round EMG in volts to zero).
     """
     emg = np.asarray(emg)
     cols = ["time_s", *(f"emg{c}" for c in range(emg.shape[1]))] + (["label"] if labels is not None else [])
     t = start_s + np.arange(len(emg)) / sample_rate_hz
-    body = [np.char.mod("%.6f", t)] + [np.char.mod(f"%.{decimals}f", emg[:, c]) for c in range(emg.shape[1])]
+    body = [np.char.mod("%.6f", t)] + [np.char.mod("%.8g" if decimals is None else f"%.{decimals}f", emg[:, c]) for c in range(emg.shape[1])]
     if labels is not None:
         body.append(np.asarray(labels).astype(np.int64).astype(str))
     lines = [delimiter.join(cols)] + [delimiter.join(r) for r in zip(*body)]

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from emgscale.checkpoint import Checkpoint, load_checkpoint
-from emgscale.common import progress, resolve_device
+from emgscale.common import print0, progress, resolve_device
 from emgscale.config import from_dict
 from emgscale.data.errors import DataError
+from emgscale.data.scale import sampled_scale, scale_warning
 from emgscale.data.session import EMGSession
 from emgscale.data.splits import load_split
 from emgscale.models import build_model
@@ -111,11 +112,16 @@ def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: lis
 
     Yields ``{"session", "user", "log_probs" (T', C) float32, "target" (labels)}``, one session at a time.
     """
-    for ref in progress(refs, total=len(refs), desc=desc, unit="session"):
+    for i, ref in enumerate(progress(refs, total=len(refs), desc=desc, unit="session")):
         path = Path(data_root) / f"{ref.session}.hdf5"
         if not path.is_file():
             raise DataError(path, "session named by the split is missing")
         with EMGSession(path) as sess:
+            if i == 0:  # data in other units than the model's training data decodes to garbage: say so once
+                warning = scale_warning(sampled_scale(sess.emg, len(sess), sess.sample_rate_hz, max_seconds=20.0),
+                                        model.featurizer.input_gain, where=str(path))
+                if warning:
+                    print0(f"[eval] WARNING {warning}")
             lp = infer_session(model, sess, sample_rate_hz=sample_rate_hz, chunk_seconds=chunk_seconds,
                                context_seconds=context_seconds, device=device, bf16=bf16)
             target = sess.ground_truth(sess.start_time, sess.end_time).labels.tolist()

@@ -3,7 +3,8 @@
 :class:`Featurizer` turns raw float32 EMG ``(B, T, 2, 16)`` at ``input_sample_rate_hz`` (zero-padded,
 with ``lengths`` in samples) into normalised log features ``(B, T', 2, C, K)`` with frame lengths:
 
-1. zero everything beyond each length (so a caller's padding value never matters);
+1. zero everything beyond each length (so a caller's padding value never matters), and multiply by
+   ``input_gain`` (the signal-scale conversion, :mod:`emgscale.data.scale`; 1 = nothing);
 2. training only: band rotation (+ electrode subset), inter-band temporal jitter, amplitude scaling;
 3. anti-aliased decimation to ``sample_rate_hz`` (FIR low-pass + keep every n-th sample);
 4. log spectrogram / log bands (float32, autocast off);
@@ -139,6 +140,8 @@ class Featurizer(nn.Module):
                                "num_bands": self.num_bands, "num_electrodes": self.num_electrodes}
         if self.cfg.kind == "log_bands":
             out["num_log_bands"] = int(self.cfg.num_log_bands)
+        if self.input_gain != 1.0:
+            out["input_gain"] = self.input_gain
         return out
 
     def _check_emg(self, emg: Tensor, lengths: Tensor) -> Tensor:
@@ -153,9 +156,18 @@ class Featurizer(nn.Module):
                              f"({self.min_input_samples} samples)")
         return lengths.to(device=emg.device, dtype=torch.long).clamp(max=emg.shape[1])
 
+    @property
+    def input_gain(self) -> float:
+        """The factor the EMG is multiplied by before the features (``features.input_gain``; 1 when unset)."""
+        return 1.0 if self.cfg.input_gain is None else float(self.cfg.input_gain)
+
+    def scale_input(self, x: Tensor) -> Tensor:
+        """``x`` times :attr:`input_gain` (``x`` itself when the gain is 1, so the reference's features are exact)."""
+        return x if self.input_gain == 1.0 else x * self.input_gain
+
     def _spectrum(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Decimation and log spectral features: (B, T, 2, C) float32, zero-padded -> (B, T', 2, C, K)."""
-        x, lengths = self.decimator(x, lengths)
+        """Input gain, decimation and log spectral features: (B, T, 2, C) float32, zero-padded -> (B, T', 2, C, K)."""
+        x, lengths = self.decimator(self.scale_input(x), lengths)
         return self.spectral(x, lengths)
 
     def _finish(self, feats: Tensor, frames: Tensor, aug: AugmentConfig | None) -> Tensor:

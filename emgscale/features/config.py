@@ -41,6 +41,12 @@ class FeatureConfig:
         norm_momentum: running-statistics momentum of ``"batch"`` (as ``nn.BatchNorm2d``).
         norm_eps: variance floor of both norms.
         rolling_window_s: window of ``"rolling"`` statistics, in seconds.
+        input_gain: the EMG is multiplied by this before the features, so that its scale is the
+            microvolt-like one the ``log10(power + 1e-6)`` front end is built for
+            (:mod:`emgscale.data.scale`). None (the default) means "not chosen": the model uses 1 (the
+            reference's front end, exactly), and a new training run sets it at launch from its training
+            data — 1 for microvolt-like values or ADC counts, 1e6 for volts, 1e3 for millivolts — and
+            records the number in its config and checkpoints.
     """
 
     kind: str = "log_spectrogram"
@@ -57,6 +63,7 @@ class FeatureConfig:
     norm_momentum: float = 0.1
     norm_eps: float = 1e-5
     rolling_window_s: float = 10.0
+    input_gain: float | None = None
 
 
 @dataclass

@@ -1,12 +1,13 @@
-"""``python -m emgscale.fingers synth|split|train|evaluate``: finger classification on a folder of CSVs.
+"""``python -m emgscale.fingers synth|split|pretrain|train|evaluate``: finger classification on a folder of CSVs.
 
 Examples::
 
     python -m emgscale.fingers synth --out data/fingers --users 4 --sessions-per-user 5 --minutes 2
     python -m emgscale.fingers split data/fingers --out data/fingers/split.yaml
-    python -m emgscale.fingers train data/fingers --out runs/fingers run.threads=2
-    python -m emgscale.fingers train data/fingers --minutes 1 --init-from runs/pre/checkpoints/best.pt
-    python -m emgscale.fingers evaluate runs/fingers/checkpoints/best.pt data/fingers --confusion cm.png
+    python -m emgscale.fingers train data/fingers run.threads=2                      # -> runs/fingers
+    python -m emgscale.fingers pretrain data/synth                                   # -> runs/fingers-pre
+    python -m emgscale.fingers train data/fingers --minutes 1 --init-from runs/fingers-pre/checkpoints/last.pt   # -> runs/fingers-ft-1min
+    python -m emgscale.fingers evaluate runs/fingers/checkpoints/best.pt data/fingers --confusion results/cm.png
     python -m emgscale.fingers train ../shared/real-emg/libemg-myo-8ch-200hz --split loro.yaml \\
         data.csv.header=no data.csv.time_column=null data.csv.label_column=null 'data.csv.file_label=C_(\\d+)'
 
@@ -37,6 +38,27 @@ def _split(a: argparse.Namespace) -> int:
     return 0
 
 
+def default_out(a: argparse.Namespace) -> str:
+    """``runs/fingers``, with the variant in the name (``-ft`` / ``-frozen`` from a pre-trained model, ``-<N>min``),
+    so that a fine-tune after a full run does not land in the full run's folder."""
+    name = "runs/fingers" + ("-frozen" if a.freeze else "-ft" if a.init_from else "")
+    return name + (f"-{a.minutes:g}min" if a.minutes is not None else "")
+
+
+def _pretrain(a: argparse.Namespace) -> int:
+    from emgscale.train import launch, load_train_config
+
+    files = [a.model or str(CONFIGS / "cnn_gru_causal.yaml"), str(CONFIGS / "pretrain.yaml")]  # CTC head wins
+    files += [x for x in a.args if x.endswith((".yaml", ".yml"))]
+    overrides = [x for x in a.args if not x.endswith((".yaml", ".yml"))]
+    split = a.split or str(Path(a.data_root) / "splits" / "generic.yaml")
+    result = launch(load_train_config(files, [f"data.data_root={a.data_root}", f"data.split={split}",
+                                              f"run.out_dir={a.out}", *overrides]), resume=a.resume)
+    print(f"[fingers] pre-trained {result.steps} steps ({result.wall_s:.0f} s) on {a.data_root} seen as the armband; "
+          f"fine-tune with: python -m emgscale.fingers train DATA --init-from {result.out_dir}/checkpoints/last.pt")
+    return 0
+
+
 def _train(a: argparse.Namespace) -> int:
     from emgscale.data.tables import make_split, write_split
     from emgscale.train import launch, load_train_config
@@ -44,6 +66,7 @@ def _train(a: argparse.Namespace) -> int:
     files = [str(CONFIGS / "train.yaml"), a.model or str(CONFIGS / "cnn_gru_causal.yaml")]
     files += [x for x in a.args if x.endswith((".yaml", ".yml"))]
     overrides = [x for x in a.args if not x.endswith((".yaml", ".yml"))]
+    a.out = a.out or default_out(a)
     split = a.split or str(Path(a.data_root) / "split.yaml")
     if not Path(split).is_file():
         split = str(write_split(make_split(a.data_root), Path(a.out) / "split.yaml"))
@@ -110,10 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("data_root")
     s.add_argument("--split", help="split YAML (default <data_root>/split.yaml, else one is made)")
     s.add_argument("--model", help="model YAML (default configs/fingers/cnn_gru_causal.yaml)")
-    s.add_argument("--out", default="runs/fingers", help="run folder (default runs/fingers)")
+    s.add_argument("--out", help="run folder (default runs/fingers, runs/fingers-ft-1min with --init-from and "
+                                 "--minutes 1, ...)")
     s.add_argument("--minutes", type=float, help="use only the first N minutes of each user's data")
     s.add_argument("--init-from", help="pre-trained checkpoint: its weights, a new head")
     s.add_argument("--freeze", action="store_true", help="with --init-from: train only the head")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument("args", nargs="*", help="more YAML files and dotted.key=value overrides")
+    s = sub.add_parser("pretrain", help="pre-train on emg2qwerty-format keyboard data seen as the armband (CTC)")
+    s.add_argument("data_root", help="a keyboard data root (HDF5 sessions), e.g. data/synth")
+    s.add_argument("--split", help="split YAML (default <data_root>/splits/generic.yaml)")
+    s.add_argument("--model", help="model YAML: the one the fine-tune will use (default "
+                                   "configs/fingers/cnn_gru_causal.yaml)")
+    s.add_argument("--out", default="runs/fingers-pre", help="run folder (default runs/fingers-pre)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("args", nargs="*", help="more YAML files and dotted.key=value overrides")
     s = sub.add_parser("evaluate", help="per-time-point scores of a checkpoint")
@@ -134,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a = sub.choices[argv[0]].parse_intermixed_args(argv[1:])  # options may come after the overrides
     a.cmd = argv[0]
-    return {"split": _split, "train": _train, "evaluate": _evaluate}[a.cmd](a)
+    return {"split": _split, "pretrain": _pretrain, "train": _train, "evaluate": _evaluate}[a.cmd](a)
 
 
 if __name__ == "__main__":

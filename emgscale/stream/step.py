@@ -73,7 +73,7 @@ class StreamStep(nn.Module):
     def features(self, raw: Tensor) -> Tensor:
         """(L, 2, 16) raw samples (cache + new) -> (1, T, 2, C, K) log features, before normalisation."""
         f = self.featurizer
-        x = select_electrodes(raw.unsqueeze(0).float(), f.channel_index, 0)
+        x = f.scale_input(select_electrodes(raw.unsqueeze(0).float(), f.channel_index, 0))
         if self.decimation > 1:  # without padding: the raw cache holds the context
             x = f.decimator.filter(x, 0)
         feats, _ = f.spectral(x, torch.full((1,), x.shape[1], dtype=torch.long))

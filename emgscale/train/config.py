@@ -9,12 +9,14 @@ are errors that name the key.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emgscale.config import ConfigError, Rule, build_config, check_values
+from emgscale.data.charset import charset
 from emgscale.loader import DataConfig
 from emgscale.models import ENCODERS, ModelConfig
 from emgscale.swad import SWADConfig
@@ -200,7 +202,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "model.features.n_fft": ">=1", "model.features.hop_samples": ">=1", "model.features.num_log_bands": ">=1",
     "model.features.sample_rate_hz": ">0", "model.features.input_sample_rate_hz": ">0",
     "model.features.norm_momentum": "[0,1]", "model.features.norm_eps": ">0", "model.features.rolling_window_s": ">0",
-    "model.features.channels": _channels_problem, "model.frontend.offsets": "any", "model.augment.mask_value": "any",
+    "model.features.channels": _channels_problem, "model.features.input_gain": ">0",
+    "model.frontend.offsets": "any", "model.augment.mask_value": "any",
     "model.*size*": ">=1", "model.*channels": ">=1", "model.*layers": ">=1", "model.*heads": ">=1",
     "model.*dim": ">=1", "model.*d_model": ">=1", "model.*kernel*": ">=1", "model.*strides": ">=1",
     "model.*features": ">=1",
@@ -210,6 +213,16 @@ TRAIN_RULES: dict[str, Rule] = {
     "swad.mode": ("off", "swad", "swa"),
     "data.csv.*column*": "any",  # CSV columns: an index (negative from the end) or a header name
 }
+
+
+def _ray_job_hint(problem: str) -> str:
+    """Inside ``ray job submit`` a relative path means the job's uploaded copy of the working dir, which
+    leaves out git-ignored data: say so after a path problem, else ""."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ or "no such" not in problem:
+        return ""
+    return (f" (this is a Ray job running in {os.getcwd()}, the uploaded copy of --working-dir without its "
+            "git-ignored files such as data/: give data paths every node can read as absolute paths, e.g. "
+            "data.data_root=$PWD/data/synth on the submitting machine)")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -223,11 +236,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     d = cfg.data
     if d.shards:  # training reads the shards only (data_root / split may name where they came from)
         rules.update({"data.data_root": "any", "data.split": "any"})
-    check_values(cfg, rules)
+    try:
+        check_values(cfg, rules)
+    except ConfigError as e:
+        raise ConfigError(str(e) + _ray_job_hint(str(e))) from None
     if not d.shards and not (d.data_root and d.split):
         missing = "data.data_root" if not d.data_root else "data.split"
         raise ConfigError(f"{missing} is not set: train from shards (data.shards=DIR) or from HDF5 sessions "
                           "(data.data_root=DIR and data.split=SPLIT.yaml)")
+    ctc_classes = charset().num_classes
+    if cfg.loss.kind == "ctc" and cfg.model.num_classes not in (0, ctc_classes):
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes}: loss.kind=ctc decodes the keys and a blank "
+                          f"({ctc_classes} classes: model.num_classes 0); a {cfg.model.num_classes}-class frame "
+                          "classifier trains with loss.kind=frame_ce (a YAML file named later overrides one named "
+                          "earlier)")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
     d.check(cfg.model.augment)

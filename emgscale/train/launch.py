@@ -41,6 +41,7 @@ from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import atomic_write_json, print0
 from emgscale.config import ConfigError, from_dict, to_dict
 from emgscale.train.config import TrainConfig, TrainResult, validate
+from emgscale.train.scale import resolve_input_gain
 from emgscale.train.loop import Report, train
 
 #: Fault-injection hook for tests and drills: ``"rank=1,step=4,marker=/tmp/x"`` makes that rank exit
@@ -80,6 +81,7 @@ def launch(cfg: TrainConfig, resume: bool | str = False, report: Report | None =
     out = Path(cfg.run.out_dir)
     made = not out.exists()
     prepare_run_folder(cfg, resume)
+    cfg = resolve_input_gain(cfg, resuming=resolve_resume(cfg, resume) is not None)
     try:
         return fit_on_ray(cfg, resume) if wants_ray(cfg) else train(cfg, resume=resume, report=report)
     except BaseException:
