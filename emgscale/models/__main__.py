@@ -30,7 +30,7 @@ def save_imported(path: "str | Path", ref: "ReferenceCheckpoint", source: str = 
         path: the ``.pt`` file to write (atomically).
         ref: what :func:`~emgscale.models.reference.read_reference` returned.
     """
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
 
     # The model section is all a reference checkpoint defines; the rest of the training config takes
@@ -51,15 +51,14 @@ def _import(a: argparse.Namespace) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint, load_weights
     from emgscale.common import atomic_torch_save
-    from emgscale.config import from_dict
-    from emgscale.models import ModelConfig, build_model
+    from emgscale.models import build_model
     from emgscale.models.reference import reference_lightning_checkpoint
 
     ck = load_checkpoint(a.checkpoint)
-    model = build_model(from_dict(ModelConfig, ck.config.get("model", {}), "model"))
-    model.load_state_dict(ck.weights(a.weights))
+    model = build_model(ck.model_config())
+    load_weights(model, ck.weights(a.weights), a.checkpoint)
     out = reference_lightning_checkpoint(model.eval(), epoch=ck.epoch, global_step=ck.step)
     atomic_torch_save(out, a.out)
     print(f"[models] {a.checkpoint} ({a.weights} weights) -> {a.out} (reference TDSConvCTCModule layout)")
