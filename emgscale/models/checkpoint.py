@@ -211,12 +211,13 @@ def _plain_rng(state: dict[str, Any]) -> dict[str, Any]:
 def weights_mismatch(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
     """The first tensor of ``weights`` that does not fit ``model`` (in the model's order), in words; None when all fit."""
     mine = model.state_dict()
+    extra = [k for k in weights if k not in mine]
+    theirs = f"; the checkpoint has {extra[0]} {tuple(weights[extra[0]].shape)} instead" if extra else ""
     for name, t in mine.items():
         if name not in weights:
-            return f"{name} {tuple(t.shape)} is in the model but not in the checkpoint"
+            return f"{name} {tuple(t.shape)} is in the model but not in the checkpoint{theirs}"
         if tuple(weights[name].shape) != tuple(t.shape):
             return f"{name} is {tuple(weights[name].shape)} in the checkpoint, {tuple(t.shape)} in the model"
-    extra = [k for k in weights if k not in mine]
     return f"{extra[0]} {tuple(weights[extra[0]].shape)} is in the checkpoint but not in the model" if extra else None
 
 
