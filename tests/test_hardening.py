@@ -244,9 +244,10 @@ def test_resume_takes_the_run_folders_config_even_in_the_old_layout(tmp_path):
 
 def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, capsys):
     """--resume on a folder with no last.pt starts fresh and says so (the documented choice)."""
+    from emgscale.run_folder import RunFolder
     from emgscale.train.loop import _resume_path
 
-    assert _resume_path(tmp_path / "checkpoints", True) is None
+    assert _resume_path(RunFolder(tmp_path), True) is None
     assert "starting a fresh run" in capsys.readouterr().out
 
 
