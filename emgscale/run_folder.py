@@ -71,7 +71,16 @@ class RunFolder:
 
     @property
     def metrics(self) -> Path:
+        """``metrics.jsonl``: one JSON row per logged step and per validation."""
         return self.root / "metrics.jsonl"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
 
     @property
     def swad(self) -> Path:
