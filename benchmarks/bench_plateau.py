@@ -67,7 +67,6 @@ def _train_one(args: dict[str, Any]) -> dict[str, Any]:
     """Train one (variant, seed) run; returns its validation history with wall times."""
     import torch
 
-    from emgscale.run_folder import RunFolder
     from emgscale.train import launch, load_train_config
 
     out = Path(args["out"])
@@ -86,7 +85,7 @@ def _train_one(args: dict[str, Any]) -> dict[str, Any]:
                       "val_loss": float(metrics["val_loss"]), "val_cer": float(metrics["val_cer"])})
 
     launch(cfg, report=report)
-    log = RunFolder(cfg.run.out_dir).metrics
+    log = Path(cfg.run.out_dir) / "metrics.jsonl"
     rates = [r["emg_s_per_s"] for r in map(json.loads, log.read_text().splitlines()) if "emg_s_per_s" in r]
     window_s = (cfg.data.window.window_samples + cfg.data.window.pad_left_samples
                 + cfg.data.window.pad_right_samples) / cfg.model.features.input_sample_rate_hz

@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 from emgscale.common import atomic_write_json, hardware  # noqa: E402
 from emgscale.config import build_config  # noqa: E402
-from emgscale.run_folder import RunFolder  # noqa: E402
 from emgscale.train import TrainConfig, train  # noqa: E402
 
 
@@ -58,7 +57,7 @@ def run_one(root: Path, split: Path, out_dir: Path, model: str, steps: int, batc
         "run.ckpt_every_steps=0", "run.val_max_batches=2", "run.tensorboard=false", f"run.bf16={str(bf16).lower()}",
         f"run.seed={seed}", f"run.threads={threads}", f"optim.lr={lr}", "optim.warmup_epochs=0.2"])
     res = train(cfg)
-    rows = [json.loads(line) for line in RunFolder(out_dir).metrics.read_text().splitlines()]
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
     w = cfg.data.window
     labelled = w.window_samples / (w.window_samples + w.pad_left_samples + w.pad_right_samples)

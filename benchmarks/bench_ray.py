@@ -33,7 +33,6 @@ from pathlib import Path
 
 from emgscale.common import hardware
 from emgscale.config import build_config
-from emgscale.run_folder import RunFolder
 from emgscale.train import TrainConfig, train
 
 WINDOW_SAMPLES = 8000  # 4 s at 2 kHz
@@ -64,7 +63,7 @@ def _config(root: Path, split: Path, out_dir: Path, steps: int, batch_size: int,
 
 def _loop_rate(out_dir: Path) -> float:
     """Median EMG-s/s over the logged intervals after the first (warm-up)."""
-    rows = [json.loads(line) for line in RunFolder(out_dir).metrics.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rates = [r["emg_s_per_s"] for r in rows if "emg_s_per_s" in r]
     rates = rates[1:] or rates
     return statistics.median(rates) if rates else float("nan")

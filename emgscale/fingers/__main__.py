@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 from emgscale.cli import cli
-from emgscale.run_folder import RunFolder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "fingers"
 
@@ -58,7 +57,7 @@ def _train(a: argparse.Namespace) -> int:
         extra.append("run.freeze=[featurizer, frontend, encoder]")
     result = launch(load_train_config(files, [*extra, *overrides]), resume=a.resume)
     print(f"[fingers] best validation frame error {result.best_val_score:.2%} after {result.steps} steps "
-          f"({result.wall_s:.0f} s); checkpoints in {RunFolder(result.out_dir).checkpoints}")
+          f"({result.wall_s:.0f} s); best checkpoint {result.best_checkpoint or result.last_checkpoint}")
     return 0
 
 
