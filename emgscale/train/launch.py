@@ -126,8 +126,8 @@ def prepare_run_folder(cfg: TrainConfig, resume: bool | str) -> None:
     * Temporary files that a killed checkpoint write left are removed.
     * A folder holding a run's checkpoints is refused unless ``resume`` continues *that* run (a checkpoint
       inside the folder, or one with the same run id) or ``run.overwrite`` replaces the run.
-    * A folder with the logs of a run stopped before its first checkpoint (nothing to continue) is started
-      cleanly: its logs are replaced.
+    * A folder with only the logs of a run stopped before its first checkpoint (nothing to continue) is
+      started cleanly: those logs are removed first, so they never mix with this run's.
 
     Raises:
         ConfigError: ``run.out_dir`` holds a run this call would overwrite without a word.
@@ -151,9 +151,10 @@ def prepare_run_folder(cfg: TrainConfig, resume: bool | str) -> None:
         raise ConfigError(f"run.out_dir={out!r} holds another run ({found[0]}) than the checkpoint {source}: "
                           "resuming there would overwrite it; give an empty run.out_dir (or the run's own), "
                           "or replace that run with --overwrite")
-    elif not found and logs and source is None:
-        print0(f"[launch] {out} holds the logs of a run stopped before its first checkpoint "
-               f"({', '.join(logs)}): starting the run again from step 0")
+    elif not found and logs:
+        folder.remove_run_files(keep_ray_storage=bool(cfg.run.storage_path))  # no checkpoint: nothing to continue
+        print0(f"[launch] {out} holds only the logs of a run stopped before its first checkpoint "
+               f"({', '.join(logs)}): they are replaced, and the run starts from step 0")
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
