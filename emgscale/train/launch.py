@@ -85,8 +85,10 @@ def launch(cfg: TrainConfig, resume: bool | str = False, report: Report | None =
     made = not folder.root.exists()
     prepare_run_folder(cfg, resume)
     try:
+        if wants_ray(cfg):
+            return fit_on_ray(cfg, resume)  # Ray keeps its own signal handling in the driver
         with _interrupts():
-            return fit_on_ray(cfg, resume) if wants_ray(cfg) else train(cfg, resume=resume, report=report)
+            return train(cfg, resume=resume, report=report)
     except BaseException as e:
         if made and folder.root.is_dir() and not folder.checkpoints_found() and not folder.metrics.exists():
             shutil.rmtree(folder.root, ignore_errors=True)  # nothing logged: no half-made run folder
@@ -103,8 +105,9 @@ def _interrupts() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's stop) ends the run as Ctrl-C does: one rule for both interrupts.
 
     Either raises ``KeyboardInterrupt`` in the loop; a checkpoint being written is left as it was (the
-    write is atomic) and the run folder keeps its checkpoints and logs. Only in the main thread (a Tune
-    trial's thread leaves signals to Ray).
+    write is atomic) and the run folder keeps its checkpoints and logs. Only for an in-process run in the
+    main thread (a Tune trial's thread and a Ray Train driver leave signals to Ray); whatever way a run
+    ends, :func:`prepare_run_folder` applies the same rule to the folder it left.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
