@@ -40,7 +40,7 @@ QUIET = ["run.threads=1", "run.tensorboard=false", "run.bf16=false", "run.ckpt_e
 
 
 def _train(out: Path, files: list[Path], overrides: list[str]) -> tuple[float, dict]:
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
     from emgscale.train import launch, load_train_config
 
     res = launch(load_train_config(files, [f"run.out_dir={out}", *QUIET, *overrides]), resume=out.exists())
@@ -69,7 +69,7 @@ def keyboard(out: Path, steps: int) -> list[dict]:
                          [ROOT / "configs" / "models" / "cnn_bigru_small.yaml"],
                          [f"data.data_root={root}", f"data.split={root / 'splits' / 'single_user.yaml'}", *recipe, *extra])
         rows.append({"family": "keyboard", "unit": name, "gain": gain, "metric": "val CER (greedy, windows)",
-                     "value": r["result"].best_val_cer, "minutes": (time.monotonic() - t0) / 60})
+                     "value": r["result"].best_val_score, "minutes": (time.monotonic() - t0) / 60})
         print(rows[-1], flush=True)
     return rows
 
@@ -139,7 +139,7 @@ def main() -> int:
             rows += fingers(out, a.steps, real=fam == "myo")
         else:
             p.error(f"unknown family {fam!r}")
-    print(f"\n| family | data in | input_gain chosen | metric | value | minutes |\n|---|---|--:|---|--:|--:|")
+    print("\n| family | data in | input_gain chosen | metric | value | minutes |\n|---|---|--:|---|--:|--:|")
     for r in rows:
         print(f"| {r['family']} | {r['unit']} | {r['gain']:g} | {r['metric']} | {r['value']:.1%} | {r['minutes']:.1f} |")
     (out / "results.json").write_text(json.dumps(rows, indent=1, default=str))

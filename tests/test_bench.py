@@ -106,7 +106,8 @@ def test_parallel_runs_equal_sequential_runs(tiny_corpus, tmp_path):
     import torch
 
     from emgscale.bench.steps import ensure_trained_many
-    from emgscale.checkpoint import LAST, load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
+    from emgscale.run_folder import LAST
 
     base = [f"data.data_root={tiny_corpus.root}", f"data.split={tiny_corpus.split_path}", "data.batch_size=2",
             "run.max_epochs=1", "run.steps_per_epoch=2", "run.tensorboard=false", "run.ckpt_every_steps=0",

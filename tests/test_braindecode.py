@@ -284,7 +284,7 @@ def test_cli_import_and_export(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 
 def test_imported_model_finetunes_with_init_from_and_evaluates(tiny_corpus, tmp_path: Path) -> None:
     """run.init_from=<checkpoint written by import-braindecode> fine-tunes it; eval takes the imported file."""
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
     from emgscale.eval import EvalConfig, evaluate
     from emgscale.train import load_train_config, train
 

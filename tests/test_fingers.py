@@ -302,12 +302,12 @@ def test_frame_head_loss_falls(tmp_path, fingers_data):
     losses = [json.loads(line)["train_loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
               if "train_loss" in json.loads(line)]
     assert losses[-1] < 0.8 * losses[0]
-    assert "val_error" in res.history[-1] and res.best_val_cer == min(h["val_error"] for h in res.history)
+    assert "val_error" in res.history[-1] and res.best_val_score == min(h["val_error"] for h in res.history)
 
 
 def test_fine_tune_with_new_head_and_frozen_encoder(tmp_path, fingers_data):
     """init_from + init_new_head loads a 99-class CTC model into a 6-class one; run.freeze keeps the encoder fixed."""
-    from emgscale.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from emgscale.config import build_config, to_dict
     from emgscale.train.config import TrainConfig
 

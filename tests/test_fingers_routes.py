@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from emgscale.fingers.__main__ import main
 
@@ -15,7 +14,7 @@ QUICK = ["run.max_steps=2", "run.max_epochs=1", "run.steps_per_epoch=2", "run.th
 def test_pretrain_then_fine_tune_in_their_own_folders(tiny_corpus, tmp_path, monkeypatch):
     """`fingers pretrain` makes runs/fingers-pre (a CTC head over the keys); `fingers train --minutes 1
     --init-from runs/fingers-pre/checkpoints/last.pt` fine-tunes a 6-class head into runs/fingers-ft-1min, not runs/fingers."""
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
     from emgscale.synth.fingers import FingerSynthConfig, generate_fingers
 
     monkeypatch.chdir(tmp_path)

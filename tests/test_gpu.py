@@ -22,7 +22,7 @@ def _overrides(corpus, out, *extra: str) -> list[str]:
 @pytest.mark.parametrize("bf16", [False, True])
 def test_training_steps_on_the_gpu(tiny_corpus, tmp_path, bf16):
     """A run on cuda trains (finite loss), keeps its weights on the GPU and checkpoints them on the CPU."""
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
     from emgscale.train import launch, load_train_config
 
     cfg = load_train_config([], _overrides(tiny_corpus, tmp_path / "run", "run.device=cuda", f"run.bf16={str(bf16).lower()}"))

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from emgscale.checkpoint import LAST, load_checkpoint
+from emgscale.models.checkpoint import load_checkpoint
+from emgscale.run_folder import LAST
 from emgscale.common import DirLock, LockedError
 from emgscale.config import ConfigError
 from emgscale.data.writer import write_session_file
@@ -243,15 +244,16 @@ def test_resume_takes_the_run_folders_config_even_in_the_old_layout(tmp_path):
 
 def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, capsys):
     """--resume on a folder with no last.pt starts fresh and says so (the documented choice)."""
+    from emgscale.run_folder import RunFolder
     from emgscale.train.loop import _resume_path
 
-    assert _resume_path(tmp_path / "checkpoints", True) is None
+    assert _resume_path(RunFolder(tmp_path), True) is None
     assert "starting a fresh run" in capsys.readouterr().out
 
 
 def test_restarted_workers_resume_from_the_newest_complete_checkpoint(tmp_path):
     """Of Ray's reported checkpoint and the run's own last.pt, the newer readable one wins; a truncated one never."""
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, save_checkpoint
     from emgscale.train.launch import _newest_checkpoint
 
     older, newer, broken = tmp_path / "ray.pt", tmp_path / "last.pt", tmp_path / "broken.pt"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emgscale.bench.steps import job_overrides, run_folder
-from emgscale.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
+from emgscale.models.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
 from emgscale.config import build_config
 from emgscale.train import TrainConfig, wants_ray
 
@@ -41,7 +41,7 @@ def test_where_a_run_executes_does_not_change_its_cache_folder(tmp_path):
 
 
 def _tiny_checkpoint() -> Checkpoint:
-    from emgscale.checkpoint import rng_state
+    from emgscale.models.checkpoint import rng_state
     from emgscale.config import to_dict
 
     return Checkpoint(model={"w": torch.ones(3)}, config=to_dict(TrainConfig()), step=5, rng=[rng_state()],

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 from _ray_fixtures import SESSION_SECONDS, local_ray, tiny_config, tiny_overrides  # noqa: E402
 from conftest import make_tiny_corpus  # noqa: E402
 
-from emgscale.checkpoint import load_checkpoint  # noqa: E402
+from emgscale.models.checkpoint import load_checkpoint  # noqa: E402
 from emgscale.config import build_config  # noqa: E402
 from emgscale.train import TrainConfig, train  # noqa: E402
 

@@ -48,7 +48,7 @@ def test_readme_train_resume_and_eval_lines_run_as_written(tmp_path):
     resume = readme_command("python -m emgscale.train configs/single_user.yaml run.max_epochs=40 --resume")
     p = _sh(resume, tmp_path)
     assert "config from runs/single_user/config.yaml" in p.stdout
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(tmp_path / "runs/single_user/checkpoints/last.pt")
     assert ck.epoch == 40 and ck.config["model"]["tds"]["block_channels"] == [16, 16, 16, 16]

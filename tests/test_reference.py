@@ -279,7 +279,7 @@ def test_damaged_checkpoint_is_one_clear_error(tmp_path: Path, edit, message: st
 
 def test_is_reference_checkpoint_tells_the_formats_apart(tmp_path: Path) -> None:
     """True for a reference Lightning checkpoint; false for an emgscale checkpoint, other files and folders."""
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, save_checkpoint
 
     ref = tmp_path / "ref.ckpt"
     torch.save(reference_lightning_checkpoint(random_tds()), ref)
@@ -329,7 +329,7 @@ def _finetune_config(corpus, out: Path, init_from: Path, model_cfg: ModelConfig)
 
 def _assert_finetuned_from(result, model: torch.nn.Module) -> None:
     """Two steps at a near-zero LR: finite loss and the imported weights kept (a random init would differ)."""
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
 
     assert result.steps == 2
     after = load_checkpoint(result.last_checkpoint).model

@@ -63,7 +63,7 @@ def _losses(run: Path) -> list[float]:
 def test_launch_records_the_gain_and_any_unit_trains_alike(tiny_corpus, tmp_path, capsys):
     """Launch picks and records input_gain from the training data (1 for uV and counts, 1e3 for mV, 1e6 for V),
     and the same keyboard data in each unit follows the same loss curve."""
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
 
     curves, gains = {}, {}
     for name, factor, integer in UNITS:
@@ -81,7 +81,7 @@ def test_launch_records_the_gain_and_any_unit_trains_alike(tiny_corpus, tmp_path
 
 def test_a_given_gain_is_kept_and_a_resumed_run_keeps_its_own(tiny_corpus, tmp_path):
     """An explicit model.features.input_gain is not re-measured; a resumed run keeps the gain of its checkpoint."""
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
     from emgscale.train import launch, load_train_config
 
     root = rescaled_copy(tiny_corpus.root, tmp_path / "V", 1e-6)

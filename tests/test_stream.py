@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emgscale.checkpoint import Checkpoint, save_checkpoint
+from emgscale.models.checkpoint import Checkpoint, save_checkpoint
 from emgscale.config import from_dict, to_dict
 from emgscale.data.charset import charset
 from emgscale.decode import DecoderConfig, greedy_decode

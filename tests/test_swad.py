@@ -135,7 +135,7 @@ def test_train_stores_the_swad_average_and_load_model_reads_it(tiny_corpus, tmp_
     """train() with swad.mode=swad writes averaged_model (fresh BN stats) into last.pt; load_model loads it."""
     from _ray_fixtures import tiny_config
 
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
     from emgscale.eval import load_model
     from emgscale.train import train
 
@@ -177,7 +177,7 @@ def _fake_run(tiny_corpus, tmp_path: Path, losses: list[float], steps_per_segmen
     """A run folder as the loop leaves it (config, last.pt, swad/), from random weights of the tiny model."""
     from _ray_fixtures import tiny_config
 
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
     from emgscale.models import build_model
 
@@ -229,7 +229,8 @@ def test_averaged_val_metrics_rank_a_run_by_its_average(tiny_corpus, tmp_path):
     from emgscale.eval import load_model
     from emgscale.config import from_dict
     from emgscale.loader import DataConfig, build_loader
-    from emgscale.swad.posthoc import averaged_val_metrics, write_average
+    from emgscale.swad.posthoc import write_average
+    from emgscale.tune import averaged_val_metrics
     from emgscale.train.validation import validate as evaluate_ctc
 
     run, _, avg = _fake_run(tiny_corpus, tmp_path, VALLEY)

@@ -167,7 +167,7 @@ def test_loop_with_a_store_folder_killed_mid_segment_resumes_to_the_same_average
     from _ray_fixtures import tiny_config
 
     import emgscale.train.loop as train_mod
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
 
     kill_at: dict[str, int | None] = {"step": None}
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise ConfigError(f"--lm-text {path}: no such file")
     if a.generic_checkpoint is not None:
-        from emgscale.checkpoint import load_checkpoint
+        from emgscale.models.checkpoint import load_checkpoint
 
         load_checkpoint(a.generic_checkpoint)  # a missing or unreadable file fails now, with its name
     get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made

@@ -143,7 +143,8 @@ def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_f
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             result = launch(cfg, resume=True)
-    atomic_write_json(folder / DONE, {"key": key, "best_val_cer": result.best_val_cer, "steps": result.steps,
+    atomic_write_json(folder / DONE, {"key": key, "best_val_score": result.best_val_score,
+                                      "best_val_metric": result.best_val_metric, "steps": result.steps,
                                       "wall_s": result.wall_s, "world_size": result.world_size})
     return folder
 

@@ -9,37 +9,18 @@ evaluation is whole-session, greedy and with the character LM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from emgscale.bench.budget import Budget
+from emgscale.bench.context import BenchContext
+from emgscale.bench.fingers import fingers
 from emgscale.bench.report import EXTRA_METRICS
-from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, score_sessions
-from emgscale.checkpoint import BEST, LAST, load_checkpoint
+from emgscale.bench.steps import cached, ensure_shards, ensure_trained_many, score_sessions
 from emgscale.common import print0
-from emgscale.fingers.bench import fingers
-
-
-@dataclass
-class BenchContext:
-    """Where things are and what they may cost."""
-
-    cache: Path
-    budget: Budget
-    corpus: Corpus
-    configs_dir: Path
-    lm: Path | None = None
-    workers: int = 1
-    jobs: int = 1
-    overrides: list[str] = field(default_factory=list)
-    out: Path | None = None  # the benchmark's results folder (suites that draw their own plots write there)
-    generic_checkpoint: Path | None = None  # a given generic model (e.g. Meta's generic.ckpt): not trained here
-
-    def heldout(self) -> list[Path]:
-        return self.corpus.heldout_splits(self.budget.max_heldout_users)
+from emgscale.models.checkpoint import load_checkpoint
+from emgscale.run_folder import RunFolder
 
 
 def model_files(ctx: BenchContext, arch: "str | list[str]") -> list[str]:
@@ -59,8 +40,8 @@ def model_files(ctx: BenchContext, arch: "str | list[str]") -> list[str]:
 RunSpec = tuple[Path, "str | list[str]", list[str], "Path | None"]
 
 
-def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[Path]:
-    """Train independent runs (cached, ``ctx.jobs`` at a time); returns their checkpoint folders in order."""
+def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[RunFolder]:
+    """Train independent runs (cached, ``ctx.jobs`` at a time); returns their run folders in order."""
     runs = []
     for split_file, arch, extra, init_from in specs:
         shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers)
@@ -68,12 +49,12 @@ def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[Path]:
                      f"data.split={split_file}", f"data.data_root={ctx.corpus.data_root}", f"data.shards={shards}",
                      *(["run.init_from=" + str(init_from)] if init_from else []), *extra, *ctx.overrides]
         runs.append((model_files(ctx, arch), overrides))
-    return [folder / "checkpoints" for folder in ensure_trained_many(ctx.cache, runs, ctx.jobs)]
+    return [RunFolder(folder) for folder in ensure_trained_many(ctx.cache, runs, ctx.jobs)]
 
 
 def train_run(ctx: BenchContext, split_file: Path, arch: str, extra: list[str] = (),
-              init_from: Path | None = None) -> Path:
-    """Train on ``split_file`` (cached); returns the run's checkpoint folder."""
+              init_from: Path | None = None) -> RunFolder:
+    """Train on ``split_file`` (cached); returns the run's folder."""
     return train_runs(ctx, [(split_file, arch, list(extra), init_from)])[0]
 
 
@@ -134,8 +115,8 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
     return [{"variant": variant, **r} for r in res["rows"]]
 
 
-def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> Path:
-    """The generic (zero-shot) model's checkpoint folder, trained with SWAD."""
+def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> RunFolder:
+    """The generic (zero-shot) model's run folder, trained with SWAD."""
     return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), arch or d.get("arch", "tds"),
                      extra=[f"swad.mode={d.get('swad', 'swad')}", *ctx.budget.generic])
 
@@ -144,13 +125,14 @@ def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | li
     """The generic model's checkpoint file and the model config the user models train with: the given
     ``--generic-checkpoint`` (its own model config, so fine-tuning fits its weights), or the trained one's."""
     if ctx.generic_checkpoint is None:
-        return generic_run(ctx, d) / BEST, d.get("arch", "tds")
+        return generic_run(ctx, d).best, d.get("arch", "tds")
     key = {"checkpoint": str(ctx.generic_checkpoint.resolve()), "size": ctx.generic_checkpoint.stat().st_size}
 
     def make(folder: Path) -> dict[str, Any]:
         from emgscale.common import atomic_write_text
+        from emgscale.config import to_dict
 
-        model = {"model": load_checkpoint(ctx.generic_checkpoint).config.get("model", {})}
+        model = {"model": to_dict(load_checkpoint(ctx.generic_checkpoint).model_config())}
         atomic_write_text(folder / "model.yaml", yaml.safe_dump(model, sort_keys=False))
         return {"model_yaml": str(folder / "model.yaml")}
 
@@ -167,7 +149,7 @@ def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     split = ctx.corpus.split(d.get("split", "single_user"))
     rows = []
     for arch, ck in zip(d["archs"], train_runs(ctx, [(split, arch, [], None) for arch in d["archs"]])):
-        rows += eval_rows(ctx, ck / BEST, split, arch)
+        rows += eval_rows(ctx, ck.best, split, arch)
     return {"rows": rows, "variant_header": "architecture", "plots": [{"kind": "bars", "name": "cer_by_arch"}]}
 
 
@@ -183,19 +165,19 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
             rows += eval_rows(ctx, given, split, f"given model ({given.name})")
         return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
     ck = generic_run(ctx, d)
-    rows = eval_rows(ctx, ck / BEST, ctx.corpus.split(d.get("train_split", "generic")),
+    rows = eval_rows(ctx, ck.best, ctx.corpus.split(d.get("train_split", "generic")),
                      "seen users, new sessions (best val)", parts=("val",))
     for split in ctx.heldout():
-        rows += eval_rows(ctx, ck / LAST, split, "final checkpoint")
-        rows += eval_rows(ctx, ck / BEST, split, "best val checkpoint")
-        if _has_average(ck / LAST):
-            rows += eval_rows(ctx, ck / LAST, split, "SWAD average", which="averaged")
+        rows += eval_rows(ctx, ck.last, split, "final checkpoint")
+        rows += eval_rows(ctx, ck.best, split, "best val checkpoint")
+        if _has_average(ck.last):
+            rows += eval_rows(ctx, ck.last, split, "SWAD average", which="averaged")
         else:
             print0("[bench] SWAD found no loss valley in this budget: no averaged model to report")
     if d.get("causal_arch"):
         causal = generic_run(ctx, d, arch=d["causal_arch"])
         for split in ctx.heldout():
-            rows += eval_rows(ctx, causal / BEST, split, f"causal {d['causal_arch']} (best val)")
+            rows += eval_rows(ctx, causal.best, split, f"causal {d['causal_arch']} (best val)")
     return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
 
 
@@ -208,8 +190,8 @@ def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for split in splits:
         rows += eval_rows(ctx, generic, split, "generic (zero-shot)")
-        rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, random init")
-        rows += eval_rows(ctx, next(cks) / BEST, split, "personalized, fine-tuned generic")
+        rows += eval_rows(ctx, next(cks).best, split, "personalized, random init")
+        rows += eval_rows(ctx, next(cks).best, split, "personalized, fine-tuned generic")
     return {"rows": rows, "variant_header": "model", "plots": [{"kind": "bars", "name": "personalized"}]}
 
 
@@ -224,7 +206,7 @@ def few_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     for split in splits:
         rows += eval_rows(ctx, generic, split, "0 min")
         for m in minutes:
-            rows += eval_rows(ctx, next(cks) / BEST, split, f"{m:g} min")
+            rows += eval_rows(ctx, next(cks).best, split, f"{m:g} min")
     return {"rows": rows, "variant_header": "user data for fine-tuning",
             "plots": [{"kind": "lines", "name": "cer_vs_minutes", "x": [0.0] + minutes,
                        "xlabel": "minutes of the user's data", "title": "Few-shot fine-tuning"}]}
@@ -293,7 +275,7 @@ def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
         label = SWEEP_AXES[axis][0]
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
         rows = [r for v in values for split in splits
-                for r in eval_rows(ctx, cks[(axis, str(v), split)] / BEST, split, f"{v}")]
+                for r in eval_rows(ctx, cks[(axis, str(v), split)].best, split, f"{v}")]
         tables[axis] = {"rows": rows, "variant_header": label,
                         "plots": [{"kind": "lines" if numeric else "bars", "name": f"cer_vs_{axis}",
                                    "x": [float(x) for x in values] if numeric else None,
@@ -303,4 +285,4 @@ def sweep(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 
 SUITES = {"single_user": single_user, "zero_shot": zero_shot, "personalized": personalized,
           "few_shot": few_shot, "sweep": sweep}
-SUITES["fingers"] = fingers  # frame-level finger classification (emgscale.fingers.bench): renders its own tables
+SUITES["fingers"] = fingers  # frame-level finger classification (emgscale.bench.fingers): renders its own tables

@@ -22,7 +22,7 @@ from emgscale.config import ConfigError, check_values, to_dict
 from emgscale.data.charset import charset
 from emgscale.data.splits import load_split
 from emgscale.decode import DecoderConfig, build_decoder
-from emgscale.checkpoint import load_checkpoint
+from emgscale.models.checkpoint import load_checkpoint
 from emgscale.eval.inference import infer_session, load_model, resolve_weights, session_emissions, split_emissions
 from emgscale.metrics import CERMeter
 

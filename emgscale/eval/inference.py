@@ -17,9 +17,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from emgscale.checkpoint import Checkpoint, load_checkpoint
+from emgscale.models.checkpoint import Checkpoint, load_checkpoint, load_weights
 from emgscale.common import print0, progress, resolve_device
-from emgscale.config import from_dict
 from emgscale.data.errors import DataError
 from emgscale.data.scale import sampled_scale, scale_warning
 from emgscale.data.session import EMGSession
@@ -42,9 +41,9 @@ def load_model(path: "str | Path", which: str = "model", device: "str | torch.de
         ``(model, cfg)``: the model and the :class:`~emgscale.train.TrainConfig` it was trained with.
     """
     ck = load_checkpoint(path)
-    cfg = from_dict(TrainConfig, ck.config)
+    cfg = TrainConfig.from_checkpoint(ck)
     model = build_model(cfg.model)
-    model.load_state_dict(ck.weights(resolve_weights(ck, which)))
+    load_weights(model, ck.weights(resolve_weights(ck, which)), path)
     model.to(resolve_device(device) if isinstance(device, str) else device).eval()
     return model, cfg
 

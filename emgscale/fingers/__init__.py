@@ -7,7 +7,8 @@
 * :mod:`emgscale.synth.fingers` — a synthetic finger dataset in the CSV format
   (``python -m emgscale.synth fingers``).
 * :mod:`emgscale.fingers.evaluate` — per-time-point accuracy, balanced accuracy, macro-F1, confusion.
-* :mod:`emgscale.fingers.bench` — the ``fingers`` benchmark (scratch vs pre-trained vs minutes of data).
+* :mod:`emgscale.bench.fingers` — the ``fingers`` benchmark (scratch vs pre-trained vs minutes of data), a
+  suite of ``python -m emgscale.bench`` like the others.
 * ``python -m emgscale.fingers`` — train / evaluate on a folder of CSVs.
 
 Training uses the one loop with ``loss.kind: frame_ce`` (:mod:`emgscale.train.frames`) and

@@ -79,8 +79,8 @@ def _train(a: argparse.Namespace) -> int:
     if a.freeze:
         extra.append("run.freeze=[featurizer, frontend, encoder]")
     result = launch(load_train_config(files, [*extra, *overrides]), resume=a.resume)
-    print(f"[fingers] best validation frame error {result.best_val_cer:.2%} after {result.steps} steps "
-          f"({result.wall_s:.0f} s); checkpoints in {result.out_dir}/checkpoints")
+    print(f"[fingers] best validation frame error {result.best_val_score:.2%} after {result.steps} steps "
+          f"({result.wall_s:.0f} s); best checkpoint {result.best_checkpoint or result.last_checkpoint}")
     return 0
 
 

@@ -39,7 +39,7 @@ def save_imported(path: "str | Path", ref: "ReferenceCheckpoint", source: str = 
             :func:`~emgscale.models.braindecode.read_braindecode`) returned.
         source: recorded as the checkpoint's ``source``.
     """
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
 
     # The model section is all a reference checkpoint defines; the rest of the training config takes
@@ -89,14 +89,13 @@ def _import_braindecode(a: argparse.Namespace) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from emgscale.checkpoint import load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint, load_weights
     from emgscale.common import atomic_torch_save, atomic_write_json
-    from emgscale.config import from_dict
-    from emgscale.models import ModelConfig, build_model
+    from emgscale.models import build_model
 
     ck = load_checkpoint(a.checkpoint)
-    model = build_model(from_dict(ModelConfig, ck.config.get("model", {}), "model"))
-    model.load_state_dict(ck.weights(a.weights))
+    model = build_model(ck.model_config())
+    load_weights(model, ck.weights(a.weights), a.checkpoint)
     if a.to == "braindecode":
         from emgscale.models.braindecode import CLASS_NAME, export_braindecode
 

@@ -15,12 +15,13 @@ import argparse
 import sys
 
 from emgscale.cli import cli
-from emgscale.swad.posthoc import STORE_DIR, write_average
+from emgscale.run_folder import RunFolder
+from emgscale.swad.posthoc import write_average
 from emgscale.swad.store import read_index
 
 
 def _show(run: str) -> None:
-    index = read_index(f"{run}/{STORE_DIR}")
+    index = read_index(RunFolder(run).swad)
     v = index["valley"]
     print(f"mode {index['mode']}: valley start {v['start']} end {v['end']} threshold {v['threshold']:.4g}"
           f"{' (ended)' if v['dead'] else ''}")

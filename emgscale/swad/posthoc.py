@@ -1,14 +1,13 @@
-"""After training: a run folder -> the averaged model (any step range), its validation metrics, a file.
+"""After training: a run folder -> the averaged model (any step range) and a checkpoint file of it.
 
-The run folder is the training ``run.out_dir``: ``checkpoints/last.pt`` holds the config and the
+The run folder (:class:`~emgscale.run_folder.RunFolder`) is the training ``run.out_dir``: ``checkpoints/last.pt`` holds the config and the
 trained model (the template whose parameters are replaced), ``swad/`` the segments (see
 :mod:`emgscale.swad.store`). Without a range the loss-valley rule is evaluated on the index as at the
 end of training (so a killed run's valley is decided on the losses it saw); with ``from_step`` /
 ``to_step`` every segment whose steps lie in ``[from_step, to_step)`` is averaged (icefall's
 re-averaging at decode time). BatchNorm statistics are recomputed over training batches as the loop does
-(one process: the run's full ``data.batch_size``).
-
-Run these outside a ``torch.distributed`` job (validation sums over ranks).
+(one process: the run's full ``data.batch_size``). The averaged model's validation metrics (what a
+Tune trial is ranked by) are :func:`emgscale.tune.averaged_val_metrics`.
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ from typing import Any
 
 import torch
 
+from emgscale.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from emgscale.run_folder import RunFolder
 from emgscale.swad.averager import recompute_norm_stats
 from emgscale.swad.rule import SWADConfig, first_candidate, loss_valley
 from emgscale.swad.store import INDEX, SegmentStore, read_index, weighted_mean
-
-STORE_DIR = "swad"  # under the run folder
 
 
 @dataclass
@@ -79,34 +78,26 @@ def _valley_segments(index: dict[str, Any]) -> list[dict[str, Any]]:
     return segments[v.start:v.end] if v.converged else []
 
 
-def _index_and_store(run: Path, ckpt: Any) -> tuple[dict[str, Any], SegmentStore]:
+def _index_and_store(run: RunFolder, ckpt: Checkpoint, swad: SWADConfig) -> tuple[dict[str, Any], SegmentStore]:
     """The run's index and segment store: ``<run>/swad/``, or the checkpoint's memory store when the
     loop kept the segments in memory (no store folder)."""
     state = ckpt.averager or {}
-    if not (run / STORE_DIR / INDEX).is_file() and state.get("memory_store") is not None:
+    if not (run.swad / INDEX).is_file() and state.get("memory_store") is not None:
         store = SegmentStore(None)
         store.load_state(state["memory_store"])
-        swad = ckpt.config.get("swad", {})
-        return {"mode": swad.get("mode", "swad"), "config": {**vars(SWADConfig()), **swad},
-                "segments": state["segments"]}, store
-    return read_index(run / STORE_DIR), SegmentStore(run / STORE_DIR)
+        return {"mode": swad.mode, "config": vars(swad), "segments": state["segments"]}, store
+    return read_index(run.swad), SegmentStore(run.swad)
 
 
-def _checkpoint(run: "str | Path") -> Any:
-    from emgscale.checkpoint import LAST, load_checkpoint
-
-    return load_checkpoint(Path(run) / "checkpoints" / LAST)
-
-
-def _train_batches(config: dict[str, Any]) -> Any:
+def _train_batches(ckpt: Checkpoint) -> Any:
+    """The run's training batches, unshuffled, as the loop's norm-statistics pass reads them."""
     from emgscale.config import from_dict
     from emgscale.loader import DataConfig, build_loader
-    from emgscale.models import ModelConfig
 
-    data = from_dict(DataConfig, config["data"], "data")
-    features = from_dict(ModelConfig, config["model"], "model").features
-    return lambda: build_loader(data, "train", train=False, seed=config["run"]["seed"], rank=0, world_size=1,
-                                features=features)
+    data = from_dict(DataConfig, ckpt.config.get("data") or {}, "data")
+    seed = int((ckpt.config.get("run") or {}).get("seed", 0))
+    features = ckpt.model_config().features
+    return lambda: build_loader(data, "train", train=False, seed=seed, rank=0, world_size=1, features=features)
 
 
 def build_averaged_model(run: "str | Path", from_step: int | None = None, to_step: int | None = None,
@@ -126,18 +117,20 @@ def build_averaged_model(run: "str | Path", from_step: int | None = None, to_ste
         ValueError: nothing to average (see :func:`select_segments`).
     """
     from emgscale.config import from_dict
-    from emgscale.models import ModelConfig, build_model
+    from emgscale.models import build_model
 
-    device, run = torch.device(device), Path(run)
-    ckpt = _checkpoint(run)
+    device, folder = torch.device(device), RunFolder(run)
+    ckpt = load_checkpoint(folder.last)
     config = ckpt.config
-    model = build_model(from_dict(ModelConfig, config["model"], "model"))
-    index, store = _index_and_store(run, ckpt)
+    swad = from_dict(SWADConfig, config.get("swad") or {}, "swad")
+    model = build_model(ckpt.model_config())
+    index, store = _index_and_store(folder, ckpt, swad)
     if reuse and from_step is None and to_step is None and bn_batches is None and ckpt.averaged_model:
         model.load_state_dict(ckpt.averaged_model)
         chosen = _valley_segments(index)
         return Averaged(model.to(device).eval(), config, chosen, sum(s["count"] for s in chosen))
     model.load_state_dict(ckpt.model)
+    batches = _train_batches(ckpt)
     del ckpt
     chosen = select_segments(index, from_step, to_step)
     params = dict(model.named_parameters())
@@ -145,37 +138,10 @@ def build_averaged_model(run: "str | Path", from_step: int | None = None, to_ste
     with torch.no_grad():
         weighted_mean(((store.load(s["file"])["params"], s["count"]) for s in chosen), total,
                       out={k: p.data for k, p in params.items()})
-    swad = from_dict(SWADConfig, config.get("swad", {}), "swad")
     model.to(device)
-    recompute_norm_stats(model, _train_batches(config), swad.bn_batches if bn_batches is None else bn_batches,
+    recompute_norm_stats(model, batches, swad.bn_batches if bn_batches is None else bn_batches,
                          device)
     return Averaged(model.eval(), config, chosen, total)
-
-
-def averaged_val_metrics(run: "str | Path", from_step: int | None = None, to_step: int | None = None,
-                         device: "str | torch.device" = "cpu", max_batches: int | None = None) -> dict[str, float]:
-    """Validation loss and greedy CER of the run's averaged model (what Tune and benchmarks rank by).
-
-    Args:
-        run: the training ``run.out_dir``.
-        from_step, to_step: as :func:`build_averaged_model`.
-        device: where to run.
-        max_batches: validation batches (default: the run's ``run.val_max_batches``; 0 = all).
-
-    Returns:
-        ``val_loss``, ``val_cer``, ``val_chars``, ``val_samples`` (as the loop's validation) and ``steps``.
-    """
-    from emgscale.config import from_dict
-    from emgscale.loader import DataConfig, build_loader
-    from emgscale.train.validation import validate
-
-    avg = build_averaged_model(run, from_step, to_step, device=device)
-    data = from_dict(DataConfig, avg.config["data"], "data")
-    val = build_loader(data, "val", train=False, seed=avg.config["run"]["seed"], rank=0, world_size=1,
-                       features=avg.model.featurizer.cfg)
-    limit = avg.config["run"].get("val_max_batches", 0) if max_batches is None else max_batches
-    metrics = validate(avg.model, val, torch.device(device), max_batches=limit)
-    return {**metrics, "steps": float(avg.steps)}
 
 
 def write_average(run: "str | Path", out: "str | Path | None" = None, from_step: int | None = None,
@@ -191,11 +157,9 @@ def write_average(run: "str | Path", out: "str | Path | None" = None, from_step:
     Returns:
         ``(path, averaged)``.
     """
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
-
     avg = build_averaged_model(run, from_step, to_step, bn_batches, device, reuse=False)
     lo, hi = avg.segments[0]["start_step"], avg.segments[-1]["end_step"]
-    path = Path(out) if out is not None else Path(run) / STORE_DIR / f"average-{lo}-{hi}.pt"
+    path = Path(out) if out is not None else RunFolder(run).swad / f"average-{lo}-{hi}.pt"
     state = {k: v.detach().cpu() for k, v in avg.model.state_dict().items()}
     # model and averaged_model are the same tensors: torch.save stores them once.
     save_checkpoint(path, Checkpoint(model=state, config=avg.config, averaged_model=state,

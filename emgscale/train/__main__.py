@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from emgscale.cli import cli
 from emgscale.common import print0
 from emgscale.config import to_dict
+from emgscale.run_folder import RunFolder
 from emgscale.train.config import load_train_config, resumed_config
 from emgscale.train.launch import launch
 
@@ -52,11 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     result = launch(cfg, resume=ns.resume)
-    from emgscale.train.objective import OBJECTIVES
-
-    metric = getattr(OBJECTIVES.get(cfg.loss.kind), "metric", "val_cer").removeprefix("val_").upper()
+    metric = result.best_val_metric.removeprefix("val_").upper()
     print0(f"[train] done: {result.steps} steps on {result.world_size} worker(s), best val {metric} "
-           f"{result.best_val_cer:.2%}, checkpoints in {Path(result.out_dir) / 'checkpoints'}")
+           f"{result.best_val_score:.2%}, checkpoints in {RunFolder(result.out_dir).checkpoints}")
     return 0
 
 

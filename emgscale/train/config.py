@@ -13,14 +13,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from emgscale.config import ConfigError, Rule, build_config, check_values
+from emgscale.config import ConfigError, Rule, build_config, check_values, from_dict
 from emgscale.data.charset import charset
 from emgscale.loader import DataConfig
 from emgscale.models import ENCODERS, ModelConfig
 from emgscale.swad import SWADConfig
 from emgscale.train.objective import OBJECTIVES, LossConfig
+
+if TYPE_CHECKING:
+    from emgscale.models.checkpoint import Checkpoint
 
 
 @dataclass
@@ -82,6 +85,19 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     swad: SWADConfig = field(default_factory=SWADConfig)
 
+    @classmethod
+    def from_checkpoint(cls, ck: "Checkpoint") -> "TrainConfig":
+        """The typed config a checkpoint was trained with (sections it lacks take their defaults: an imported
+        reference checkpoint stores only ``model``).
+
+        It lives here, not on :class:`~emgscale.models.checkpoint.Checkpoint`: the checkpoint sits below
+        training (models and SWAD read it) and must not import this module upwards.
+
+        Raises:
+            ConfigError: a stored value that today's config refuses (named).
+        """
+        return from_dict(cls, ck.config)
+
 
 @dataclass
 class TrainResult:
@@ -90,7 +106,9 @@ class TrainResult:
     Attributes:
         out_dir: the run folder.
         steps, epochs: where the run ended.
-        best_val_cer: the best validation CER (window greedy CER).
+        best_val_score: the best value of the validation metric ``best.pt`` was chosen by (lower is better).
+        best_val_metric: that metric's name: ``val_cer`` (window greedy CER, CTC) or ``val_error`` (frame
+            error rate, ``loss.kind=frame_ce``).
         last_checkpoint, best_checkpoint: paths (None where none was written).
         history: one row of metrics per validation.
         wall_s: wall time of the call.
@@ -100,7 +118,8 @@ class TrainResult:
     out_dir: str
     steps: int
     epochs: int
-    best_val_cer: float
+    best_val_score: float
+    best_val_metric: str
     last_checkpoint: str | None
     best_checkpoint: str | None
     history: list[dict[str, Any]]
@@ -119,7 +138,8 @@ def resumed_config(paths: list["str | Path"], overrides: list[str], resume: "boo
     The YAML files only locate the run (their ``run.out_dir``); the run folder's ``config.yaml`` (or,
     for ``resume=CHECKPOINT``, the config inside that checkpoint) holds everything else, so a run made
     with ``configs/models/tds_small.yaml`` resumes as a TDS-small run even when only the experiment file
-    is named. Configs saved in an older layout are upgraded (:func:`emgscale.checkpoint.upgrade_config`).
+    is named. Configs saved in an older layout are upgraded (:func:`emgscale.models.checkpoint.upgrade_config`).
+A checkpoint folder or a run folder stands for its ``last.pt`` (:func:`emgscale.run_folder.checkpoint_file`).
 
     Args:
         paths, overrides: the command line's YAML files and ``dotted.key=value`` overrides.
@@ -129,17 +149,18 @@ def resumed_config(paths: list["str | Path"], overrides: list[str], resume: "boo
         ``(config, note)``: the config, and a line saying where it came from (empty when the run has no
         saved config yet and the command line's config is used as it is).
     """
-    from emgscale.checkpoint import LAST, load_checkpoint, upgrade_config
     from emgscale.config import deep_merge, load_yaml, parse_overrides, to_dict
+    from emgscale.models.checkpoint import load_checkpoint, upgrade_config
+    from emgscale.run_folder import RunFolder, checkpoint_file
 
     given = load_train_config(paths, overrides)
     if resume is True:
-        source = Path(given.run.out_dir) / "config.yaml"
+        source = RunFolder(given.run.out_dir).config
         if not source.is_file():
             return given, ""
         saved = load_yaml(source)
     else:
-        source = Path(resume) / LAST if Path(resume).is_dir() else Path(resume)
+        source = checkpoint_file(resume)
         saved = load_checkpoint(source).config
     saved = upgrade_config(saved, 1)
     run = dict(saved.get("run") or {})

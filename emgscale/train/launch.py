@@ -33,13 +33,16 @@ import contextlib
 import copy
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import atomic_write_json, print0
 from emgscale.config import ConfigError, from_dict, to_dict
+from emgscale.models.checkpoint import load_checkpoint
+from emgscale.run_folder import BEST, LAST, RunFolder, checkpoint_file
 from emgscale.train.config import TrainConfig, TrainResult, validate
 from emgscale.train.scale import resolve_input_gain
 from emgscale.train.loop import Report, train
@@ -73,51 +76,105 @@ def launch(cfg: TrainConfig, resume: bool | str = False, report: Report | None =
         ConfigError: a bad config value (:func:`~emgscale.train.config.validate`), a folder holding
             another run (:func:`prepare_run_folder`), a batch the workers cannot split, or a ``report``
             callback for a run that goes to Ray Train.
+        KeyboardInterrupt: Ctrl-C or SIGTERM (the run folder keeps what was logged; see :func:`_interrupts`).
     """
     validate(cfg)
     if wants_ray(cfg) and report is not None:
         raise ConfigError("a run with its own report callback is one process (a Tune trial): set resources, "
                           "not run.workers / run.use_gpu")
-    out = Path(cfg.run.out_dir)
-    made = not out.exists()
+    folder = RunFolder(cfg.run.out_dir)
+    made = not folder.root.exists()
     prepare_run_folder(cfg, resume)
     cfg = resolve_input_gain(cfg, resuming=resolve_resume(cfg, resume) is not None)
     try:
-        return fit_on_ray(cfg, resume) if wants_ray(cfg) else train(cfg, resume=resume, report=report)
-    except BaseException:
-        if made and out.is_dir() and not (out / "checkpoints" / LAST).is_file():
-            shutil.rmtree(out, ignore_errors=True)  # no half-made run folder after a failed start-up
-            print0(f"[launch] the run failed before its first checkpoint: removed the run folder {out} it had made")
+        if wants_ray(cfg):
+            return fit_on_ray(cfg, resume)  # Ray keeps its own signal handling in the driver
+        with _interrupts():
+            return train(cfg, resume=resume, report=report)
+    except BaseException as e:
+        if made and folder.root.is_dir() and not folder.checkpoints_found() and not folder.metrics.exists():
+            shutil.rmtree(folder.root, ignore_errors=True)  # nothing logged: no half-made run folder
+            print0(f"[launch] the run stopped before it logged anything: removed the run folder {folder.root} it had made")
+        elif isinstance(e, KeyboardInterrupt):
+            print0(f"[launch] interrupted: {folder.root} keeps what was logged; "
+                   + ("continue it with --resume" if folder.last.is_file() else
+                      "it has no checkpoint yet, so running the same command again starts it from step 0"))
         raise
 
 
-#: What a run writes into its folder (``run.overwrite`` removes these, and nothing else, before a new run).
-RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "metrics.csv", "config.yaml", "ray_result.json", "ray")
+@contextlib.contextmanager
+def _interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) ends the run as Ctrl-C does: one rule for both interrupts.
+
+    Either raises ``KeyboardInterrupt`` in the loop; a checkpoint being written is left as it was (the
+    write is atomic) and the run folder keeps its checkpoints and logs. Only for an in-process run in the
+    main thread (a Tune trial's thread and a Ray Train driver leave signals to Ray); whatever way a run
+    ends, :func:`prepare_run_folder` applies the same rule to the folder it left.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
 def prepare_run_folder(cfg: TrainConfig, resume: bool | str) -> None:
-    """Refuse to train into a folder that holds a run, unless resuming it or ``run.overwrite`` replaces it.
+    """Make ``run.out_dir`` ready for this run, or refuse: the run-folder rules (``docs/hardening.md``).
+
+    * Temporary files that a killed checkpoint write left are removed.
+    * A folder holding a run's checkpoints is refused unless ``resume`` continues *that* run (a checkpoint
+      inside the folder, or one with the same run id) or ``run.overwrite`` replaces the run.
+    * A folder with only the logs of a run stopped before its first checkpoint (nothing to continue) is
+      started cleanly: those logs are removed first, so they never mix with this run's.
 
     Raises:
-        ConfigError: ``run.out_dir`` holds a run's checkpoints or metrics, and neither ``resume`` nor
-            ``run.overwrite`` is set.
+        ConfigError: ``run.out_dir`` holds a run this call would overwrite without a word.
+        FileNotFoundError: ``resume`` names no checkpoint.
     """
-    out = Path(cfg.run.out_dir)
-    found = [n for n in ("checkpoints/" + LAST, "checkpoints/" + BEST, "metrics.jsonl") if (out / n).exists()]
-    if resume is not False or not found:
-        return
-    if not cfg.run.overwrite:
-        raise ConfigError(f"run.out_dir={str(out)!r} already holds a run ({found[0]}): continue it with --resume, "
+    folder = RunFolder(cfg.run.out_dir)
+    out = str(folder.root)
+    gone = folder.remove_stale_temps()
+    if gone:
+        print0(f"[launch] removed {len(gone)} temporary file(s) that a killed write left in {out} ({gone[0].name})")
+    found, logs = folder.checkpoints_found(), folder.logs_found()
+    source = folder.resume_from(resume)
+    own = source is not None and _is_inside(source, folder.root)
+    if cfg.run.overwrite and (found or logs) and not own:
+        folder.remove_run_files(keep_ray_storage=bool(cfg.run.storage_path))  # ray/: not ours when storage is set
+        print0(f"[launch] run.overwrite: removed the earlier run's checkpoints, metrics and logs in {out}")
+    elif found and resume is False:
+        raise ConfigError(f"run.out_dir={out!r} already holds a run ({found[0]}): continue it with --resume, "
                           "replace it with --overwrite (run.overwrite=true), or choose another run.out_dir")
-    for name in RUN_FILES:
-        p = out / name
-        if name == "ray" and cfg.run.storage_path:
-            continue  # not this run's default Ray storage
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    print0(f"[launch] run.overwrite: removed the earlier run's checkpoints, metrics and logs in {out}")
+    elif found and source is not None and not own and not _same_run(folder, source):
+        raise ConfigError(f"run.out_dir={out!r} holds another run ({found[0]}) than the checkpoint {source}: "
+                          "resuming there would overwrite it; give an empty run.out_dir (or the run's own), "
+                          "or replace that run with --overwrite")
+    elif not found and logs:
+        folder.remove_run_files(keep_ray_storage=bool(cfg.run.storage_path))  # no checkpoint: nothing to continue
+        print0(f"[launch] {out} holds only the logs of a run stopped before its first checkpoint "
+               f"({', '.join(logs)}): they are replaced, and the run starts from step 0")
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _same_run(folder: RunFolder, source: Path) -> bool:
+    """True when ``folder``'s checkpoint and ``source`` carry the same run id (e.g. a Ray copy of the run's
+    own checkpoint); files written before run ids existed never match."""
+    mine = folder.last if folder.last.is_file() else folder.best
+    try:
+        ids = load_checkpoint(mine).run_id, load_checkpoint(source).run_id
+    except (FileNotFoundError, ValueError):
+        return False
+    return bool(ids[0]) and ids[0] == ids[1]
 
 
 def import_ray() -> Any:
@@ -162,27 +219,18 @@ def ray_env(**values: str) -> Iterator[None]:
 
 
 def resolve_resume(cfg: TrainConfig, resume: bool | str) -> str | None:
-    """The checkpoint file a new job starts from, or None to start fresh.
+    """The checkpoint file a new job starts from, or None to start fresh (:meth:`RunFolder.resume_from`).
 
     Args:
         cfg: the run's config (its ``run.out_dir`` is where ``resume=True`` looks).
         resume: False (fresh), True (``<out_dir>/checkpoints/last.pt`` when it exists, else fresh),
-            or a path to a checkpoint file or a folder holding ``last.pt`` (a Ray checkpoint folder).
+            or a checkpoint file, checkpoint folder (a Ray checkpoint folder) or run folder.
 
     Raises:
         FileNotFoundError: ``resume`` is a path with no checkpoint there.
     """
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        path = Path(cfg.run.out_dir) / "checkpoints" / LAST
-        return str(path.resolve()) if path.is_file() else None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / LAST
-    if not path.is_file():
-        raise FileNotFoundError(f"{resume}: no checkpoint to resume from (expected a file or a folder with {LAST})")
-    return str(path.resolve())
+    path = RunFolder(cfg.run.out_dir).resume_from(resume)
+    return str(path.resolve()) if path is not None else None
 
 
 def _parse_fault(spec: str | None) -> dict[str, str] | None:
@@ -252,15 +300,15 @@ def _worker(config: dict[str, Any]) -> None:
     with contextlib.ExitStack() as stack:
         resume: bool | str = config.get("resume") or False
         if restored is not None:
-            local = Path(cfg.run.out_dir) / "checkpoints" / LAST
-            ray_last = Path(stack.enter_context(restored.as_directory())) / LAST
+            local = RunFolder(cfg.run.out_dir).last
+            ray_last = checkpoint_file(stack.enter_context(restored.as_directory()))
             newest = _newest_checkpoint([ray_last, local])
             resume, resumed_from = str(newest), restored.path if newest == ray_last else str(local)
             print0(f"[launch] worker group restarted: resuming from {resumed_from}")
         result = train(cfg, resume=resume, report=report)
     # One last report carries the final checkpoint (with the SWAD/SWA average, written after the last
     # validation), so Ray's result points at the finished model.
-    final = {"final": True, "step": result.steps, "epoch": result.epochs, "best_val_cer": result.best_val_cer,
+    final = {"final": True, "step": result.steps, "epoch": result.epochs, "best_val_score": result.best_val_score,
              "wall_s": result.wall_s, "world_size": result.world_size, "resumed_from": resumed_from}
     last = Path(result.last_checkpoint).parent if result.last_checkpoint else None
     ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(str(last)) if last else None)
@@ -283,8 +331,8 @@ def fit_on_ray(cfg: TrainConfig, resume: bool | str = False) -> TrainResult:
     cfg.run.out_dir = str(Path(cfg.run.out_dir).resolve())
     start_from = resolve_resume(cfg, resume)
     if resume is True and start_from is None:
-        print0(f"[launch] --resume: no {Path(cfg.run.out_dir) / 'checkpoints' / LAST} yet; starting fresh")
-    storage = cfg.run.storage_path or str(Path(cfg.run.out_dir) / "ray")
+        print0(f"[launch] --resume: no {RunFolder(cfg.run.out_dir).last} yet; starting fresh")
+    storage = cfg.run.storage_path or str(RunFolder(cfg.run.out_dir).ray_storage)
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     # A fresh name per job: Ray Train V2 would otherwise silently restore an earlier run of that name.
@@ -314,20 +362,21 @@ def fit_on_ray(cfg: TrainConfig, resume: bool | str = False) -> TrainResult:
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} finished without a checkpoint (see the worker logs above)")
     with result.checkpoint.as_directory() as d:
-        ck = load_checkpoint(Path(d) / LAST)
+        ck = load_checkpoint(checkpoint_file(d))
         ray_best = Path(result.checkpoint.path) / BEST
-    local = Path(cfg.run.out_dir) / "checkpoints"
-    last = local / LAST if (local / LAST).is_file() else Path(result.checkpoint.path) / LAST
-    best = local / BEST if (local / BEST).is_file() else None
+    local = RunFolder(cfg.run.out_dir)
+    last = local.last if local.last.is_file() else Path(result.checkpoint.path) / LAST
+    best = local.best if local.best.is_file() else None
     if best is None and "://" not in storage and ray_best.is_file():
         best = ray_best
     metrics = result.metrics or {}
     info = {"name": name, "storage": storage, "world_size": int(metrics.get("world_size", workers)),
             "checkpoint": result.checkpoint.path, "run_path": result.path,
             "resumed_from": metrics.get("resumed_from") or None, "started_from": start_from}
-    atomic_write_json(Path(cfg.run.out_dir) / "ray_result.json", info)
+    atomic_write_json(local.ray_result, info)
     print0(f"[launch] done; final checkpoint in Ray storage: {result.checkpoint.path}"
            + (f" (the worker group was restarted from {info['resumed_from']})" if info["resumed_from"] else ""))
-    return TrainResult(out_dir=cfg.run.out_dir, steps=ck.step, epochs=ck.epoch, best_val_cer=ck.best_val_cer,
+    return TrainResult(out_dir=cfg.run.out_dir, steps=ck.step, epochs=ck.epoch, best_val_score=ck.best_val_score,
+                       best_val_metric=ck.best_val_metric,
                        last_checkpoint=str(last), best_checkpoint=str(best) if best else None,
                        history=list(ck.history), wall_s=time.monotonic() - t0, world_size=info["world_size"])

@@ -14,7 +14,9 @@ weights or a checkpoint. The step's one host synchronisation is that finiteness 
 read back only at logging steps.
 
 Per epoch (and every ``run.eval_every_steps``): the objective's validation (loss and greedy CER for
-CTC); ``best.pt`` by its metric (``best_val_cer`` holds the best value of it). ``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically; ``resume``
+CTC); ``best.pt`` by its metric (``best_val_score`` holds the best value of it, ``best_val_metric`` its name).
+``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically (the run folder's layout:
+:class:`~emgscale.run_folder.RunFolder`); ``resume``
 restores model, optimiser, scheduler, step, data position and RNG state, so a killed run continues
 exactly. The loop's state is one :class:`TrainState` value, passed explicitly.
 """
@@ -25,6 +27,7 @@ import itertools
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,11 +35,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from emgscale.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from emgscale.common import format_seconds, is_main, print0, progress, rank, resolve_device, world_size
 from emgscale.config import ConfigError, save_config, to_dict
 from emgscale.loader import DataConfig, build_loader
 from emgscale.models import build_model, forward_batch
+from emgscale.models.checkpoint import (Checkpoint, load_checkpoint, load_weights, rng_state, save_checkpoint,
+                                        set_rng_state)
+from emgscale.run_folder import BEST, LAST, RunFolder
 from emgscale.swad import WeightAverager
 from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
 from emgscale.train.metrics_log import MetricsLogger
@@ -47,14 +52,19 @@ Report = Callable[[dict[str, Any], "Path | None"], None]
 
 @dataclass
 class TrainState:
-    """Where the loop is: everything that changes as it runs and that a checkpoint restores."""
+    """Where the loop is: everything that changes as it runs and that a checkpoint restores.
+
+    ``best_val_score`` is the best value so far of the objective's validation metric (CER for CTC, frame
+    error for frame classification); ``run_id`` names the run in every checkpoint it writes.
+    """
 
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
-    best_val_cer: float = math.inf
+    best_val_score: float = math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
     nonfinite_steps: int = 0
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -75,7 +85,7 @@ class _Run:
     world: int
     rank: int
     local_batch: int
-    ckpt_dir: Path
+    folder: RunFolder
     logger: MetricsLogger | None
     report: Report | None
 
@@ -110,19 +120,11 @@ def _precision(bf16: bool, device: torch.device) -> tuple[dict[str, Any], bool]:
     return {"device_type": device.type, "dtype": torch.bfloat16, "enabled": True}, False
 
 
-def _resume_path(ckpt_dir: Path, resume: bool | str) -> Path | None:
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        path = ckpt_dir / LAST
-        if not path.is_file():
-            print0(f"[train] --resume: no {path} yet; starting a fresh run")
-            return None
-        return path
-    path = Path(resume)
-    path = path / LAST if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"{resume}: no checkpoint to resume from")
+def _resume_path(folder: RunFolder, resume: bool | str) -> Path | None:
+    """The checkpoint to continue from (:meth:`RunFolder.resume_from`), saying so when ``--resume`` finds none."""
+    path = folder.resume_from(resume)
+    if resume is True and path is None:
+        print0(f"[train] --resume: no {folder.last} yet; starting a fresh run")
     return path
 
 
@@ -132,7 +134,7 @@ def _init_weights(model: torch.nn.Module, path: str, new_head: bool) -> None:
     if new_head:
         weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
         weights.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
-    model.load_state_dict(weights)
+    load_weights(model, weights, f"run.init_from={path}")
     print0(f"[train] initialised weights from {path}" + (" (new head)" if new_head else ""))
 
 
@@ -188,13 +190,13 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     _freeze(model, cfg.run.freeze)
     optimizer = _optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])
     data = cfg.data.for_device(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    ckpt_dir = Path(cfg.run.out_dir) / "checkpoints"
+    folder = RunFolder(cfg.run.out_dir)
     autocast, scaled = _precision(cfg.run.bf16, device)
     run = _Run(cfg=cfg, data=data, objective=build_objective(cfg), model=model, net=model, optimizer=optimizer, scheduler=None,  # type: ignore[arg-type]
-               averager=WeightAverager(cfg.swad, store_dir=Path(cfg.run.out_dir) / "swad", is_main=is_main()),
+               averager=WeightAverager(cfg.swad, store_dir=folder.swad, is_main=is_main()),
                device=device, autocast=autocast,
                scaler=torch.amp.GradScaler(device.type, enabled=scaled), world=world, rank=rnk,
-               local_batch=global_batch // world, ckpt_dir=ckpt_dir, logger=None, report=report)
+               local_batch=global_batch // world, folder=folder, logger=None, report=report)
 
     steps_per_epoch = cfg.run.steps_per_epoch or len(run.loader("train", True))
     if steps_per_epoch <= 0:
@@ -206,23 +208,24 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         optimizer, lambda s: lr_lambda(s, warmup, total_steps, cfg.optim.min_lr / cfg.optim.lr))
 
     state, restored_rng = TrainState(), None
-    resume_path = _resume_path(ckpt_dir, resume)
+    resume_path = _resume_path(folder, resume)
     if resume_path is not None:
         ck = load_checkpoint(resume_path)
         if not ck.resumable:
             raise ValueError(f"{resume_path}: a weights-only checkpoint cannot be resumed (use run.init_from)")
-        model.load_state_dict(ck.model)
+        load_weights(model, ck.model, resume_path)
         optimizer.load_state_dict(ck.optimizer)
         run.scheduler.load_state_dict(ck.scheduler)
         run.averager.load_state_dict(ck.averager or {})
-        state = TrainState(ck.step, ck.epoch, ck.step_in_epoch, ck.best_val_cer, list(ck.history))
+        state = TrainState(ck.step, ck.epoch, ck.step_in_epoch, ck.best_val_score, list(ck.history),
+                           run_id=ck.run_id or uuid.uuid4().hex)
         restored_rng = ck.rng[rnk % len(ck.rng)] if ck.rng else None  # one state per rank
         print0(f"[train] resumed from {resume_path} at step {state.step} (epoch {state.epoch}, "
                f"batch {state.step_in_epoch})")
 
     if is_main():
-        Path(cfg.run.out_dir).mkdir(parents=True, exist_ok=True)
-        save_config(cfg, Path(cfg.run.out_dir) / "config.yaml")
+        folder.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, folder.config)
         run.logger = MetricsLogger(cfg.run.out_dir, tensorboard=cfg.run.tensorboard,
                                    resume_step=state.step if resume_path is not None else None)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -254,9 +257,10 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     last = _save(run, state, LAST)
     if run.logger:
         run.logger.close()
-    best = ckpt_dir / BEST
-    return TrainResult(str(cfg.run.out_dir), state.step, state.epoch, state.best_val_cer, str(last) if last else None,
-                       str(best) if best.exists() else None, state.history, time.monotonic() - t_start, world)
+    best = folder.best
+    return TrainResult(str(cfg.run.out_dir), state.step, state.epoch, state.best_val_score, run.objective.metric,
+                       str(last) if last else None, str(best) if best.exists() else None, state.history,
+                       time.monotonic() - t_start, world)
 
 
 def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per_epoch: int, total_steps: int,
@@ -331,7 +335,7 @@ def _skip_step(run: _Run, state: TrainState) -> None:
     if state.nonfinite_steps > run.cfg.run.max_nonfinite_steps:
         raise FloatingPointError(
             f"{state.nonfinite_steps} training steps had a non-finite loss or gradient (run.max_nonfinite_steps="
-            f"{run.cfg.run.max_nonfinite_steps}); the last checkpoint in {run.ckpt_dir} holds finite weights. "
+            f"{run.cfg.run.max_nonfinite_steps}); the last checkpoint in {run.folder.checkpoints} holds finite weights. "
             "Check the data (python -m emgscale.data info / python -m emgscale.shard verify) or lower optim.lr")
 
 
@@ -345,10 +349,11 @@ def _save(run: _Run, state: TrainState, name: str) -> Path | None:
     if not is_main():
         return None
     ck = Checkpoint(model=run.model.state_dict(), config=to_dict(run.cfg), step=state.step, epoch=state.epoch,
-                    step_in_epoch=state.step_in_epoch, best_val_cer=state.best_val_cer, history=state.history,
+                    step_in_epoch=state.step_in_epoch, best_val_score=state.best_val_score,
+                    best_val_metric=run.objective.metric, run_id=state.run_id, history=state.history,
                     optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs,
                     averager=run.averager.state_dict(), averaged_model=run.averager.averaged_state_dict())
-    return save_checkpoint(run.ckpt_dir / name, ck)
+    return save_checkpoint(run.folder.checkpoints / name, ck)
 
 
 def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
@@ -359,8 +364,8 @@ def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
     row = {"step": state.step, "epoch": state.epoch, "lr": run.scheduler.get_last_lr()[0], **metrics}
     state.history.append(row)
     score = metrics[run.objective.metric]
-    improved = score < state.best_val_cer
-    state.best_val_cer = min(state.best_val_cer, score)
+    improved = score < state.best_val_score
+    state.best_val_score = min(state.best_val_score, score)
     path = _save(run, state, LAST)
     if improved:  # metrics are reduced over ranks, so every rank agrees (saving gathers RNG states)
         _save(run, state, BEST)
@@ -368,7 +373,7 @@ def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
         run.logger.log(row, state.step)
     name = run.objective.metric.removeprefix("val_").upper()
     print0(f"[train] step {state.step} epoch {state.epoch}: val loss {metrics['val_loss']:.3f} "
-           f"{name} {score:.2%} (best {state.best_val_cer:.2%})")
+           f"{name} {score:.2%} (best {state.best_val_score:.2%})")
     if run.report is not None:
         run.report(row, path.parent if path is not None else None)
     return row

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from emgscale.run_folder import RunFolder
+
 
 class MetricsLogger:
     """Metrics to ``metrics.jsonl``, ``metrics.csv`` and TensorBoard (``tb/``) in the run folder (rank 0).
@@ -15,10 +17,11 @@ class MetricsLogger:
     """
 
     def __init__(self, out_dir: "str | Path", tensorboard: bool = True, resume_step: int | None = None) -> None:
-        self.out_dir = Path(out_dir)
+        folder = RunFolder(out_dir)
+        self.out_dir = folder.root
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = self.out_dir / "metrics.jsonl"
-        self.csv = self.out_dir / "metrics.csv"
+        self.jsonl = folder.metrics
+        self.csv = folder.metrics_csv
         self.rows: list[dict[str, Any]] = []
         if self.jsonl.exists() and resume_step is not None:
             # A resumed run keeps its history up to the checkpoint it resumed from; rows logged after
@@ -34,7 +37,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.out_dir / "tb"))
+                self._tb = SummaryWriter(str(folder.tensorboard))
             except ImportError:  # tensorboard not installed: JSONL/CSV only
                 self._tb = None
 

@@ -213,12 +213,10 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], out_dir: str, cwd: s
     restored = ray.tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            result = launch(cfg, resume=str(Path(d) / "last.pt"), report=report)
+            result = launch(cfg, resume=d, report=report)  # the folder stands for its last.pt
     else:
         result = launch(cfg, resume=True, report=report)  # a retried trial continues from its own last.pt
     if cfg.swad.mode != "off":
-        from emgscale.swad.posthoc import averaged_val_metrics
-
         try:
             swad = averaged_val_metrics(cfg.run.out_dir, device=cfg.run.device if cfg.run.device != "auto" else "cpu")
         except (ValueError, FileNotFoundError):  # no valley found: nothing averaged to rank
@@ -226,6 +224,35 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], out_dir: str, cwd: s
         last = result.history[-1] if result.history else {}
         ray.tune.report({**{k: v for k, v in last.items() if isinstance(v, (int, float))},
                          "swad_val_cer": swad["val_cer"], "swad_val_loss": swad["val_loss"], metric: last.get(metric)})
+
+
+def averaged_val_metrics(run: "str | Path", from_step: int | None = None, to_step: int | None = None,
+                         device: str = "cpu", max_batches: int | None = None) -> dict[str, float]:
+    """Validation loss and greedy CER of a run's SWAD/SWA-averaged model (what a trial is ranked by).
+
+    Args:
+        run: the training ``run.out_dir``.
+        from_step, to_step: as :func:`emgscale.swad.posthoc.build_averaged_model`.
+        device: where to run (outside a ``torch.distributed`` job: validation sums over ranks).
+        max_batches: validation batches (default: the run's ``run.val_max_batches``; 0 = all).
+
+    Returns:
+        ``val_loss``, ``val_cer``, ``val_chars``, ``val_samples`` (as the loop's validation) and ``steps``.
+    """
+    import torch
+
+    from emgscale.loader import build_loader
+    from emgscale.swad.posthoc import build_averaged_model
+    from emgscale.train import TrainConfig
+    from emgscale.train.validation import validate
+
+    avg = build_averaged_model(run, from_step, to_step, device=device)
+    cfg = from_dict(TrainConfig, avg.config)
+    val = build_loader(cfg.data, "val", train=False, seed=cfg.run.seed, rank=0, world_size=1,
+                       features=avg.model.featurizer.cfg)
+    limit = cfg.run.val_max_batches if max_batches is None else max_batches
+    metrics = validate(avg.model, val, torch.device(device), max_batches=limit)
+    return {**metrics, "steps": float(avg.steps)}
 
 
 # ----------------------------------------------------------------------------- the search

@@ -14,6 +14,11 @@ Reading:
   (numpy RNG state) fall back to a full unpickle.
 * Older formats are upgraded on read (:func:`upgrade_config` for the config inside), so a checkpoint
   keeps loading after the code moves on; a newer format is refused with a clear error.
+* A folder stands for its ``last.pt`` (:func:`emgscale.run_folder.checkpoint_file`).
+* :meth:`Checkpoint.model_config` is the typed model config inside; the whole typed training config is
+  :meth:`emgscale.train.TrainConfig.from_checkpoint` (it lives above this module).
+* :func:`load_weights` puts a checkpoint's weights into a model, or names the first tensor that does
+  not fit (a changed architecture) in one line.
 * A Lightning checkpoint of the official emg2qwerty code (Meta's ``generic.ckpt``, ``personalized-*.ckpt``)
   is recognised and imported (:mod:`emgscale.models.reference`, no pickled code run), so every place
   that takes a checkpoint takes those too.
@@ -32,13 +37,17 @@ import numpy as np
 import torch
 
 from emgscale.common import atomic_torch_save
+from emgscale.config import from_dict
+from emgscale.models.config import ModelConfig
 from emgscale.models.reference import is_reference_checkpoint, reference_as_checkpoint
+from emgscale.run_folder import checkpoint_file
 
 #: 2: the data config nests its windowing under ``data.window``; RNG state holds no numpy objects.
 #: 3: the TDS encoder computes the reference's function (``model.tds.feature_order: channel_major``);
 #: older TDS checkpoints keep the layout they were trained with (``width_major``).
-FORMAT_VERSION = 3
-LAST, BEST = "last.pt", "best.pt"
+#: 4: ``best_val_cer`` became ``best_val_score`` with its metric named beside it (``best_val_metric``: a
+#: frame classifier's best score is a frame error rate, not a CER); a ``run_id`` names the run.
+FORMAT_VERSION = 4
 _WINDOW_KEYS = ("window_samples", "stride_samples", "pad_left_samples", "pad_right_samples")
 
 
@@ -50,7 +59,11 @@ class Checkpoint:
         model: the model's ``state_dict``.
         config: the resolved training config as a plain dict (``emgscale.config.to_dict``).
         step, epoch, step_in_epoch: the loop's position when it was written.
-        best_val_cer: the best validation CER so far.
+        best_val_score: the best value so far of the validation metric ``best.pt`` is chosen by (lower
+            is better).
+        best_val_metric: that metric's name (``val_cer`` for CTC, ``val_error`` for frame classification).
+        run_id: the run's identity, the same in every checkpoint of one run (also after a resume);
+            empty in files written before format 4.
         history: one row of metrics per validation.
         optimizer, scheduler: their ``state_dict`` (None in weights-only files: not resumable).
         rng: one :func:`rng_state` per rank.
@@ -66,7 +79,9 @@ class Checkpoint:
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
-    best_val_cer: float = math.inf
+    best_val_score: float = math.inf
+    best_val_metric: str = "val_cer"
+    run_id: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
@@ -94,6 +109,14 @@ class Checkpoint:
             raise ValueError("this checkpoint has no averaged weights (SWAD/SWA found no average)")
         return w
 
+    def model_config(self) -> ModelConfig:
+        """The typed model config the weights were trained with.
+
+        Raises:
+            ConfigError: the stored model section does not fit today's :class:`ModelConfig`.
+        """
+        return from_dict(ModelConfig, self.config.get("model") or {}, "model")
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -109,7 +132,7 @@ class Checkpoint:
             raise ValueError(f"{where}: not an emgscale checkpoint (no format_version)")
         if version > FORMAT_VERSION:
             raise ValueError(f"{where}: checkpoint format {version} is newer than this emgscale ({FORMAT_VERSION})")
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} | ({"best_val_cer"} if version < 4 else set())
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"{where}: unknown checkpoint fields {unknown}")
@@ -118,6 +141,11 @@ class Checkpoint:
             raise ValueError(f"{where}: checkpoint lacks {missing}")
         data = dict(data)
         data["config"] = upgrade_config(data["config"], version)
+        if version < 4 and "best_val_cer" in data:
+            data["best_val_score"] = data.pop("best_val_cer")
+            loss = data["config"].get("loss")
+            frames = isinstance(loss, dict) and loss.get("kind") == "frame_ce"
+            data["best_val_metric"] = "val_error" if frames else "val_cer"
         if data.get("rng"):
             data["rng"] = [_plain_rng(r) for r in data["rng"]]
         data["format_version"] = FORMAT_VERSION
@@ -180,6 +208,38 @@ def _plain_rng(state: dict[str, Any]) -> dict[str, Any]:
     return st
 
 
+def weights_mismatch(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor of ``weights`` that does not fit ``model`` (in the model's order), in words; None when all fit."""
+    mine = model.state_dict()
+    extra = [k for k in weights if k not in mine]
+    theirs = f"; the checkpoint has {extra[0]} {tuple(weights[extra[0]].shape)} instead" if extra else ""
+    for name, t in mine.items():
+        if name not in weights:
+            return f"{name} {tuple(t.shape)} is in the model but not in the checkpoint{theirs}"
+        if tuple(weights[name].shape) != tuple(t.shape):
+            return f"{name} is {tuple(weights[name].shape)} in the checkpoint, {tuple(t.shape)} in the model"
+    return f"{extra[0]} {tuple(weights[extra[0]].shape)} is in the checkpoint but not in the model" if extra else None
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: "str | Path") -> None:
+    """``model.load_state_dict(weights)``, or one line naming the first tensor that does not fit.
+
+    Args:
+        model: the model built from this run's config.
+        weights: a checkpoint's weights (:meth:`Checkpoint.weights`).
+        where: the checkpoint's name in the message.
+
+    Raises:
+        ValueError: a tensor is missing, extra, or of another shape (a checkpoint of another architecture,
+            or a model config changed since it was written).
+    """
+    problem = weights_mismatch(model, weights)
+    if problem:
+        raise ValueError(f"{where}: its weights do not fit this model ({problem}); a checkpoint of another "
+                         "architecture or a changed model.* setting")
+    model.load_state_dict(weights)
+
+
 def save_checkpoint(path: "str | Path", ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` atomically to ``path``.
 
@@ -197,15 +257,13 @@ def save_checkpoint(path: "str | Path", ckpt: Checkpoint) -> Path:
 
 
 def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cpu") -> Checkpoint:
-    """Read a checkpoint file, or the ``last.pt`` inside a checkpoint folder.
+    """Read a checkpoint file, or the ``last.pt`` a folder stands for (:func:`~emgscale.run_folder.checkpoint_file`).
 
     Raises:
         FileNotFoundError: nothing there.
         ValueError: not a readable checkpoint (truncated, not a torch file), or from a newer format.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / LAST
+    path = checkpoint_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if is_reference_checkpoint(path):  # a Lightning checkpoint of the official code (Meta's released models)

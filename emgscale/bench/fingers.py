@@ -29,16 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from emgscale.bench.context import BenchContext
 from emgscale.bench.steps import cached, ensure_corpus, ensure_shards, ensure_trained_many
-from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
 from emgscale.data.tables import FINGER_CLASSES, make_split, table_files, write_split
+from emgscale.models.checkpoint import load_checkpoint
+from emgscale.run_folder import RunFolder
 
 FROZEN = ["featurizer", "frontend", "encoder"]
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
-def _target(ctx: Any, d: dict[str, Any]) -> tuple[Path, bool]:
+def _target(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, bool]:
     """The finger data root and whether it is synthetic."""
     root = Path(ctx.corpus.data_root)
     if table_files(root) and not any(root.glob("*.hdf5")):
@@ -56,7 +58,7 @@ def _target(ctx: Any, d: dict[str, Any]) -> tuple[Path, bool]:
     return Path(res["root"]), True
 
 
-def _pretrain_run(ctx: Any, d: dict[str, Any], model_file: str) -> tuple[list[str], list[str]]:
+def _pretrain_run(ctx: BenchContext, d: dict[str, Any], model_file: str) -> tuple[list[str], list[str]]:
     """Config files and overrides of the shared pre-training run."""
     if d.get("pretrain_data_root"):
         data_root, split = Path(d["pretrain_data_root"]), Path(d["pretrain_split"])
@@ -79,7 +81,7 @@ def _train_minutes(root: Path, split_file: Path, csv_overrides: list[str]) -> fl
     return sum(r.duration_s for r in read_part(cfg, "train")) / 60.0
 
 
-def _evaluate(ctx: Any, checkpoint: Path, root: Path, split_file: Path) -> dict[str, Any]:
+def _evaluate(ctx: BenchContext, checkpoint: Path, root: Path, split_file: Path) -> dict[str, Any]:
     """Test-session scores of one checkpoint (cached)."""
     ck = load_checkpoint(checkpoint)
     key = {"checkpoint": str(checkpoint), "step": ck.step, "root": str(root), "split": split_file.read_text()}
@@ -98,7 +100,7 @@ def _evaluate(ctx: Any, checkpoint: Path, root: Path, split_file: Path) -> dict[
     return cached(ctx.cache, "fingers_eval", key, make)[1]
 
 
-def fingers(ctx: Any, d: dict[str, Any]) -> dict[str, Any]:
+def fingers(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); returns rows, aggregates, markdown and plots."""
     root, synthetic = _target(ctx, d)
     configs = ctx.configs_dir / "fingers"
@@ -116,7 +118,7 @@ def fingers(ctx: Any, d: dict[str, Any]) -> dict[str, Any]:
         pre_files, pre_overrides = _pretrain_run(ctx, d, model_file)
         # Its last weights: near the CTC blank plateau, validation CER (what best.pt is chosen by) does not
         # rank encoders, and the last ones have seen the most data.
-        pre = ensure_trained_many(ctx.cache, [(pre_files, pre_overrides)], 1)[0] / "checkpoints" / LAST
+        pre = RunFolder(ensure_trained_many(ctx.cache, [(pre_files, pre_overrides)], 1)[0]).last
     train_files = [str(configs / "train.yaml"), model_file]
     points: list[tuple[str, str, float, list[str]]] = []  # (user, minutes label, x, overrides)
     for u in users:
@@ -136,9 +138,10 @@ def fingers(ctx: Any, d: dict[str, Any]) -> dict[str, Any]:
     folders = ensure_trained_many(ctx.cache, runs, ctx.jobs)
     rows = []
     for (v, u, label, x), folder in zip(keys, folders):
-        res = _evaluate(ctx, folder / "checkpoints" / BEST, root, splits[u])
+        best = RunFolder(folder).best
+        res = _evaluate(ctx, best, root, splits[u])
         rows.append({"variant": v, "user": u, "minutes": label, "x": x, **{k: res[k] for k in METRICS},
-                     "confusion": res["confusion"], "steps": load_checkpoint(folder / "checkpoints" / BEST).step})
+                     "confusion": res["confusion"], "steps": load_checkpoint(best).step})
     return render(rows, ctx.out, synthetic=synthetic, root=root, users=len(users),
                   confusion_variant=d.get("confusion_variant", variants[-1] if len(variants) < 3 else "pretrained"))
 
