@@ -32,3 +32,18 @@ def open_session(path: "str | Path", bids_metadata: "str | Path | None" = None) 
 
         return BIDSSession(path, bids_metadata)
     return EMGSession(path)
+
+
+def data_files(session: EMGSession) -> list[Path]:
+    """The files a session's content is read from (its identity on disk): the HDF5 file; for a BIDS
+    recording the header, the binary data and the events file."""
+    from emgscale.data.bids import BIDSSession, sidecar  # noqa: PLC0415
+
+    if isinstance(session, BIDSSession):
+        return [session.path, session.header.data_file, sidecar(session.path, "events.tsv")]
+    return [session.path]
+
+
+def data_bytes(session: EMGSession) -> int:
+    """Bytes of the session's files on disk (:func:`data_files`)."""
+    return sum(p.stat().st_size for p in data_files(session))
