@@ -102,6 +102,7 @@ class BIDSSession(EMGSession):
         order = [header.channel_names.index(c) for c in CHANNEL_NAMES]
         self.header = header
         self._order = np.asarray(order)
+        self._identity_order = order == list(range(len(order)))
         self._counts_per_unit = header.counts_per_volt()[self._order]  # pybv's factor, undone by division
         self._n = header.num_samples()
         self._data: np.ndarray | None = header.memmap()
@@ -198,28 +199,27 @@ class BIDSSession(EMGSession):
         """From the header's ``SamplingInterval`` (2 kHz for emg2qwerty)."""
         return self._rate
 
-    def _read(self, start: int, stop: int, fields: list[str]) -> np.ndarray:
-        """Rows ``[start, stop)`` in the HDF5 dataset's shape: a structured array of ``fields``, or the
-        plain array of a single field. Only the rows asked for are read from the mapped file."""
+    def _read(self, start: int, stop: int, fields: list[str]) -> "np.ndarray | dict[str, np.ndarray]":
+        """Rows ``[start, stop)`` as the HDF5 dataset gives them to :class:`EMGSession`: ``{field: array}``
+        (indexable like its structured rows) for several fields, the plain array for one. Only the rows
+        asked for are read from the mapped file."""
         n = len(self)
         if not (0 <= start <= stop <= n):
             raise IndexError(f"{self.path}: rows [{start}, {stop}) out of range 0..{n}")
         if self._data is None:
             raise DataError(self.path, "session is closed")
-        if fields == [TIME_FIELD]:
-            return self._time_of(np.arange(start, stop))
-        dtype = [(f, np.float32, (CHANNELS_PER_BAND,)) for f in EMG_FIELDS if f in fields]
-        out = np.empty(stop - start, dtype=dtype + ([(TIME_FIELD, np.float64)] if TIME_FIELD in fields else []))
-        try:
-            rows = np.asarray(self._data[start:stop])  # (T, 32) stored counts: the only disk read
-        except OSError as e:
-            raise DataError(self.header.data_file, f"cannot read rows [{start}, {stop}) ({e})") from None
-        emg = (rows[:, self._order] / self._counts_per_unit).astype(np.float32)  # (T, 32), HDF5 units
-        for band, f in enumerate(EMG_FIELDS):
-            if f in fields:
-                out[f] = emg[:, band * CHANNELS_PER_BAND:(band + 1) * CHANNELS_PER_BAND]
+        out: dict[str, np.ndarray] = {}
         if TIME_FIELD in fields:
             out[TIME_FIELD] = self._time_of(np.arange(start, stop))
+        if any(f in fields for f in EMG_FIELDS):
+            try:
+                rows = self._data[start:stop]  # (T, 32) stored counts: the only disk read
+                rows = rows if self._identity_order else rows[:, self._order]
+                emg = (rows / self._counts_per_unit).astype(np.float32)  # HDF5 units (float64 division, as written)
+            except OSError as e:
+                raise DataError(self.header.data_file, f"cannot read rows [{start}, {stop}) ({e})") from None
+            for band, f in enumerate(EMG_FIELDS):
+                out[f] = emg[:, band * CHANNELS_PER_BAND:(band + 1) * CHANNELS_PER_BAND]
         return out if len(fields) > 1 else out[fields[0]]
 
     def index_of_time(self, t: float) -> int:
