@@ -302,3 +302,48 @@ def test_info_and_cli_take_a_vhdr_and_a_bids_root(tiny_corpus, tmp_path, capsys)
     assert data_main(["info", str(bids), "--bids-metadata", str(tmp_path / "m.csv"), "--quick"]) == 0
     out = capsys.readouterr().out
     assert all(s in out for s in tiny_corpus.all_sessions())
+
+
+def test_eval_and_stream_read_a_bids_copy_as_the_hdf5_root(tiny_corpus, tmp_path):
+    """Whole-session emissions (eval) and a streamed replay of a BIDS recording give the HDF5 route's
+    targets, users and decoded keys, and emissions equal to float32 rounding."""
+    from emgscale.eval.inference import session_emissions
+    from emgscale.stream import Streamer, replay_session
+    from tests.test_stream import tiny
+
+    bids = _bids_copy(tiny_corpus, tmp_path)
+    meta = tiny_corpus.root / "metadata.csv"
+    model = tiny("cnn_gru_causal", seed=3)
+    refs = tiny_corpus.split["test"]
+    a = list(session_emissions(model, tiny_corpus.root, refs))
+    b = list(session_emissions(model, bids, refs, bids_metadata=meta))
+    for ea, eb in zip(a, b, strict=True):
+        assert (ea["session"], ea["user"], ea["target"]) == (eb["session"], eb["user"], eb["target"])
+        np.testing.assert_allclose(ea["log_probs"], eb["log_probs"], atol=1e-4)
+    (vhdr,) = Split("t", {"test": refs[:1]}).resolve(bids, "test", meta)
+    ra = replay_session(Streamer(model), str(tiny_corpus.path(refs[0].session)), chunk_ms=40.0)
+    rb = replay_session(Streamer(model), str(vhdr), chunk_ms=40.0)
+    assert ra.labels == rb.labels and list(ra.target) == list(rb.target)
+
+
+@pytest.mark.slow
+def test_readme_bids_lines_run_as_written(tmp_path):
+    """The README's BIDS block — to-bids, data info, shard, train, eval — runs as written (training with the
+    quick settings the README tests use) on a small synthetic corpus."""
+    import json
+
+    from tests.test_readme import QUICK, _sh, readme_command
+
+    for name in ("configs", "emgscale"):
+        (tmp_path / name).symlink_to(Path(__file__).resolve().parents[1] / name)
+    _sh("python -m emgscale.synth --out data/synth --users 2 --sessions-per-user 4 --minutes 0.3 --heldout-users 1 "
+        "val_sessions_per_user=1 test_sessions_per_user=1 min_train_sessions_per_user=1", tmp_path)
+    for prefix in ("python -m emgscale.data to-bids", "python -m emgscale.data info data/synth-bids",
+                   "python -m emgscale.shard --data-root data/synth-bids"):
+        _sh(readme_command(prefix), tmp_path)
+    assert (tmp_path / "shards/bids/manifest.json").is_file()
+    _sh(readme_command("python -m emgscale.train configs/single_user.yaml configs/models/tds_tiny.yaml data.data_root=")
+        + " " + " ".join(QUICK), tmp_path)
+    _sh(readme_command("python -m emgscale.eval runs/bids/"), tmp_path)
+    result = json.loads((tmp_path / "runs/bids/checkpoints/eval-single_user-test-greedy.json").read_text())
+    assert result["per_session"]

@@ -309,7 +309,8 @@ class DataRoot:
         self.path = Path(path)
         self.is_bids = is_bids_root(self.path)
         own = self.path / METADATA_CSV
-        self.metadata: Path | None = Path(bids_metadata) if bids_metadata else (own if own.is_file() else None)
+        given = Path(bids_metadata) if bids_metadata and self.is_bids else None
+        self.metadata: Path | None = given or (own if own.is_file() else None)
 
     def bids_names(self) -> dict[str, MetadataRow]:
         """The converter's ``{sub-NN_ses-NN: metadata row}`` ({} without a metadata file)."""
