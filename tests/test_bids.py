@@ -347,3 +347,19 @@ def test_readme_bids_lines_run_as_written(tmp_path):
     _sh(readme_command("python -m emgscale.eval runs/bids/"), tmp_path)
     result = json.loads((tmp_path / "runs/bids/checkpoints/eval-single_user-test-greedy.json").read_text())
     assert result["per_session"]
+
+
+def test_bench_shards_of_a_bids_root_match_the_hdf5_root(tiny_corpus, tmp_path):
+    """``bench --data-root BIDS --bids-metadata CSV`` writes its cached train/val shards from the BIDS copy
+    with the HDF5 route's records, labels and (to float16 storage) EMG."""
+    from emgscale.bench.steps import ensure_shards
+
+    bids = _bids_copy(tiny_corpus, tmp_path)
+    a = ensure_shards(tmp_path / "cache_h5", tiny_corpus.root, tiny_corpus.split_path)
+    b = ensure_shards(tmp_path / "cache_bids", bids, tiny_corpus.split_path,
+                      bids_metadata=tiny_corpus.root / "metadata.csv")
+    ra, rb = _shard_members(a), _shard_members(b)
+    assert sorted(ra) == sorted(rb) and ra
+    for key in ra:
+        np.testing.assert_array_equal(ra[key]["labels.npy"], rb[key]["labels.npy"])
+        assert ra[key]["json"]["key"] == rb[key]["json"]["key"]
