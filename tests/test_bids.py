@@ -363,3 +363,18 @@ def test_bench_shards_of_a_bids_root_match_the_hdf5_root(tiny_corpus, tmp_path):
     for key in ra:
         np.testing.assert_array_equal(ra[key]["labels.npy"], rb[key]["labels.npy"])
         assert ra[key]["json"]["key"] == rb[key]["json"]["key"]
+
+
+def test_time_lookup_matches_the_generic_search(tiny_corpus, tmp_path):
+    """Rows are at ``i / 2000`` s; the closed-form ``index_of_time`` equals the HDF5 session's binary search
+    over those timestamps, and ``window_by_time`` returns the rows in ``[start_t, end_t)``."""
+    from emgscale.data.session import EMGSession
+
+    vhdr = sorted(_bids_copy(tiny_corpus, tmp_path).rglob("*.vhdr"))[0]
+    with open_session(vhdr) as s:
+        t = s.time()
+        np.testing.assert_array_equal(t, np.arange(len(s)) / 2000.0)
+        for q in (-1.0, 0.0, 0.00049, 0.0005, 1.2345, float(t[-1]), float(t[-1]) + 1, float("inf")):
+            assert s.index_of_time(q) == EMGSession.index_of_time(s, q), q
+        emg, times = s.window_by_time(float(t[10]), float(t[20]))
+        assert len(emg) == 10 and times[0] == t[10]
