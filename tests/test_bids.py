@@ -378,3 +378,18 @@ def test_time_lookup_matches_the_generic_search(tiny_corpus, tmp_path):
             assert s.index_of_time(q) == EMGSession.index_of_time(s, q), q
         emg, times = s.window_by_time(float(t[10]), float(t[20]))
         assert len(emg) == 10 and times[0] == t[10]
+
+
+@needs_fixture
+def test_prompts_come_back_with_their_newlines(tmp_path):
+    """Prompts read as the HDF5 ``text_prompt`` payloads (``\\n`` back to ``⏎``), also when an older pandas made
+    the converter write a real newline that cuts the TSV row."""
+    rel = Path("sub-01/ses-01/eeg")
+    shutil.copytree(FIXTURE / "bids" / "sub-01", tmp_path / "sub-01", copy_function=shutil.copyfile)
+    for p in (tmp_path / "sub-01").rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)  # the fixture is read-only
+    events = tmp_path / rel / "sub-01_ses-01_task-emg2qwerty_events.tsv"
+    events.write_text(events.read_text().replace("prompt/framed in blue-black", "prompt/framed\\nin\nblue-black"))
+    with open_session(tmp_path / rel / "sub-01_ses-01_task-emg2qwerty_eeg.vhdr") as s:
+        assert [p["payload"]["text"] for p in s.prompts] == ["framed⏎in⏎blue-black hair and", "a black butterfly tie."]
+        assert len(s.keystrokes) == 53

@@ -57,16 +57,23 @@ def sidecar(recording: Path, suffix: str) -> Path:
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
-    """Rows of a BIDS TSV file (tab-separated, no quoting: a key named ``"`` stays ``"``)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines:
+    """Rows of a BIDS TSV file (tab-separated, no quoting: a key named ``"`` stays ``"``). A row cut by a
+    newline inside a value (a prompt written by the converter under pandas < 2, whose ``str.replace``
+    turned ``⏎`` into a real newline) is joined back."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if not lines or not lines[0].strip():
         raise DataError(path, "empty TSV file (no header)")
-    header = lines[0].split("\t")
-    rows = []
+    header = lines[0].rstrip("\r").split("\t")
+    rows, pending = [], ""
     for lineno, line in enumerate(lines[1:], start=2):
-        if not line:
+        text = f"{pending}\n{line}" if pending else line.rstrip("\r")
+        if not text:
             continue
-        values = line.split("\t")
+        values = text.split("\t")
+        if len(values) < len(header) and lineno < len(lines):
+            pending = text
+            continue
+        pending = ""
         if len(values) != len(header):
             raise DataError(path, f"line {lineno} has {len(values)} columns, the header {len(header)}")
         rows.append(dict(zip(header, values)))
@@ -165,7 +172,7 @@ class BIDSSession(EMGSession):
                 continue
             try:
                 sample = r.get("sample", "n/a")
-                onset = int(sample) if sample != "n/a" else round(float(r["onset"]) * self._rate)
+                onset = round(float(sample)) if sample != "n/a" else round(float(r["onset"]) * self._rate)
                 dur = r.get("duration", "n/a")
                 duration = float(dur) if dur != "n/a" else 0.0
             except (KeyError, ValueError):
@@ -186,8 +193,9 @@ class BIDSSession(EMGSession):
         for onset, _, trial, duration in (f for f in found if f[2].startswith(PROMPT_PREFIX)):
             end = onset + int(round(duration * self._rate))
             start_t, end_t = self._time_of(np.array([onset, end]))
+            text = trial[len(PROMPT_PREFIX):].replace("\\n", ENTER).replace("\n", ENTER)  # written or real newline
             prompts.append({"name": "text_prompt", "start": float(start_t), "end": float(end_t),
-                            "payload": {"text": trial[len(PROMPT_PREFIX):].replace("\\n", ENTER)}})
+                            "payload": {"text": text}})
         return keystrokes, prompts
 
     # ----------------------------------------------------------------- reads (EMGSession's primitives)
