@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results", help="results folder (default results/)")
     p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default <out>/cache)")
     p.add_argument("--data-root", help="session files (real data, HDF5 or a BIDS copy); default: the synthetic corpus")
-    p.add_argument("--bids-metadata", type=Path, help="the metadata.csv a BIDS --data-root was made from, when it has none")
+    p.add_argument("--bids-metadata", type=Path,
+                   help="the metadata.csv a BIDS --data-root was made from, when it has none")
     p.add_argument("--splits-dir", help="split YAMLs (generic.yaml, user0.yaml..., single_user.yaml)")
     p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
     p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")

@@ -1,4 +1,5 @@
-"""``python -m emgscale.data info PATH [--split SPLIT.yaml] [--json] [--labels] [--skip-bad] [--quick] [--bids-metadata CSV]``.
+"""``python -m emgscale.data info PATH [--split SPLIT.yaml] [--json] [--labels] [--skip-bad] [--quick]
+[--bids-metadata CSV]``.
 
 ``python -m emgscale.data to-bids HDF5_ROOT BIDS_ROOT [--copy-metadata]`` writes the BIDS copy of an HDF5
 data root as Meta's ``scripts/convert_to_bids.py`` does (no MNE needed).

@@ -152,7 +152,8 @@ def read_header(path: "str | Path") -> BrainVisionHeader:
         if not interval_us > 0:
             raise ValueError(interval_us)
     except (KeyError, ValueError):
-        raise DataError(path, f"SamplingInterval={common.get('SamplingInterval')!r}: expected microseconds > 0") from None
+        raise DataError(path, f"SamplingInterval={common.get('SamplingInterval')!r}: expected microseconds > 0") \
+            from None
     try:
         count = int(common.get("NumberOfChannels", len(chans)))
     except ValueError:

@@ -72,7 +72,8 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
         ds: torch.utils.data.Dataset = SessionWindows([Path(k) for k in budget], spec, seed=mix,
                                                       max_rows=list(budget.values()), bids_metadata=cfg.bids_metadata)
     else:
-        ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad, cfg.bids_metadata))  # no open files (__getstate__)
+        # no open files (__getstate__)
+        ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad, cfg.bids_metadata))
         ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
     cached = cache is not None and spec.window_samples is not None  # whole sessions stay raw
     if cached:
