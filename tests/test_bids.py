@@ -393,3 +393,39 @@ def test_prompts_come_back_with_their_newlines(tmp_path):
     with open_session(tmp_path / rel / "sub-01_ses-01_task-emg2qwerty_eeg.vhdr") as s:
         assert [p["payload"]["text"] for p in s.prompts] == ["framed⏎in⏎blue-black hair and", "a black butterfly tie."]
         assert len(s.keystrokes) == 53
+
+
+@pytest.mark.parametrize("variant", ["vectorized", "int16", "channel order"])
+def test_other_brainvision_layouts_read_the_same_values(tmp_path, variant):
+    """A recording stored vectorized, as int16 counts at a coarser resolution, or with its channels in
+    another order reads as the same (T, 2, 16) EMG (to the storage's rounding)."""
+    vhdr = _one_recording(tmp_path)
+    eeg = vhdr.with_suffix(".eeg")
+    with open_session(vhdr) as s:
+        want = s.emg()
+    counts = np.fromfile(eeg, dtype="<f4").reshape(-1, 32)  # value * 1e7 (µV at 0.1 µV)
+    tol = ULP
+    if variant == "vectorized":
+        counts.T.astype("<f4").tofile(eeg)
+        _edit(vhdr, "DataOrientation=MULTIPLEXED", "DataOrientation=VECTORIZED")
+    elif variant == "int16":
+        scale = float(np.abs(counts).max()) / 30000  # counts of `scale` x 0.1 µV
+        np.round(counts / scale).astype("<i2").tofile(eeg)
+        _edit(vhdr, "BinaryFormat=IEEE_FLOAT_32", "BinaryFormat=INT_16")
+        _edit(vhdr, ",,0.1,µV", f",,{0.1 * scale!r},µV")
+        tol = 1.0 / 30000 * float(np.abs(want).max())
+    else:
+        perm = np.random.default_rng(0).permutation(32)
+        counts[:, perm].astype("<f4").tofile(eeg)
+        text = vhdr.read_text(encoding="utf-8")
+        lines = [f"Ch{i + 1}=emg{j % 16}_{'left' if j < 16 else 'right'},,0.1,µV" for i, j in enumerate(perm)]
+        head, _, _ = text.partition("Ch1=")
+        vhdr.write_text(head + "\n".join(lines) + "\n\n[Comment]\n\n", encoding="utf-8")
+        vhdr.with_name(vhdr.name.replace("_eeg.vhdr", "_channels.tsv")).unlink()
+    with open_session(vhdr) as s:
+        got = s.emg()
+    assert got.shape == want.shape
+    if variant == "int16":
+        assert np.abs(got - want).max() <= tol
+    else:
+        assert np.all(np.abs(got - want) <= tol * np.abs(want))
