@@ -103,7 +103,7 @@ def float16_fidelity(data_root: Path, max_sessions: int = 4) -> dict[str, float]
     """Round-trip error of float16 storage and its effect on log-spectrogram features."""
     import torch
 
-    from emgscale.data import EMGSession
+    from emgscale.data import open_session
     from emgscale.data.splits import session_files
 
     try:
@@ -115,7 +115,7 @@ def float16_fidelity(data_root: Path, max_sessions: int = 4) -> dict[str, float]
     err2 = sig2 = 0.0
     max_rel, dfeat, fstd, amps = 0.0, [], [], []
     for p in session_files(data_root)[:max_sessions]:
-        with EMGSession(p) as s:
+        with open_session(p) as s:
             x = s.emg()
         y = x.astype(np.float16).astype(np.float32)
         d = (y.astype(np.float64) - x)

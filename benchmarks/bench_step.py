@@ -104,15 +104,15 @@ def _step(cfg: Any, model: Any, opt: Any, it: Any) -> list[float]:
 
 def build_cache(cfg: Any) -> tuple[float, float]:
     """Build the feature cache of every training session of ``cfg`` (HDF5); ``(seconds, EMG seconds)``."""
-    from emgscale.data.session import EMGSession
-    from emgscale.data.splits import load_split
+    from emgscale.data.source import open_session
+    from emgscale.data.splits import DataRoot, load_split
     from emgscale.loader.feature_cache import FeatureCache
 
     cache = FeatureCache(cfg.data.feature_cache, cfg.model.features)
     t0, emg_s = time.perf_counter(), 0.0
-    for ref in load_split(cfg.data.split)["train"]:
-        path = Path(cfg.data.data_root) / f"{ref.session}.hdf5"
-        with EMGSession(path) as s:
+    refs = load_split(cfg.data.split)["train"]
+    for path in DataRoot(cfg.data.data_root, cfg.data.bids_metadata).paths([r.session for r in refs]):
+        with open_session(path, cfg.data.bids_metadata) as s:
             emg_s += len(s) / cfg.model.features.input_sample_rate_hz
         cache.session_block(path)
     return time.perf_counter() - t0, emg_s

@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="small", help="tiny | small | paper (default small)")
     p.add_argument("--out", default="results", help="results folder (default results/)")
     p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default <out>/cache)")
-    p.add_argument("--data-root", help="session files (real data); default: the synthetic corpus")
+    p.add_argument("--data-root", help="session files (real data, HDF5 or a BIDS copy); default: the synthetic corpus")
+    p.add_argument("--bids-metadata", type=Path,
+                   help="the metadata.csv a BIDS --data-root was made from, when it has none")
     p.add_argument("--splits-dir", help="split YAMLs (generic.yaml, user0.yaml..., single_user.yaml)")
     p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
     p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("--configs", a.configs)):
         if path is not None and not Path(path).is_dir():
             raise ConfigError(f"{flag} {path}: no such folder")
+    if a.bids_metadata is not None and not a.bids_metadata.is_file():
+        raise ConfigError(f"--bids-metadata {a.bids_metadata}: no such file")
     for path in a.lm_text or ():
         if not path.is_file():
             raise ConfigError(f"--lm-text {path}: no such file")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
                       workers=a.workers, jobs=a.jobs, overrides=a.overrides, generic_checkpoint=a.generic_checkpoint,
-                      definition_overrides=GROUP_DEFINITIONS.get(a.benchmark))
+                      definition_overrides=GROUP_DEFINITIONS.get(a.benchmark), bids_metadata=a.bids_metadata)
     return 0
 
 

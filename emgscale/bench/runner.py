@@ -95,7 +95,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                   configs_dir: "str | Path | None" = None, lm_texts: list[Path] | None = None,
                   workers: int = 1, jobs: int = 1, overrides: list[str] = (),
                   generic_checkpoint: "str | Path | None" = None,
-                  definition_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                  definition_overrides: dict[str, Any] | None = None,
+                  bids_metadata: "str | Path | None" = None) -> dict[str, Any]:
     """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``.
 
     Args:
@@ -103,6 +104,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         budget: tiny | small | paper.
         data_root, splits_dir: real (or any) data; default: the synthetic corpus of the budget. For
             ``fingers``, a folder of finger CSV recordings (else a synthetic finger corpus is made).
+        bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when it has none.
         cache: where corpora, shards, LMs, checkpoints and evaluations are kept and reused.
         definitions_dir, configs_dir: ``benchmarks/`` and ``configs/`` of the checkout.
         lm_texts: text for the character LM (default: shipped LM text).
@@ -126,7 +128,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     definitions_dir = Path(definitions_dir) if definitions_dir else REPO / "benchmarks"
     configs_dir = Path(configs_dir) if configs_dir else REPO / "configs"
     if data_root is not None:
-        corpus = Corpus(Path(data_root), Path(splits_dir) if splits_dir else Path(data_root) / "splits")
+        corpus = Corpus(Path(data_root), Path(splits_dir) if splits_dir else Path(data_root) / "splits",
+                        Path(bids_metadata) if bids_metadata else None)
     else:
         corpus = ensure_corpus(cache, b.corpus)
     ctx = BenchContext(cache=cache, budget=b, corpus=corpus, configs_dir=configs_dir,

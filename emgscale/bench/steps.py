@@ -39,10 +39,12 @@ def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, An
 
 @dataclass
 class Corpus:
-    """A data root with its split files."""
+    """A data root (HDF5 files or a BIDS copy) with its split files, and the ``metadata.csv`` a BIDS copy
+    without one was made from."""
 
     data_root: Path
     splits_dir: Path
+    bids_metadata: Path | None = None
 
     def split(self, name: str) -> Path:
         path = self.splits_dir / f"{name}.yaml"
@@ -73,17 +75,20 @@ def ensure_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> C
     return Corpus(root, root / "splits")
 
 
-def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int = 1) -> Path:
+def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int = 1,
+                  bids_metadata: Path | None = None) -> Path:
     """WebDataset shards of a split (train/val windows), made once."""
     from emgscale.config import from_dict
     from emgscale.shard import ShardConfig, shard_corpus
 
-    key = {"data_root": str(Path(data_root).resolve()), "split": Path(split_file).read_text()}
+    key = {"data_root": str(Path(data_root).resolve()), "split": Path(split_file).read_text(),
+           **({"bids_metadata": Path(bids_metadata).read_text()} if bids_metadata else {})}
 
     def make(folder: Path) -> dict[str, Any]:
         cfg = from_dict(ShardConfig, {"data_root": str(data_root), "split": str(split_file),
                                       "out": str(folder / "shards"), "workers": workers,
-                                      "parts": ["train", "val"]})
+                                      "parts": ["train", "val"],
+                                      "bids_metadata": str(bids_metadata) if bids_metadata else None})
         shard_corpus(cfg)
         return {"shards": str(folder / "shards")}
 

@@ -44,9 +44,11 @@ def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[RunFolder]:
     """Train independent runs (cached, ``ctx.jobs`` at a time); returns their run folders in order."""
     runs = []
     for split_file, arch, extra, init_from in specs:
-        shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers)
+        meta = ctx.corpus.bids_metadata
+        shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers, bids_metadata=meta)
         overrides = [*ctx.budget.train, *(ctx.budget.finetune if init_from else ()),
                      f"data.split={split_file}", f"data.data_root={ctx.corpus.data_root}", f"data.shards={shards}",
+                     *([f"data.bids_metadata={meta}"] if meta else []),
                      *(["run.init_from=" + str(init_from)] if init_from else []), *extra, *ctx.overrides]
         runs.append((model_files(ctx, arch), overrides))
     return [RunFolder(folder) for folder in ensure_trained_many(ctx.cache, runs, ctx.jobs)]
@@ -95,7 +97,8 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
 
     def make(_: Path) -> dict[str, Any]:
         rows = []
-        em = {part: split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which)
+        em = {part: split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which,
+                                    bids_metadata=ctx.corpus.bids_metadata)
               for part in dict.fromkeys(("val", *parts))}
         decoders: dict[str, Any] = {"greedy": (build_decoder(DecoderConfig(kind="greedy")), {})}
         if ctx.lm is not None:

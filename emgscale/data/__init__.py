@@ -1,4 +1,4 @@
-"""Data layer: the real emg2qwerty HDF5 format, labels and charset, splits, windows.
+"""Data layer: the real emg2qwerty HDF5 format and its BIDS copy, labels and charset, splits, windows.
 
 Names are imported lazily so that ``emgscale.data.charset`` and friends load without torch
 (the synthetic-corpus workers and the shard writers never need it).
@@ -15,7 +15,8 @@ from emgscale.data.errors import DataError  # noqa: E402
 
 _EXPORTS = {
     "CharacterSet": "charset", "charset": "charset", "DataError": "errors", "LabelData": "labels",
-    "EMGSession": "session", "SessionInfo": "session", "Split": "splits", "SessionRef": "splits",
+    "EMGSession": "session", "SessionInfo": "session", "open_session": "source", "BIDSSession": "bids",
+    "DataRoot": "splits", "Split": "splits", "SessionRef": "splits",
     "load_split": "splits", "read_metadata": "splits", "session_files": "splits", "Batch": "windows",
     "SessionWindows": "windows", "WindowSpec": "window_spec", "collate": "windows", "read_window": "windows",
 }

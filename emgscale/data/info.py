@@ -14,6 +14,7 @@ import numpy as np
 from emgscale.data.errors import DataError
 from emgscale.data.scale import sampled_scale, scale_warning
 from emgscale.data.session import EMGSession
+from emgscale.data.source import open_session
 from emgscale.data.splits import SPLIT_NAMES, load_split, session_files
 
 
@@ -29,8 +30,8 @@ class InfoReport:
         return {"sessions": self.sessions, "bad": self.bad, "totals": self.totals}
 
 
-def _summarise(path: Path, labels: bool, values: bool) -> dict[str, Any]:
-    with EMGSession(path) as s:
+def _summarise(path: Path, labels: bool, values: bool, bids_metadata: "str | Path | None" = None) -> dict[str, Any]:
+    with open_session(path, bids_metadata) as s:
         if values:
             s.validate()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
         row = s.info().to_dict()
@@ -66,16 +67,19 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: bool = False,
-                 skip_bad: bool = False, check_values: bool = True) -> InfoReport:
+                 skip_bad: bool = False, check_values: bool = True,
+                 bids_metadata: "str | Path | None" = None) -> InfoReport:
     """Summarise a session file, every session under a data root, or the sessions of a split.
 
     Args:
-        path: a ``.hdf5`` session file or a data root folder.
+        path: a ``.hdf5`` session file, a BIDS recording's ``.vhdr``, or a data root folder (of HDF5 files,
+            or a BIDS copy).
         split: an official split YAML; ``path`` must then be the data root.
         labels: include each session's label text.
         skip_bad: report bad files in ``InfoReport.bad`` and go on, instead of raising.
         check_values: read every file once, in chunks, and check the EMG is finite and the timestamps
             never go backwards (False: attributes, structure and lengths only).
+        bids_metadata: the ``metadata.csv`` a BIDS copy was made from, when its root has none.
 
     Raises:
         DataError: a bad file (unless ``skip_bad``), or sessions of the split missing from the root.
@@ -84,7 +88,7 @@ def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: 
     report = InfoReport()
     if split is not None:
         sp = load_split(split)
-        parts = {part: sp.resolve(path, part) for part in SPLIT_NAMES}
+        parts = {part: sp.resolve(path, part, bids_metadata) for part in SPLIT_NAMES}
     elif path.is_dir():
         parts = {"all": session_files(path)}
     elif path.exists():
@@ -95,7 +99,7 @@ def dataset_info(path: "str | Path", split: "str | Path | None" = None, labels: 
         rows = []
         for f in files:
             try:
-                row = _summarise(f, labels, check_values)
+                row = _summarise(f, labels, check_values, bids_metadata)
             except DataError as e:
                 if not skip_bad:
                     raise

@@ -36,6 +36,7 @@ import torch
 
 from emgscale.data.errors import DataError
 from emgscale.data.session import ON_KEYBOARD, EMGSession
+from emgscale.data.source import open_session
 from emgscale.data.window_spec import WindowSpec, labels_in, training_windows  # noqa: F401 (re-exported)
 
 
@@ -107,10 +108,12 @@ class SessionWindows(torch.utils.data.Dataset):
             cached per file and process), so NaN/inf EMG or timestamps that go backwards are found
             before training rather than in the middle of it.
         max_rows: per path, use only its first this many rows (None: all).
+        bids_metadata: the ``metadata.csv`` a BIDS copy was made from, when its root has none.
     """
 
     def __init__(self, paths: Sequence["str | Path"], spec: WindowSpec, seed: int = 0, skip_bad: bool = False,
-                 max_rows: Sequence[int | None] | None = None):
+                 max_rows: Sequence[int | None] | None = None, bids_metadata: "str | Path | None" = None):
+        self.bids_metadata = bids_metadata
         self.paths = [Path(p) for p in paths]
         self.spec = spec
         self.seed = seed
@@ -121,7 +124,7 @@ class SessionWindows(torch.utils.data.Dataset):
         self._index: list[tuple[int, int]] = []
         for i, p in enumerate(self.paths):
             try:
-                with EMGSession(p) as s:
+                with open_session(p, self.bids_metadata) as s:
                     rows = len(s) if self.max_rows[i] is None else min(len(s), self.max_rows[i])
                     count = spec.num_windows(rows)
                     if skip_bad:
@@ -149,7 +152,7 @@ class SessionWindows(torch.utils.data.Dataset):
         """Sample ``item``; ``with_emg=False`` reads its timestamps only (:func:`read_window`)."""
         fi, wi = self._index[item]
         if fi not in self._open:
-            session = EMGSession(self.paths[fi])
+            session = open_session(self.paths[fi], self.bids_metadata)
             limit = self.max_rows[fi]
             self._open[fi] = session if limit is None else TruncatedSession(session, limit)
         if self._rng is None:
@@ -295,8 +298,9 @@ def collate(samples: Sequence[dict[str, Any]]) -> Batch:
     )
 
 
-def iter_session_windows(path: "str | Path", spec: WindowSpec) -> Iterator[dict[str, Any]]:
+def iter_session_windows(path: "str | Path", spec: WindowSpec,
+                         bids_metadata: "str | Path | None" = None) -> Iterator[dict[str, Any]]:
     """All windows of one session in order (no jitter), opening the file once."""
-    with EMGSession(path) as s:
+    with open_session(path, bids_metadata) as s:
         for i in range(spec.num_windows(len(s))):
             yield read_window(s, i, spec)

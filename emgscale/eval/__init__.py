@@ -34,7 +34,10 @@ class EvalConfig:
     Attributes:
         checkpoint: checkpoint file (or a run's ``checkpoints/`` folder).
         split: ``test`` or ``val`` part of the split file.
-        split_file, data_root: default to the ones in the checkpoint's training config.
+        split_file, data_root: default to the ones in the checkpoint's training config (``data_root`` may
+            be a BIDS copy).
+        bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when it has none (default:
+            the training config's ``data.bids_metadata``).
         weights: ``model``, ``averaged`` (SWAD/SWA) or ``auto`` (averaged when the checkpoint has it).
         decoder: greedy or beam (with a KenLM LM) settings.
         chunk_seconds, context_seconds: chunked inference geometry (see module docstring).
@@ -47,6 +50,7 @@ class EvalConfig:
     split: str = "test"
     split_file: str | None = None
     data_root: str | None = None
+    bids_metadata: str | None = None
     weights: str = "auto"
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     chunk_seconds: float = 60.0
@@ -104,7 +108,7 @@ def default_out(cfg: EvalConfig, split_file: "str | Path") -> Path:
 
 
 #: Ranges, choices and paths of :class:`EvalConfig` (other numbers: finite and >= 0).
-EVAL_RULES = {"checkpoint": "path", "split": ("test", "val"), "split_file": "file", "data_root": "dir",
+EVAL_RULES = {"checkpoint": "path", "split": ("test", "val"), "split_file": "file", "data_root": "dir", "bids_metadata": "file",
               "weights": ("auto", "model", "averaged"), "chunk_seconds": ">0", "decoder.lm_path": "file",
               "decoder.beam_size": ">=1", "decoder.num_threads": ">=1", "decoder.lm_weight": "any",
               "decoder.insertion_bonus": "any", "decoder.beam_threshold": "any", "decoder.label_threshold": "any",
@@ -136,6 +140,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     model, train_cfg = load_model(cfg.checkpoint, which=which, device=cfg.device)
     split_file = cfg.split_file or train_cfg.data.split
     data_root = cfg.data_root or train_cfg.data.data_root
+    bids_metadata = cfg.bids_metadata or train_cfg.data.bids_metadata
     if not split_file or not data_root:
         raise ValueError("no split file / data root: pass --split-file and --data-root (the checkpoint names none)")
     split = load_split(split_file)
@@ -145,7 +150,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     texts: dict[str, dict[str, str]] = {}
     meter = score(session_emissions(model, data_root, refs, sample_rate_hz=train_cfg.model.features.input_sample_rate_hz,
                                     chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
-                                    device=device, bf16=cfg.bf16, desc=f"eval {cfg.split}"), decoder, texts)
+                                    device=device, bf16=cfg.bf16, desc=f"eval {cfg.split}",
+                                    bids_metadata=bids_metadata), decoder, texts)
     per_session = {s: {**v, **texts.get(s, {})} for s, v in meter.per_session().items()}
     out = Path(cfg.out) if cfg.out else default_out(cfg, split_file)
     result = {

@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--split-file", help="split YAML (default: the training config's)")
-    p.add_argument("--data-root", help="session folder (default: the training config's)")
+    p.add_argument("--data-root", help="session folder or BIDS copy (default: the training config's)")
+    p.add_argument("--bids-metadata", help="the metadata.csv a BIDS data root was made from, when it has none "
+                                           "(default: the training config's data.bids_metadata)")
     p.add_argument("--decoder", default="greedy", help="greedy | beam | flashlight")
     p.add_argument("--lm", help="KenLM binary/ARPA character LM for beam decoding")
     p.add_argument("--weights", default="auto", choices=["auto", "model", "averaged"])
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from emgscale.eval import EvalConfig, evaluate
 
     raw = {"checkpoint": a.checkpoint, "split": a.split, "split_file": a.split_file, "data_root": a.data_root,
+           "bids_metadata": a.bids_metadata,
            "weights": a.weights, "out": a.out, "decoder": {"kind": a.decoder, "lm_path": a.lm},
            "users": a.users.split(",") if a.users else None}
     for k, v in parse_overrides(a.overrides).items():

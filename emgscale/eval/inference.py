@@ -22,6 +22,8 @@ from emgscale.common import print0, progress, resolve_device
 from emgscale.data.errors import DataError
 from emgscale.data.scale import sampled_scale, scale_warning
 from emgscale.data.session import EMGSession
+from emgscale.data.source import open_session
+from emgscale.data.splits import DataRoot
 from emgscale.data.splits import load_split
 from emgscale.models import build_model
 from emgscale.train.config import TrainConfig
@@ -106,16 +108,17 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
 def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: list[Any], *,
                       sample_rate_hz: float = 2000.0, chunk_seconds: float = 60.0, context_seconds: float = 4.0,
                       device: "torch.device | str" = "cpu", bf16: bool = False,
-                      desc: str = "inference") -> Iterator[dict[str, Any]]:
+                      desc: str = "inference", bids_metadata: "str | Path | None" = None) -> Iterator[dict[str, Any]]:
     """Whole-session log-probs and targets of the sessions ``refs`` (:class:`SessionRef`) under ``data_root``.
 
+    ``data_root`` may be a BIDS copy (``bids_metadata``: the ``metadata.csv`` it was made from, when it has none).
     Yields ``{"session", "user", "log_probs" (T', C) float32, "target" (labels)}``, one session at a time.
     """
-    for i, ref in enumerate(progress(refs, total=len(refs), desc=desc, unit="session")):
-        path = Path(data_root) / f"{ref.session}.hdf5"
+    paths = DataRoot(data_root, bids_metadata).paths([r.session for r in refs])
+    for i, (ref, path) in enumerate(progress(zip(refs, paths), total=len(refs), desc=desc, unit="session")):
         if not path.is_file():
             raise DataError(path, "session named by the split is missing")
-        with EMGSession(path) as sess:
+        with open_session(path, bids_metadata) as sess:
             if i == 0:  # data in other units than the model's training data decodes to garbage: say so once
                 warning = scale_warning(sampled_scale(sess.emg, len(sess), sess.sample_rate_hz, max_seconds=20.0),
                                         model.featurizer.input_gain, where=str(path))
@@ -131,7 +134,7 @@ def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: lis
 def split_emissions(checkpoint: "str | Path", data_root: "str | Path", split_file: "str | Path", part: str, *,
                     which: str = "auto", device: str = "auto", users: list[str] | None = None,
                     chunk_seconds: float = 60.0, context_seconds: float = 4.0,
-                    bf16: bool = False) -> list[dict[str, Any]]:
+                    bf16: bool = False, bids_metadata: "str | Path | None" = None) -> list[dict[str, Any]]:
     """Whole-session emissions of every session of ``part`` of a split (computed once, decoded many ways).
 
     Args:
@@ -141,6 +144,7 @@ def split_emissions(checkpoint: "str | Path", data_root: "str | Path", split_fil
         which: weights (see :func:`load_model`).
         device: where to run the model.
         users: only these users' sessions (None: all).
+        bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when it has none.
 
     Returns:
         One dict per session: ``{"session", "user", "log_probs" (T', C), "target"}``.
@@ -150,4 +154,5 @@ def split_emissions(checkpoint: "str | Path", data_root: "str | Path", split_fil
     refs = [r for r in load_split(split_file)[part] if users is None or r.user in set(users)]
     return list(session_emissions(model, data_root, refs, sample_rate_hz=cfg.model.features.input_sample_rate_hz,
                                   chunk_seconds=chunk_seconds, context_seconds=context_seconds, device=dev,
-                                  bf16=bf16, desc=f"emissions {Path(split_file).stem}/{part}"))
+                                  bf16=bf16, desc=f"emissions {Path(split_file).stem}/{part}",
+                                  bids_metadata=bids_metadata))

@@ -34,8 +34,11 @@ class DataConfig:
         format: ``emg2qwerty`` (HDF5 sessions or shards of them) or ``csv`` (a folder of CSV/TSV
             recordings with a label per row, :mod:`emgscale.loader.csv`; ``split`` is then a split of
             files, :func:`emgscale.data.tables.load_split`).
-        data_root: folder of HDF5 sessions (read directly when ``shards`` is unset), or of CSV files.
+        data_root: folder of HDF5 sessions (read directly when ``shards`` is unset), a BIDS copy of them
+            (Meta's ``convert_to_bids.py`` layout, :mod:`emgscale.data.bids`), or a folder of CSV files.
         split: official split YAML.
+        bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when the root has none
+            (maps the split's session names to its ``sub-NN/ses-NN`` recordings).
         shards: shard folder / URL prefix (``{name}`` is replaced by ``train/train-000000.tar`` etc.) /
             brace pattern of tar URLs; preferred when set.
         shards_manifest: where the manifest is, when not at ``<shards>/manifest.json``.
@@ -69,6 +72,7 @@ class DataConfig:
 
     data_root: str | None = None
     split: str | None = None
+    bids_metadata: str | None = None
     shards: str | None = None
     shards_manifest: str | None = None
     window: WindowSpec = field(default_factory=training_windows)

@@ -183,7 +183,7 @@ class FeatureCache:
     # ------------------------------------------------------------------ blocks
     def session_block(self, path: "str | Path") -> np.ndarray:
         """The spectra of a whole HDF5 session (built on first use), memory-mapped."""
-        from emgscale.data.session import EMGSession
+        from emgscale.data.source import open_session
 
         name = self._session_names.get(str(path))
         if name is None:  # resolve and stat a file once per process, not once per window
@@ -193,7 +193,7 @@ class FeatureCache:
             self._session_names[str(path)] = name
         if name in self._open:
             return self._hit(name)
-        with EMGSession(Path(path).resolve()) as session:
+        with open_session(Path(path).resolve()) as session:
             return self._block(name, len(session), session.emg, str(path))
 
     def record_block(self, record: dict[str, Any]) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from emgscale.common import print0
-from emgscale.data.session import EMGSession
-from emgscale.data.splits import load_split
+from emgscale.data.source import open_session
+from emgscale.data.splits import DataRoot, load_split
 from emgscale.data.errors import DataError
 from emgscale.data.windows import SessionWindows, WindowSpec, check_values_once, collate
 from emgscale.loader.feature_cache import FeatureCache
@@ -47,10 +47,10 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
     split = load_split(cfg.split)
     refs = [r for r in split[part] if sel.keep(r.user, r.session)]
     root = Path(cfg.data_root)
-    paths = [root / f"{r.session}.hdf5" for r in refs]
+    paths = DataRoot(root, cfg.bids_metadata).paths([r.session for r in refs], cfg.split)  # HDF5 or BIDS
     missing = [p for p in paths if not p.is_file()]
     if missing and not cfg.skip_bad:
-        split.resolve(root, part)  # raises, listing every missing file
+        split.resolve(root, part, cfg.bids_metadata)  # raises, listing every missing file
     _report_missing(tuple(str(p) for p in missing))
     paths = [p for p in paths if p.is_file()]
     spec = window_spec(cfg, part, train)
@@ -61,7 +61,7 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
         infos = []
         for p in paths:
             try:
-                with EMGSession(p) as s:
+                with open_session(p, cfg.bids_metadata) as s:
                     if cfg.skip_bad:
                         check_values_once(s)
                     infos.append((s.user, str(p), s.start_time, len(s), s.sample_rate_hz))
@@ -71,9 +71,10 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
                 _report_skipped(str(p), e.problem)
         budget = minutes_budget(infos, sel.max_minutes)
         ds: torch.utils.data.Dataset = SessionWindows([Path(k) for k in budget], spec, seed=mix,
-                                                      max_rows=list(budget.values()))
+                                                      max_rows=list(budget.values()), bids_metadata=cfg.bids_metadata)
     else:
-        ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad))  # no open files (__getstate__)
+        # no open files (__getstate__)
+        ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad, cfg.bids_metadata))
         ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
     cached = cache is not None and spec.window_samples is not None  # whole sessions stay raw
     if cached:
@@ -97,9 +98,10 @@ def _report_missing(paths: tuple[str, ...]) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _session_windows(paths: tuple[Path, ...], spec: WindowSpec, skip_bad: bool) -> SessionWindows:
+def _session_windows(paths: tuple[Path, ...], spec: WindowSpec, skip_bad: bool,
+                     bids_metadata: str | None = None) -> SessionWindows:
     """Counting windows opens every file: do it once per (files, windowing), not once per epoch."""
-    ds = SessionWindows(paths, spec, skip_bad=skip_bad)
+    ds = SessionWindows(paths, spec, skip_bad=skip_bad, bids_metadata=bids_metadata)
     for path, problem in ds.skipped:
         _report_skipped(path, problem)
     return ds

@@ -29,7 +29,7 @@ def _csv(text: str) -> list[str]:
 def _write_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m emgscale.shard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", required=True, help="folder of <session>.hdf5 files")
+    p.add_argument("--data-root", required=True, help="folder of <session>.hdf5 files, or a BIDS copy of them")
     p.add_argument("--out", required=True, help="output folder (OUT/<part>/*.tar and OUT/manifest.json)")
     _content_options(p)
     p.add_argument("--workers", type=int, default=None, help="local writer processes (default: CPUs, at most 8)")
@@ -44,6 +44,7 @@ def _content_options(p: argparse.ArgumentParser) -> None:
     d = ShardConfig()
     p.add_argument("--split", help="official split YAML (e.g. generic.yaml); without it: all sessions under "
                                    "--data-root into the one part given by --parts")
+    p.add_argument("--bids-metadata", help="the metadata.csv a BIDS --data-root was made from, when it has none")
     p.add_argument("--users", type=_csv, help="keep only these users (comma-separated ids)")
     p.add_argument("--sessions", type=_csv, help="keep only these session names (comma-separated)")
     p.add_argument("--parts", type=_csv, default=None, help="parts to write (default: train,val,test with a split)")
@@ -71,7 +72,8 @@ def config_from_args(args: argparse.Namespace) -> ShardConfig:
     """The :class:`ShardConfig` of parsed ``write`` (or ``estimate``) arguments."""
     parts = args.parts or (["train", "val", "test"] if args.split else ["train"])
     return ShardConfig(
-        data_root=getattr(args, "data_root", ""), out=getattr(args, "out", ""), split=args.split, users=args.users, sessions=args.sessions,
+        data_root=getattr(args, "data_root", ""), out=getattr(args, "out", ""), split=args.split,
+        bids_metadata=getattr(args, "bids_metadata", None), users=args.users, sessions=args.sessions,
         parts=parts, window=WindowSpec(args.window_samples, args.stride_samples, args.pad_left_samples,
                                        args.pad_right_samples, jitter=True),
         train_windows_per_record=args.train_windows_per_record, val_mode=args.eval_mode or args.val_mode,

@@ -63,7 +63,7 @@ def validate_shard_config(cfg: ShardConfig) -> None:
     Raises:
         ConfigError: naming the first bad setting and its value.
     """
-    check_values(cfg, {"data_root": "dir", "split": "file", "dtype": ("float16", "float32"),
+    check_values(cfg, {"data_root": "dir", "split": "file", "bids_metadata": "file", "dtype": ("float16", "float32"),
                        "val_mode": ("windows", "session"), "test_mode": ("windows", "session"),
                        "parts": lambda v: None if v and set(v) <= set(_PART_ORDER) else "must be train, val and/or test",
                        "window.window_samples": ">=1", "window.stride_samples": ">=1",
@@ -128,7 +128,8 @@ def _run(cfg: ShardConfig, runner: "_Runner", plans: list[ShardPlan], entries: l
     """Run the tasks of ``plans``; returns newly found bad sessions (raises at once without skip_bad)."""
     paths = {e.session: e.path for e in entries}
     tasks = [ShardTask(str(Path(cfg.out).resolve()), p.name, p.part, p.kind, p.plan_hash, cfg.record_spec(),
-                       tuple((paths[r.session], r.first_window, r.num_windows) for r in p.records)) for p in plans]
+                       tuple((paths[r.session], r.first_window, r.num_windows) for r in p.records),
+                       cfg.bids_metadata) for p in plans]
     pending = Counter(s for p in plans for s in {r.session for r in p.records})
     total_sessions, t0, written = len(pending), time.monotonic(), [0]
     new_bad: list[tuple[str, str]] = []

@@ -29,8 +29,9 @@ import numpy as np
 
 from emgscale.data.errors import DataError
 from emgscale.data.window_spec import WindowSpec, training_windows
-from emgscale.data.session import ON_KEYBOARD, EMGSession
-from emgscale.data.splits import METADATA_CSV, SPLIT_NAMES, load_split, normalize_user, read_metadata, session_files
+from emgscale.data.session import ON_KEYBOARD
+from emgscale.data.source import data_bytes, open_session
+from emgscale.data.splits import SPLIT_NAMES, DataRoot, load_split, normalize_user
 from emgscale.shard.records import (KIND_SESSION, KIND_TRAIN, KIND_WINDOW, RECORD_FORMAT_VERSION, RecordSpec,
                                     estimate_record_bytes, sample_key)
 
@@ -42,7 +43,8 @@ class ShardConfig:
     """Settings of ``python -m emgscale.shard`` (content settings first, then how to run).
 
     Attributes:
-        data_root: folder of ``<session>.hdf5`` files (and ``metadata.csv``).
+        data_root: folder of ``<session>.hdf5`` files (and ``metadata.csv``), or a BIDS copy of them.
+        bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when the root has none.
         out: output folder (``OUT/<part>/<part>-NNNNNN.tar``, ``OUT/manifest.json``).
         split: an official split YAML; without it, all sessions under ``data_root`` (after the
             ``users``/``sessions`` filters) go into the one part named in ``parts``.
@@ -66,6 +68,7 @@ class ShardConfig:
     data_root: str = ""
     out: str = ""
     split: str | None = None
+    bids_metadata: str | None = None
     users: list[str] | None = None
     sessions: list[str] | None = None
     parts: list[str] = field(default_factory=lambda: list(SPLIT_NAMES))
@@ -179,24 +182,20 @@ def select_sessions(cfg: ShardConfig) -> dict[str, list[tuple[str, str, Path]]]:
     if cfg.split:
         split = load_split(cfg.split)
         for part in cfg.parts:
-            out[part] = [(r.user, r.session, root / f"{r.session}.hdf5") for r in split[part]]
+            paths = DataRoot(root, cfg.bids_metadata).paths([r.session for r in split[part]], cfg.split)
+            out[part] = [(r.user, r.session, p) for r, p in zip(split[part], paths)]
     else:
         if len(cfg.parts) != 1:
             raise ValueError(f"without --split, name exactly one part to write (--parts train), got {cfg.parts}")
-        files = session_files(root)
-        by_name: dict[str, str] = {}
-        if (root / METADATA_CSV).is_file():
-            by_name = {r.session: r.user for r in read_metadata(root / METADATA_CSV)}
         refs = []
-        for p in files:
-            user = by_name.get(p.stem)
-            if user is None and users is not None:
+        for user, name, p in DataRoot(root, cfg.bids_metadata).sessions():  # user "": not in metadata.csv
+            if not user and users is not None:
                 try:
-                    with EMGSession(p) as s:
+                    with open_session(p, cfg.bids_metadata) as s:
                         user = normalize_user(s.user)
                 except DataError:
                     user = ""  # reported when the session is inspected
-            refs.append((user or "", p.stem, p))
+            refs.append((user or "", name, p))
         out[cfg.parts[0]] = refs
     for part, refs in out.items():
         out[part] = [r for r in refs if (users is None or normalize_user(r[0]) in users)
@@ -207,12 +206,12 @@ def select_sessions(cfg: ShardConfig) -> dict[str, list[tuple[str, str, Path]]]:
 def inspect_session(cfg: ShardConfig, part: str, user: str, session: str, path: Path) -> SessionEntry | Skipped:
     """Open a session (attributes and two timestamps only) and decide whether it can be sharded."""
     try:
-        with EMGSession(path) as s:
+        with open_session(path, cfg.bids_metadata) as s:
             n = len(s)
             if s.condition != ON_KEYBOARD:
                 raise DataError(path, f"condition is {s.condition!r}; shards need 'on_keyboard' sessions")
             entry = SessionEntry(str(path), s.session_name, normalize_user(s.user or user), part, n, s.sample_rate_hz,
-                                 s.start_time, path.stat().st_size,
+                                 s.start_time, data_bytes(s),
                                  _count_windows(cfg, part, n))
     except DataError as e:
         return Skipped(str(path), session, user, part, e.problem)

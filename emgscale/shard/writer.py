@@ -21,6 +21,7 @@ import webdataset as wds
 from emgscale.common import atomic_path, atomic_write_json
 from emgscale.data.errors import DataError
 from emgscale.data.session import EMGSession
+from emgscale.data.source import open_session
 from emgscale.shard.records import RecordSpec, build_record
 
 STATE_DIR = ".state"
@@ -38,6 +39,7 @@ class ShardTask:
         plan_hash: hash of the shard's settings and records.
         spec: record settings.
         records: ``(session_path, first_window, num_windows)`` in write order.
+        bids_metadata: the ``metadata.csv`` a BIDS data root was made from, when the root has none.
     """
 
     out: str
@@ -47,6 +49,7 @@ class ShardTask:
     plan_hash: str
     spec: RecordSpec
     records: tuple[tuple[str, int, int], ...]
+    bids_metadata: str | None = None
 
 
 @dataclass
@@ -141,7 +144,7 @@ def write_shard(task: ShardTask) -> ShardResult:
                 for path, first, count in task.records:
                     current = path
                     if path not in sessions:
-                        sessions[path] = EMGSession(path)
+                        sessions[path] = open_session(path, task.bids_metadata)
                     members, stats = build_record(sessions[path], task.spec, task.kind, first, count)
                     tar.write(members)
                     meta = json.loads(members["json"])

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.stream", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint of a causal model (or a run's checkpoints/ folder)")
-    p.add_argument("session", help="session HDF5 file to replay")
+    p.add_argument("session", help="session file to replay (HDF5, or a BIDS recording's .vhdr)")
     p.add_argument("--realtime", action="store_true", help="pace the replay by the session clock")
     p.add_argument("--chunk-ms", type=float, default=40.0, help="chunk length in ms (default 40)")
     p.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])

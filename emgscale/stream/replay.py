@@ -21,6 +21,7 @@ import numpy as np
 
 from emgscale.data.charset import charset
 from emgscale.data.session import EMGSession
+from emgscale.data.source import open_session
 from emgscale.metrics import edit_distance
 from emgscale.stream.decoding import OnlineDecoder, OnlineGreedy
 from emgscale.stream.streamer import Streamer
@@ -143,7 +144,7 @@ def replay_session(streamer: Streamer, session: "EMGSession | str | np.ndarray",
 
     Args:
         streamer: the model's streamer (reset here).
-        session: an open :class:`EMGSession`, a path to one, or a (T, 2, 16) EMG array (timed at the
+        session: an open :class:`EMGSession`, a path to one (HDF5, or a BIDS ``.vhdr``), or a (T, 2, 16) EMG array (timed at the
             model's input rate, no labels: no key latency).
         chunk_ms: chunk length in milliseconds (at least one sample).
         decoder: online decoder (default :class:`OnlineGreedy`); reset here.
@@ -155,7 +156,7 @@ def replay_session(streamer: Streamer, session: "EMGSession | str | np.ndarray",
         The :class:`ReplayResult`.
     """
     if isinstance(session, (str, bytes)) or hasattr(session, "__fspath__"):
-        with EMGSession(session) as sess:  # type: ignore[arg-type]
+        with open_session(session) as sess:  # type: ignore[arg-type]
             return replay_session(streamer, sess, chunk_ms=chunk_ms, decoder=decoder, realtime=realtime,
                                   max_seconds=max_seconds, on_keys=on_keys)
     sess = _ArraySession(session, streamer.sample_rate_hz) if isinstance(session, np.ndarray) else session

@@ -214,7 +214,7 @@ def _channels_problem(value: list[int]) -> str | None:
 #: The ranges, choices and paths of :class:`TrainConfig` (:func:`validate`); every other number must be
 #: finite and >= 0 (``emgscale.config.check_values``).
 TRAIN_RULES: dict[str, Rule] = {
-    "data.data_root": "dir", "data.split": "file", "data.shards": _shards_problem, "data.shards_manifest": "file",
+    "data.data_root": "dir", "data.split": "file", "data.bids_metadata": "file", "data.shards": _shards_problem, "data.shards_manifest": "file",
     "data.window.window_samples": ">=1", "data.window.stride_samples": ">=1",
     "data.val_mode": ("windows", "session"), "data.test_mode": ("windows", "session"),
     "data.batch_size": ">=1", "data.batch_size_per_device": ">=1", "data.train_samples_per_epoch": ">=1",
@@ -256,7 +256,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     rules = {**TRAIN_RULES, "model.arch": tuple(sorted(ENCODERS)), "loss.kind": tuple(sorted(OBJECTIVES))}
     d = cfg.data
     if d.shards:  # training reads the shards only (data_root / split may name where they came from)
-        rules.update({"data.data_root": "any", "data.split": "any"})
+        rules.update({"data.data_root": "any", "data.split": "any", "data.bids_metadata": "any"})
     try:
         check_values(cfg, rules)
     except ConfigError as e:
