@@ -38,10 +38,10 @@ def both_modes(layer: S4D, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return conv, rec
 
 
-@pytest.mark.parametrize("length", [1, 40, s4d_module.FFT_MIN_FRAMES, s4d_module.FFT_MIN_FRAMES + 1, 250])
+@pytest.mark.parametrize("length", [1, 2, 40, 127, 250])
 @pytest.mark.parametrize("trained", [False, True])
 def test_convolution_mode_equals_recurrence_in_float32(length: int, trained: bool) -> None:
-    """Kernel convolution (direct and FFT) and the step-by-step recurrence agree to 1e-5 in float32."""
+    """Kernel convolution (FFT) and the step-by-step recurrence agree to 1e-5 in float32."""
     torch.manual_seed(0)
     layer = S4D(16, 32, 0.001, 0.1)
     if trained:
