@@ -60,7 +60,7 @@ class S4DConfig:
 
     d_model: int = 256
     d_state: int = 64
-    num_layers: int = 4
+    num_layers: int = 6
     kernel_size: int = 10
     stride: int = 5
     dt_min: float = 0.001
@@ -73,8 +73,8 @@ def causal_convolution(u: Tensor, k: Tensor) -> Tensor:
     """``y[..., t] = sum_{j <= t} k[..., j] u[..., t - j]`` per channel: (B, H, L), (H, L) -> (B, H, L).
 
     Through the FFT (zero-padded to ``2 L``, so nothing wraps around), O(L log L), at every length: a
-    direct grouped convolution (O(L^2)) was faster only below ~32 frames on a CPU (batch 32, H = 256), shorter
-    than a training window at 25 Hz, and the streaming step uses the recurrence.
+    direct grouped convolution (O(L^2)) was faster only below ~32 frames on a CPU (batch 32, H = 256),
+    shorter than a training window at 25 Hz, and the streaming step uses the recurrence.
     """
     L = k.shape[-1]
     n = 2 * L
@@ -145,8 +145,9 @@ class S4D(nn.Module):
         return y + u * self.D, torch.stack([s_re, s_im], 1)
 
     def forward(self, x: Tensor, lengths: LengthsOrState) -> Tensor:
-        """(B, T, H) -> (B, T, H) in the parameters' dtype: convolution mode given ``lengths`` (padding zeroed first, so it
-        never reaches a valid frame), recurrent mode given a :class:`StreamState` (one state tensor).
+        """(B, T, H) -> (B, T, H) in the parameters' dtype: convolution mode given ``lengths`` (padding
+        zeroed first, so it never reaches a valid frame), recurrent mode given a :class:`StreamState`
+        (one state tensor).
 
         Runs with autocast off, in float32 under it (FFTs and long sums; CPU FFTs take no bfloat16).
         """
