@@ -6,7 +6,8 @@ For each model config (``configs/models/<name>.yaml``) it reports:
 * forward GFLOP per EMG-second: ``torch.utils.flop_counter.FlopCounterMode`` on one eval-mode forward of
   an input of ``window + context`` samples, divided by that input's duration (matmuls, convolutions and
   attention; elementwise work is not counted, nor are oneDNN's fused LSTM kernels, so LSTM rows
-  count only the layers around the recurrence);
+  count only the layers around the recurrence; S4D rows add the FLOPs of the S4D recurrence, their
+  streaming form, because their offline convolution mode runs FFTs the counter does not see);
 * a training step (forward, CTC loss, backward, AdamW step) on random EMG with random labels, batch
   ``--batch`` of ``--window-samples + --context-samples`` samples (default 32 x 10,000 = the reference's
   4 s windows with 0.9 s + 0.1 s context), in fp32 and under ``torch.autocast(dtype=bfloat16)``:
@@ -157,6 +158,9 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
     with torch.no_grad(), FlopCounterMode(display=False) as fc, autocast:
         model(emg[:1], lengths[:1])
     fwd_flops = fc.get_total_flops()
+    recurrent_flops = getattr(getattr(model, "encoder", None), "recurrent_flops", None)  # S4D: uncounted elementwise
+    if recurrent_flops is not None:
+        fwd_flops += recurrent_flops(out_len)
     model.train()
     with FlopCounterMode(display=False) as fc:
         loss_fn().backward()

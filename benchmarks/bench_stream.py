@@ -36,8 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "models"
 sys.path.insert(0, str(ROOT))  # this checkout's emgscale, not an installed one
-DEFAULT_CONFIGS = ("tds_causal_small", "cnn_gru_causal_small", "conformer_causal_small", "tds", "cnn_gru_causal",
-                   "conformer_causal")
+DEFAULT_CONFIGS = ("tds_causal_small", "cnn_gru_causal_small", "conformer_causal_small", "s4d_small", "tds",
+                   "cnn_gru_causal", "conformer_causal", "s4d")
 
 
 def build(name: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "load_average": list(os.getloadavg()), "hardware": hardware(), "models": {}}
     tiny = {"frontend": {"mlp_features": [16]}, "tds": {"block_channels": [4, 4], "kernel_width": 4},
             "cnn_rnn": {"conv_channels": [16], "strides": [2], "hidden_size": 16, "num_layers": 1},
-            "conformer": {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 32, "left_frames": 8}}
+            "conformer": {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 32, "left_frames": 8},
+            "s4d": {"d_model": 16, "d_state": 8, "num_layers": 1}}
     print(f"{'config':24s} {'params':>9s} {'wall med/p99 ms':>16s} {'cpu med/p99 ms':>15s} {'RTF':>6s} "
           f"{'lookahead ms':>12s} {'buffer ms':>9s}")
     for name in [c for c in a.configs.split(",") if c]:

@@ -44,10 +44,11 @@ TINY = {
                                                                  "chunk_frames": 8, "left_chunks": 1}},
     "transformer_full": {"arch": "transformer", "transformer": {"d_model": 32, "num_layers": 1, "num_heads": 2,
                                                                 "ffn_dim": 64, "attention": "full"}},
+    "s4d": {"arch": "s4d", "s4d": {"d_model": 16, "d_state": 8, "num_layers": 2, "kernel_size": 5, "stride": 5}},
 }
 
 #: the TINY models whose encoder streams (causal); the others must say why not
-STREAMABLE = {"tds", "lstm", "cnn_gru_causal", "conformer_causal"}
+STREAMABLE = {"tds", "lstm", "cnn_gru_causal", "conformer_causal", "s4d"}
 
 
 def tiny_cfg(name: str, **features: typing.Any) -> ModelConfig:
@@ -148,7 +149,7 @@ def test_chunks_match_whole_sequence_outside_context(name: str) -> None:
 
 def test_causal_models_ignore_the_future() -> None:
     """Causal variants: changing samples after time t never changes output frames that end before t."""
-    for name in ("conformer_causal", "cnn_gru_causal", "lstm", "tds"):
+    for name in ("conformer_causal", "cnn_gru_causal", "lstm", "tds", "s4d"):
         model = tiny_model(name)
         x = rand_emg(1, 2400)
         x2 = x.clone()
@@ -229,6 +230,9 @@ FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
        {"conv_channels": [12, 16], "kernel_size": 3, "strides": [1, 2], "causal": True, "rnn_type": "lstm",
         "hidden_size": 8, "num_layers": 1, "dropout": 0.3}.items()},
     "cnn_rnn.bidirectional": (False, {"arch": "cnn_rnn"}),
+    **{f"s4d.{k}": (v, {"arch": "s4d"}) for k, v in
+       {"d_model": 12, "d_state": 4, "num_layers": 1, "kernel_size": 6, "stride": 4, "dt_min": 0.01, "dt_max": 0.5,
+        "prenorm": True, "dropout": 0.3}.items()},
 }
 ATTN_CHANGES = {"d_model": 48, "num_layers": 1, "num_heads": 4, "ffn_dim": 32, "dropout": 0.3,
                 "subsampling_strides": [1], "subsampling_kernel": 5, "attention": "full", "left_frames": 2,
@@ -245,6 +249,7 @@ FIELD_BASE = {"frontend": {"mlp_features": [16]}, "tds": {"block_channels": [8, 
                             "left_frames": 6, "right_frames": 3, "chunk_frames": 6},
               "transformer": {"d_model": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "left_frames": 6,
                               "right_frames": 3, "chunk_frames": 6},
+              "s4d": {"d_model": 16, "d_state": 8, "num_layers": 2, "kernel_size": 5, "stride": 5},
               "augment": {"amplitude_scale": 0.1, "channel_mask_prob": 0.1}}
 
 
@@ -301,7 +306,7 @@ def test_every_config_field_reaches_the_model() -> None:
 def test_dropout_values_arrive_in_modules() -> None:
     """Each arch's dropout setting is the p of every dropout module its encoder builds."""
     for arch, section in (("tds", "tds"), ("lstm", "rnn"), ("cnn_rnn", "cnn_rnn"), ("conformer", "conformer"),
-                          ("transformer", "transformer")):
+                          ("transformer", "transformer"), ("s4d", "s4d")):
         data = yaml.safe_load(yaml.safe_dump(FIELD_BASE))
         data["arch"] = arch
         data[section]["dropout"] = 0.37
@@ -310,7 +315,7 @@ def test_dropout_values_arrive_in_modules() -> None:
         assert ps and all(p == pytest.approx(0.37) for p in ps), (arch, ps)
 
 
-@pytest.mark.parametrize("name", ["tds", "bigru", "conformer", "transformer_chunk"])
+@pytest.mark.parametrize("name", ["tds", "bigru", "conformer", "transformer_chunk", "s4d"])
 def test_bf16_autocast_trains(name: str) -> None:
     """Under CPU bf16 autocast the log-probs are float32, close to fp32, and a CTC backward works."""
     model = tiny_model(name)
@@ -444,7 +449,9 @@ def test_unknown_arch_and_bad_settings_raise() -> None:
         build_model(from_dict(ModelConfig, {"arch": "cnn_rnn", "cnn_rnn": {"causal": True}}))
     with pytest.raises(ValueError, match="shorter"):
         build_model(ModelConfig())(rand_emg(1, 1000), torch.tensor([1000]))
-    assert set(ENCODERS) >= {"tds", "lstm", "gru", "cnn_rnn", "conformer", "transformer"}
+    with pytest.raises(ValueError, match="s4d.d_state"):
+        build_model(from_dict(ModelConfig, {"arch": "s4d", "s4d": {"d_state": 7}}))
+    assert set(ENCODERS) >= {"tds", "lstm", "gru", "cnn_rnn", "conformer", "transformer", "s4d"}
 
 
 def test_benchmark_script_runs_on_tiny_settings(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from emgscale.features.config import AugmentConfig, FeatureConfig
 from emgscale.models.conformer import ConformerConfig
 from emgscale.models.frontend import FrontendConfig
 from emgscale.models.rnn import CNNRNNConfig, RNNConfig
+from emgscale.models.s4d import S4DConfig
 from emgscale.models.tds import TDSConfig
 from emgscale.models.transformer import TransformerConfig
 
@@ -18,12 +19,12 @@ class ModelConfig:
 
     Attributes:
         arch: encoder registry name: ``tds``, ``lstm``, ``gru``, ``cnn_rnn``, ``conformer``,
-            ``transformer`` (see :data:`emgscale.models.ENCODERS`). Only the section of the chosen
+            ``transformer``, ``s4d`` (see :data:`emgscale.models.ENCODERS`). Only the section of the chosen
             arch is used; each has its own ``dropout``.
         features: spectral features, rate, electrode subset, normalisation.
         augment: training augmentations (inside the model, train mode only).
         frontend: per-frame front end feeding the encoder.
-        tds, rnn, cnn_rnn, conformer, transformer: encoder settings (``rnn`` serves ``lstm`` and
+        tds, rnn, cnn_rnn, conformer, transformer, s4d: encoder settings (``rnn`` serves ``lstm`` and
             ``gru``; ``rnn.bidirectional`` picks BiLSTM / BiGRU).
         num_classes: outputs of the head; 0 = the CTC charset (98 keys + blank). A frame classifier
             (``loss.kind: frame_ce``) sets its number of labels (6 for the finger dataset).
@@ -42,4 +43,5 @@ class ModelConfig:
     cnn_rnn: CNNRNNConfig = field(default_factory=CNNRNNConfig)
     conformer: ConformerConfig = field(default_factory=ConformerConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    s4d: S4DConfig = field(default_factory=S4DConfig)
     head_blank_prior: float = 0.0

@@ -34,6 +34,7 @@ from emgscale.models.conformer import ConformerEncoder
 from emgscale.models.config import ModelConfig
 from emgscale.models.frontend import build_frontend
 from emgscale.models.rnn import CNNRNNEncoder, RNNEncoder
+from emgscale.models.s4d import S4DEncoder
 from emgscale.models.tds import TDSConvEncoder
 from emgscale.models.transformer import TransformerEncoder
 
@@ -48,6 +49,7 @@ ENCODERS: dict[str, EncoderFactory] = {
     "cnn_rnn": lambda cfg, n: CNNRNNEncoder(n, cfg.cnn_rnn),
     "conformer": lambda cfg, n: ConformerEncoder(n, cfg.conformer),
     "transformer": lambda cfg, n: TransformerEncoder(n, cfg.transformer),
+    "s4d": lambda cfg, n: S4DEncoder(n, cfg.s4d),
 }
 
 

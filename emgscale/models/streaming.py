@@ -24,10 +24,12 @@ stateful primitives look which one they got, and keep their state there:
   padding);
 * RNN: each layer's hidden (and cell) state;
 * local / chunked causal attention: the last ``L`` keys and values (``L`` = the mask's left span) and
-  the stream position (masks and rotary positions use it).
+  the stream position (masks and rotary positions use it);
+* S4D layer: its complex state; it runs its convolution mode given the ``lengths`` and its recurrence
+  given a :class:`StreamState` (:mod:`emgscale.models.s4d`).
 
-A family whose streaming form is not its offline blocks with caches (a state-space layer: convolution
-mode offline, recurrence when streaming) overrides ``streaming_forward`` instead.
+A family whose streaming form is not its offline blocks with state can override ``streaming_forward``
+instead.
 """
 
 from __future__ import annotations
