@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emgscale.bench.steps import job_overrides, run_folder
-from emgscale.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
+from emgscale.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint, upgrade_legacy_checkpoint
 from emgscale.config import build_config
 from emgscale.train import TrainConfig, wants_ray
 
@@ -58,7 +58,7 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 
 def test_format_1_checkpoints_are_upgraded(tmp_path):
-    """A format-1 file (flat data.window_samples, numpy RNG state) loads, its config in today's layout."""
+    """A format-1 file (flat data.window_samples, numpy RNG state), once converted, loads in today's layout."""
     import random
 
     from emgscale.config import from_dict, to_dict
@@ -72,7 +72,9 @@ def test_format_1_checkpoints_are_upgraded(tmp_path):
                                         "python": random.getstate()}], "best_val_cer": 0.5, "history": [],
            "optimizer": {}, "scheduler": {}, "averager": {}, "averaged_model": None}
     torch.save(old, tmp_path / "v1.pt")
-    ck = load_checkpoint(tmp_path / "v1.pt")
+    with pytest.raises(ValueError, match="upgrade-legacy"):  # never unpickled by an ordinary read
+        load_checkpoint(tmp_path / "v1.pt")
+    ck = load_checkpoint(upgrade_legacy_checkpoint(tmp_path / "v1.pt", tmp_path / "v3.pt"))
     assert ck.step == 3 and from_dict(TrainConfig, ck.config).data.window.window_samples == 4000
     assert isinstance(ck.rng[0]["numpy"][1], torch.Tensor)
 

@@ -4,7 +4,9 @@
 such as Meta's released ``models/generic.ckpt``, without running pickled code, and writes an ordinary
 emgscale checkpoint (weights, resolved config, step, epoch) that ``python -m emgscale.eval`` and
 ``run.init_from`` take. ``export`` writes an emgscale TDS checkpoint as a Lightning checkpoint the
-reference loads (``python -m emg2qwerty.train checkpoint=OUT.ckpt ...``).
+reference loads (``python -m emg2qwerty.train checkpoint=OUT.ckpt ...``). ``upgrade-legacy OLD.pt --out NEW.pt
+--i-trust-this-file`` converts a checkpoint written before format 2 (numpy RNG state inside), which
+every other command refuses to open (:func:`emgscale.checkpoint.upgrade_legacy_checkpoint`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def _export(a: argparse.Namespace) -> None:
     print(f"[models] {a.checkpoint} ({a.weights} weights) -> {a.out} (reference TDSConvCTCModule layout)")
 
 
+def _upgrade(a: argparse.Namespace) -> None:
+    from emgscale.checkpoint import upgrade_legacy_checkpoint
+
+    if not a.i_trust_this_file:
+        raise ValueError(f"{a.checkpoint}: upgrade-legacy loads numpy objects from the file; add "
+                         "--i-trust-this-file if you trust where it came from")
+    out = upgrade_legacy_checkpoint(a.checkpoint, a.out)
+    print(f"[models] {a.checkpoint} (format 1) -> {out}")
+
+
 @cli("python -m emgscale.models")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.models", description=__doc__,
@@ -78,8 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--to", required=True, choices=["reference"], help="target layout")
     exp.add_argument("--weights", default="model", choices=["model", "averaged"])
     exp.add_argument("--out", required=True, help="Lightning checkpoint to write (.ckpt)")
+    up = sub.add_parser("upgrade-legacy", help="emgscale checkpoint from before format 2 -> today's format")
+    up.add_argument("checkpoint", help="the old checkpoint (.pt)")
+    up.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    up.add_argument("--i-trust-this-file", action="store_true",
+                    help="required: the file's numpy objects are loaded (nothing else it pickles is)")
     a = p.parse_args(argv)
-    _import(a) if a.command == "import-reference" else _export(a)
+    {"import-reference": _import, "export": _export, "upgrade-legacy": _upgrade}[a.command](a)
     return 0
 
 

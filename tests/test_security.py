@@ -1,0 +1,148 @@
+"""Files are data, never code: no pickled callable runs, stored configs run no shell, metadata sizes are
+checked before allocation, file modes follow the umask (issue 23, security)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+from emgscale.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, upgrade_legacy_checkpoint
+from emgscale.config import to_dict
+from emgscale.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Payload:
+    """Unpickling this calls ``os.mkdir(target)``: the marker that pickled code ran."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.mkdir, (str(self.target),)
+
+
+def _hostile(tmp_path: Path) -> tuple[Path, Path]:
+    """A ``.pt`` that looks like an emgscale checkpoint and carries a payload; returns (file, marker)."""
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": {"w": torch.zeros(2)}, "config": to_dict(TrainConfig()),
+                "step": 1, "history": [_Payload(marker)]}, path)
+    return path, marker
+
+
+def _eval_model(p: Path) -> Any:
+    from emgscale.eval import load_model  # eval, stream, fingers evaluate
+
+    return load_model(p)
+
+
+def _resume_config(p: Path) -> Any:
+    from emgscale.train.config import resumed_config  # train --resume CKPT
+
+    return resumed_config([], [f"run.out_dir={p.parent / 'run'}"], str(p))
+
+
+def _init_from(p: Path) -> Any:
+    from emgscale.train.loop import _init_weights  # run.init_from
+
+    return _init_weights(torch.nn.Linear(2, 2), str(p), False)
+
+
+def _ray_restart(p: Path) -> Any:
+    from emgscale.train.launch import _step_of  # a restarted Ray worker group picks the newest checkpoint
+
+    assert _step_of(p) is None  # unreadable: not a candidate
+    return load_checkpoint(p)
+
+
+def _models_export(p: Path) -> Any:
+    from emgscale.models.__main__ import main
+
+    assert main(["export", str(p), "--to", "reference", "--out", str(p.parent / "out.ckpt")]) == 2
+    raise ValueError("refused")
+
+
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    "load_checkpoint": load_checkpoint,  # bench --generic-checkpoint, swad posthoc, fingers bench
+    "eval/stream load_model": _eval_model, "train --resume": _resume_config, "run.init_from": _init_from,
+    "ray restart": _ray_restart, "models export": _models_export,
+}
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_a_checkpoint_with_a_pickled_payload_is_refused_and_never_run(tmp_path: Path, name: str) -> None:
+    """Every reader of a .pt refuses a file whose pickle names a callable, and the callable never runs."""
+    path, marker = _hostile(tmp_path)
+    with pytest.raises(ValueError) as e:
+        LOADERS[name](path)
+    assert not marker.exists()
+    if name != "models export":
+        assert str(e.value).startswith(f"{path}: not an emgscale checkpoint (it pickles ") and "mkdir" in str(e.value)
+        assert "\n" not in str(e.value)
+
+
+def test_the_eval_cli_refuses_a_hostile_checkpoint_in_one_line(tmp_path: Path) -> None:
+    """`python -m emgscale.eval evil.pt`: exit 2, one line naming the file, the payload not run."""
+    path, marker = _hostile(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "emgscale.eval", str(path)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"{path}: not an emgscale checkpoint" in proc.stderr
+    assert not marker.exists()
+
+
+def _format_1(path: Path) -> Path:
+    cfg = to_dict(TrainConfig())
+    window = cfg["data"].pop("window")
+    cfg["data"].update({k: window[k] for k in ("window_samples", "stride_samples", "pad_left_samples")})
+    cfg["data"]["window_samples"] = 4000
+    old = {"format_version": 1, "model": {"w": torch.zeros(2)}, "config": cfg, "step": 3, "epoch": 0,
+           "step_in_epoch": 3, "rng": [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                        "python": random.getstate()}], "best_val_cer": 0.5, "history": [],
+           "optimizer": {}, "scheduler": {}, "averager": {}, "averaged_model": None}
+    torch.save(old, path)
+    return path
+
+
+def test_a_format_1_checkpoint_is_refused_with_the_command_that_converts_it(tmp_path: Path) -> None:
+    """A pre-format-2 file (numpy RNG state) is not unpickled: one line naming upgrade-legacy."""
+    old = _format_1(tmp_path / "v1.pt")
+    with pytest.raises(ValueError, match=r"v1\.pt: an emgscale checkpoint from before format 2 .*"
+                                         r"python -m emgscale\.models upgrade-legacy .*--i-trust-this-file"):
+        load_checkpoint(old)
+
+
+def test_upgrade_legacy_converts_a_format_1_file_and_refuses_a_payload(tmp_path: Path) -> None:
+    """upgrade-legacy writes a loadable format-3 file; a payload file is refused unrun; the flag is required."""
+    from emgscale.config import from_dict
+    from emgscale.models.__main__ import main
+
+    old = _format_1(tmp_path / "v1.pt")
+    assert main(["upgrade-legacy", str(old), "--out", str(tmp_path / "new.pt")]) == 2  # no --i-trust-this-file
+    assert main(["upgrade-legacy", str(old), "--out", str(tmp_path / "new.pt"), "--i-trust-this-file"]) == 0
+    ck = load_checkpoint(tmp_path / "new.pt")
+    assert ck.step == 3 and from_dict(TrainConfig, ck.config).data.window.window_samples == 4000
+    assert isinstance(ck.rng[0]["numpy"][1], torch.Tensor)
+    path, marker = _hostile(tmp_path)
+    with pytest.raises(ValueError, match="not a format-1 emgscale checkpoint"):
+        upgrade_legacy_checkpoint(path, tmp_path / "x.pt")
+    assert not marker.exists() and not (tmp_path / "x.pt").exists()
+    with pytest.raises(ValueError, match="nothing to upgrade"):
+        upgrade_legacy_checkpoint(tmp_path / "new.pt", tmp_path / "y.pt")
+
+
+def test_an_ordinary_checkpoint_still_loads(tmp_path: Path) -> None:
+    """The weights-only path reads what save_checkpoint writes."""
+    path = save_checkpoint(tmp_path / "c.pt", Checkpoint(model={"w": torch.ones(2)}, config=to_dict(TrainConfig())))
+    assert torch.equal(load_checkpoint(path).model["w"], torch.ones(2))
