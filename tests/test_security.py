@@ -146,3 +146,22 @@ def test_an_ordinary_checkpoint_still_loads(tmp_path: Path) -> None:
     """The weights-only path reads what save_checkpoint writes."""
     path = save_checkpoint(tmp_path / "c.pt", Checkpoint(model={"w": torch.ones(2)}, config=to_dict(TrainConfig())))
     assert torch.equal(load_checkpoint(path).model["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """A file written through atomic_path gets 0o666 less the umask, as a plain open would (not mkstemp's 0600)."""
+    from emgscale.common import atomic_torch_save, atomic_write_json, current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_torch_save({"w": torch.ones(1)}, tmp_path / "b.pt")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.json": want, "b.pt": want,
+                                                                               "plain": want}
