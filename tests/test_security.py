@@ -165,3 +165,45 @@ def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int) -> None:
     want = 0o666 & ~umask
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.json": want, "b.pt": want,
                                                                                "plain": want}
+
+
+def test_import_reference_checks_tensor_shapes_before_allocating(tmp_path: Path) -> None:
+    """A tiny .ckpt whose hyper_parameters ask for mlp_features [60000] (57.6 GB) is refused before anything is built."""
+    import resource
+
+    sd = {"model.1.mlps.0.mlp.0.weight": torch.zeros(2, 2)}
+    hp = {"in_features": 528, "mlp_features": [60000], "block_channels": [24, 24, 24, 24], "kernel_width": 32}
+    path = tmp_path / "huge.ckpt"
+    torch.save({"state_dict": sd, "hyper_parameters": hp, "pytorch-lightning_version": "1.8.6", "epoch": 0,
+                "global_step": 0}, path)
+    assert path.stat().st_size < 4000
+
+    def limit() -> None:  # an address-space cap: an attempt to allocate the 57.6 GB fails instead of swapping
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "emgscale.models", "import-reference", str(path), "--out",
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, timeout=120,
+                          preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "huge.ckpt: state_dict does not match its hyper_parameters (missing tensor" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("over", [{}, {"frontend": {"mlp_features": [48, 32]}, "tds": {"block_channels": [16, 32, 64]}}])
+def test_reference_shapes_are_those_of_the_built_model(over: dict[str, Any]) -> None:
+    """reference_shapes (computed without building) equals the built model's tensors in the reference layout."""
+    from emgscale.config import from_dict
+    from emgscale.models import ModelConfig, build_model
+    from emgscale.models.reference import export_reference, reference_shapes
+
+    base = {"arch": "tds", "features": {"kind": "log_spectrogram", "n_fft": 64, "hop_samples": 16, "norm": "batch"},
+            "frontend": {"kind": "rotation_mlp", "mlp_features": [48], "offsets": [-1, 0, 1], "pooling": "mean"},
+            "tds": {"block_channels": [24, 32], "kernel_width": 8, "feature_order": "channel_major"}}
+    for k, v in over.items():
+        base[k] = {**base[k], **v}
+    cfg = from_dict(ModelConfig, base, "model")
+    exported = export_reference(build_model(cfg))
+    want = reference_shapes(cfg)
+    assert {k: tuple(v.shape) for k, v in exported.items()} == {k: v for k, v in want.items() if k in exported}
+    assert set(want) - set(exported) <= {"model.0.batch_norm.num_batches_tracked"}
