@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,74 @@ def test_reference_shapes_are_those_of_the_built_model(over: dict[str, Any]) -> 
     want = reference_shapes(cfg)
     assert {k: tuple(v.shape) for k, v in exported.items()} == {k: v for k, v in want.items() if k in exported}
     assert set(want) - set(exported) <= {"model.0.batch_norm.num_batches_tracked"}
+
+
+def _stored(tmp_path: Path, shards: str) -> Path:
+    """A checkpoint whose stored config reads its shards from ``shards``."""
+    cfg = to_dict(TrainConfig())
+    cfg["data"]["shards"] = shards
+    cfg["run"]["out_dir"] = str(tmp_path / "theirs")
+    return save_checkpoint(tmp_path / "stored.pt", Checkpoint(model={"w": torch.ones(1)}, config=cfg,
+                                                             optimizer={}, scheduler={}))
+
+
+@pytest.mark.parametrize("shards", ["pipe:touch {marker}", "PIPE:touch {marker}", " pipe:touch {marker}",
+                                    "x.tar::pipe:touch {marker}", "{{pipe,x}}:touch {marker}"])
+def test_resume_refuses_a_shell_url_stored_in_a_checkpoint(tmp_path: Path, shards: str) -> None:
+    """--resume CKPT: a pipe: URL (any spelling) in the stored config is refused in one line naming key and file."""
+    from emgscale.config import ConfigError
+    from emgscale.train.config import resumed_config
+
+    marker = tmp_path / "payload-ran"
+    ckpt = _stored(tmp_path, shards.format(marker=marker))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(ckpt))}: data\.shards=.* would run a shell command"):
+        resumed_config([], [f"run.out_dir={tmp_path / 'mine'}"], str(ckpt))
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_shell_url_in_a_run_folders_config(tmp_path: Path) -> None:
+    """--resume of a run folder: a pipe: URL in its config.yaml is refused too (it is not the command line's)."""
+    from emgscale.config import ConfigError, save_config
+    from emgscale.train.config import resumed_config
+
+    cfg = TrainConfig()
+    cfg.data.shards, cfg.run.out_dir = "pipe:cat /dev/null", str(tmp_path / "run")
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    with pytest.raises(ConfigError, match="config.yaml: data.shards='pipe:cat /dev/null' would run a shell command"):
+        resumed_config([], [f"run.out_dir={tmp_path / 'run'}"], True)
+
+
+def test_a_shell_url_the_user_gives_is_taken_and_resume_lists_the_stored_values(tmp_path: Path) -> None:
+    """The same pipe: URL on the user's own command line is accepted; the note lists each stored value taken."""
+    from emgscale.train.config import resumed_config
+
+    url = "pipe:cat /dev/null"
+    ckpt = _stored(tmp_path, url)
+    cfg, _ = resumed_config([], [f"data.shards={url}"], str(ckpt))
+    assert cfg.data.shards == url
+    local = _stored(tmp_path, str(tmp_path / "shards"))
+    cfg, note = resumed_config([], [], str(local))
+    assert f"\n  data.shards = {str(tmp_path / 'shards')!r}" in note
+    assert f"\n  run.out_dir = {str(tmp_path / 'theirs')!r}" in note
+
+
+@pytest.mark.parametrize("name", ["train/a;touch x.tar", "../x.tar", "/etc/passwd", "a/$(id).tar", "a b.tar", "-x"])
+def test_a_manifest_shard_name_that_is_not_a_plain_path_is_refused(name: str) -> None:
+    """Shard names come from a manifest (data): one that could reach a shell or leave the folder is refused."""
+    from emgscale.data.errors import DataError
+    from emgscale.shard.manifest import shard_url
+
+    assert shard_url("pipe:aws s3 cp s3://b/{name} -", "train/train-000000.tar") == \
+        "pipe:aws s3 cp s3://b/train/train-000000.tar -"
+    with pytest.raises(DataError, match="shard name .*refused"):
+        shard_url("pipe:aws s3 cp s3://b/{name} -", name)
+
+
+def test_runs_a_command_catches_every_pipe_spelling() -> None:
+    """pipe: in any case, after blanks or tabs, after ::, or made by braces; plain paths and https are not."""
+    from emgscale.config import runs_a_command
+
+    for v in ["pipe:ls", "Pipe:ls", "\tpipe:ls", "pi\tpe:ls", "a.tar::pipe:ls", "p{i,x}pe:ls", ["a", "pipe:x"]]:
+        assert runs_a_command(v), v
+    for v in ["/data/shards", "/d/x-{000..009}.tar", "https://h/x-{0..9}.tar", "file:/x.tar", "s3://b/x", 3, None]:
+        assert not runs_a_command(v), v

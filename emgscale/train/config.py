@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emgscale.config import ConfigError, Rule, build_config, check_values
+from emgscale.config import ConfigError, Rule, build_config, check_stored_values, check_values
 from emgscale.loader import DataConfig
 from emgscale.models import ENCODERS, ModelConfig
 from emgscale.swad import SWADConfig
@@ -123,9 +123,17 @@ def resumed_config(paths: list["str | Path"], overrides: list[str], resume: "boo
         paths, overrides: the command line's YAML files and ``dotted.key=value`` overrides.
         resume: True (the run in ``run.out_dir``) or a checkpoint file / folder.
 
+    A stored config is data, not commands: a value of it that would run a shell command (a ``pipe:``
+    shard URL) is refused unless the command line or its YAML files give that same value
+    (:func:`emgscale.config.check_stored_values`).
+
     Returns:
-        ``(config, note)``: the config, and a line saying where it came from (empty when the run has no
-        saved config yet and the command line's config is used as it is).
+        ``(config, note)``: the config, and where it came from followed by one line per value taken from
+        the stored config over the command line's files (empty when the run has no saved config yet and
+        the command line's config is used as it is).
+
+    Raises:
+        ConfigError: a stored value that runs a command, or one this emgscale does not accept.
     """
     from emgscale.checkpoint import LAST, load_checkpoint, upgrade_config
     from emgscale.config import deep_merge, load_yaml, parse_overrides, to_dict
@@ -148,14 +156,24 @@ def resumed_config(paths: list["str | Path"], overrides: list[str], resume: "boo
         cfg = build_config(TrainConfig, [], overrides, base=base)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    check_stored_values(cfg, source, trusted=given)  # a stored pipe: URL runs no shell
     flat_given, flat_cfg = _flat(to_dict(given)), _flat(to_dict(cfg))
     asked = set(_flat(parse_overrides(list(overrides))))
     kept = sorted(k for k in flat_cfg if flat_cfg[k] != flat_given.get(k) and k not in asked)
     note = f"config from {source}" + (f" with {' '.join(overrides)}" if overrides else "")
     if kept:
-        note += (f"; the run's own {', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''} kept over the config "
-                 "files on the command line (give dotted.key=value to change them)")
+        note += (f"; the run's own values kept over the config files on the command line (give dotted.key=value "
+                 "to change them):" + "".join(f"\n  {k} = {_short(flat_cfg[k])}" for k in kept[:_SHOWN])
+                 + (f"\n  ... and {len(kept) - _SHOWN} more (--print-config shows all)" if len(kept) > _SHOWN else ""))
     return cfg, note
+
+
+_SHOWN = 24  # values a resume lists that it takes from the stored config
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
