@@ -358,7 +358,7 @@ def runs_a_command(value: Any) -> bool:
     return False
 
 
-def check_stored_values(cfg: Any, source: "str | Path", trusted: Any = None) -> None:
+def check_stored_values(cfg: Any, source: "str | Path", trusted: Any = None, prefix: str = "") -> None:
     """Refuse a config read from a file the run did not write (a checkpoint's stored config, another run's
     ``config.yaml``) when one of its values would run a command (:func:`runs_a_command`).
 
@@ -369,12 +369,13 @@ def check_stored_values(cfg: Any, source: "str | Path", trusted: Any = None) -> 
         cfg: the dataclass config built from the stored values.
         source: the file they came from (for the message).
         trusted: the dataclass config of the user's own files and overrides, if any.
+        prefix: the section ``cfg`` is, for the message (``data``).
 
     Raises:
         ConfigError: naming the first such key, its value and the file.
     """
-    mine = dict(_leaves(trusted)) if trusted is not None else {}
-    for key, value in _leaves(cfg):
+    mine = dict(_leaves(trusted, prefix)) if trusted is not None else {}
+    for key, value in _leaves(cfg, prefix):
         if runs_a_command(value) and mine.get(key) != value:
             shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "...'"
             raise ConfigError(f"{source}: {key}={shown} would run a shell command, and a value read from a stored "

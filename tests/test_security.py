@@ -279,3 +279,15 @@ def test_runs_a_command_catches_every_pipe_spelling() -> None:
         assert runs_a_command(v), v
     for v in ["/data/shards", "/d/x-{000..009}.tar", "https://h/x-{0..9}.tar", "file:/x.tar", "s3://b/x", 3, None]:
         assert not runs_a_command(v), v
+
+
+def test_swad_average_refuses_a_shell_url_in_the_runs_stored_config(tmp_path: Path, capsys) -> None:
+    """`python -m emgscale.swad average RUN`: a pipe: shard URL stored in RUN's checkpoint is refused, exit 2."""
+    from emgscale.swad.__main__ import main
+
+    marker = tmp_path / "payload-ran"
+    ckpt = _stored(tmp_path, f"pipe:touch {marker}")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ckpt.rename(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert main(["average", str(tmp_path / "run")]) == 2
+    assert "data.shards='pipe:touch" in capsys.readouterr().err and not marker.exists()

@@ -40,7 +40,7 @@ def _check_stored_data(run: str) -> None:
     from emgscale.loader import DataConfig
 
     path = Path(run) / "checkpoints" / LAST
-    check_stored_values(from_dict(DataConfig, load_checkpoint(path).config.get("data", {}), "data"), path)
+    check_stored_values(from_dict(DataConfig, load_checkpoint(path).config.get("data", {}), "data"), path, prefix="data")
 
 
 @cli("python -m emgscale.swad")
