@@ -40,7 +40,8 @@ class RunConfig:
 
     Distribution (:func:`emgscale.train.launch`): ``workers > 1``, ``use_gpu`` or a Ray address
     (``ray_address`` or ``RAY_ADDRESS``) runs the loop on Ray Train workers (DDP: NCCL on GPUs, gloo
-    on CPUs); otherwise it runs in this process on ``device``.
+    on CPUs); otherwise it runs in this process on ``device``. Which cluster: :mod:`emgscale.cluster`
+    (``ray_address=local``: a private instance; no address: this user's cluster on this machine).
     """
 
     out_dir: str = "runs/default"
@@ -63,7 +64,8 @@ class RunConfig:
     max_nonfinite_steps: int = 20  # stop with an error after this many skipped non-finite losses
     workers: int = 1
     use_gpu: bool = False
-    ray_address: str | None = None
+    ray_address: str | None = None  # local (a private instance) | auto | host:port | ray://host:10001
+    resource_timeout_s: float = 300.0  # on a cluster: wait this long for the workers' CPUs/GPUs, then stop
     storage_path: str | None = None  # Ray Train storage (local folder, shared FS or object storage)
     max_failures: int = 0  # restarts after a worker dies (Ray FailureConfig)
     overwrite: bool = False  # train into a folder that holds a run without resuming it: replace that run
