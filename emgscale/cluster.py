@@ -179,7 +179,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, use_gpu:
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("Ray is not installed: pip install 'emgscale[ray]'") from None
     if ray.is_initialized():
-        return ray.get_runtime_context().gcs_address
+        gcs = ray.get_runtime_context().gcs_address
+        print0(f"[ray] using the Ray cluster this process is connected to, at {gcs}"
+               + (" (a private local instance)" if is_local_instance() else ""))
+        return gcs
     choice = choose_cluster(address, os.environ.get("RAY_ADDRESS"), running_clusters(), os.getuid())
     if choice.how != "local":
         ray.init(address=choice.address, log_to_driver=log_to_driver)
