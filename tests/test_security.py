@@ -169,7 +169,7 @@ def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int) -> None:
 
 
 def test_import_reference_checks_tensor_shapes_before_allocating(tmp_path: Path) -> None:
-    """A tiny .ckpt whose hyper_parameters ask for mlp_features [60000] (57.6 GB) is refused before anything is built."""
+    """A tiny .ckpt whose hyper_parameters ask for mlp_features [60000] (57.6 GB): refused before anything is built."""
     import resource
 
     sd = {"model.1.mlps.0.mlp.0.weight": torch.zeros(2, 2)}
@@ -191,7 +191,8 @@ def test_import_reference_checks_tensor_shapes_before_allocating(tmp_path: Path)
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "out.pt").exists()
 
 
-@pytest.mark.parametrize("over", [{}, {"frontend": {"mlp_features": [48, 32]}, "tds": {"block_channels": [16, 32, 64]}}])
+@pytest.mark.parametrize("over", [{}, {"frontend": {"mlp_features": [48, 32]},
+                                       "tds": {"block_channels": [16, 32, 64]}}])
 def test_reference_shapes_are_those_of_the_built_model(over: dict[str, Any]) -> None:
     """reference_shapes (computed without building) equals the built model's tensors in the reference layout."""
     from emgscale.config import from_dict
