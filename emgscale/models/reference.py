@@ -138,6 +138,11 @@ def _load(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+#: A Lightning checkpoint's pickle (names, hyper-parameters, no tensor data) is kilobytes; a bigger one is
+#: not read into memory to be scanned.
+_MAX_PICKLE_BYTES = 64 << 20
+
+
 def is_reference_checkpoint(path: "str | Path") -> bool:
     """Whether ``path`` is a Lightning checkpoint of the reference's ``TDSConvCTCModule``.
 
@@ -151,7 +156,7 @@ def is_reference_checkpoint(path: "str | Path") -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(names) != 1:
+            if len(names) != 1 or zf.getinfo(names[0]).file_size > _MAX_PICKLE_BYTES:
                 return False
             data = zf.read(names[0])
         strings = {arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
