@@ -164,8 +164,7 @@ def resumed_config(paths: list["str | Path"], overrides: list[str], resume: "boo
     kept = sorted(k for k in flat_cfg if flat_cfg[k] != flat_given.get(k) and k not in asked)
     note = f"config from {source}" + (f" with {' '.join(overrides)}" if overrides else "")
     if kept:
-        note += (f"; the run's own values kept over the config files on the command line (give dotted.key=value "
-                 "to change them):" + "".join(f"\n  {k} = {_short(flat_cfg[k])}" for k in kept[:_SHOWN])
+        note += (f"; values taken from it (over the command line's config files; dotted.key=value changes them):" + "".join(f"\n  {k} = {_short(flat_cfg[k])}" for k in kept[:_SHOWN])
                  + (f"\n  ... and {len(kept) - _SHOWN} more (--print-config shows all)" if len(kept) > _SHOWN else ""))
     return cfg, note
 
