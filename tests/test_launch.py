@@ -36,7 +36,7 @@ def test_where_a_run_executes_does_not_change_its_cache_folder(tmp_path):
     """Device, threads and Ray address are placement, not identity: the cached run folder is the same."""
     base = run_folder(tmp_path, [], ["optim.lr=1e-3"])
     assert base == run_folder(tmp_path, [], ["optim.lr=1e-3", "run.device=cuda:1", "run.threads=3",
-                                             "run.ray_address=auto"])
+                                             "run.ray_address=auto", "run.resource_timeout_s=60"])
     assert base != run_folder(tmp_path, [], ["optim.lr=2e-3"])
 
 
