@@ -102,7 +102,9 @@ def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterato
     """A temporary path beside ``path`` to write to; on success it is fsynced and renamed onto ``path``.
 
     The one implementation of temp-file + rename: a reader never sees a partial file, and a writer
-    that fails or is killed leaves the old file (or none) in place and no temporary file behind.
+    that fails or is killed leaves the old file (or none) in place and no temporary file behind. The
+    file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s
+    ``0o600``, so shards and caches on a shared folder are readable by whom the umask says.
 
     >>> with atomic_path("out/result.json") as tmp:   # doctest: +SKIP
     ...     tmp.write_text("{}")
@@ -118,10 +120,26 @@ def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterato
             os.fsync(fd)
         finally:
             os.close(fd)
+        with contextlib.suppress(OSError):  # a file system without modes (some network mounts)
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    """This process's umask (read from ``/proc`` where it can be, so no other thread sees it change)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> None:

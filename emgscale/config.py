@@ -332,3 +332,52 @@ def check_values(cfg: Any, rules: dict[str, Rule]) -> None:
                         break
         if problem:
             raise ConfigError(f"{key}={value!r}: {problem}")
+
+
+# ----------------------------------------------------------------------------- values that run commands
+#: URL schemes WebDataset opens by running a command through a shell (``webdataset.gopen``: ``pipe:``).
+SHELL_SCHEMES = ("pipe",)
+_URL_STRIPPED = {ord(c): None for c in "\t\r\n"}  # what urllib drops from a URL before parsing it
+
+
+def runs_a_command(value: Any) -> bool:
+    """True when ``value`` is a string (or holds one) that WebDataset would open by running a shell
+    command — a ``pipe:`` URL in any spelling urllib accepts — or that its ``::`` lists, brace or
+    ``$WDS_`` variable expansion could turn into one (braces or ``$`` before the first colon)."""
+    if isinstance(value, (list, tuple)):
+        return any(runs_a_command(v) for v in value)
+    if not isinstance(value, str):
+        return False
+    from urllib.parse import urlsplit
+
+    for part in value.split("::"):
+        part = part.translate(_URL_STRIPPED).lstrip("".join(map(chr, range(33))))
+        head, colon, _ = part.partition(":")
+        if colon and (any(c in head for c in "{}$") or urlsplit(part).scheme in SHELL_SCHEMES):
+            return True
+    return False
+
+
+def check_stored_values(cfg: Any, source: "str | Path", trusted: Any = None, prefix: str = "") -> None:
+    """Refuse a config read from a file the run did not write (a checkpoint's stored config, another run's
+    ``config.yaml``) when one of its values would run a command (:func:`runs_a_command`).
+
+    Such values are accepted only from the user's own command line or YAML files: ``trusted`` is the
+    config those give, and a value equal to its value there is the user's own.
+
+    Args:
+        cfg: the dataclass config built from the stored values.
+        source: the file they came from (for the message).
+        trusted: the dataclass config of the user's own files and overrides, if any.
+        prefix: the section ``cfg`` is, for the message (``data``).
+
+    Raises:
+        ConfigError: naming the first such key, its value and the file.
+    """
+    mine = dict(_leaves(trusted, prefix)) if trusted is not None else {}
+    for key, value in _leaves(cfg, prefix):
+        if runs_a_command(value) and mine.get(key) != value:
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "...'"
+            raise ConfigError(f"{source}: {key}={shown} would run a shell command, and a value read from a stored "
+                              f"config is data, not a command: give {key}=... on your own command line or YAML "
+                              "if you trust it")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -49,18 +47,16 @@ def tiny_config(data_root: Path, split: Path, out_dir: Path, *extra: str) -> Tra
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int = 2) -> Iterator[None]:
-    """An in-process Ray instance on loopback, shut down (and its temp dir removed) afterwards."""
-    import ray
+    """A private Ray instance (``run.ray_address=local``), shut down (and its temp dir removed) afterwards."""
+    from emgscale.cluster import LOCAL, connect, shutdown
 
     old = {k: os.environ.get(k) for k in RAY_TEST_ENV}
     os.environ.update(RAY_TEST_ENV)
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, configure_logging=False)
+    connect(LOCAL, num_cpus=num_cpus)  # run.ray_address=local: a private instance in a 0700 temp dir
     try:
         yield
     finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutdown()
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)

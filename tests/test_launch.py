@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from emgscale.bench.steps import job_overrides, run_folder
-from emgscale.models.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
+from emgscale.models.checkpoint import (FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint,
+                                       upgrade_legacy_checkpoint)
 from emgscale.config import build_config
 from emgscale.train import TrainConfig, wants_ray
 
@@ -36,7 +37,7 @@ def test_where_a_run_executes_does_not_change_its_cache_folder(tmp_path):
     """Device, threads and Ray address are placement, not identity: the cached run folder is the same."""
     base = run_folder(tmp_path, [], ["optim.lr=1e-3"])
     assert base == run_folder(tmp_path, [], ["optim.lr=1e-3", "run.device=cuda:1", "run.threads=3",
-                                             "run.ray_address=auto"])
+                                             "run.ray_address=auto", "run.resource_timeout_s=60"])
     assert base != run_folder(tmp_path, [], ["optim.lr=2e-3"])
 
 
@@ -58,7 +59,7 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
 
 
 def test_format_1_checkpoints_are_upgraded(tmp_path):
-    """A format-1 file (flat data.window_samples, numpy RNG state) loads, its config in today's layout."""
+    """A format-1 file (flat data.window_samples, numpy RNG state), once converted, loads in today's layout."""
     import random
 
     from emgscale.config import from_dict, to_dict
@@ -72,7 +73,9 @@ def test_format_1_checkpoints_are_upgraded(tmp_path):
                                         "python": random.getstate()}], "best_val_cer": 0.5, "history": [],
            "optimizer": {}, "scheduler": {}, "averager": {}, "averaged_model": None}
     torch.save(old, tmp_path / "v1.pt")
-    ck = load_checkpoint(tmp_path / "v1.pt")
+    with pytest.raises(ValueError, match="upgrade-legacy"):  # never unpickled by an ordinary read
+        load_checkpoint(tmp_path / "v1.pt")
+    ck = load_checkpoint(upgrade_legacy_checkpoint(tmp_path / "v1.pt", tmp_path / "v3.pt"))
     assert ck.step == 3 and from_dict(TrainConfig, ck.config).data.window.window_samples == 4000
     assert isinstance(ck.rng[0]["numpy"][1], torch.Tensor)
 

@@ -267,11 +267,13 @@ def test_recipe_scripts_run(tiny_corpus, tmp_path, script):
 @pytest.mark.ray
 def test_ray_tasks_write_the_same_shards(tiny_corpus, tmp_path):
     """Shards written by Ray tasks on a local cluster equal those of a single process."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False)
+    pytest.importorskip("ray")
+    from emgscale.cluster import LOCAL, connect, shutdown
+
+    connect(LOCAL, num_cpus=2)  # a private instance, never another user's cluster
     try:
         a = shard_corpus(_cfg(tiny_corpus, tmp_path / "ray", ray_address="auto"))
     finally:
-        ray.shutdown()
+        shutdown()
     b = shard_corpus(_cfg(tiny_corpus, tmp_path / "local"))
     assert a.content() == b.content()

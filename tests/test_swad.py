@@ -92,7 +92,7 @@ def test_resumed_averager_equals_uninterrupted(cfg: SWADConfig, cut: int):
     torch.save(first.state_dict(), buf)
     buf.seek(0)
     resumed = WeightAverager(cfg)
-    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
     _drive(resumed, _Tiny(), weights, VALLEY, start=cut)
 
     assert resumed.included_steps == whole.included_steps and whole.included_steps

@@ -112,7 +112,7 @@ def ensure_lm(cache: Path, text_files: list[Path], order: int) -> Path:
 
 
 #: Run settings that say where and how a run executes, not what it trains: not part of its identity.
-PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address", "overwrite")
+PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address", "resource_timeout_s", "overwrite")
 
 
 def _run_key(cfg: Any) -> dict[str, Any]:

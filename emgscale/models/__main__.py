@@ -11,6 +11,9 @@ braindecode's defaults), and ``--arg name=value`` (a JSON value) wins over them.
 reference`` writes an emgscale TDS checkpoint as a Lightning checkpoint the reference loads (``python -m
 emg2qwerty.train checkpoint=OUT.ckpt ...``); ``export --to braindecode`` writes ``OUT`` (the state dict:
 ``EMG2QwertyNet(**kwargs).load_state_dict(torch.load(OUT))``) and ``OUT`` with suffix ``.json`` (the kwargs).
+``upgrade-legacy OLD.pt --out NEW.pt --i-trust-this-file`` converts a checkpoint written before format 2
+(numpy RNG state inside), which every other command refuses to open
+(:func:`emgscale.models.checkpoint.upgrade_legacy_checkpoint`).
 """
 
 from __future__ import annotations
@@ -114,6 +117,16 @@ def _export(a: argparse.Namespace) -> None:
     print(f"[models] {a.checkpoint} ({a.weights} weights) -> {a.out} (reference TDSConvCTCModule layout)")
 
 
+def _upgrade(a: argparse.Namespace) -> None:
+    from emgscale.models.checkpoint import upgrade_legacy_checkpoint
+
+    if not a.i_trust_this_file:
+        raise ValueError(f"{a.checkpoint}: upgrade-legacy loads numpy objects from the file; add "
+                         "--i-trust-this-file if you trust where it came from")
+    out = upgrade_legacy_checkpoint(a.checkpoint, a.out)
+    print(f"[models] {a.checkpoint} (format 1) -> {out}")
+
+
 @cli("python -m emgscale.models")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.models", description=__doc__,
@@ -136,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--out", required=True,
                      help="file to write: Lightning checkpoint (.ckpt), or braindecode state dict "
                           "(.pt; kwargs beside it as .json)")
+    up = sub.add_parser("upgrade-legacy", help="emgscale checkpoint from before format 2 -> today's format")
+    up.add_argument("checkpoint", help="the old checkpoint (.pt)")
+    up.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    up.add_argument("--i-trust-this-file", action="store_true",
+                    help="required: the file's numpy objects are loaded (nothing else it pickles is)")
     a = p.parse_args(argv)
-    {"import-reference": _import, "import-braindecode": _import_braindecode, "export": _export}[a.command](a)
+    {"import-reference": _import, "import-braindecode": _import_braindecode, "export": _export,
+     "upgrade-legacy": _upgrade}[a.command](a)
     return 0
 
 

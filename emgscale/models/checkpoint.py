@@ -10,8 +10,10 @@ Reading:
 * :func:`load_checkpoint` returns a :class:`Checkpoint`. Files are memory-mapped, so a reader that
   needs one field (the step, the config) does not read the optimiser state or the averaging sums.
 * emgscale checkpoints hold only tensors and plain containers, so they load with
-  ``torch.load(weights_only=True)``: opening one runs no pickled code. Files written before format 2
-  (numpy RNG state) fall back to a full unpickle.
+  ``torch.load(weights_only=True)``, and nothing else reads them: opening one runs no pickled code.
+  A file the weights-only loader refuses is refused, naming what it pickles. Files written before
+  format 2 pickle numpy's RNG state: they are refused with the command that converts a file one
+  trusts (:func:`upgrade_legacy_checkpoint`, ``python -m emgscale.models upgrade-legacy``).
 * Older formats are upgraded on read (:func:`upgrade_config` for the config inside), so a checkpoint
   keeps loading after the code moves on; a newer format is refused with a clear error.
 * A folder stands for its ``last.pt`` (:func:`emgscale.run_folder.checkpoint_file`).
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -270,23 +273,89 @@ def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cp
         return Checkpoint(**reference_as_checkpoint(path))
     try:
         data = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        data = _load_legacy(path, map_location)
+    except pickle.UnpicklingError as e:  # a global outside the weights-only allowlist: never run, named
+        raise ValueError(_refusal(path, e)) from None
     except Exception as e:  # torch raises a variety of errors on a truncated pickle/zip
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     return Checkpoint.from_dict(data, str(path))
 
 
-def _load_legacy(path: Path, map_location: "str | torch.device") -> dict[str, Any]:
-    """A file ``weights_only`` refuses: an emgscale format-1 checkpoint (numpy RNG state inside).
+#: What a format-1 checkpoint pickles beyond tensors and plain data (numpy's RNG state).
+_LEGACY_GLOBALS = ("numpy.",)
 
-    Such a file is unpickled in full (as every emgscale release before format 2 did), so open only
-    files you trust this way; whatever it holds, anything but a format-1 checkpoint is then refused.
-    """
+
+def _unsafe_globals(path: Path, error: Exception | None = None) -> list[str]:
+    """The globals of ``path``'s pickle that the weights-only loader refuses, found without running any."""
     try:
-        data = torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint (torch's legacy format): the loader's error names the first one
+        found = re.search(r"GLOBAL (\S+)", str(error or ""))
+        return [found.group(1)] if found else []
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """The one line refusing a file the weights-only loader would not read."""
+    names = _unsafe_globals(path, error)
+    if names and all(n.startswith(_LEGACY_GLOBALS) for n in names):
+        return (f"{path}: an emgscale checkpoint from before format 2 (it pickles numpy objects, which are not "
+                f"loaded); if you trust the file, convert it once: python -m emgscale.models upgrade-legacy "
+                f"{path} --out NEW.pt --i-trust-this-file")
+    what = f"it pickles {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else "refused"
+    return (f"{path}: not an emgscale checkpoint ({what}; checkpoints hold only tensors and plain data, and "
+            "nothing else in a file is loaded or run)")
+
+
+def _legacy_allowlist() -> dict[str, Any]:
+    """numpy's array and dtype types by the names a pickle gives them (the RNG state of format 1)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype, "numpy.core.multiarray._reconstruct": _reconstruct,
+            "numpy._core.multiarray._reconstruct": _reconstruct, "numpy.dtypes.UInt32DType": type(np.dtype("uint32"))}
+
+
+def upgrade_legacy_checkpoint(src: "str | Path", dst: "str | Path") -> Path:
+    """Convert a format-1 checkpoint (numpy RNG state inside) that you trust into today's format.
+
+    The weights-only loader reads it with numpy's array and dtype types added to its allowlist (PyTorch
+    does not vouch for those, hence the ``--i-trust-this-file`` of ``python -m emgscale.models
+    upgrade-legacy``); a file whose pickle names anything else is refused without being loaded.
+
+    Args:
+        src: the old checkpoint.
+        dst: the file to write (atomically; may not be ``src``'s path).
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        FileNotFoundError: no ``src``.
+        ValueError: ``src`` already loads (nothing to convert), pickles something else, or is not a
+            format-1 checkpoint; ``dst`` is ``src``.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such checkpoint")
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: write the converted checkpoint to another file (--out)")
+    try:
+        torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+        raise ValueError(f"{src}: already loads without conversion (nothing to upgrade)")
+    except pickle.UnpicklingError as e:
+        names = _unsafe_globals(src, e)
+    except ValueError:
+        raise
     except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise ValueError(f"{src}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    allowed = _legacy_allowlist()
+    odd = [n for n in names if n not in allowed]
+    if odd or not names:
+        raise ValueError(f"{src}: not a format-1 emgscale checkpoint (it pickles {', '.join(odd[:3]) or 'nothing'} "
+                         "beyond numpy arrays); not converted")
+    # Still the weights-only loader: numpy's array and dtype types are the only globals it may build.
+    with torch.serialization.safe_globals(list(set(allowed.values()))):
+        data = torch.load(src, map_location="cpu", weights_only=True)
     if not (isinstance(data, dict) and data.get("format_version") == 1):
-        raise ValueError(f"{path}: not an emgscale checkpoint")
-    return data
+        raise ValueError(f"{src}: not a format-1 emgscale checkpoint")
+    return save_checkpoint(dst, Checkpoint.from_dict(data, str(src)))

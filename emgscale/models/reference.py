@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from emgscale.config import to_dict
+from emgscale.data.charset import charset
 from emgscale.features.config import REFERENCE_RATE_HZ, FeatureConfig
 from emgscale.models.config import ModelConfig
 from emgscale.models.ctc import CTCModel, build_model
@@ -137,6 +138,11 @@ def _load(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+#: A Lightning checkpoint's pickle (names, hyper-parameters, no tensor data) is kilobytes; a bigger one is
+#: not read into memory to be scanned.
+_MAX_PICKLE_BYTES = 64 << 20
+
+
 def is_reference_checkpoint(path: "str | Path") -> bool:
     """Whether ``path`` is a Lightning checkpoint of the reference's ``TDSConvCTCModule``.
 
@@ -150,7 +156,7 @@ def is_reference_checkpoint(path: "str | Path") -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(names) != 1:
+            if len(names) != 1 or zf.getinfo(names[0]).file_size > _MAX_PICKLE_BYTES:
                 return False
             data = zf.read(names[0])
         strings = {arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
@@ -246,6 +252,49 @@ def _model_config(hp: dict[str, Any], path: Path) -> ModelConfig:
                       feature_order="channel_major"))
 
 
+def reference_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the reference's ``TDSConvCTCModule`` for ``cfg`` and its shape, computed from the
+    settings alone (nothing allocated), in the reference's names and layout.
+
+    A test holds it equal to the shapes of the built model mapped by :func:`export_reference`.
+    """
+    bands, width = 2, NUM_ELECTRODES
+    in_features = NUM_ELECTRODES * (cfg.features.n_fft // 2 + 1)
+    mlp, channels, k = cfg.frontend.mlp_features, cfg.tds.block_channels, cfg.tds.kernel_width
+    nf = bands * mlp[-1]
+    shapes: dict[str, tuple[int, ...]] = {f"model.0.batch_norm.{n}": (bands * width,)
+                                          for n in ("weight", "bias", "running_mean", "running_var")}
+    shapes["model.0.batch_norm.num_batches_tracked"] = ()
+    for b in range(bands):
+        for j, (out, inp) in enumerate(zip(mlp, [in_features, *mlp[:-1]])):
+            shapes |= {f"model.1.mlps.{b}.mlp.{2 * j}.weight": (out, inp), f"model.1.mlps.{b}.mlp.{2 * j}.bias": (out,)}
+    for i, c in enumerate(channels):
+        conv, fc = f"model.3.tds_conv_blocks.{2 * i}.", f"model.3.tds_conv_blocks.{2 * i + 1}."
+        shapes |= {conv + "conv2d.weight": (c, c, 1, k), conv + "conv2d.bias": (c,),
+                   conv + "layer_norm.weight": (nf,), conv + "layer_norm.bias": (nf,),
+                   fc + "fc_block.0.weight": (nf, nf), fc + "fc_block.0.bias": (nf,),
+                   fc + "fc_block.2.weight": (nf, nf), fc + "fc_block.2.bias": (nf,),
+                   fc + "layer_norm.weight": (nf,), fc + "layer_norm.bias": (nf,)}
+    num_classes = cfg.num_classes or charset().num_classes
+    return shapes | {"model.4.weight": (num_classes, nf), "model.4.bias": (num_classes,)}
+
+
+def _check_tensors(ref: dict[str, Any], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """The file's tensors are exactly those ``shapes`` names, each of that shape (one line naming the first
+    that is not), so a model built from the hyper-parameters is no bigger than the file's own tensors."""
+    missing = [k for k in shapes if k not in ref]
+    extra = sorted(set(ref) - set(shapes))
+    if missing or extra:
+        what = [f"missing tensor {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []
+        what += [f"tensor {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''} does not map"] if extra else []
+        raise ValueError(f"{path}: state_dict does not match its hyper_parameters ({'; '.join(what)})")
+    for key, want in shapes.items():
+        t = ref[key]
+        if not isinstance(t, Tensor) or tuple(t.shape) != want:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{path}: tensor {key} has shape {got}, expected {want} from hyper_parameters")
+
+
 # --- public API ---------------------------------------------------------------------------------
 
 @dataclass
@@ -283,28 +332,17 @@ def read_reference(path: "str | Path") -> ReferenceCheckpoint:
     if not isinstance(hp, dict):
         raise ValueError(f"{path}: hyper_parameters is not a mapping")
     cfg = _model_config(hp, path)
+    ref = ckpt["state_dict"]
+    if not isinstance(ref, dict):
+        raise ValueError(f"{path}: state_dict is not a mapping of tensors")
+    _check_tensors(ref, reference_shapes(cfg), path)  # before anything the hyper-parameters size is allocated
     try:
         target = build_model(cfg).state_dict()
     except ValueError as e:
         raise ValueError(f"{path}: hyper_parameters do not make a TDS model ({e})") from None
-    ref = ckpt["state_dict"]
-    if not isinstance(ref, dict):
-        raise ValueError(f"{path}: state_dict is not a mapping of tensors")
     rules = _rules(cfg, list(target))
-    missing = [r.ref_key for r in rules.values() if r.ref_key not in ref]
-    extra = sorted(set(ref) - {r.ref_key for r in rules.values()})
-    if missing or extra:
-        what = [f"missing tensor {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []
-        what += [f"tensor {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''} does not map"] if extra else []
-        raise ValueError(f"{path}: state_dict does not match its hyper_parameters ({'; '.join(what)})")
-    state: dict[str, Tensor] = {}
-    for key, rule in rules.items():
-        t = ref[rule.ref_key]
-        want = tuple(rule.to_ref(target[key]).shape)
-        if not isinstance(t, Tensor) or tuple(t.shape) != want:
-            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{path}: tensor {rule.ref_key} has shape {got}, expected {want} from hyper_parameters")
-        state[key] = rule.from_ref(t).to(target[key].dtype)
+    _check_tensors(ref, {r.ref_key: tuple(r.to_ref(target[k]).shape) for k, r in rules.items()}, path)
+    state = {key: rule.from_ref(ref[rule.ref_key]).to(target[key].dtype) for key, rule in rules.items()}
     return ReferenceCheckpoint(cfg, state, hp, int(ckpt.get("epoch", 0) or 0), int(ckpt.get("global_step", 0) or 0))
 
 

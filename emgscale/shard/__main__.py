@@ -33,7 +33,8 @@ def _write_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (OUT/<part>/*.tar and OUT/manifest.json)")
     _content_options(p)
     p.add_argument("--workers", type=int, default=None, help="local writer processes (default: CPUs, at most 8)")
-    p.add_argument("--ray-address", help="write with Ray tasks on this cluster: 'auto' or ray://host:10001")
+    p.add_argument("--ray-address", help="write with Ray tasks on this cluster: 'local' (a private instance), "
+                        "'auto' (yours on this machine) or an address (host:6379, ray://host:10001)")
     p.add_argument("--skip-bad", action="store_true", help="report bad sessions, leave them out and go on")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")

@@ -237,10 +237,11 @@ class _Runner:
                 import ray
             except ImportError:
                 raise ImportError("--ray-address needs Ray: pip install 'emgscale[ray]'") from None
+            from emgscale.cluster import connect
+
             self.ray = ray
-            if not ray.is_initialized():
-                ray.init(address=self.cfg.ray_address, log_to_driver=True)
-                self.started_ray = True
+            self.started_ray = not ray.is_initialized()
+            connect(self.cfg.ray_address)  # says which cluster; another user's only when its address is given
         elif self.cfg.workers > 1:
             self.pool = ProcessPoolExecutor(max_workers=self.cfg.workers, mp_context=get_context("spawn"))
         return self
@@ -249,7 +250,9 @@ class _Runner:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.started_ray:
-            self.ray.shutdown()
+            from emgscale.cluster import shutdown
+
+            shutdown()
 
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
         if self.ray is not None:

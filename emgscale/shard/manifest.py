@@ -22,6 +22,7 @@ Layout (``format: emgscale-shards``, ``format_version: 1``)::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,12 +90,22 @@ class Manifest:
                    format_version=int(d["format_version"]), location=location)
 
 
+#: A shard or manifest name: relative, no ``..``, nothing a shell would interpret.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+
+
 def shard_url(base: str, name: str) -> str:
     """URL of ``name`` (``train/train-000000.tar``, ``manifest.json``) under a shard location.
 
     ``base`` is a local folder, a URL prefix (``https://host/shards``) or a template containing
     ``{name}`` (``pipe:aws s3 cp s3://bucket/shards/{name} -``).
+
+    Raises:
+        DataError: ``name`` (read from a manifest) is not a plain relative path (:data:`_SAFE_NAME`).
     """
+    if not _SAFE_NAME.fullmatch(name):  # a name read from a manifest may reach a pipe: command line
+        raise DataError(base, f"shard name {name[:80]!r} is not a relative path of letters, digits, '.', '_' "
+                              "and '-' (refused: a manifest is data, and its names can reach a shell command)")
     if "{name}" in base:
         return base.replace("{name}", name)
     if base.startswith("pipe:") or "://" in base:

@@ -31,6 +31,18 @@ def _show(run: str) -> None:
         print(f"{s['index']:>4} {steps:>17} {s['count']:>6} {s['val_loss']:>9.4f}  {s['status']:<8} {s['file'] or '-'}")
 
 
+def _check_stored_data(run: str) -> None:
+    """The run's stored data config is data, not commands: a ``pipe:`` shard URL in it is refused before
+    ``average`` reads the shards it names (:func:`emgscale.config.check_stored_values`)."""
+    from emgscale.config import check_stored_values, from_dict
+    from emgscale.loader import DataConfig
+    from emgscale.models.checkpoint import load_checkpoint
+    from emgscale.run_folder import RunFolder
+
+    path = RunFolder(run).last
+    check_stored_values(from_dict(DataConfig, load_checkpoint(path).config.get("data", {}), "data"), path, prefix="data")
+
+
 @cli("python -m emgscale.swad")
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; returns the exit status."""
@@ -49,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "show":
         _show(args.run)
         return 0
+    _check_stored_data(args.run)
     path, result = write_average(args.run, args.out, args.from_step, args.to_step, args.bn_batches, args.device)
     segs = result.segments
     print(f"[swad] averaged {len(segs)} segments (steps [{segs[0]['start_step']}, {segs[-1]['end_step']}), "

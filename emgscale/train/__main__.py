@@ -6,7 +6,9 @@ address): see :func:`emgscale.train.launch`.
 ``--resume`` continues the run in ``run.out_dir`` with the config saved in its folder (``config.yaml``)
 and the command line's ``dotted.key=value`` overrides on top, so the config files only have to name the
 run (``python -m emgscale.train configs/single_user.yaml run.max_epochs=40 --resume``). When the folder
-has no checkpoint yet, ``--resume`` says so and starts the run fresh. Without ``--resume``, a folder that
+has no checkpoint yet, ``--resume`` says so and starts the run fresh. It lists the values it takes from
+the stored config; a stored value that would run a shell command (a ``pipe:`` shard URL) is refused
+unless the command line or its YAML files give it. Without ``--resume``, a folder that
 already holds a run is refused unless ``--overwrite`` replaces it. ``--debug`` shows tracebacks.
 """
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emgscale.config import ConfigError, Rule, build_config, check_values, from_dict
+from emgscale.config import ConfigError, Rule, build_config, check_stored_values, check_values, from_dict
 from emgscale.data.charset import charset
 from emgscale.loader import DataConfig
 from emgscale.models import ENCODERS, ModelConfig
@@ -45,7 +45,8 @@ class RunConfig:
 
     Distribution (:func:`emgscale.train.launch`): ``workers > 1``, ``use_gpu`` or a Ray address
     (``ray_address`` or ``RAY_ADDRESS``) runs the loop on Ray Train workers (DDP: NCCL on GPUs, gloo
-    on CPUs); otherwise it runs in this process on ``device``.
+    on CPUs); otherwise it runs in this process on ``device``. Which cluster: :mod:`emgscale.cluster`
+    (``ray_address=local``: a private instance; no address: this user's cluster on this machine).
     """
 
     out_dir: str = "runs/default"
@@ -68,7 +69,8 @@ class RunConfig:
     max_nonfinite_steps: int = 20  # stop with an error after this many skipped non-finite losses
     workers: int = 1
     use_gpu: bool = False
-    ray_address: str | None = None
+    ray_address: str | None = None  # local (a private instance) | auto | host:port | ray://host:10001
+    resource_timeout_s: float = 300.0  # on a cluster: wait this long for the workers' CPUs/GPUs, then stop
     storage_path: str | None = None  # Ray Train storage (local folder, shared FS or object storage)
     max_failures: int = 0  # restarts after a worker dies (Ray FailureConfig)
     overwrite: bool = False  # train into a folder that holds a run without resuming it: replace that run
@@ -145,9 +147,17 @@ A checkpoint folder or a run folder stands for its ``last.pt`` (:func:`emgscale.
         paths, overrides: the command line's YAML files and ``dotted.key=value`` overrides.
         resume: True (the run in ``run.out_dir``) or a checkpoint file / folder.
 
+    A stored config is data, not commands: a value of it that would run a shell command (a ``pipe:``
+    shard URL) is refused unless the command line or its YAML files give that same value
+    (:func:`emgscale.config.check_stored_values`).
+
     Returns:
-        ``(config, note)``: the config, and a line saying where it came from (empty when the run has no
-        saved config yet and the command line's config is used as it is).
+        ``(config, note)``: the config, and where it came from followed by one line per value taken from
+        the stored config over the command line's files (empty when the run has no saved config yet and
+        the command line's config is used as it is).
+
+    Raises:
+        ConfigError: a stored value that runs a command, or one this emgscale does not accept.
     """
     from emgscale.config import deep_merge, load_yaml, parse_overrides, to_dict
     from emgscale.models.checkpoint import load_checkpoint, upgrade_config
@@ -171,14 +181,23 @@ A checkpoint folder or a run folder stands for its ``last.pt`` (:func:`emgscale.
         cfg = build_config(TrainConfig, [], overrides, base=base)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    check_stored_values(cfg, source, trusted=given)  # a stored pipe: URL runs no shell
     flat_given, flat_cfg = _flat(to_dict(given)), _flat(to_dict(cfg))
     asked = set(_flat(parse_overrides(list(overrides))))
     kept = sorted(k for k in flat_cfg if flat_cfg[k] != flat_given.get(k) and k not in asked)
     note = f"config from {source}" + (f" with {' '.join(overrides)}" if overrides else "")
     if kept:
-        note += (f"; the run's own {', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''} kept over the config "
-                 "files on the command line (give dotted.key=value to change them)")
+        note += (f"; values taken from it (over the command line's config files; dotted.key=value changes them):" + "".join(f"\n  {k} = {_short(flat_cfg[k])}" for k in kept[:_SHOWN])
+                 + (f"\n  ... and {len(kept) - _SHOWN} more (--print-config shows all)" if len(kept) > _SHOWN else ""))
     return cfg, note
+
+
+_SHOWN = 24  # values a resume lists that it takes from the stored config
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

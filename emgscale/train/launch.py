@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from emgscale import cluster
 from emgscale.common import atomic_write_json, print0
 from emgscale.config import ConfigError, from_dict, to_dict
 from emgscale.models.checkpoint import load_checkpoint
@@ -189,18 +190,17 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str | None = None) -> str:
-    """Connect to a Ray cluster unless this process already is connected; returns the cluster's address.
+def connect(address: str | None = None, **kw: Any) -> str:
+    """Join (or start) the Ray cluster :func:`emgscale.cluster.connect` picks; returns its address.
 
     Args:
-        address: ``"auto"``, ``"ray://host:10001"``, ``"host:6379"``... ``None`` connects to the cluster
-            named by ``RAY_ADDRESS`` (set by ``ray job submit``) or the one last started on this
-            machine, and otherwise starts a local one (Ray's own resolution order).
+        address: ``None`` / ``"auto"`` (this user's cluster on this machine, else a private local
+            instance / an error), ``"local"`` (a private local instance), or an address
+            (``"ray://host:10001"``, ``"host:6379"``); ``RAY_ADDRESS`` counts as given.
+        kw: ``num_cpus``, ``use_gpu``, ``workers`` of :func:`emgscale.cluster.connect`.
     """
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=address)
-    return ray.get_runtime_context().gcs_address
+    import_ray()
+    return cluster.connect(address, **kw)
 
 
 @contextlib.contextmanager
@@ -337,7 +337,9 @@ def fit_on_ray(cfg: TrainConfig, resume: bool | str = False) -> TrainResult:
         storage = str(Path(storage).resolve())
     # A fresh name per job: Ray Train V2 would otherwise silently restore an earlier run of that name.
     name = f"{Path(cfg.run.out_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    connect(cfg.run.ray_address)
+    where = connect(cfg.run.ray_address, use_gpu=cfg.run.use_gpu, workers=workers)
+    cluster.require_resources(cluster.worker_needs(workers, cfg.run.use_gpu),
+                              0 if cluster.is_local_instance() else cfg.run.resource_timeout_s, where)
     backend = "nccl" if cfg.run.use_gpu else "gloo"
     print0(f"[launch] Ray Train: {workers} worker(s), {'GPU' if cfg.run.use_gpu else 'CPU'} ({backend}), global batch "
            f"{cfg.data.global_batch_size(workers)} ({cfg.data.global_batch_size(workers) // workers} per worker), "
