@@ -74,8 +74,16 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
     s = int(model.samples_per_frame)  # input samples per output frame
     align = int(getattr(model, "alignment_samples", s))  # chunks start at multiples of this
 
+    def read(a: int, b: int) -> np.ndarray:
+        if not isinstance(emg, EMGSession):
+            return emg[a:b]
+        # EMG and time under the one value rule (emgscale.data.values), from one row before the chunk
+        # so that time going backwards between two chunks is found too.
+        rows, _ = emg.window(max(a - 1, 0), b)
+        return rows[a - max(a - 1, 0):]
+
     def run(a: int, b: int) -> np.ndarray:
-        chunk = emg.emg(a, b) if isinstance(emg, EMGSession) else emg[a:b]
+        chunk = read(a, b)
         x = torch.from_numpy(np.ascontiguousarray(chunk)).unsqueeze(0).to(device)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             lp, ol = model(x, torch.tensor([b - a], device=device))

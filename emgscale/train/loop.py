@@ -35,6 +35,7 @@ import torch
 from emgscale.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from emgscale.common import format_seconds, is_main, print0, progress, rank, resolve_device, world_size
 from emgscale.config import ConfigError, save_config, to_dict
+from emgscale.data.errors import DataError
 from emgscale.loader import DataConfig, build_loader
 from emgscale.models import build_model, forward_batch
 from emgscale.swad import WeightAverager
@@ -278,9 +279,11 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
     loss_sum = torch.zeros((), device=run.device)
     emg_samples, t_rate, since_log = 0, time.monotonic(), 0
     sample_rate = run.cfg.model.features.input_sample_rate_hz
+    stats = running_stats(run.model)
     for batch in bar:
         emg_samples += int(batch.emg_lengths.sum())  # a CPU tensor: no device sync
         gpu = batch.to(run.device)
+        saved = [b.detach().clone() for b in stats]  # restored if this batch's forward poisons them
         with torch.autocast(**run.autocast):
             log_probs, out_lengths = forward_batch(run.net, gpu)  # raw EMG, or cached spectra
         loss = run.objective.loss(log_probs, out_lengths, gpu, state.step)
@@ -292,7 +295,10 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
         # The step's one host sync. Under DDP the gradient (hence its norm) is the same on every rank,
         # so every rank takes the same decision; alone, the loss is checked too.
         check = grad_norm if run.world > 1 else grad_norm + loss.detach()
+        if stats:
+            check = check + torch.stack([b.sum() for b in stats]).sum()
         if not run.scaler.is_enabled() and not bool(torch.isfinite(check)):
+            _bad_batch(run, batch, stats, saved)
             _skip_step(run, state)
             continue
         run.scaler.step(run.optimizer)
@@ -320,6 +326,35 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
             run.model.train()
         if cfg.max_steps > 0 and state.step >= cfg.max_steps:
             break
+
+
+def running_stats(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The model's running statistics (BatchNorm ``running_mean`` / ``running_var``): the buffers a
+    forward pass changes, so one batch of huge input can make them non-finite."""
+    return [b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1].startswith("running_")
+            and b.is_floating_point()]
+
+
+def _bad_batch(run: _Run, batch: Any, stats: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    """After a non-finite step: when this batch's forward pass made the running statistics non-finite
+    (its input gave non-finite features), put them back as they were before it and name the batch's
+    sessions; with ``data.skip_bad`` the step is skipped, else the run stops with a DataError naming them."""
+    bad = torch.tensor(float(any(not bool(torch.isfinite(b).all()) for b in stats)), device=run.device)
+    if run.world > 1:  # every rank takes the same decision (the gradient that brought us here is shared)
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    if not bool(bad):
+        return
+    with torch.no_grad():
+        for b, s in zip(stats, saved):
+            b.copy_(s)
+    sessions = sorted({"/".join(str(k).split("/")[:2]) for k in batch.keys})
+    keys = ", ".join(str(k) for k in batch.keys[:4]) + (", ..." if len(batch.keys) > 4 else "")
+    problem = (f"non-finite features: the BatchNorm running statistics turned non-finite in the forward pass "
+               f"of the batch holding {keys} (statistics restored)")
+    if not run.data.skip_bad:
+        raise DataError(", ".join(sessions), problem + "; find the bad file with python -m emgscale.data info, "
+                        "or set data.skip_bad=true to skip such batches")
+    print0(f"[train] {', '.join(sessions)}: {problem}; batch skipped (data.skip_bad)")
 
 
 def _skip_step(run: _Run, state: TrainState) -> None:
