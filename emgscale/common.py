@@ -4,6 +4,7 @@ progress."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -58,21 +59,45 @@ def print0(*args: Any, **kwargs: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+#: ``errno`` values of a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (``ENOSPC``) or quota (``EDQUOT``); ``filename`` is the file being written.
+
+    Its message is one line: ``<path>: No space left on device (...)``; the temporary file is removed and
+    the previous file at that path, if any, is intact.
+    """
+
+
+def disk_full(exc: BaseException, path: "str | os.PathLike[str]") -> "DiskFullError | None":
+    """A :class:`DiskFullError` naming ``path`` when ``exc`` is a full disk or quota, else None."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(exc.errno, f"{os.strerror(exc.errno)} (nothing written: the temporary file is "
+                                        "removed and the previous file, if any, is intact)", str(path))
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; on success it is fsynced and renamed onto ``path``.
 
     The one implementation of temp-file + rename: a reader never sees a partial file, and a writer
     that fails or is killed leaves the old file (or none) in place and no temporary file behind.
+    A full disk (or quota) while writing raises :class:`DiskFullError` naming ``path``.
 
     >>> with atomic_path("out/result.json") as tmp:   # doctest: +SKIP
     ...     tmp.write_text("{}")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -80,8 +105,13 @@ def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterato
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        full = disk_full(e, path)
+        if full is None:
+            raise
+        raise full from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -105,8 +135,8 @@ def atomic_torch_save(obj: Any, path: "str | os.PathLike[str]") -> None:
     """``torch.save`` atomically (:func:`atomic_path`)."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # through Python's file: a full disk is an OSError with its errno
 
 
 # ----------------------------------------------------------------------------- folder locks

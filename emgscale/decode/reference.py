@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emgscale.data.charset import charset
-from emgscale.decode.base import BACKSPACE, PASS, SCORE, DecoderBase, as_emissions, label_actions
+from emgscale.decode.base import BACKSPACE, PASS, SCORE, DecoderBase, as_emissions, label_actions, load_lm_file
 
 NEG_INF = -math.inf
 _MASK = (1 << 64) - 1
@@ -92,7 +92,7 @@ class PythonBeamDecoder(DecoderBase):
         self.beam_size, self.lm_weight, self.insertion_bonus = beam_size, lm_weight, insertion_bonus
         self.beam_threshold, self.label_threshold, self.max_labels = beam_threshold, label_threshold, max_labels
         self.tokens, self.actions = label_actions(cs)
-        self.lm = load_kenlm(lm_path) if lm_path else None
+        self.lm = load_lm_file(lm_path, load_kenlm) if lm_path else None
         if self.lm is not None:
             import kenlm
 

@@ -124,8 +124,15 @@ def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: lis
         if not path.is_file():
             raise DataError(path, "session named by the split is missing")
         with EMGSession(path) as sess:
-            lp = infer_session(model, sess, sample_rate_hz=sample_rate_hz, chunk_seconds=chunk_seconds,
-                               context_seconds=context_seconds, device=device, bf16=bf16)
+            if len(sess) == 0:
+                raise DataError(path, "holds no EMG rows (a 0-row session): nothing to evaluate")
+            try:
+                lp = infer_session(model, sess, sample_rate_hz=sample_rate_hz, chunk_seconds=chunk_seconds,
+                                   context_seconds=context_seconds, device=device, bf16=bf16)
+            except DataError:
+                raise
+            except ValueError as e:  # e.g. shorter than the model's receptive field
+                raise DataError(path, str(e)) from None
             target = sess.ground_truth(sess.start_time, sess.end_time).labels.tolist()
             yield {"session": ref.session, "user": sess.user, "log_probs": lp, "target": target}
 

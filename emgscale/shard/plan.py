@@ -184,6 +184,8 @@ def select_sessions(cfg: ShardConfig) -> dict[str, list[tuple[str, str, Path]]]:
         if len(cfg.parts) != 1:
             raise ValueError(f"without --split, name exactly one part to write (--parts train), got {cfg.parts}")
         files = session_files(root)
+        if not files:
+            raise DataError(root, "holds no session (*.hdf5) files: nothing to shard")
         by_name: dict[str, str] = {}
         if (root / METADATA_CSV).is_file():
             by_name = {r.session: r.user for r in read_metadata(root / METADATA_CSV)}
@@ -201,6 +203,10 @@ def select_sessions(cfg: ShardConfig) -> dict[str, list[tuple[str, str, Path]]]:
     for part, refs in out.items():
         out[part] = [r for r in refs if (users is None or normalize_user(r[0]) in users)
                      and (names is None or r[1] in names)]
+    if not any(out.values()):
+        source = f"the split {cfg.split}" if cfg.split else f"the data root {root}"
+        raise DataError(cfg.split or root, f"no session of {source} is selected for {', '.join(cfg.parts)}"
+                        + (" (check --users / --sessions)" if users is not None or names is not None else ""))
     return out
 
 
