@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from emgscale.bench.budget import Budget
-from emgscale.bench.steps import Corpus, cached, ensure_shards, ensure_trained_many, score_sessions
+from emgscale.bench.steps import (Corpus, cached, content_key, content_sha256, data_key, ensure_shards,
+                                  ensure_trained_many, score_sessions)
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
 from emgscale.fingers.bench import fingers
@@ -105,9 +106,7 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
     from emgscale.decode import DecoderConfig, build_decoder
     from emgscale.eval import split_emissions
 
-    ck = load_checkpoint(checkpoint)
-    key = {"checkpoint": str(checkpoint), "step": ck.step, "which": which, "split": str(split_file),
-           "lm": str(ctx.lm) if ctx.lm else None, "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts)}
+    key = eval_key(ctx, checkpoint, split_file, which, parts)
 
     def make(_: Path) -> dict[str, Any]:
         rows = []
@@ -126,8 +125,19 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
                     rows.append({"user": user, "part": part, "decoder": name, "cer": u["cer"], **setting})
         return {"rows": rows}
 
-    _, res = cached(ctx.cache, "eval", key, make)
+    _, res = cached(ctx.cache, "eval", key, make, f"same checkpoint, LM (sha256), split contents and session "
+                                                   f"files ({variant})")
     return [{"variant": variant, **r} for r in res["rows"]]
+
+
+def eval_key(ctx: BenchContext, checkpoint: Path, split_file: Path, which: str = "model",
+             parts: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
+    """What an evaluation depends on, by content: the checkpoint's and LM's sha256, the split's contents
+    and the session files it names under the data root (:func:`emgscale.bench.steps.data_key`)."""
+    return content_key({"checkpoint_sha256": content_sha256(checkpoint), "which": which,
+                        "data": data_key(ctx.corpus.data_root, split_file),
+                        "lm_sha256": content_sha256(ctx.lm) if ctx.lm else None,
+                        "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts)})
 
 
 def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> Path:
@@ -141,7 +151,7 @@ def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | li
     ``--generic-checkpoint`` (its own model config, so fine-tuning fits its weights), or the trained one's."""
     if ctx.generic_checkpoint is None:
         return generic_run(ctx, d) / BEST, d.get("arch", "tds")
-    key = {"checkpoint": str(ctx.generic_checkpoint.resolve()), "size": ctx.generic_checkpoint.stat().st_size}
+    key = content_key({"checkpoint_sha256": content_sha256(ctx.generic_checkpoint)})
 
     def make(folder: Path) -> dict[str, Any]:
         from emgscale.common import atomic_write_text
@@ -150,7 +160,7 @@ def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | li
         atomic_write_text(folder / "model.yaml", yaml.safe_dump(model, sort_keys=False))
         return {"model_yaml": str(folder / "model.yaml")}
 
-    _, res = cached(ctx.cache, "given", key, make)
+    _, res = cached(ctx.cache, "given", key, make, f"same checkpoint (sha256) as {ctx.generic_checkpoint}")
     return ctx.generic_checkpoint, [res["model_yaml"]]
 
 
