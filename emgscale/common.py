@@ -242,6 +242,36 @@ class DirLock:
         self.release()
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Make this (pool worker) process end when its parent does, however the parent ends (SIGKILL too).
+
+    Use as a process pool's ``initializer`` with ``initargs=(os.getpid(),)``. On Linux the kernel sends
+    SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon thread checks
+    ``os.getppid()`` every ``poll_s`` seconds and exits when the worker has been re-parented.
+    """
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the thread does it
+            pass
+    if os.getppid() != parent_pid:  # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False

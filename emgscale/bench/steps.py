@@ -276,7 +276,10 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
     print0(f"[bench] training {len(todo)} runs, {jobs} at a time "
            f"({f'one of {gpus} GPUs each' if gpus else f'{max(1, (os.cpu_count() or 1) // jobs)} threads each'}; "
            f"logs: <run>/train.log)")
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from emgscale.common import exit_with_parent
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_train_in_worker, str(cache), files, [*overrides, *slots[i % jobs]]): folder
                    for i, (folder, (files, overrides)) in enumerate(todo.items())}
         for n, fut in enumerate(as_completed(futures), 1):

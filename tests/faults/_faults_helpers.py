@@ -11,7 +11,11 @@ import numpy as np
 
 from emgscale.data.writer import write_session_file
 
+import emgscale
+
 REPO = Path(__file__).resolve().parents[2]
+#: The tree of the ``emgscale`` under test: subprocesses put it first on their path.
+SRC = Path(emgscale.__file__).resolve().parents[1]
 TINY_MODEL = ["model.arch=tds", "model.frontend.mlp_features=[16]", "model.tds.block_channels=[4,4]",
               "model.tds.kernel_width=8"]
 WIN = ["data.window.window_samples=2000", "data.window.pad_left_samples=200", "data.window.pad_right_samples=100"]
@@ -38,7 +42,7 @@ def rewrite_session(path: Path, *, user: str = "43037958", edit=None, rows: int 
 def run_cli(module: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess:
     """``python -m <module> args`` in a subprocess with this tree first on the path, bounded in time."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, cwd=str(REPO))
 
