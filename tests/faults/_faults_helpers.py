@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from emgscale.data.writer import write_session_file
-
 import emgscale
+from emgscale.data.writer import write_session_file
 
 REPO = Path(__file__).resolve().parents[2]
 #: The tree of the ``emgscale`` under test: subprocesses put it first on their path.
@@ -37,14 +33,6 @@ def rewrite_session(path: Path, *, user: str = "43037958", edit=None, rows: int 
         edit(emg, t)
     keys = [{"key": "a", "start": float(t[10]), "end": float(t[20])}] if n > 20 else []
     write_session_file(path, emg, t, session_name=path.stem, user=user, keystrokes=keys)
-
-
-def run_cli(module: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
-    """``python -m <module> args`` in a subprocess with this tree first on the path, bounded in time."""
-    full_env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=str(REPO))
 
 
 def one_error_line(stderr: str) -> str:
