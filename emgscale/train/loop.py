@@ -10,8 +10,9 @@ default, :mod:`emgscale.train.objective`), Adam/AdamW, linear warm-up then
 cosine decay (the reference schedule), optional gradient clipping and bf16 autocast (fp16 with loss
 scaling on a GPU without bf16). A step whose loss or gradient is not finite is skipped (counted;
 ``run.max_nonfinite_steps`` of them stop the run with an error), so nothing non-finite reaches the
-weights or a checkpoint. The step's one host synchronisation is that finiteness check; the loss is
-read back only at logging steps.
+weights or a checkpoint; running statistics a bad batch made non-finite are restored and its sessions
+named (:mod:`emgscale.train.guard`). The step's one host synchronisation is that finiteness check; the
+loss is read back only at logging steps.
 
 Per epoch (and every ``run.eval_every_steps``): the objective's validation (loss and greedy CER for
 CTC); ``best.pt`` by its metric (``best_val_cer`` holds the best value of it). ``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically; ``resume``
@@ -35,11 +36,11 @@ import torch
 from emgscale.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from emgscale.common import format_seconds, is_main, print0, progress, rank, resolve_device, world_size
 from emgscale.config import ConfigError, save_config, to_dict
-from emgscale.data.errors import DataError
 from emgscale.loader import DataConfig, build_loader
 from emgscale.models import build_model, forward_batch
 from emgscale.swad import WeightAverager
 from emgscale.train.config import OptimConfig, TrainConfig, TrainResult, feature_cache_problem
+from emgscale.train.guard import restore_poisoned_stats, running_stats
 from emgscale.train.metrics_log import MetricsLogger
 from emgscale.train.objective import Objective, build_objective
 
@@ -293,12 +294,15 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
         grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(),
                                                    run.cfg.optim.grad_clip if run.cfg.optim.grad_clip > 0 else math.inf)
         # The step's one host sync. Under DDP the gradient (hence its norm) is the same on every rank,
-        # so every rank takes the same decision; alone, the loss is checked too.
+        # so every rank takes the same decision; alone, the loss and the running statistics are checked
+        # too (under DDP those differ by rank, and a batch that poisons them makes the gradient
+        # non-finite anyway: BatchNorm normalises a training batch with its own statistics).
         check = grad_norm if run.world > 1 else grad_norm + loss.detach()
-        if stats:
+        if stats and run.world == 1:
             check = check + torch.stack([b.sum() for b in stats]).sum()
         if not run.scaler.is_enabled() and not bool(torch.isfinite(check)):
-            _bad_batch(run, batch, stats, saved)
+            restore_poisoned_stats(stats, saved, batch.keys, skip_bad=run.data.skip_bad, world=run.world,
+                                   device=run.device)
             _skip_step(run, state)
             continue
         run.scaler.step(run.optimizer)
@@ -326,35 +330,6 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
             run.model.train()
         if cfg.max_steps > 0 and state.step >= cfg.max_steps:
             break
-
-
-def running_stats(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The model's running statistics (BatchNorm ``running_mean`` / ``running_var``): the buffers a
-    forward pass changes, so one batch of huge input can make them non-finite."""
-    return [b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1].startswith("running_")
-            and b.is_floating_point()]
-
-
-def _bad_batch(run: _Run, batch: Any, stats: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
-    """After a non-finite step: when this batch's forward pass made the running statistics non-finite
-    (its input gave non-finite features), put them back as they were before it and name the batch's
-    sessions; with ``data.skip_bad`` the step is skipped, else the run stops with a DataError naming them."""
-    bad = torch.tensor(float(any(not bool(torch.isfinite(b).all()) for b in stats)), device=run.device)
-    if run.world > 1:  # every rank takes the same decision (the gradient that brought us here is shared)
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    if not bool(bad):
-        return
-    with torch.no_grad():
-        for b, s in zip(stats, saved):
-            b.copy_(s)
-    sessions = sorted({"/".join(str(k).split("/")[:2]) for k in batch.keys})
-    keys = ", ".join(str(k) for k in batch.keys[:4]) + (", ..." if len(batch.keys) > 4 else "")
-    problem = (f"non-finite features: the BatchNorm running statistics turned non-finite in the forward pass "
-               f"of the batch holding {keys} (statistics restored)")
-    if not run.data.skip_bad:
-        raise DataError(", ".join(sessions), problem + "; find the bad file with python -m emgscale.data info, "
-                        "or set data.skip_bad=true to skip such batches")
-    print0(f"[train] {', '.join(sessions)}: {problem}; batch skipped (data.skip_bad)")
 
 
 def _skip_step(run: _Run, state: TrainState) -> None:
