@@ -45,7 +45,7 @@ def value_problem(emg: "np.ndarray | None" = None, time: "np.ndarray | None" = N
         finite = np.isfinite(x)
         if not finite.all():
             return f"EMG has NaN or inf at row {_first_row(~finite) + first_row}"
-        big = None if x.dtype.kind == "f" and np.finfo(x.dtype).max <= MAX_ABS_EMG else np.abs(x) > MAX_ABS_EMG
+        big = None if x.dtype.kind == "f" and float(np.finfo(x.dtype).max) <= MAX_ABS_EMG else np.abs(x) > MAX_ABS_EMG
         if big is not None and big.any():
             row = _first_row(big)
             peak = float(np.abs(x[row]).max())

@@ -53,14 +53,19 @@ def _extend_hash(h: int, label: int) -> int:
     return z ^ (z >> 31)
 
 
-def load_kenlm(path: str) -> Any:
-    """``kenlm.Model(path)``, with an install hint when the module is missing."""
+def _kenlm_module() -> Any:
+    """The ``kenlm`` module, with an install hint when it is missing."""
     try:
         import kenlm
     except ImportError as e:
         raise ImportError("the Python reference beam decoder needs the kenlm module: "
                           "pip install 'emgscale[lm]'") from e
-    return kenlm.Model(str(path))
+    return kenlm
+
+
+def load_kenlm(path: str) -> Any:
+    """``kenlm.Model(path)``, with an install hint when the module is missing."""
+    return _kenlm_module().Model(str(path))
 
 
 @dataclass
@@ -92,6 +97,8 @@ class PythonBeamDecoder(DecoderBase):
         self.beam_size, self.lm_weight, self.insertion_bonus = beam_size, lm_weight, insertion_bonus
         self.beam_threshold, self.label_threshold, self.max_labels = beam_threshold, label_threshold, max_labels
         self.tokens, self.actions = label_actions(cs)
+        if lm_path:
+            _kenlm_module()  # a missing module is said first
         self.lm = load_lm_file(lm_path, load_kenlm) if lm_path else None
         if self.lm is not None:
             import kenlm
