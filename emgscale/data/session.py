@@ -185,14 +185,16 @@ class EMGSession:
             raise DataError(self.path, f"cannot read rows [{start}, {stop}): truncated or corrupt ({e})") from None
 
     def time(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Timestamps (float64 unix seconds) of rows ``[start, stop)``; checked non-decreasing."""
+        """Timestamps (float64 unix seconds) of rows ``[start, stop)``; checked finite and non-decreasing
+        (:mod:`emgscale.data.values`)."""
         stop = len(self) if stop is None else stop
         t = np.asarray(self._read(start, stop, [TIME_FIELD]), dtype=np.float64)
         self._check(None, t, start)
         return t
 
     def emg(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """EMG rows ``[start, stop)`` as float32 ``(T, 2, 16)`` (band 0 left, band 1 right); checked finite."""
+        """EMG rows ``[start, stop)`` as float32 ``(T, 2, 16)`` (band 0 left, band 1 right); checked finite
+        and within bounds (:mod:`emgscale.data.values`)."""
         stop = len(self) if stop is None else stop
         rows = self._read(start, stop, list(EMG_FIELDS))
         out = np.stack([rows[EMG_FIELDS[0]], rows[EMG_FIELDS[1]]], axis=1).astype(np.float32, copy=False)
@@ -200,7 +202,8 @@ class EMGSession:
         return out
 
     def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """EMG ``(T, 2, 16)`` and timestamps ``(T,)`` of rows ``[start, stop)``, in one read."""
+        """EMG ``(T, 2, 16)`` and timestamps ``(T,)`` of rows ``[start, stop)``, in one read; both checked
+        by the value rule (:mod:`emgscale.data.values`)."""
         rows = self._read(start, stop, [*EMG_FIELDS, TIME_FIELD])
         emg = np.stack([rows[EMG_FIELDS[0]], rows[EMG_FIELDS[1]]], axis=1).astype(np.float32, copy=False)
         t = np.asarray(rows[TIME_FIELD], dtype=np.float64)
