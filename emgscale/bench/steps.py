@@ -44,18 +44,23 @@ def content_sha256(path: "str | Path") -> str:
     return _SHA256[key]
 
 
-def data_key(data_root: "str | Path", split_file: "str | Path") -> dict[str, Any]:
+def data_key(data_root: "str | Path", split_file: "str | Path", data_format: str = "emg2qwerty") -> dict[str, Any]:
     """What a split under a data root holds: the split file's sha256 and the name and size of every
-    session file it names (None where missing), hashed."""
-    from emgscale.data.splits import load_split
+    data file it names (None where missing), hashed. ``data_format``: ``emg2qwerty`` (a split of
+    sessions, ``<root>/<session>.hdf5``) or ``csv`` (a split of files or globs under the root)."""
+    root = Path(data_root)
+    if data_format == "csv":
+        from emgscale.data.tables import load_split as load_file_split
 
-    split = load_split(split_file)
-    names = sorted({r.session for part in ("train", "val", "test") for r in split[part]})
-    sizes = {}
-    for name in names:
-        f = Path(data_root) / f"{name}.hdf5"
-        sizes[name] = f.stat().st_size if f.is_file() else None
-    return {"split_sha256": content_sha256(split_file), "sessions": config_hash(sizes), "num_sessions": len(names)}
+        parts = load_file_split(split_file, root).values()
+        files = sorted({str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for part in parts for f in part})
+    else:
+        from emgscale.data.splits import load_split
+
+        split = load_split(split_file)
+        files = sorted({f"{r.session}.hdf5" for part in ("train", "val", "test") for r in split[part]})
+    sizes = {name: (root / name).stat().st_size if (root / name).is_file() else None for name in files}
+    return {"split_sha256": content_sha256(split_file), "files": config_hash(sizes), "num_files": len(files)}
 
 
 def content_key(key: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +169,8 @@ def _run_key(cfg: Any) -> dict[str, Any]:
     key["run"] = {k: v for k, v in key["run"].items() if k not in PLACEMENT_KEYS}
     data, run = key["data"], key["run"]
     if data.get("split") and data.get("data_root") and Path(data["split"]).is_file():
-        data["split"], data["data_root"] = data_key(data["data_root"], data["split"]), None
+        data["split"] = data_key(data["data_root"], data["split"], data.get("format") or "emg2qwerty")
+        data["data_root"] = None
     shards = data.get("shards")
     if shards and (Path(shards) / "manifest.json").is_file():
         data["shards"] = {"manifest_sha256": content_sha256(Path(shards) / "manifest.json")}
