@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from emgscale.bench.steps import cached, ensure_corpus, ensure_shards, ensure_trained_many
+from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_corpus, ensure_shards,
+                                  ensure_trained_many)
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import print0
 from emgscale.data.tables import FINGER_CLASSES, make_split, table_files, write_split
@@ -81,8 +82,7 @@ def _train_minutes(root: Path, split_file: Path, csv_overrides: list[str]) -> fl
 
 def _evaluate(ctx: Any, checkpoint: Path, root: Path, split_file: Path) -> dict[str, Any]:
     """Test-session scores of one checkpoint (cached)."""
-    ck = load_checkpoint(checkpoint)
-    key = {"checkpoint": str(checkpoint), "step": ck.step, "root": str(root), "split": split_file.read_text()}
+    key = content_key({"checkpoint_sha256": content_sha256(checkpoint), "data": data_key(root, split_file, "csv")})
 
     def make(_: Path) -> dict[str, Any]:
         from dataclasses import replace
@@ -95,7 +95,7 @@ def _evaluate(ctx: Any, checkpoint: Path, root: Path, split_file: Path) -> dict[
         recs = read_part(replace(cfg.data, data_root=str(root), split=str(split_file)), "test")
         return evaluate_recordings(model, recs)
 
-    return cached(ctx.cache, "fingers_eval", key, make)[1]
+    return cached(ctx.cache, "fingers_eval", key, make, "same checkpoint (sha256), split and files")[1]
 
 
 def fingers(ctx: Any, d: dict[str, Any]) -> dict[str, Any]:
