@@ -112,11 +112,11 @@ class NativeBeamDecoder(DecoderBase):
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-        ext = load_extension()  # a missing KenLM library is said first
         if lm_path is not None:
-            check_lm_file(lm_path)
+            check_lm_file(lm_path)  # before building the extension: a wrong file is said at once
         self.blank, self.num_classes, self.num_threads = cs.blank, cs.num_classes, num_threads
         tokens, actions = label_actions(cs)
+        ext = load_extension()
 
         def make(path: str) -> Any:
             return ext.BeamDecoder(path, tokens, actions, cs.blank, beam_size, beam_threshold, label_threshold,
