@@ -25,6 +25,13 @@ def _first_row(mask: np.ndarray) -> int:
     return int(np.argmax(mask.reshape(len(mask), -1).any(axis=1)))
 
 
+def _within(x: np.ndarray) -> bool:
+    """Fast path: every value finite and within :data:`MAX_ABS_EMG` (two reductions, no temporaries; a
+    NaN makes both comparisons false)."""
+    bound = min(MAX_ABS_EMG, float(np.finfo(x.dtype).max)) if x.dtype.kind == "f" else MAX_ABS_EMG
+    return bool(x.min() >= -bound) and bool(x.max() <= bound)
+
+
 def value_problem(emg: "np.ndarray | None" = None, time: "np.ndarray | None" = None, *, first_row: int = 0,
                   previous_time: float | None = None) -> str | None:
     """What is wrong with these EMG rows and timestamps under the one value rule, or None.
@@ -40,7 +47,7 @@ def value_problem(emg: "np.ndarray | None" = None, time: "np.ndarray | None" = N
         A message naming the first bad row (``EMG has NaN or inf at row 42``, ``timestamps not
         monotonic at row 60``), or None when the values are good.
     """
-    if emg is not None and emg.size:
+    if emg is not None and emg.size and not _within(np.asarray(emg)):
         x = np.asarray(emg)
         finite = np.isfinite(x)
         if not finite.all():
@@ -54,7 +61,7 @@ def value_problem(emg: "np.ndarray | None" = None, time: "np.ndarray | None" = N
     if time is not None and np.size(time):
         t = np.asarray(time, dtype=np.float64).reshape(-1)
         finite = np.isfinite(t)
-        if not finite.all():
+        if not finite.all():  # (NaN also fails the ordering test below: name it as what it is)
             return f"timestamp is NaN or inf at row {int(np.argmax(~finite)) + first_row}"
         if previous_time is not None and np.isfinite(previous_time) and t[0] < previous_time:
             return f"timestamps not monotonic at row {first_row}"
