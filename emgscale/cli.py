@@ -3,7 +3,7 @@
 Each CLI's ``main`` is wrapped by :func:`cli`. The project's own errors — :class:`~emgscale.config.ConfigError`
 (a bad key or value), :class:`~emgscale.data.errors.DataError` (a bad data file), other ``ValueError``
 from validation (an unknown ``model.arch``, a truncated checkpoint), a missing file or folder, a
-missing optional dependency, a run that stopped on non-finite losses, a held lock — print as one line
+missing optional dependency, a run that stopped on non-finite losses, a held lock, a full disk — print as one line
 ``<prog>: error: <message>`` and exit with code 2. Anything else is a bug and keeps its traceback.
 ``--debug`` anywhere on the command line (or ``EMGSCALE_DEBUG=1``) shows the traceback of every error.
 Ctrl-C exits with code 130 and one line.
@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Callable
 
-from emgscale.common import LockedError
+from emgscale.common import DiskFullError, LockedError
 
 #: Exit code of a user's mistake (argparse uses the same for a bad command line).
 USER_ERROR = 2
@@ -24,7 +24,7 @@ USER_ERROR = 2
 #: are ValueErrors. FloatingPointError: the loop stopped after too many non-finite steps.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError, FileExistsError, ImportError,
-                                                FloatingPointError, LockedError)
+                                                FloatingPointError, LockedError, DiskFullError)
 
 
 def error_line(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ progress."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -97,6 +98,28 @@ class RateLimitedLog:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+#: ``errno`` values of a full disk or an exhausted quota.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (``ENOSPC``) or quota (``EDQUOT``); ``filename`` is the file being written.
+
+    Its message is one line: ``<path>: No space left on device (...)``; the temporary file is removed and
+    the previous file at that path, if any, is intact.
+    """
+
+
+def disk_full(exc: BaseException, path: "str | os.PathLike[str]") -> "DiskFullError | None":
+    """A :class:`DiskFullError` naming ``path`` when ``exc`` is a full disk or quota, else None."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(exc.errno, f"{os.strerror(exc.errno)} (nothing written: the temporary file is "
+                                        "removed and the previous file, if any, is intact)", str(path))
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; on success it is fsynced and renamed onto ``path``.
@@ -105,15 +128,17 @@ def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterato
     that fails or is killed leaves the old file (or none) in place and no temporary file behind. The
     file gets the mode a plain ``open`` would give it (``0o666`` less the umask), not ``mkstemp``'s
     ``0o600``, so shards and caches on a shared folder are readable by whom the umask says.
+    A full disk (or quota) while writing raises :class:`DiskFullError` naming ``path``.
 
     >>> with atomic_path("out/result.json") as tmp:   # doctest: +SKIP
     ...     tmp.write_text("{}")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -123,8 +148,13 @@ def atomic_path(path: "str | os.PathLike[str]", suffix: str = ".tmp") -> Iterato
         with contextlib.suppress(OSError):  # a file system without modes (some network mounts)
             os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        full = disk_full(e, path)
+        if full is None:
+            raise
+        raise full from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -162,8 +192,8 @@ def atomic_torch_save(obj: Any, path: "str | os.PathLike[str]") -> None:
     """``torch.save`` atomically (:func:`atomic_path`)."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # through Python's file: a full disk is an OSError with its errno
 
 
 # ----------------------------------------------------------------------------- folder locks
@@ -267,6 +297,36 @@ class DirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Make this (pool worker) process end when its parent does, however the parent ends (SIGKILL too).
+
+    Use as a process pool's ``initializer`` with ``initargs=(os.getpid(),)``. On Linux the kernel sends
+    SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon thread checks
+    ``os.getppid()`` every ``poll_s`` seconds and exits when the worker has been re-parented.
+    """
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the thread does it
+            pass
+    if os.getppid() != parent_pid:  # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _pid_alive(pid: int) -> bool:

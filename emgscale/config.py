@@ -212,7 +212,12 @@ def load_yaml(path: "str | Path") -> dict[str, Any]:
     try:
         data = yaml_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        hint = ("; an override needs '=' (key=value)" if path.suffix not in (".yaml", ".yml")
+                and "=" not in str(path) else "")
+        raise ConfigError(f"{path}: no such config file{hint}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        what = "a folder" if isinstance(e, IsADirectoryError) else "not a text YAML file (binary?)"
+        raise ConfigError(f"{path}: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from emgscale.bench.context import BenchContext
-from emgscale.bench.steps import cached, ensure_corpus, ensure_shards, ensure_trained_many
+from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_corpus, ensure_shards,
+                                  ensure_trained_many)
 from emgscale.common import print0
 from emgscale.data.tables import FINGER_CLASSES, make_split, table_files, write_split
 from emgscale.models.checkpoint import load_checkpoint
@@ -83,8 +84,7 @@ def _train_minutes(root: Path, split_file: Path, csv_overrides: list[str]) -> fl
 
 def _evaluate(ctx: BenchContext, checkpoint: Path, root: Path, split_file: Path) -> dict[str, Any]:
     """Test-session scores of one checkpoint (cached)."""
-    ck = load_checkpoint(checkpoint)
-    key = {"checkpoint": str(checkpoint), "step": ck.step, "root": str(root), "split": split_file.read_text()}
+    key = content_key({"checkpoint_sha256": content_sha256(checkpoint), "data": data_key(root, split_file, "csv")})
 
     def make(_: Path) -> dict[str, Any]:
         from dataclasses import replace
@@ -97,7 +97,7 @@ def _evaluate(ctx: BenchContext, checkpoint: Path, root: Path, split_file: Path)
         recs = read_part(replace(cfg.data, data_root=str(root), split=str(split_file)), "test")
         return evaluate_recordings(model, recs)
 
-    return cached(ctx.cache, "fingers_eval", key, make)[1]
+    return cached(ctx.cache, "fingers_eval", key, make, "same checkpoint (sha256), split and files")[1]
 
 
 def fingers(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,14 @@
 """Cached pipeline steps of the benchmarks: corpus -> shards -> LM -> training -> emissions -> CER.
 
-Each step's output lives in ``<cache>/<kind>/<hash>/`` where the hash is of the settings that determine
-it, and is reused when its ``DONE.json`` marker is there: benchmarks share corpora, shards, LMs and
-checkpoints made with the same config instead of recomputing them. A step killed half-way leaves no
-marker; training resumes from its last checkpoint on the next run.
+Each step's output lives in ``<cache>/<kind>/<hash>/`` where the hash is of what determines it, and is
+reused when its ``DONE.json`` marker is there (a line says so, and why): benchmarks share corpora,
+shards, LMs and checkpoints made with the same inputs instead of recomputing them. A step killed
+half-way leaves no marker; training resumes from its last checkpoint on the next run.
+
+Keys are content, not paths (:func:`content_key`): a split file by its bytes and the name and size of
+every session file it names, a checkpoint or LM by its sha256, a shard folder by its manifest's sha256,
+plus the settings and the emgscale version. So a split edited in place, an init checkpoint replaced
+behind the same path or a data root holding other files makes a new step, never reuses an old one.
 """
 
 from __future__ import annotations
@@ -24,11 +29,55 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
-    """Run ``make(folder)`` once per ``key``; later calls return the folder and what ``make`` returned."""
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def content_sha256(path: "str | Path") -> str:
+    """sha256 of a file's bytes (computed once per file version and process: path, size, mtime)."""
+    from emgscale.shard.writer import file_sha256
+
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = file_sha256(p)
+    return _SHA256[key]
+
+
+def data_key(data_root: "str | Path", split_file: "str | Path", data_format: str = "emg2qwerty") -> dict[str, Any]:
+    """What a split under a data root holds: the split file's sha256 and the name and size of every
+    data file it names (None where missing), hashed. ``data_format``: ``emg2qwerty`` (a split of
+    sessions, ``<root>/<session>.hdf5``) or ``csv`` (a split of files or globs under the root)."""
+    root = Path(data_root)
+    if data_format == "csv":
+        from emgscale.data.tables import load_split as load_file_split
+
+        parts = load_file_split(split_file, root).values()
+        files = sorted({str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for part in parts for f in part})
+    else:
+        from emgscale.data.splits import load_split
+
+        split = load_split(split_file)
+        files = sorted({f"{r.session}.hdf5" for part in ("train", "val", "test") for r in split[part]})
+    sizes = {name: (root / name).stat().st_size if (root / name).is_file() else None for name in files}
+    return {"split_sha256": content_sha256(split_file), "files": config_hash(sizes), "num_files": len(files)}
+
+
+def content_key(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` plus the emgscale version: the code that makes a step is part of what it depends on."""
+    import emgscale
+
+    return {**key, "emgscale": emgscale.__version__}
+
+
+def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, Any]],
+           why: str = "same settings") -> tuple[Path, dict[str, Any]]:
+    """Run ``make(folder)`` once per ``key``; later calls return the folder and what ``make`` returned
+    (with one line naming the step reused and ``why``: what its key covers)."""
     folder = Path(cache) / kind / config_hash(key)
     marker = folder / DONE
     if marker.is_file():
+        print0(f"[bench] reusing {kind}/{folder.name}: {why}")
         return folder, json.loads(marker.read_text())["result"]
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "key.json", key)
@@ -81,8 +130,8 @@ def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int =
     from emgscale.config import from_dict
     from emgscale.shard import ShardConfig, shard_corpus
 
-    key = {"data_root": str(Path(data_root).resolve()), "split": Path(split_file).read_text(),
-           **({"bids_metadata": Path(bids_metadata).read_text()} if bids_metadata else {})}
+    key = content_key({"data": data_key(data_root, split_file), "parts": ["train", "val"],
+                       **({"bids_metadata": Path(bids_metadata).read_text()} if bids_metadata else {})})
 
     def make(folder: Path) -> dict[str, Any]:
         cfg = from_dict(ShardConfig, {"data_root": str(data_root), "split": str(split_file),
@@ -92,7 +141,7 @@ def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int =
         shard_corpus(cfg)
         return {"shards": str(folder / "shards")}
 
-    _, res = cached(cache, "shards", key, make)
+    _, res = cached(cache, "shards", key, make, f"same split contents and session files as {split_file}")
     return Path(res["shards"])
 
 
@@ -100,14 +149,14 @@ def ensure_lm(cache: Path, text_files: list[Path], order: int) -> Path:
     """A KenLM character n-gram of ``text_files`` (built once)."""
     from emgscale.lm import build_lm
 
-    key = {"texts": [hashlib.sha256(Path(t).read_bytes()).hexdigest() for t in text_files], "order": order}
+    key = content_key({"texts": [content_sha256(t) for t in text_files], "order": order})
 
     def make(folder: Path) -> dict[str, Any]:
         out = folder / f"char{order}gram.bin"
         build_lm([str(t) for t in text_files], order=order, out=str(out))
         return {"lm": str(out)}
 
-    _, res = cached(cache, "lm", key, make)
+    _, res = cached(cache, "lm", key, make, "same text files (sha256) and order")
     return Path(res["lm"])
 
 
@@ -116,12 +165,28 @@ PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address", 
 
 
 def _run_key(cfg: Any) -> dict[str, Any]:
-    """What identifies a training run: its config less where it writes and runs (:data:`PLACEMENT_KEYS`)."""
+    """What identifies a training run: its config less where it writes and runs (:data:`PLACEMENT_KEYS`),
+    with the files it reads replaced by their content (:func:`content_key`): the split and data root by
+    :func:`data_key`, ``run.init_from`` by its sha256, a local ``data.shards`` folder by its manifest's."""
     from emgscale.config import to_dict
 
     key = to_dict(cfg)
     key["run"] = {k: v for k, v in key["run"].items() if k not in PLACEMENT_KEYS}
-    return key
+    data, run = key["data"], key["run"]
+    if data.get("split") and data.get("data_root") and Path(data["split"]).is_file():
+        data["split"] = data_key(data["data_root"], data["split"], data.get("format") or "emg2qwerty")
+        data["data_root"] = None
+    shards = data.get("shards")
+    if shards and (Path(shards) / "manifest.json").is_file():
+        data["shards"] = {"manifest_sha256": content_sha256(Path(shards) / "manifest.json")}
+    if run.get("init_from") and Path(run["init_from"]).is_file():
+        run["init_from"] = {"sha256": content_sha256(run["init_from"])}
+    return content_key(key)
+
+
+#: What :func:`_run_key` covers, for the line that says why a run is reused.
+RUN_REUSE_WHY = ("same config, split contents, session files, shards manifest and init checkpoint (sha256) "
+                 "as before")
 
 
 def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_file: bool = False) -> Path:
@@ -137,6 +202,7 @@ def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_f
     key = _run_key(cfg)
     folder = Path(cache) / "runs" / config_hash(key)
     if (folder / DONE).is_file():
+        print0(f"[bench] reusing runs/{folder.name}: {RUN_REUSE_WHY}")
         return folder
     cfg = load_train_config(files, [*overrides, f"run.out_dir={folder}"])
     print0(f"[bench] training {folder.name}: {' '.join(overrides)}")
@@ -222,7 +288,10 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
     print0(f"[bench] training {len(todo)} runs, {jobs} at a time "
            f"({f'one of {gpus} GPUs each' if gpus else f'{max(1, (os.cpu_count() or 1) // jobs)} threads each'}; "
            f"logs: <run>/train.log)")
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from emgscale.common import exit_with_parent
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_train_in_worker, str(cache), files, [*overrides, *slots[i % jobs]]): folder
                    for i, (folder, (files, overrides)) in enumerate(todo.items())}
         for n, fut in enumerate(as_completed(futures), 1):

@@ -17,7 +17,8 @@ import yaml
 from emgscale.bench.context import BenchContext
 from emgscale.bench.fingers import fingers
 from emgscale.bench.report import EXTRA_METRICS
-from emgscale.bench.steps import cached, ensure_shards, ensure_trained_many, score_sessions
+from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_shards, ensure_trained_many,
+                                  score_sessions)
 from emgscale.common import print0
 from emgscale.models.checkpoint import load_checkpoint
 from emgscale.run_folder import RunFolder
@@ -90,10 +91,7 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
     from emgscale.decode import DecoderConfig, build_decoder
     from emgscale.eval import split_emissions
 
-    ck = load_checkpoint(checkpoint)
-    key = {"checkpoint": str(checkpoint), "step": ck.step, "which": which, "split": str(split_file),
-           "lm": str(ctx.lm) if ctx.lm else None, "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts),
-           "metrics": list(EXTRA_METRICS)}  # rows cached before these metrics existed are recomputed
+    key = eval_key(ctx, checkpoint, split_file, which, parts)
 
     def make(_: Path) -> dict[str, Any]:
         rows = []
@@ -114,8 +112,20 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
                                  **{m: u[m] for m in EXTRA_METRICS}, **setting})
         return {"rows": rows}
 
-    _, res = cached(ctx.cache, "eval", key, make)
+    _, res = cached(ctx.cache, "eval", key, make, f"same checkpoint, LM (sha256), split contents and session "
+                                                   f"files ({variant})")
     return [{"variant": variant, **r} for r in res["rows"]]
+
+
+def eval_key(ctx: BenchContext, checkpoint: Path, split_file: Path, which: str = "model",
+             parts: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
+    """What an evaluation depends on, by content: the checkpoint's and LM's sha256, the split's contents
+    and the session files it names under the data root (:func:`emgscale.bench.steps.data_key`), and the
+    metrics it reports (rows cached before a metric existed are recomputed)."""
+    return content_key({"checkpoint_sha256": content_sha256(checkpoint), "which": which,
+                        "data": data_key(ctx.corpus.data_root, split_file),
+                        "lm_sha256": content_sha256(ctx.lm) if ctx.lm else None,
+                        "lm_on_val": [LM_WEIGHTS, LM_BONUSES], "parts": list(parts), "metrics": list(EXTRA_METRICS)})
 
 
 def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> RunFolder:
@@ -129,7 +139,7 @@ def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | li
     ``--generic-checkpoint`` (its own model config, so fine-tuning fits its weights), or the trained one's."""
     if ctx.generic_checkpoint is None:
         return generic_run(ctx, d).best, d.get("arch", "tds")
-    key = {"checkpoint": str(ctx.generic_checkpoint.resolve()), "size": ctx.generic_checkpoint.stat().st_size}
+    key = content_key({"checkpoint_sha256": content_sha256(ctx.generic_checkpoint)})
 
     def make(folder: Path) -> dict[str, Any]:
         from emgscale.common import atomic_write_text
@@ -139,7 +149,7 @@ def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | li
         atomic_write_text(folder / "model.yaml", yaml.safe_dump(model, sort_keys=False))
         return {"model_yaml": str(folder / "model.yaml")}
 
-    _, res = cached(ctx.cache, "given", key, make)
+    _, res = cached(ctx.cache, "given", key, make, f"same checkpoint (sha256) as {ctx.generic_checkpoint}")
     return ctx.generic_checkpoint, [res["model_yaml"]]
 
 

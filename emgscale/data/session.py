@@ -21,6 +21,7 @@ import numpy as np
 
 from emgscale.data.errors import DataError
 from emgscale.data.labels import LabelData
+from emgscale.data.values import value_problem
 
 GROUP, DATASET = "emg2qwerty", "timeseries"
 EMG_FIELDS = ("emg_left", "emg_right")
@@ -184,36 +185,37 @@ class EMGSession:
             raise DataError(self.path, f"cannot read rows [{start}, {stop}): truncated or corrupt ({e})") from None
 
     def time(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Timestamps (float64 unix seconds) of rows ``[start, stop)``; checked non-decreasing."""
+        """Timestamps (float64 unix seconds) of rows ``[start, stop)``; checked finite and non-decreasing
+        (:mod:`emgscale.data.values`)."""
         stop = len(self) if stop is None else stop
         t = np.asarray(self._read(start, stop, [TIME_FIELD]), dtype=np.float64)
-        if t.size > 1 and np.any(np.diff(t) < 0):
-            bad = int(np.argmax(np.diff(t) < 0)) + 1 + start
-            raise DataError(self.path, f"timestamps not monotonic at row {bad}")
+        self._check(None, t, start)
         return t
 
     def emg(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """EMG rows ``[start, stop)`` as float32 ``(T, 2, 16)`` (band 0 left, band 1 right); checked finite."""
+        """EMG rows ``[start, stop)`` as float32 ``(T, 2, 16)`` (band 0 left, band 1 right); checked finite
+        and within bounds (:mod:`emgscale.data.values`)."""
         stop = len(self) if stop is None else stop
         rows = self._read(start, stop, list(EMG_FIELDS))
         out = np.stack([rows[EMG_FIELDS[0]], rows[EMG_FIELDS[1]]], axis=1).astype(np.float32, copy=False)
-        if not np.isfinite(out).all():
-            bad = int(np.argmax(~np.isfinite(out).reshape(len(out), -1).all(axis=1))) + start
-            raise DataError(self.path, f"EMG has NaN or inf at row {bad}")
+        self._check(out, None, start)
         return out
 
     def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """EMG ``(T, 2, 16)`` and timestamps ``(T,)`` of rows ``[start, stop)``, in one read."""
+        """EMG ``(T, 2, 16)`` and timestamps ``(T,)`` of rows ``[start, stop)``, in one read; both checked
+        by the value rule (:mod:`emgscale.data.values`)."""
         rows = self._read(start, stop, [*EMG_FIELDS, TIME_FIELD])
         emg = np.stack([rows[EMG_FIELDS[0]], rows[EMG_FIELDS[1]]], axis=1).astype(np.float32, copy=False)
         t = np.asarray(rows[TIME_FIELD], dtype=np.float64)
-        if not np.isfinite(emg).all():
-            bad = int(np.argmax(~np.isfinite(emg).reshape(len(emg), -1).all(axis=1))) + start
-            raise DataError(self.path, f"EMG has NaN or inf at row {bad}")
-        if t.size > 1 and np.any(np.diff(t) < 0):
-            bad = int(np.argmax(np.diff(t) < 0)) + 1 + start
-            raise DataError(self.path, f"timestamps not monotonic at row {bad}")
+        self._check(emg, t, start)
         return emg, t
+
+    def _check(self, emg: np.ndarray | None, t: np.ndarray | None, start: int,
+               previous_time: float | None = None) -> None:
+        """The one value rule (:func:`emgscale.data.values.value_problem`) on rows read from ``start``."""
+        problem = value_problem(emg, t, first_row=start, previous_time=previous_time)
+        if problem:
+            raise DataError(self.path, problem)
 
     def index_of_time(self, t: float) -> int:
         """The first row whose timestamp is >= ``t`` (binary search with single-row reads)."""
@@ -237,12 +239,12 @@ class EMGSession:
             yield start, emg, t
 
     def validate(self, chunk_rows: int = 1 << 18) -> None:
-        """Read the whole file in chunks and check EMG is finite and time non-decreasing across chunks."""
-        last = -np.inf
+        """Read the whole file in chunks and apply the one value rule (:mod:`emgscale.data.values`): EMG
+        finite and within bounds, time finite and non-decreasing, across chunks too."""
+        last: float | None = None
         for start, _, t in self.iter_chunks(chunk_rows):
-            if t.size and t[0] < last:
-                raise DataError(self.path, f"timestamps not monotonic at row {start}")
-            last = t[-1] if t.size else last
+            self._check(None, t[:1], start, previous_time=last)
+            last = float(t[-1]) if t.size else last
 
     # ----------------------------------------------------------------- labels
     def keystroke_labels(self, start_t: float = -np.inf, end_t: float = np.inf) -> LabelData:

@@ -120,6 +120,21 @@ class Recording:
         return len(self.emg)
 
 
+def check_class_labels(rec: Recording, num_classes: int) -> None:
+    """The one rule for a frame classifier's labels: every row's class is below ``num_classes`` (-1: none).
+
+    Raises:
+        DataError: naming the file, the first bad row and its label.
+    """
+    if rec.labels is None or not len(rec.labels):
+        return
+    bad = np.flatnonzero((rec.labels >= num_classes) | (rec.labels < -1))
+    if bad.size:
+        r = int(bad[0])
+        raise DataError(rec.path, f"row {r}: label {int(rec.labels[r])} is not a class of the model, which has "
+                                  f"{num_classes} (0..{num_classes - 1}; model.num_classes)")
+
+
 def label_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     """Runs of equal labels as ``(start_row, stop_row, label)`` (stop exclusive), in order."""
     labels = np.asarray(labels)

@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from emgscale.data.charset import CharacterSet, charset
 from emgscale.lm.text import label_lm_tokens
+
+T = TypeVar("T")
+
+#: How a KenLM binary file starts (``lm/binary_format.cc``); an ARPA file starts with ``\data\``.
+KENLM_BINARY_MAGIC = b"mmap lm http://kheafield.com/code"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_lm_file(path: "str | Path") -> Path:
+    """``path`` when it starts like a KenLM language model (binary, ARPA, or gzipped ARPA).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file, when it is not a KenLM model (a text file, random bytes).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: language model not found")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(KENLM_BINARY_MAGIC) or head.startswith(_GZIP_MAGIC) or head.lstrip().startswith(b"\\data\\"):
+        return path
+    raise ValueError(f"{path}: not a KenLM language model (neither a KenLM binary nor an ARPA file); "
+                     "build one with python -m emgscale.lm build")
+
+
+def load_lm_file(path: "str | Path", load: Callable[[str], T]) -> T:
+    """``load(path)`` of a checked LM file (:func:`check_lm_file`), its failures as one ValueError naming it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a KenLM model, or truncated / corrupt (KenLM's first line of complaint).
+    """
+    path = check_lm_file(path)
+    try:
+        return load(str(path))
+    except (RuntimeError, OSError, ValueError) as e:  # KenLM's FormatLoadException & co., a short read
+        detail = str(e).strip().splitlines()
+        raise ValueError(f"{path}: corrupt or truncated KenLM language model ({detail[-1] if detail else e})") from None
+
 
 # What a label does to the LM context (the native extension uses the same codes).
 SCORE, BOUNDARY, BACKSPACE, PASS, BLANK = 0, 1, 2, 3, 4

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from emgscale.data.charset import charset
-from emgscale.decode.base import DecoderBase, as_batch, as_emissions, label_actions
+from emgscale.decode.base import DecoderBase, as_batch, as_emissions, check_lm_file, label_actions, load_lm_file
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 _lock = threading.Lock()
@@ -112,14 +112,16 @@ class NativeBeamDecoder(DecoderBase):
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-        if lm_path is not None and not Path(lm_path).is_file():
-            raise FileNotFoundError(f"{lm_path}: language model not found")
+        if lm_path is not None:
+            check_lm_file(lm_path)  # before building the extension: a wrong file is said at once
         self.blank, self.num_classes, self.num_threads = cs.blank, cs.num_classes, num_threads
         tokens, actions = label_actions(cs)
         ext = load_extension()
-        self._impl = ext.BeamDecoder(str(lm_path) if lm_path else "", tokens, actions, cs.blank, beam_size,
-                                     beam_threshold, label_threshold, max_labels, lm_weight, insertion_bonus,
-                                     gc_min_nodes)
+
+        def make(path: str) -> Any:
+            return ext.BeamDecoder(path, tokens, actions, cs.blank, beam_size, beam_threshold, label_threshold,
+                                   max_labels, lm_weight, insertion_bonus, gc_min_nodes)
+        self._impl = load_lm_file(lm_path, make) if lm_path else make("")
 
     @property
     def lm_order(self) -> int:

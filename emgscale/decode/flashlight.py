@@ -8,13 +8,12 @@ peaky CTC outputs). Models of order <= 6 only (its KenLM's max order).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from emgscale.data.charset import charset
-from emgscale.decode.base import DecoderBase, as_emissions
+from emgscale.decode.base import DecoderBase, as_emissions, check_lm_file, load_lm_file
 from emgscale.lm.text import label_lm_tokens
 
 
@@ -41,14 +40,14 @@ class FlashlightDecoder(DecoderBase):
         fl, KenLM, Dictionary = _import_flashlight()
         cs = charset()
         self.blank, self.num_classes = cs.blank, cs.num_classes
-        if lm_path is not None and not Path(lm_path).is_file():
-            raise FileNotFoundError(f"{lm_path}: language model not found")
+        if lm_path is not None:
+            check_lm_file(lm_path)
         # Unique entries; the LM maps each to its vocabulary (unknown -> <unk>).
         names = [tok or ch for tok, ch in zip(label_lm_tokens(cs), cs.chars)] + ["<blank>"]
         self._dict = Dictionary()
         for name in names:
             self._dict.add_entry(name)
-        self.lm = KenLM(str(lm_path), self._dict) if lm_path else fl.ZeroLM()
+        self.lm = load_lm_file(lm_path, lambda p: KenLM(p, self._dict)) if lm_path else fl.ZeroLM()
         self.insertion_bonus = insertion_bonus if lm_path else 0.0
         self.label_threshold = label_threshold
         opts = fl.LexiconFreeDecoderOptions(

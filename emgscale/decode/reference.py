@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emgscale.data.charset import charset
-from emgscale.decode.base import BACKSPACE, PASS, SCORE, DecoderBase, as_emissions, label_actions
+from emgscale.decode.base import BACKSPACE, PASS, SCORE, DecoderBase, as_emissions, label_actions, load_lm_file
 
 NEG_INF = -math.inf
 _MASK = (1 << 64) - 1
@@ -53,14 +53,19 @@ def _extend_hash(h: int, label: int) -> int:
     return z ^ (z >> 31)
 
 
-def load_kenlm(path: str) -> Any:
-    """``kenlm.Model(path)``, with an install hint when the module is missing."""
+def _kenlm_module() -> Any:
+    """The ``kenlm`` module, with an install hint when it is missing."""
     try:
         import kenlm
     except ImportError as e:
         raise ImportError("the Python reference beam decoder needs the kenlm module: "
                           "pip install 'emgscale[lm]'") from e
-    return kenlm.Model(str(path))
+    return kenlm
+
+
+def load_kenlm(path: str) -> Any:
+    """``kenlm.Model(path)``, with an install hint when the module is missing."""
+    return _kenlm_module().Model(str(path))
 
 
 @dataclass
@@ -92,7 +97,9 @@ class PythonBeamDecoder(DecoderBase):
         self.beam_size, self.lm_weight, self.insertion_bonus = beam_size, lm_weight, insertion_bonus
         self.beam_threshold, self.label_threshold, self.max_labels = beam_threshold, label_threshold, max_labels
         self.tokens, self.actions = label_actions(cs)
-        self.lm = load_kenlm(lm_path) if lm_path else None
+        if lm_path:
+            _kenlm_module()  # a missing module is said first
+        self.lm = load_lm_file(lm_path, load_kenlm) if lm_path else None
         if self.lm is not None:
             import kenlm
 

@@ -76,8 +76,16 @@ def infer_session(model: torch.nn.Module, emg: "np.ndarray | EMGSession", *, sam
     s = int(model.samples_per_frame)  # input samples per output frame
     align = int(getattr(model, "alignment_samples", s))  # chunks start at multiples of this
 
+    def read(a: int, b: int) -> np.ndarray:
+        if not isinstance(emg, EMGSession):
+            return emg[a:b]
+        # EMG and time under the one value rule (emgscale.data.values), from one row before the chunk
+        # so that time going backwards between two chunks is found too.
+        rows, _ = emg.window(max(a - 1, 0), b)
+        return rows[a - max(a - 1, 0):]
+
     def run(a: int, b: int) -> np.ndarray:
-        chunk = emg.emg(a, b) if isinstance(emg, EMGSession) else emg[a:b]
+        chunk = read(a, b)
         x = torch.from_numpy(np.ascontiguousarray(chunk)).unsqueeze(0).to(device)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             lp, ol = model(x, torch.tensor([b - a], device=device))
@@ -119,13 +127,20 @@ def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: lis
         if not path.is_file():
             raise DataError(path, "session named by the split is missing")
         with open_session(path, bids_metadata) as sess:
+            if len(sess) == 0:
+                raise DataError(path, "holds no EMG rows (a 0-row session): nothing to evaluate")
             if i == 0:  # data in other units than the model's training data decodes to garbage: say so once
                 warning = scale_warning(sampled_scale(sess.emg, len(sess), sess.sample_rate_hz, max_seconds=20.0),
                                         model.featurizer.input_gain, where=str(path))
                 if warning:
                     print0(f"[eval] WARNING {warning}")
-            lp = infer_session(model, sess, sample_rate_hz=sample_rate_hz, chunk_seconds=chunk_seconds,
-                               context_seconds=context_seconds, device=device, bf16=bf16)
+            try:
+                lp = infer_session(model, sess, sample_rate_hz=sample_rate_hz, chunk_seconds=chunk_seconds,
+                                   context_seconds=context_seconds, device=device, bf16=bf16)
+            except DataError:
+                raise
+            except ValueError as e:  # e.g. shorter than the model's receptive field
+                raise DataError(path, str(e)) from None
             target = sess.ground_truth(sess.start_time, sess.end_time).labels.tolist()
             yield {"session": ref.session, "user": sess.user, "log_probs": lp, "target": target}
 

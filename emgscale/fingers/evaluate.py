@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from emgscale.data.tables import Recording
+from emgscale.data.tables import Recording, check_class_labels
 from emgscale.train.frames import frames_to_samples
 
 
@@ -77,6 +77,7 @@ def evaluate_recordings(model: torch.nn.Module, recordings: Sequence[Recording],
     for rec in recordings:
         if rec.labels is None:
             raise ValueError(f"{rec.path}: no labels to score against")
+        check_class_labels(rec, k)
         conf = confusion_matrix(rec.labels, predict_rows(model, rec, device), k)
         total += conf
         per_user[rec.user] = per_user.get(rec.user, np.zeros_like(conf)) + conf

@@ -27,11 +27,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from emgscale.common import atomic_path, print0, progress
+from emgscale.common import DISK_FULL_ERRNOS, DiskFullError, atomic_path, print0, progress
 from emgscale.lm.text import lines_to_lm_sentences
 
 BUILD_HINT = "build them with `bash scripts/build_kenlm.sh \"$(dirname \"$(command -v python)\")\"` " \
@@ -65,6 +66,34 @@ def kenlm_max_order(default: int = 6) -> int:
 def _open_text(path: Path) -> IO[str]:
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
     return opener(path, "rt", encoding="utf-8", errors="replace")  # type: ignore[operator]
+
+
+#: A text file whose sample has more than this share of characters that are not text (undecodable
+#: bytes, control characters) is refused: it is binary, not something one types.
+MAX_UNTYPEABLE_SHARE = 0.3
+_SAMPLE_CHARS = 1 << 16
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse a file that is not (compressed) text, before any work: a fake ``.gz``, binary garbage.
+
+    Reads the first 64 K characters (decompressed) and counts the untypeable ones: U+FFFD (bytes that
+    are not UTF-8) and control characters other than tab and line ends.
+
+    Raises:
+        ValueError: naming the file: not a valid compressed file, or mostly untypeable.
+    """
+    try:
+        with _open_text(path) as f:
+            sample = f.read(_SAMPLE_CHARS)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: not a valid {path.suffix} file ({e})") from None
+    if not sample:
+        return
+    bad = sum(1 for c in sample if c == "\ufffd" or (not c.isprintable() and c not in "\t\n\r"))
+    if bad > MAX_UNTYPEABLE_SHARE * len(sample):
+        raise ValueError(f"{path}: mostly untypeable ({bad / len(sample):.0%} of its first {len(sample)} characters "
+                         "are not text): a binary file? An LM is built from UTF-8 text")
 
 
 def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
@@ -124,6 +153,7 @@ def build_lm(texts: Sequence["str | os.PathLike[str]"], out: "str | os.PathLike[
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: text file not found")
+        check_text_file(p)
     max_order = kenlm_max_order()
     if not 1 <= order <= max_order:
         raise ValueError(f"order {order} is outside 1..{max_order} (KENLM_MAX_ORDER of the local KenLM build)")
@@ -166,6 +196,7 @@ def build_lm(texts: Sequence["str | os.PathLike[str]"], out: "str | os.PathLike[
             if rc != 0:
                 log.seek(0)
                 detail = log.read().decode("utf-8", "replace")[-3000:]
+                _raise_if_disk_full(detail, work)
                 raise RuntimeError(f"lmplz failed (exit {rc}): {' '.join(cmd)}\n{detail}")
         if arpa is not None:
             arpa = Path(arpa)
@@ -178,9 +209,19 @@ def build_lm(texts: Sequence["str | os.PathLike[str]"], out: "str | os.PathLike[
             run = subprocess.run([str(build_binary), "-S", memory, "-T", work, binary_type, str(arpa_tmp), str(result)],
                                  capture_output=not verbose)
             if run.returncode != 0:
+                _raise_if_disk_full((run.stdout or b"").decode("utf-8", "replace")
+                                    + (run.stderr or b"").decode("utf-8", "replace"), work)
                 raise RuntimeError(f"build_binary failed (exit {run.returncode}):\n"
                                    f"{(run.stdout or b'').decode()[-1500:]}{(run.stderr or b'').decode()[-1500:]}")
         with atomic_path(out) as tmp_out:
             shutil.move(str(result), tmp_out)
     print0(f"[lm] wrote {out} ({order}-gram, {n} sentences, {out.stat().st_size / 1e6:.1f} MB)")
     return out
+
+
+def _raise_if_disk_full(output: str, folder: "str | os.PathLike[str]") -> None:
+    """A :class:`~emgscale.common.DiskFullError` naming ``folder`` when KenLM's output says the disk is full."""
+    for code in DISK_FULL_ERRNOS:
+        if os.strerror(code) in output:
+            raise DiskFullError(code, f"{os.strerror(code)} (KenLM's temporary files are removed; "
+                                      f"--tmp-dir puts them elsewhere)", str(folder))

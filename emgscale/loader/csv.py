@@ -19,7 +19,7 @@ import torch
 
 from emgscale.data.errors import DataError
 from emgscale.data.windows import WindowSpec, collate
-from emgscale.data.tables import Recording, load_split, read_file
+from emgscale.data.tables import Recording, check_class_labels, load_split, read_file
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 
@@ -81,6 +81,17 @@ def read_part(cfg: DataConfig, part: str, sel: Selection | None = None) -> list[
         if r.emg.shape[1] != recs[0].emg.shape[1]:
             raise DataError(r.path, f"{r.emg.shape[1]} channels, but {recs[0].path} has {recs[0].emg.shape[1]}")
     return recs
+
+
+def check_labels(cfg: DataConfig, num_classes: int, parts: Sequence[str] = ("train", "val")) -> None:
+    """Check, before training, that every label of ``parts`` is a class of a model with ``num_classes``.
+
+    Raises:
+        DataError: naming the file and row of the first label out of range.
+    """
+    for part in parts:
+        for rec in read_part(cfg, part):
+            check_class_labels(rec, num_classes)
 
 
 def csv_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: int, rank: int, world: int,

@@ -76,6 +76,8 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
         # no open files (__getstate__)
         ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad, cfg.bids_metadata))
         ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
+    if len(ds) == 0 and paths and spec.window_samples is not None:
+        _window_fits_no_session(paths, spec, part, cfg.bids_metadata)
     cached = cache is not None and spec.window_samples is not None  # whole sessions stay raw
     if cached:
         ds = CachedWindows(ds, cache)
@@ -88,6 +90,21 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
                                          drop_last=False, persistent_workers=False)
     where = f"HDF5 {part} of {cfg.split} under {root}" + (f", spectra cached in {cache.folder}" if cached else "")
     return Loader(loader, num_batches, len(indices), where, limit, batch_size)
+
+
+def _window_fits_no_session(paths: list[Path], spec: WindowSpec, part: str,
+                            bids_metadata: str | None = None) -> None:
+    """Raise a ValueError saying the window is longer than every (readable) session of ``part``."""
+    rows = []
+    for p in paths:
+        try:
+            with open_session(p, bids_metadata) as s:
+                rows.append(len(s))
+        except DataError:
+            continue
+    if rows:
+        raise ValueError(f"data.window.window_samples={spec.window_samples} is longer than every {part} session "
+                         f"(the longest of {len(rows)} holds {max(rows)} rows): no window fits; use a shorter window")
 
 
 @functools.lru_cache(maxsize=None)

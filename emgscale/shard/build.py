@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import emgscale
-from emgscale.common import DirLock, atomic_write_json, git_commit, progress
+from emgscale.common import DirLock, atomic_write_json, exit_with_parent, git_commit, progress
 from emgscale.config import check_values
 from emgscale.data.errors import DataError
 from emgscale.shard.manifest import MANIFEST, Manifest, load_manifest, now_utc, summarize_parts
@@ -243,7 +243,9 @@ class _Runner:
             self.started_ray = not ray.is_initialized()
             connect(self.cfg.ray_address)  # says which cluster; another user's only when its address is given
         elif self.cfg.workers > 1:
-            self.pool = ProcessPoolExecutor(max_workers=self.cfg.workers, mp_context=get_context("spawn"))
+            # Workers end with this process, however it ends (a SIGKILLed writer leaves none running).
+            self.pool = ProcessPoolExecutor(max_workers=self.cfg.workers, mp_context=get_context("spawn"),
+                                            initializer=exit_with_parent, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, *exc: object) -> None:

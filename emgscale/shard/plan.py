@@ -187,8 +187,11 @@ def select_sessions(cfg: ShardConfig) -> dict[str, list[tuple[str, str, Path]]]:
     else:
         if len(cfg.parts) != 1:
             raise ValueError(f"without --split, name exactly one part to write (--parts train), got {cfg.parts}")
+        found = DataRoot(root, cfg.bids_metadata).sessions()
+        if not found:
+            raise DataError(root, "holds no session (*.hdf5 files, or a BIDS copy's recordings): nothing to shard")
         refs = []
-        for user, name, p in DataRoot(root, cfg.bids_metadata).sessions():  # user "": not in metadata.csv
+        for user, name, p in found:  # user "": not in metadata.csv
             if not user and users is not None:
                 try:
                     with open_session(p, cfg.bids_metadata) as s:
@@ -200,6 +203,10 @@ def select_sessions(cfg: ShardConfig) -> dict[str, list[tuple[str, str, Path]]]:
     for part, refs in out.items():
         out[part] = [r for r in refs if (users is None or normalize_user(r[0]) in users)
                      and (names is None or r[1] in names)]
+    if not any(out.values()):
+        source = f"the split {cfg.split}" if cfg.split else f"the data root {root}"
+        raise DataError(cfg.split or root, f"no session of {source} is selected for {', '.join(cfg.parts)}"
+                        + (" (check --users / --sessions)" if users is not None or names is not None else ""))
     return out
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from emgscale.data.charset import charset
 from emgscale.data.errors import DataError
 from emgscale.data.session import ON_KEYBOARD, EMGSession
+from emgscale.data.values import value_problem
 from emgscale.data.windows import WindowSpec, labels_in, read_window, training_windows
 
 RECORD_FORMAT_VERSION = 1
@@ -223,8 +224,10 @@ def _bad_values(rec: dict[str, Any]) -> str | None:
     emg = rec["emg"]
     if emg.ndim != 3 or emg.shape[1:] != (2, 16) or emg.dtype.kind != "f":
         return f"holds EMG of shape {emg.shape} and dtype {emg.dtype}, expected (rows, 2, 16) floats"
-    if not np.isfinite(emg).all():
-        return f"holds non-finite EMG (NaN/inf at {int((~np.isfinite(emg)).sum())} values)"
+    t = rec.get("time")
+    problem = value_problem(emg, t if t is not None and t.dtype.kind == "f" else None)  # emgscale.data.values
+    if problem:
+        return f"holds bad values: {problem} of the record"
     if meta.get("kind") == KIND_TRAIN and len(rec["time"]) != len(emg):
         return f"holds {len(emg)} EMG rows but {len(rec['time'])} timestamps"
     labels = rec["labels"]
@@ -233,7 +236,7 @@ def _bad_values(rec: dict[str, Any]) -> str | None:
     for name in ("time", "label_time", "label_time_s"):
         t = rec.get(name)
         if t is not None and (t.dtype.kind != "f" or not np.isfinite(t).all()
-                              or (name != "label_time_s" and t.size > 1 and bool(np.any(np.diff(t) < 0)))):
+                              or (name == "label_time" and value_problem(time=t) is not None)):
             return f"holds bad {name} values (not finite, or going backwards)"
     return None
 

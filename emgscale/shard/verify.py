@@ -12,6 +12,7 @@ from webdataset.tariterators import base_plus_ext
 from emgscale.common import progress
 from emgscale.data.errors import DataError
 from emgscale.shard.manifest import load_manifest
+from emgscale.shard.records import decode_record
 from emgscale.shard.writer import file_sha256
 
 
@@ -41,15 +42,32 @@ class VerifyReport:
 
 
 def _count_records(path: Path) -> int:
-    """Distinct sample keys in a tar (raises on a truncated or corrupt archive)."""
-    keys = []
+    """Distinct sample keys in a tar, each record's values checked as every reader checks them
+    (:func:`emgscale.shard.records.decode_record`: the one value rule of :mod:`emgscale.data.values`).
+
+    Raises:
+        DataError: a record that does not decode or holds bad values (naming the shard and the key).
+        tarfile.TarError, OSError, EOFError: a truncated or corrupt archive.
+    """
+    keys: list[str] = []
+    sample: dict[str, Any] = {}
+
+    def check() -> None:
+        if sample:
+            decode_record({"__url__": str(path), **sample})
+
     with tarfile.open(path, "r:") as tar:
         for member in tar:
             if member.isreg():
-                tar.extractfile(member).read()  # reads through the data: detects a short file
-                key, _ = base_plus_ext(member.name)
+                data = tar.extractfile(member).read()  # reads through the data: detects a short file
+                key, ext = base_plus_ext(member.name)
                 if key is not None and (not keys or keys[-1] != key):
+                    check()
                     keys.append(key)
+                    sample = {"__key__": key}
+                if key is not None:
+                    sample[ext] = data
+    check()
     return len(keys)
 
 
@@ -65,6 +83,8 @@ def check_shard(root: Path, entry: dict[str, Any], hash_check: bool = True) -> s
         return "corrupt: sha256 differs from the manifest"
     try:
         n = _count_records(path)
+    except DataError as e:
+        return e.problem
     except (tarfile.TarError, OSError, EOFError) as e:
         return f"unreadable tar ({type(e).__name__}: {e})"
     if n != entry["num_records"]:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from emgscale.data.charset import charset
+from emgscale.data.errors import DataError
 from emgscale.data.session import EMGSession
 from emgscale.data.source import open_session
 from emgscale.metrics import edit_distance
@@ -166,6 +167,8 @@ def replay_session(streamer: Streamer, session: "EMGSession | str | np.ndarray",
     rate = streamer.sample_rate_hz
     chunk = max(1, int(round(chunk_ms * rate / 1e3)))
     n = len(sess) if max_seconds is None else min(len(sess), int(max_seconds * rate))
+    if n == 0:
+        raise DataError(getattr(sess, "path", "the EMG array"), "holds no EMG rows: nothing to replay")
     times = sess.time(0, n)
     t0 = float(times[0])
     labels: list[int] = []

@@ -77,6 +77,10 @@ class FrameCEObjective:
             raise ConfigError("loss.kind=frame_ce needs model.num_classes set to the number of labels")
         self.samples_per_frame = int(model.samples_per_frame)
         self.num_classes = int(model.num_classes)
+        if cfg.data.format == "csv":  # a label >= num_classes would crash the loss: name its file first
+            from emgscale.loader.csv import check_labels
+
+            check_labels(cfg.data, self.num_classes)
 
     def loss(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: Batch, step: int) -> torch.Tensor:
         nll, count, _ = _frame_nll(log_probs, out_lengths, batch, self.samples_per_frame)

@@ -10,8 +10,9 @@ default, :mod:`emgscale.train.objective`), Adam/AdamW, linear warm-up then
 cosine decay (the reference schedule), optional gradient clipping and bf16 autocast (fp16 with loss
 scaling on a GPU without bf16). A step whose loss or gradient is not finite is skipped (counted;
 ``run.max_nonfinite_steps`` of them stop the run with an error), so nothing non-finite reaches the
-weights or a checkpoint. The step's one host synchronisation is that finiteness check; the loss is
-read back only at logging steps.
+weights or a checkpoint; running statistics a bad batch made non-finite are restored and its sessions
+named (:mod:`emgscale.train.guard`). The step's one host synchronisation is that finiteness check; the
+loss is read back only at logging steps.
 
 Per epoch (and every ``run.eval_every_steps``): the objective's validation (loss and greedy CER for
 CTC); ``best.pt`` by its metric (``best_val_score`` holds the best value of it, ``best_val_metric`` its name).
@@ -44,6 +45,7 @@ from emgscale.models.checkpoint import (Checkpoint, load_checkpoint, load_weight
 from emgscale.run_folder import BEST, LAST, RunFolder
 from emgscale.swad import WeightAverager
 from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
+from emgscale.train.guard import restore_poisoned_stats, running_stats
 from emgscale.train.metrics_log import MetricsLogger
 from emgscale.train.objective import Objective, build_objective
 
@@ -280,9 +282,11 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
     loss_sum = torch.zeros((), device=run.device)
     emg_samples, t_rate, since_log = 0, time.monotonic(), 0
     sample_rate = run.cfg.model.features.input_sample_rate_hz
+    stats = running_stats(run.model)
     for batch in bar:
         emg_samples += int(batch.emg_lengths.sum())  # a CPU tensor: no device sync
         gpu = batch.to(run.device)
+        saved = [b.detach().clone() for b in stats]  # restored if this batch's forward poisons them
         with torch.autocast(**run.autocast):
             log_probs, out_lengths = forward_batch(run.net, gpu)  # raw EMG, or cached spectra
         loss = run.objective.loss(log_probs, out_lengths, gpu, state.step)
@@ -292,9 +296,15 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
         grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(),
                                                    run.cfg.optim.grad_clip if run.cfg.optim.grad_clip > 0 else math.inf)
         # The step's one host sync. Under DDP the gradient (hence its norm) is the same on every rank,
-        # so every rank takes the same decision; alone, the loss is checked too.
+        # so every rank takes the same decision; alone, the loss and the running statistics are checked
+        # too (under DDP those differ by rank, and a batch that poisons them makes the gradient
+        # non-finite anyway: BatchNorm normalises a training batch with its own statistics).
         check = grad_norm if run.world > 1 else grad_norm + loss.detach()
+        if stats and run.world == 1:
+            check = check + torch.stack([b.sum() for b in stats]).sum()
         if not run.scaler.is_enabled() and not bool(torch.isfinite(check)):
+            restore_poisoned_stats(stats, saved, batch.keys, skip_bad=run.data.skip_bad, world=run.world,
+                                   device=run.device)
             _skip_step(run, state)
             continue
         run.scaler.step(run.optimizer)
