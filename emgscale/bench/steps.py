@@ -55,10 +55,17 @@ def data_key(data_root: "str | Path", split_file: "str | Path", data_format: str
         parts = load_file_split(split_file, root).values()
         files = sorted({str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for part in parts for f in part})
     else:
-        from emgscale.data.splits import load_split
+        from emgscale.data.errors import DataError
+        from emgscale.data.splits import DataRoot, load_split
 
         split = load_split(split_file)
-        files = sorted({f"{r.session}.hdf5" for part in ("train", "val", "test") for r in split[part]})
+        names = sorted({r.session for part in ("train", "val", "test") for r in split[part]})
+        try:  # a BIDS copy: each recording's header and its binary EMG
+            paths = DataRoot(root).paths(names)
+        except DataError:  # sessions a BIDS copy cannot map: keyed by name (the loader names them)
+            paths = [root / f"{n}.hdf5" for n in names]
+        files = sorted({str(q.relative_to(root)) if q.is_relative_to(root) else str(q)
+                        for p in paths for q in ([p, p.with_suffix(".eeg")] if p.suffix == ".vhdr" else [p])})
     sizes = {name: (root / name).stat().st_size if (root / name).is_file() else None for name in files}
     return {"split_sha256": content_sha256(split_file), "files": config_hash(sizes), "num_files": len(files)}
 
