@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 jobs.append({"variant": v, "extra_variant": custom.get(v, []), "seed": seed, "name": name,
                              "out": str(out), "data_root": a.data_root,
                              "split_file": str(Path(a.data_root) / "splits" / f"{a.split}.yaml"),
-                             "model_file": str(ROOT / "configs" / "models" / f"{a.model}.yaml"),
+                             "model_file": str(ROOT / "emgscale" / "configs" / "models" / f"{a.model}.yaml"),
                              "steps": a.steps, "stop_at": a.stop_at, "eval_every": a.eval_every, "overrides": a.overrides})
     if jobs:
         with ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=get_context("spawn")) as pool:

@@ -112,7 +112,7 @@ def drive(model_name: str, impl: str, steps_per_segment: int, rev: str, out: Pat
     from emgscale.train import TrainConfig
 
     torch.manual_seed(0)
-    cfg = build_config(TrainConfig, [str(ROOT / "configs" / "models" / f"{model_name}.yaml")], ["swad.mode=swad",
+    cfg = build_config(TrainConfig, [str(ROOT / "emgscale" / "configs" / "models" / f"{model_name}.yaml")], ["swad.mode=swad",
                                                                                                "swad.bn_batches=1"])
     model = build_model(cfg.model)
     model.eval()  # no dropout in the BN pass's template; the averager sets train mode itself

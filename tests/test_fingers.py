@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from emgscale.config import shipped_configs
 from emgscale.data.errors import DataError
 from emgscale.data.windows import Batch
 from emgscale.features import Decimator, FeatureConfig, Featurizer
@@ -19,7 +20,7 @@ from emgscale.data.tables import (CSVFormat, label_runs, libemg_format, load_spl
 from emgscale.models import ModelConfig, build_model
 from emgscale.train.frames import frame_targets, frames_to_samples
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fingers"
+CONFIGS = shipped_configs() / "fingers"
 LIBEMG = Path(__file__).resolve().parents[2] / "shared" / "real-emg" / "libemg-myo-8ch-200hz"
 needs_libemg = pytest.mark.skipif(not LIBEMG.is_dir(), reason=f"real LibEMG recordings not found at {LIBEMG} "
                                                                "(../shared is absent)")

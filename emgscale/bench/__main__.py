@@ -29,15 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default <out>/cache)")
     p.add_argument("--data-root", help="session files (real data); default: the synthetic corpus")
     p.add_argument("--splits-dir", help="split YAMLs (generic.yaml, user0.yaml..., single_user.yaml)")
-    p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
-    p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
+    p.add_argument("--definitions", help="benchmark definitions folder (default: the package's, "
+                                         "emgscale/bench/definitions/)")
+    p.add_argument("--configs", help="configs folder (default: the package's, emgscale/configs/)")
     p.add_argument("--lm-text", nargs="*", type=Path, help="text files for the character LM")
     p.add_argument("--generic-checkpoint", type=Path,
                    help="start from this generic model instead of training one: an emgscale checkpoint or a "
                         "reference Lightning checkpoint such as Meta's generic.ckpt (zero_shot evaluates it; "
                         "personalized and few_shot fine-tune it)")
-    p.add_argument("--shard-workers", "--workers", dest="workers", type=int, default=1,
-                   help="shard-writing processes (default 1)")
+    p.add_argument("--shard-workers", type=int, default=1, help="shard-writing processes (default 1)")
+    p.add_argument("--workers", type=int, help=argparse.SUPPRESS)  # the old name: refused with the new ones
     p.add_argument("--jobs", type=int, default=1,
                    help="independent training runs side by side: a GPU each (round robin), or cores/jobs "
                         "threads each on a CPU machine (default 1)")
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from emgscale.bench.budget import get_budget
     from emgscale.bench.runner import run_benchmark
     from emgscale.config import ConfigError
+
+    if a.workers is not None:
+        raise ConfigError(f"--workers is now --shard-workers {a.workers} (shard-writing processes); for DDP "
+                          f"training workers give run.workers={a.workers}")
 
     for flag, path in (("--data-root", a.data_root), ("--splits-dir", a.splits_dir), ("--definitions", a.definitions),
                        ("--configs", a.configs)):
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in GROUPS.get(a.benchmark, [a.benchmark]):
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
-                      workers=a.workers, jobs=a.jobs, overrides=a.overrides, generic_checkpoint=a.generic_checkpoint,
+                      shard_workers=a.shard_workers, jobs=a.jobs, overrides=a.overrides,
+                      generic_checkpoint=a.generic_checkpoint,
                       definition_overrides=GROUP_DEFINITIONS.get(a.benchmark))
     return 0
 

@@ -56,8 +56,8 @@ class Corpus:
         return found[:limit] if limit else found
 
 
-def ensure_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> Corpus:
-    """The default synthetic corpus for these flags (generated once)."""
+def ensure_cached_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> Corpus:
+    """The benchmark's synthetic corpus for these flags, generated once into ``cache``."""
     from emgscale.config import from_dict
     from emgscale.synth import SynthConfig, generate_corpus
 
@@ -73,8 +73,8 @@ def ensure_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> C
     return Corpus(root, root / "splits")
 
 
-def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int = 1) -> Path:
-    """WebDataset shards of a split (train/val windows), made once."""
+def ensure_shards(cache: Path, data_root: Path, split_file: Path, shard_workers: int = 1) -> Path:
+    """WebDataset shards of a split (train/val windows), made once by ``shard_workers`` processes."""
     from emgscale.config import from_dict
     from emgscale.shard import ShardConfig, shard_corpus
 
@@ -82,7 +82,7 @@ def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int =
 
     def make(folder: Path) -> dict[str, Any]:
         cfg = from_dict(ShardConfig, {"data_root": str(data_root), "split": str(split_file),
-                                      "out": str(folder / "shards"), "workers": workers,
+                                      "out": str(folder / "shards"), "workers": shard_workers,
                                       "parts": ["train", "val"]})
         shard_corpus(cfg)
         return {"shards": str(folder / "shards")}

@@ -30,7 +30,7 @@ class BenchContext:
     corpus: Corpus
     configs_dir: Path
     lm: Path | None = None
-    workers: int = 1
+    shard_workers: int = 1  # shard-writing processes (``--shard-workers``)
     jobs: int = 1
     overrides: list[str] = field(default_factory=list)
     out: Path | None = None  # the benchmark's results folder (suites that draw their own plots write there)
@@ -61,7 +61,7 @@ def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[Path]:
     """Train independent runs (cached, ``ctx.jobs`` at a time); returns their checkpoint folders in order."""
     runs = []
     for split_file, arch, extra, init_from in specs:
-        shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers)
+        shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, shard_workers=ctx.shard_workers)
         overrides = [*ctx.budget.train, *(ctx.budget.finetune if init_from else ()),
                      f"data.split={split_file}", f"data.data_root={ctx.corpus.data_root}", f"data.shards={shards}",
                      *(["run.init_from=" + str(init_from)] if init_from else []), *extra, *ctx.overrides]

@@ -24,8 +24,6 @@ from pathlib import Path
 
 from emgscale.cli import cli
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "fingers"
-
 
 def _split(a: argparse.Namespace) -> int:
     from emgscale.data.tables import make_split, write_split
@@ -41,7 +39,10 @@ def _train(a: argparse.Namespace) -> int:
     from emgscale.data.tables import make_split, write_split
     from emgscale.train import launch, load_train_config
 
-    files = [str(CONFIGS / "train.yaml"), a.model or str(CONFIGS / "cnn_gru_causal.yaml")]
+    from emgscale.config import shipped_configs
+
+    configs = shipped_configs() / "fingers"
+    files = [str(configs / "train.yaml"), a.model or str(configs / "cnn_gru_causal.yaml")]
     files += [x for x in a.args if x.endswith((".yaml", ".yml"))]
     overrides = [x for x in a.args if not x.endswith((".yaml", ".yml"))]
     split = a.split or str(Path(a.data_root) / "split.yaml")

@@ -20,7 +20,6 @@ from emgscale.cli import cli
 from emgscale.common import print0
 from emgscale.config import to_dict
 from emgscale.train.config import load_train_config, resumed_config
-from emgscale.train.launch import launch
 
 
 @cli("python -m emgscale.train")
@@ -51,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    from emgscale.train.config import validate
+
+    validate(cfg)  # before torch is imported: a bad value comes back in a fraction of a second
+    from emgscale.train.launch import launch
+
     result = launch(cfg, resume=ns.resume)
     from emgscale.train.objective import OBJECTIVES
 
