@@ -35,16 +35,16 @@ def test_model_configs_load_without_torch():
 
 
 def test_train_config_typo_is_reported_before_torch_is_imported():
-    """`load_train_config` + `validate` of configs/single_user.yaml, and a typo'd key, import no torch."""
+    """`load_train_config` + `check_train_config` of configs/single_user.yaml, and a typo'd key, import no torch."""
     probe = _run("import json, sys; import emgscale.loader.base; print(json.dumps({'torch': 'torch' in sys.modules}))")
     if probe["torch"]:
         pytest.skip("emgscale.loader.base still imports torch (issue 22 step 1 makes DataConfig torch-free)")
     got = _run(
         "import json, sys\n"
         "from emgscale.config import ConfigError\n"
-        "from emgscale.train.config import load_train_config, validate\n"
+        "from emgscale.train.config import check_train_config, load_train_config\n"
         "cfg = load_train_config(['configs/single_user.yaml'], ['data.data_root=.', 'data.split=pyproject.toml'])\n"
-        "validate(cfg)\n"
+        "check_train_config(cfg)\n"
         "try:\n"
         "    load_train_config(['configs/single_user.yaml'], ['model.nosuchkey=1'])\n"
         "    err = ''\n"

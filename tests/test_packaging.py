@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -54,7 +55,11 @@ def test_configs_and_definitions_are_found_from_another_working_folder(tmp_path)
 @pytest.mark.slow
 def test_a_built_wheel_runs_outside_the_checkout(tmp_path):
     """`pip wheel .` holds the YAMLs, and the unpacked wheel alone (no checkout on the path) finds them."""
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(tmp_path / "whl"), "--no-deps",
+    src = tmp_path / "src"  # a copy: setuptools writes build/ beside the sources
+    shutil.copytree(REPO / "emgscale", src / "emgscale", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "-w", str(tmp_path / "whl"), "--no-deps",
                             "--no-build-isolation", "-q"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     if build.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {build.stderr.strip()[-300:]}")

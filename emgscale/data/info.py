@@ -29,7 +29,7 @@ class InfoReport:
 def _summarise(path: Path, labels: bool, values: bool) -> dict[str, Any]:
     with EMGSession(path) as s:
         if values:
-            s.validate()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
+            s.scan_values()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
         row = s.info().to_dict()
         if labels:
             row["labels"] = s.ground_truth().text

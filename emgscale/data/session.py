@@ -236,7 +236,7 @@ class EMGSession:
             emg, t = self.window(start, min(start + chunk_rows, len(self)))
             yield start, emg, t
 
-    def validate(self, chunk_rows: int = 1 << 18) -> None:
+    def scan_values(self, chunk_rows: int = 1 << 18) -> None:
         """Read the whole file in chunks and check EMG is finite and time non-decreasing across chunks."""
         last = -np.inf
         for start, _, t in self.iter_chunks(chunk_rows):

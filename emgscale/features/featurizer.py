@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from emgscale.features.augment import (JITTER_NEEDS_RAW, amplitude_scale, amplitude_scale_log, channel_mask,
                                        channel_mask_log, select_electrodes, spec_augment, temporal_jitter,
-                                       validate_augment)
+                                       check_augment)
 from emgscale.features.config import REFERENCE_RATE_HZ, AugmentConfig, FeatureConfig
 from emgscale.features.norm import MaskedBatchNorm, RollingNorm, build_norm, time_mask, zero_padding
 from emgscale.features.spectral import Decimator, SpectralFeatures, floor_value, log_band_matrix
@@ -81,7 +81,7 @@ class Featurizer(nn.Module):
         super().__init__()
         self.cfg, self.aug = cfg, augment
         if augment is not None:
-            validate_augment(augment)
+            check_augment(augment)
         self.decimation = _exact_int(cfg.input_sample_rate_hz / cfg.sample_rate_hz,
                                      f"features.input_sample_rate_hz / features.sample_rate_hz "
                                      f"({cfg.input_sample_rate_hz:g} / {cfg.sample_rate_hz:g})")

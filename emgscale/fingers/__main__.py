@@ -36,10 +36,9 @@ def _split(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from emgscale.data.tables import make_split, write_split
-    from emgscale.train import launch, load_train_config
-
     from emgscale.config import shipped_configs
+    from emgscale.data.tables import make_split, write_split
+    from emgscale.train.config import check_train_config, load_train_config
 
     configs = shipped_configs() / "fingers"
     files = [str(configs / "train.yaml"), a.model or str(configs / "cnn_gru_causal.yaml")]
@@ -56,7 +55,10 @@ def _train(a: argparse.Namespace) -> int:
         extra += [f"run.init_from={a.init_from}", "run.init_new_head=true"]
     if a.freeze:
         extra.append("run.freeze=[featurizer, frontend, encoder]")
-    result = launch(load_train_config(files, [*extra, *overrides]), resume=a.resume)
+    cfg = check_train_config(load_train_config(files, [*extra, *overrides]))  # a typo: before torch loads
+    from emgscale.train.launch import launch
+
+    result = launch(cfg, resume=a.resume)
     print(f"[fingers] best validation frame error {result.best_val_cer:.2%} after {result.steps} steps "
           f"({result.wall_s:.0f} s); checkpoints in {result.out_dir}/checkpoints")
     return 0

@@ -26,7 +26,7 @@ class DataConfig:
     Attributes:
         format: ``emg2qwerty`` (HDF5 sessions or shards of them) or ``csv`` (a folder of CSV/TSV
             recordings with a label per row, :mod:`emgscale.loader.csv`; ``split`` is then a split of
-            files, :func:`emgscale.data.tables.load_split`).
+            files, :func:`emgscale.data.tables.load_file_split`).
         data_root: folder of HDF5 sessions (read directly when ``shards`` is unset), or of CSV files.
         split: official split YAML.
         shards: shard folder / URL prefix (``{name}`` is replaced by ``train/train-000000.tar`` etc.) /

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    from emgscale.train.config import validate
+    from emgscale.train.config import check_train_config
 
-    validate(cfg)  # before torch is imported: a bad value comes back in a fraction of a second
+    check_train_config(cfg)  # before torch is imported: a bad value comes back in a fraction of a second
     from emgscale.train.launch import launch
 
     result = launch(cfg, resume=ns.resume)

@@ -236,7 +236,7 @@ def _channels_problem(value: list[int]) -> str | None:
     return None if value and all(0 <= c < 16 for c in value) else "must be electrode numbers 0-15 (at least one)"
 
 
-#: The ranges, choices and paths of :class:`TrainConfig` (:func:`validate`); every other number must be
+#: The ranges, choices and paths of :class:`TrainConfig` (:func:`check_train_config`); every other number must be
 #: finite and >= 0 (``emgscale.config.check_values``).
 TRAIN_RULES: dict[str, Rule] = {
     "data.data_root": "dir", "data.split": "file", "data.shards": _shards_problem, "data.shards_manifest": "file",
@@ -273,7 +273,7 @@ def _known(key: str, name: str) -> tuple[str, ...]:
     return tuple(sorted(registry))
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
+def check_train_config(cfg: TrainConfig) -> TrainConfig:
     """Check ``cfg`` before any work: ranges of every number, choices, paths that must exist, and the
     settings that only make sense together; returns ``cfg``.
 

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 from emgscale.checkpoint import BEST, LAST, load_checkpoint
 from emgscale.common import atomic_write_json, print0
 from emgscale.config import ConfigError, from_dict, to_dict
-from emgscale.train.config import TrainConfig, TrainResult, validate
+from emgscale.train.config import TrainConfig, TrainResult, check_train_config
 from emgscale.train.loop import Report, train
 
 #: Fault-injection hook for tests and drills: ``"rank=1,step=4,marker=/tmp/x"`` makes that rank exit
@@ -69,11 +69,11 @@ def launch(cfg: TrainConfig, resume: bool | str = False, report: Report | None =
         The run's :class:`TrainResult` (``world_size`` says how many workers it trained on).
 
     Raises:
-        ConfigError: a bad config value (:func:`~emgscale.train.config.validate`), a folder holding
+        ConfigError: a bad config value (:func:`~emgscale.train.config.check_train_config`), a folder holding
             another run (:func:`prepare_run_folder`), a batch the workers cannot split, or a ``report``
             callback for a run that goes to Ray Train.
     """
-    validate(cfg)
+    check_train_config(cfg)
     if wants_ray(cfg) and report is not None:
         raise ConfigError("a run with its own report callback is one process (a Tune trial): set resources, "
                           "not run.workers / run.use_gpu")

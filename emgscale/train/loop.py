@@ -168,7 +168,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         FloatingPointError: more than ``run.max_nonfinite_steps`` steps had a non-finite loss.
     """
     t_start = time.monotonic()
-    problem = feature_cache_problem(cfg)  # before any work (launch's validate checks it too)
+    problem = feature_cache_problem(cfg)  # before any work (launch's check_train_config checks it too)
     if problem:
         raise ConfigError(problem)
     if cfg.run.threads > 0:
