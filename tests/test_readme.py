@@ -60,3 +60,18 @@ def test_readme_train_resume_and_eval_lines_run_as_written(tmp_path):
         "decoder.lm_weight=1.0", tmp_path)
     val = json.loads((tmp_path / "runs/single_user/checkpoints/eval-single_user-val-beam.json").read_text())
     assert val["decoder"]["lm_weight"] == 1.0
+
+
+def test_documented_outputs_land_in_git_ignored_folders():
+    """Every --out/--json/--confusion/--plot path in the docs' commands is git-ignored (so
+    `ray job submit --working-dir .`, which honours .gitignore, does not upload it)."""
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    docs = [REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "benchmarks" / "README.md",
+            REPO / "cluster" / "README.md", REPO / "sharding" / "README.md"]
+    outs = {m.group(2) for f in docs for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", f.read_text(), re.S)
+            for m in re.finditer(r"--(out|json|confusion|plot|arpa)[ =]([\w./-]+)", block)}
+    outs = sorted(o for o in outs if not o.startswith(("$", "/")) and o == o.lower())  # not placeholders
+    assert len(outs) >= 5
+    kept = [o for o in outs if subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", o]).returncode]
+    assert not kept, f"documented outputs that git would track: {kept}"

@@ -6,7 +6,7 @@ Examples::
     python -m emgscale.fingers split data/fingers --out data/fingers/split.yaml
     python -m emgscale.fingers train data/fingers --out runs/fingers run.threads=2
     python -m emgscale.fingers train data/fingers --minutes 1 --init-from runs/pre/checkpoints/best.pt
-    python -m emgscale.fingers evaluate runs/fingers/checkpoints/best.pt data/fingers --confusion cm.png
+    python -m emgscale.fingers evaluate runs/fingers/checkpoints/best.pt data/fingers --confusion runs/fingers/cm.png
     python -m emgscale.fingers train ../shared/real-emg/libemg-myo-8ch-200hz --split loro.yaml \\
         data.csv.header=no data.csv.time_column=null data.csv.label_column=null 'data.csv.file_label=C_(\\d+)'
 
