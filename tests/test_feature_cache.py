@@ -125,7 +125,7 @@ def test_feature_space_augmentations_draw_what_the_raw_ones_draw():
 
 
 def test_temporal_jitter_with_a_cache_is_refused_before_any_work(tiny_corpus, tmp_path):
-    """data.feature_cache + temporal jitter: check_train_config and train raise the one-line message before making anything."""
+    """data.feature_cache + temporal jitter: the config check and train raise the one-line message before making anything."""
     from emgscale.train import load_train_config, train
     from emgscale.train.config import check_train_config
 

@@ -73,5 +73,6 @@ def test_documented_outputs_land_in_git_ignored_folders():
             for m in re.finditer(r"--(out|json|confusion|plot|arpa)[ =]([\w./-]+)", block)}
     outs = sorted(o for o in outs if not o.startswith(("$", "/")) and o == o.lower())  # not placeholders
     assert len(outs) >= 5
-    kept = [o for o in outs if subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", o]).returncode]
+    kept = [o for o in outs
+            if subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", o]).returncode]
     assert not kept, f"documented outputs that git would track: {kept}"

@@ -61,7 +61,8 @@ def _pretrain_run(ctx: Any, d: dict[str, Any], model_file: str) -> tuple[list[st
     if d.get("pretrain_data_root"):
         data_root, split = Path(d["pretrain_data_root"]), Path(d["pretrain_split"])
     else:
-        corpus = ctx.corpus if not table_files(ctx.corpus.data_root) else ensure_cached_corpus(ctx.cache, ctx.budget.corpus)
+        corpus = (ctx.corpus if not table_files(ctx.corpus.data_root)
+                  else ensure_cached_corpus(ctx.cache, ctx.budget.corpus))
         data_root, split = corpus.data_root, corpus.split(d.get("pretrain_split_name", "generic"))
     shards = ensure_shards(ctx.cache, data_root, split, shard_workers=ctx.shard_workers)
     files = [model_file, str(ctx.configs_dir / "fingers" / "pretrain.yaml")]

@@ -280,7 +280,8 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     Raises:
         ConfigError: ``<key>=<value>: <problem>``, naming the first bad field.
     """
-    rules = {**TRAIN_RULES, "model.arch": _known("model.arch", cfg.model.arch), "loss.kind": _known("loss.kind", cfg.loss.kind)}
+    rules = {**TRAIN_RULES, "model.arch": _known("model.arch", cfg.model.arch),
+             "loss.kind": _known("loss.kind", cfg.loss.kind)}
     d = cfg.data
     if d.shards:  # training reads the shards only (data_root / split may name where they came from)
         rules.update({"data.data_root": "any", "data.split": "any"})
