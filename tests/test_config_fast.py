@@ -62,3 +62,19 @@ def test_builtin_names_match_the_registries():
     from emgscale.train.objective import OBJECTIVES
 
     assert set(BUILTIN_ARCHS) <= set(ENCODERS) and set(BUILTIN_OBJECTIVES) <= set(OBJECTIVES)
+
+
+@pytest.mark.parametrize("argv", [["emgscale.train", "configs/single_user.yaml", "model.nosuchkey=1"],
+                                  ["emgscale.bench", "zero_shot", "model.nosuchkey=1"],
+                                  ["emgscale.tune", "configs/tune/lr_arch.yaml", "nosuchkey=1"]])
+def test_cli_reports_a_config_typo_without_importing_torch(argv, tmp_path):
+    """`python -m emgscale.<cli> ... <typo>` exits 2 with one line naming the key, and never imports torch."""
+    probe = _run("import json, sys; import emgscale.loader.base; print(json.dumps({'torch': 'torch' in sys.modules}))")
+    if probe["torch"]:
+        pytest.skip("emgscale.loader.base still imports torch (issue 22 step 1 makes DataConfig torch-free)")
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", *argv], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert out.returncode == 2 and len(errors) == 1 and "nosuchkey" in errors[0]
+    assert "torch" not in imported

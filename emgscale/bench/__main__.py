@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from emgscale.bench.suites import SUITES
 from emgscale.cli import cli
 
-GROUPS = {"all": list(SUITES), "demo": ["zero_shot", "personalized"]}
+#: Names that run several suites (``all``: every suite of :data:`emgscale.bench.suites.SUITES`).
+GROUPS = {"demo": ["zero_shot", "personalized"]}
 #: Definition settings a group changes: the demo leaves the causal generic model out (it doubles the
 #: generic training time; `bench zero_shot` and `bench all` have it).
 GROUP_DEFINITIONS = {"demo": {"causal_arch": None}}
@@ -23,7 +23,7 @@ GROUP_DEFINITIONS = {"demo": {"causal_arch": None}}
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("benchmark", choices=[*SUITES, *GROUPS])
+    p.add_argument("benchmark", help="a suite (single_user, zero_shot, ...), all, or demo")
     p.add_argument("--budget", default="small", help="tiny | small | paper (default small)")
     p.add_argument("--out", default="results", help="results folder (default results/)")
     p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default <out>/cache)")
@@ -47,12 +47,20 @@ def main(argv: list[str] | None = None) -> int:
                         "(each run on 8 Ray Train DDP workers)")
     a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     from emgscale.bench.budget import get_budget
-    from emgscale.bench.runner import run_benchmark
     from emgscale.config import ConfigError
+    from emgscale.train.config import load_train_config
 
     if a.workers is not None:
         raise ConfigError(f"--workers is now --shard-workers {a.workers} (shard-writing processes); for DDP "
                           f"training workers give run.workers={a.workers}")
+    load_train_config([], a.overrides)  # unknown keys and wrong types in the overrides: before torch loads
+    get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made
+    from emgscale.bench.runner import run_benchmark
+    from emgscale.bench.suites import SUITES
+
+    known = [*SUITES, "all", *GROUPS]
+    if a.benchmark not in known:
+        raise ConfigError(f"unknown benchmark {a.benchmark!r}; choose from {', '.join(known)}")
 
     for flag, path in (("--data-root", a.data_root), ("--splits-dir", a.splits_dir), ("--definitions", a.definitions),
                        ("--configs", a.configs)):
@@ -65,12 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         from emgscale.checkpoint import load_checkpoint
 
         load_checkpoint(a.generic_checkpoint)  # a missing or unreadable file fails now, with its name
-    get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made
-    from emgscale.train.config import load_train_config
-
-    load_train_config([], a.overrides)  # so do unknown keys and wrong types in the overrides
-
-    for name in GROUPS.get(a.benchmark, [a.benchmark]):
+    names = list(SUITES) if a.benchmark == "all" else GROUPS.get(a.benchmark, [a.benchmark])
+    for name in names:
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
                       shard_workers=a.shard_workers, jobs=a.jobs, overrides=a.overrides,

@@ -216,12 +216,12 @@ def feature_cache_problem(cfg: TrainConfig) -> str | None:
     Precomputed spectra cannot be jittered band against band, nor seen through a device view, and the
     CSV source has no sessions to cache.
     """
-    from emgscale.features.augment import JITTER_NEEDS_RAW
-
     d = cfg.data
     if not d.feature_cache:
         return None
     if cfg.model.augment.temporal_jitter_samples > 0:
+        from emgscale.features.augment import JITTER_NEEDS_RAW  # torch: only for this message
+
         return f"model.{JITTER_NEEDS_RAW} (model.augment.temporal_jitter_samples=0)"
     if d.format == "csv":
         return ("data.feature_cache caches emg2qwerty sessions and shards, not data.format=csv: unset "
