@@ -29,7 +29,8 @@ Results go to ``<out>/bench_swad.json``. Default SWAD settings (n_converge 3, n_
     python benchmarks/bench_swad.py --memory [--models conformer_large] [--memory-before 6fb2a6b]
 
 Each tree runs in its own process (``git archive`` of the revision on ``PYTHONPATH``), builds the model,
-and records the peak RSS (``ru_maxrss``) over the RSS with the model alone: after the first step
+resets the kernel's peak-RSS mark (``/proc/self/clear_refs``) and records the peak RSS (``VmHWM``) over
+the RSS with the model alone: after the first step
 (steady state: the float64 sum), after 6 validations that each write a segment, and after ``finalize``
 (``bn_batches=0``: the averaging only, no forward pass). Figures are in float64 model copies
 (``8 x params`` bytes). Results go to ``<out>/bench_swad_memory.json``.
@@ -218,13 +219,22 @@ from emgscale.models import build_model, count_parameters
 from emgscale.swad import WeightAverager
 from emgscale.train.config import TrainConfig
 
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+def peak():  # peak RSS in bytes since the reset below (VmHWM), else since the process began (ru_maxrss)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 torch.manual_seed(0)
 cfg = build_config(TrainConfig, [sys.argv[1]], ["swad.mode=swad", "swad.bn_batches=0"])
 model = build_model(cfg.model).eval()
 params = list(model.parameters())
+try:  # reset the peak to the RSS now (Linux >= 4.0), so building the model does not hide what follows
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
 base = peak()
 avg = WeightAverager(cfg.swad, store_dir=sys.argv[2], is_main=True)
 out = {"params": count_parameters(model), "base_bytes": base}
