@@ -55,13 +55,6 @@ def main(argv: list[str] | None = None) -> int:
                           f"training workers give run.workers={a.workers}")
     load_train_config([], a.overrides)  # unknown keys and wrong types in the overrides: before torch loads
     get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made
-    from emgscale.bench.runner import run_benchmark
-    from emgscale.bench.suites import SUITES
-
-    known = [*SUITES, "all", *GROUPS]
-    if a.benchmark not in known:
-        raise ConfigError(f"unknown benchmark {a.benchmark!r}; choose from {', '.join(known)}")
-
     for flag, path in (("--data-root", a.data_root), ("--splits-dir", a.splits_dir), ("--definitions", a.definitions),
                        ("--configs", a.configs)):
         if path is not None and not Path(path).is_dir():
@@ -69,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.lm_text or ():
         if not path.is_file():
             raise ConfigError(f"--lm-text {path}: no such file")
+    from emgscale.bench.runner import run_benchmark
+    from emgscale.bench.suites import SUITES
+
+    known = [*SUITES, "all", *GROUPS]
+    if a.benchmark not in known:
+        raise ConfigError(f"unknown benchmark {a.benchmark!r}; choose from {', '.join(known)}")
+
     if a.generic_checkpoint is not None:
         from emgscale.checkpoint import load_checkpoint
 
