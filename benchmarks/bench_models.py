@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs" / "models"
+CONFIG_DIR = ROOT / "emgscale" / "configs" / "models"
 
 
 def reference_tds() -> Any:

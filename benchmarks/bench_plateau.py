@@ -2,7 +2,7 @@
 
     python benchmarks/bench_plateau.py --data-root CORPUS [--split single_user] [--model cnn_bigru_small]
         [--variants current,prior,stride4,...] [--steps 600] [--stop-at N] [--eval-every 75] [--seeds 1501]
-        [--jobs 2] [--out plateau_runs] [--plot curves.png] [--table-only] [key=value ...]
+        [--jobs 2] [--out runs/bench_plateau] [--plot runs/bench_plateau/curves.png] [--table-only] [key=value ...]
 
 Each variant is a list of ``dotted.key=value`` overrides on top of the ``current`` recipe (the ``small``
 budget: batch 16 x 4 s windows, Adam 5e-3 -> cosine to 1e-3, clip 5, 0.5-epoch warm-up of 75 steps,
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--eval-every", type=int, default=75)
     p.add_argument("--seeds", default="1501")
     p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", default="plateau_runs")
+    p.add_argument("--out", default="runs/bench_plateau")
     p.add_argument("--plot", default=None, help="PNG of val CER vs wall minutes")
     p.add_argument("--table-only", action="store_true", help="print the table of the runs already in --out")
     p.add_argument("overrides", nargs="*", help="dotted.key=value for every run")
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 jobs.append({"variant": v, "extra_variant": custom.get(v, []), "seed": seed, "name": name,
                              "out": str(out), "data_root": a.data_root,
                              "split_file": str(Path(a.data_root) / "splits" / f"{a.split}.yaml"),
-                             "model_file": str(ROOT / "configs" / "models" / f"{a.model}.yaml"),
+                             "model_file": str(ROOT / "emgscale" / "configs" / "models" / f"{a.model}.yaml"),
                              "steps": a.steps, "stop_at": a.stop_at, "eval_every": a.eval_every, "overrides": a.overrides})
     if jobs:
         with ProcessPoolExecutor(max_workers=max(1, a.jobs), mp_context=get_context("spawn")) as pool:

@@ -51,7 +51,7 @@ def _corpus(out: Path, data: str | None) -> Path:
 def run_one(root: Path, split: Path, out_dir: Path, model: str, steps: int, batch_size: int, bf16: bool,
             seed: int, lr: float, threads: int = 0) -> dict[str, Any]:
     """Train ``steps`` steps; returns per-step losses, loop throughput (labelled EMG-s/s) and val loss."""
-    cfg = build_config(TrainConfig, [str(ROOT / "configs" / "models" / f"{model}.yaml")], [
+    cfg = build_config(TrainConfig, [str(ROOT / "emgscale" / "configs" / "models" / f"{model}.yaml")], [
         f"data.data_root={root}", f"data.split={split}", f"data.batch_size={batch_size}",
         f"run.out_dir={out_dir}", "run.max_epochs=1", f"run.steps_per_epoch={steps}", "run.log_every_steps=1",
         "run.ckpt_every_steps=0", "run.val_max_batches=2", "run.tensorboard=false", f"run.bf16={str(bf16).lower()}",

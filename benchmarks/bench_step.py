@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             *([f"data.shards={a.shards}"] if a.shards else [])]
     if a.feature_cache:
         base.append("model.augment.temporal_jitter_samples=0")
-    model_yaml = [ROOT / "configs" / "models" / f"{a.model}.yaml"]
+    model_yaml = [ROOT / "emgscale" / "configs" / "models" / f"{a.model}.yaml"]
     cfg = load_train_config(model_yaml, [*base, *a.overrides])
     source = "shards" if a.shards else "HDF5"
     print(f"{a.model}, batch {cfg.data.batch_size}, {a.threads} thread(s), {source}, {a.steps} steps"

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs" / "models"
+CONFIG_DIR = ROOT / "emgscale" / "configs" / "models"
 sys.path.insert(0, str(ROOT))  # this checkout's emgscale, not an installed one
 DEFAULT_CONFIGS = ("tds_causal_small", "cnn_gru_causal_small", "conformer_causal_small", "s4d_small", "tds",
                    "cnn_gru_causal", "conformer_causal", "s4d")

@@ -22,6 +22,18 @@ Printed, side by side from one invocation, per model and implementation:
   parameters (float32 segment files vs float64 sums: rounding only).
 
 Results go to ``<out>/bench_swad.json``. Default SWAD settings (n_converge 3, n_tolerance 6, r 0.3).
+
+``--memory`` measures SWAD's *peak* memory instead, per phase, for today's tree and a git revision
+(``--memory-before``, default the revision before segments were streamed)::
+
+    python benchmarks/bench_swad.py --memory [--models conformer_large] [--memory-before 6fb2a6b]
+
+Each tree runs in its own process (``git archive`` of the revision on ``PYTHONPATH``), builds the model,
+resets the kernel's peak-RSS mark (``/proc/self/clear_refs``) and records the peak RSS (``VmHWM``) over
+the RSS with the model alone: after the first step
+(steady state: the float64 sum), after 6 validations that each write a segment, and after ``finalize``
+(``bn_batches=0``: the averaging only, no forward pass). Figures are in float64 model copies
+(``8 x params`` bytes). Results go to ``<out>/bench_swad_memory.json``.
 """
 
 from __future__ import annotations
@@ -112,8 +124,8 @@ def drive(model_name: str, impl: str, steps_per_segment: int, rev: str, out: Pat
     from emgscale.train import TrainConfig
 
     torch.manual_seed(0)
-    cfg = build_config(TrainConfig, [str(ROOT / "configs" / "models" / f"{model_name}.yaml")], ["swad.mode=swad",
-                                                                                               "swad.bn_batches=1"])
+    cfg = build_config(TrainConfig, [str(ROOT / "emgscale" / "configs" / "models" / f"{model_name}.yaml")],
+                       ["swad.mode=swad", "swad.bn_batches=1"])
     model = build_model(cfg.model)
     model.eval()  # no dropout in the BN pass's template; the averager sets train mode itself
     rss_model = _current_rss_mib()
@@ -198,6 +210,90 @@ def run(models: list[str], steps_per_segment: int, rev: str, out: Path) -> dict[
     return result
 
 
+#: The memory worker: run with ``PYTHONPATH`` = the tree under test; argv = model YAML, store folder.
+MEMORY_WORKER = """
+import json, resource, sys
+import torch
+from emgscale.config import build_config
+from emgscale.models import build_model, count_parameters
+from emgscale.swad import WeightAverager
+from emgscale.train.config import TrainConfig
+
+def peak():  # peak RSS in bytes since the reset below (VmHWM), else since the process began (ru_maxrss)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+torch.manual_seed(0)
+cfg = build_config(TrainConfig, [sys.argv[1]], ["swad.mode=swad", "swad.bn_batches=0"])
+model = build_model(cfg.model).eval()
+params = list(model.parameters())
+try:  # reset the peak to the RSS now (Linux >= 4.0), so building the model does not hide what follows
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = peak()
+avg = WeightAverager(cfg.swad, store_dir=sys.argv[2], is_main=True)
+out = {"params": count_parameters(model), "base_bytes": base}
+with torch.no_grad():
+    for step, loss in enumerate([3.0, 2.0, 2.1, 2.05, 2.15, 2.1]):
+        for p in params:
+            p.add_(1e-4)  # in place: no temporary beside the model
+        avg.after_step(model, step)
+        if step == 0:
+            out["steady_bytes"] = peak() - base
+        avg.after_validation(model, loss, step + 1)
+out["validation_bytes"] = peak() - base
+avg.finalize(model, lambda: [], torch.device("cpu"))
+out["final_bytes"] = peak() - base
+out["averaged"] = avg.averaged_state_dict() is not None
+print(json.dumps(out))
+"""
+
+
+def memory(models: list[str], before_rev: str, out: Path) -> dict[str, Any]:
+    """Peak SWAD memory per phase, today's tree vs ``before_rev`` (each in its own process)."""
+    out.mkdir(parents=True, exist_ok=True)
+    old_tree = out / f"tree-{before_rev}"
+    if not old_tree.is_dir():
+        old_tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", before_rev, "emgscale"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
+    rows = []
+    for m in models:
+        yaml_file = ROOT / "emgscale" / "configs" / "models" / f"{m}.yaml"
+        for impl, tree in ((f"before ({before_rev})", old_tree), ("after", ROOT)):
+            store = out / "swad-memory"
+            shutil.rmtree(store, ignore_errors=True)
+            env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+            res = subprocess.run([sys.executable, "-c", MEMORY_WORKER, str(yaml_file), str(store)], cwd=out,
+                                 capture_output=True, text=True, env=env)
+            shutil.rmtree(store, ignore_errors=True)
+            if res.returncode:
+                raise RuntimeError(f"bench_swad memory worker {m} {impl} failed:\n{res.stderr[-3000:]}")
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            copy64 = 8 * r["params"]
+            rows.append({"model": m, "impl": impl, **r,
+                         **{f"{k}_f64_copies": r[f"{k}_bytes"] / copy64 for k in ("steady", "validation", "final")}})
+    result = {"hardware": hardware(), "rows": rows}
+    atomic_write_json(out / "bench_swad_memory.json", result)
+    return result
+
+
+def _memory_table(result: dict[str, Any]) -> str:
+    lines = [f"{'model':<16} {'impl':<18} {'params':>8} {'steady':>18} {'validations':>18} {'finalize':>18}",
+             f"{'':<16} {'':<18} {'':>8} {'(peak over the model alone; x = float64 model copies)':>56}"]
+    for r in result["rows"]:
+        cells = " ".join(f"{_size(r[f'{k}_bytes']):>10} {r[f'{k}_f64_copies']:>5.2f}x"
+                         for k in ("steady", "validation", "final"))
+        lines.append(f"{r['model']:<16} {r['impl']:<18} {r['params'] / 1e6:>7.2f}M {cells}")
+    return "\n".join(lines)
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -225,17 +321,25 @@ def _table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line; the parent runs every worker and prints the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["conformer_small", "conformer_large"])
+    p.add_argument("--models", nargs="+", help="default: conformer_small conformer_large (--memory: conformer_large)")
     p.add_argument("--steps-per-segment", type=int, default=2)
     p.add_argument("--old-rev", default="09f07ee", help="git revision of the old emgscale/swad.py")
     p.add_argument("--out", default="runs/bench_swad")
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "IMPL"), help=argparse.SUPPRESS)
+    p.add_argument("--memory", action="store_true", help="peak memory per phase, today vs --memory-before "
+                                                         "(default model: conformer_large)")
+    p.add_argument("--memory-before", default="6fb2a6b", help="git revision to compare with under --memory")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
+    if args.memory:
+        result = memory(args.models or ["conformer_large"], args.memory_before, out)
+        print(_memory_table(result))
+        print(f"[bench_swad] {out / 'bench_swad_memory.json'}")
+        return 0
     if args.worker:
         print(json.dumps(drive(args.worker[0], args.worker[1], args.steps_per_segment, args.old_rev, out)))
         return 0
-    result = run(args.models, args.steps_per_segment, args.old_rev, out)
+    result = run(args.models or ["conformer_small", "conformer_large"], args.steps_per_segment, args.old_rev, out)
     print(_table(result))
     print(f"[bench_swad] {out / 'bench_swad.json'}")
     return 0

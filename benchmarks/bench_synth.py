@@ -13,7 +13,7 @@ Prints:
 Usage::
 
     python benchmarks/bench_synth.py                 # about 1-2 minutes on one core
-    python benchmarks/bench_synth.py --minutes 0.5 --realism-minutes 1 --users 4   # quick
+    python benchmarks/bench_synth.py --quick         # = --minutes 0.5 --realism-minutes 1 --users 4
 """
 
 from __future__ import annotations
@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap.add_argument("--realism-minutes", type=float, default=2.0, help="realism check: minutes per session")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--quick", action="store_true", help="a short run: --minutes 0.5 --realism-minutes 1 --users 4")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.minutes, args.realism_minutes, args.users = 0.5, 1.0, 4
     speed = bench_speed(args.minutes, args.sessions, args.seed)
     print(f"speed (1 core, {speed['emg_minutes']:.1f} min of EMG): generate {speed['generate_x_real_time']:.0f}x "
           f"real time, generate+write {speed['generate_and_write_x_real_time']:.0f}x "

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LIBEMG = ROOT.parent / "shared" / "real-emg" / "libemg-myo-8ch-200hz"
-FINGERS = ROOT / "configs" / "fingers"
+FINGERS = ROOT / "emgscale" / "configs" / "fingers"
 #: unit -> (factor from the data's own unit, round to whole numbers)
 UNITS = {"uV": (1.0, False), "mV": (1e-3, False), "V": (1e-6, False), "counts": (2.0, True)}
 MYO_UNITS = {"counts": (1.0, False), "uV": (10.0, False), "mV": (1e-2, False), "V": (1e-5, False)}
@@ -66,7 +66,7 @@ def keyboard(out: Path, steps: int) -> list[dict]:
             rescaled_copy(src, root, factor, integer)
         t0 = time.monotonic()
         gain, r = _train(out / "runs" / f"keyboard-{name.replace(' ', '_').replace(',', '')}",
-                         [ROOT / "configs" / "models" / "cnn_bigru_small.yaml"],
+                         [ROOT / "emgscale" / "configs" / "models" / "cnn_bigru_small.yaml"],
                          [f"data.data_root={root}", f"data.split={root / 'splits' / 'single_user.yaml'}", *recipe, *extra])
         rows.append({"family": "keyboard", "unit": name, "gain": gain, "metric": "val CER (greedy, windows)",
                      "value": r["result"].best_val_score, "minutes": (time.monotonic() - t0) / 60})

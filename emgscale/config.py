@@ -7,6 +7,7 @@ Unknown keys and values of the wrong type are errors that name the key (and the 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import types
 import typing
@@ -206,9 +207,27 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def shipped_configs() -> Path:
+    """The configs shipped inside the package (``emgscale/configs/``: ``models/``, ``fingers/``, the
+    experiments), found with :mod:`importlib.resources`, so an installed wheel has them too."""
+    return Path(str(importlib.resources.files("emgscale") / "configs"))
+
+
+def config_path(path: "str | Path") -> Path:
+    """``path``, or the shipped config it names: a relative ``configs/...`` path that does not exist here
+    is read from :func:`shipped_configs` (``configs/models/tds_small.yaml`` works from a checkout, from any
+    working folder and from an installed wheel; a file of that name in the working folder wins)."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or len(p.parts) < 2 or p.parts[0] != "configs":
+        return p
+    shipped = shipped_configs().joinpath(*p.parts[1:])
+    return shipped if shipped.exists() else p
+
+
 def load_yaml(path: "str | Path") -> dict[str, Any]:
-    """Read a YAML override file (empty file -> ``{}``), with errors that name the file."""
-    path = Path(path)
+    """Read a YAML override file (empty file -> ``{}``; a ``configs/...`` path may name a shipped config,
+    :func:`config_path`), with errors that name the file."""
+    path = config_path(path)
     try:
         data = yaml_load(path.read_text()) or {}
     except FileNotFoundError:

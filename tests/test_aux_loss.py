@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from emgscale.config import shipped_configs
 from emgscale.data.windows import collate
 from emgscale.models import ModelConfig, build_model
 from emgscale.train import load_train_config
@@ -137,7 +138,7 @@ def test_aux_loss_leaves_the_plateau_sooner(tmp_path):
     small = [o for o in get_budget("small").train if not o.startswith(("loss.", "model.head_blank_prior"))]
     losses = {}
     for aux in ("none", "keys"):
-        cfg = load_train_config([str(repo / "configs" / "models" / "cnn_bigru_small.yaml")], [
+        cfg = load_train_config([str(shipped_configs() / "models" / "cnn_bigru_small.yaml")], [
             *small, f"data.data_root={root}", f"data.split={root / 'splits' / 'single_user.yaml'}",
             "run.max_steps=150", "run.max_epochs=4", "run.steps_per_epoch=75", "run.eval_every_steps=150",
             f"loss.aux={aux}",

@@ -138,3 +138,12 @@ def test_preprocessing_sweep_axes_share_the_baseline_at_defaults():
     assert cfg.model.augment.band_rotation == cfg.model.augment.temporal_jitter_samples == 0
     assert cfg.data.window.window_samples == 4000 and cfg.data.shards is None
     assert set(AUGMENT_VARIANTS) >= {"none", "no_band_rotation", "no_jitter", "no_specaugment"}
+
+
+def test_bench_workers_flag_names_its_new_name(tmp_path, capsys):
+    """`bench --workers N` (shard writers, easily taken for training workers) is refused in one line naming
+    --shard-workers and run.workers, before any work."""
+    assert main(["zero_shot", "--budget", "tiny", "--out", str(tmp_path), "--workers", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--shard-workers 4" in err and "run.workers=4" in err
+    assert not any(tmp_path.iterdir())

@@ -334,8 +334,7 @@ def test_readme_bids_lines_run_as_written(tmp_path):
 
     from tests.test_readme import QUICK, _sh, readme_command
 
-    for name in ("configs", "emgscale"):
-        (tmp_path / name).symlink_to(Path(__file__).resolve().parents[1] / name)
+    (tmp_path / "emgscale").symlink_to(Path(__file__).resolve().parents[1] / "emgscale")
     _sh("python -m emgscale.synth --out data/synth --users 2 --sessions-per-user 4 --minutes 0.3 --heldout-users 1 "
         "val_sessions_per_user=1 test_sessions_per_user=1 min_train_sessions_per_user=1", tmp_path)
     for prefix in ("python -m emgscale.data to-bids", "python -m emgscale.data info data/synth-bids",

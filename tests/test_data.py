@@ -180,7 +180,7 @@ def test_nan_and_nonmonotonic_time(tmp_path):
     rows["time"][60] = rows["time"][10]
     q = _raw_file(tmp_path / "m.hdf5", rows, {"keystrokes": "[]"})
     with EMGSession(q) as s, pytest.raises(DataError, match="not monotonic at row 60"):
-        s.validate()
+        s.scan_values()
 
 
 def test_bad_keystroke_json(tmp_path):

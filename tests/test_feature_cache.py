@@ -127,16 +127,16 @@ def test_feature_space_augmentations_draw_what_the_raw_ones_draw():
 
 
 def test_temporal_jitter_with_a_cache_is_refused_before_any_work(tiny_corpus, tmp_path):
-    """data.feature_cache + temporal jitter: validate and train raise the one-line message before making anything."""
+    """data.feature_cache + temporal jitter: the config check and train raise the one-line message before making anything."""
     from emgscale.train import load_train_config, train
-    from emgscale.train.config import validate
+    from emgscale.train.config import check_train_config
 
     out = tmp_path / "run"
     cfg = load_train_config([], [f"data.data_root={tiny_corpus.root}", f"data.split={tiny_corpus.split_path}",
                                  f"data.feature_cache={tmp_path / 'cache'}", f"run.out_dir={out}", *TINY_MODEL])
     message = "augment.temporal_jitter_samples needs raw EMG: set it to 0 or unset data.feature_cache"
     with pytest.raises(ConfigError, match=message):
-        validate(cfg)
+        check_train_config(cfg)
     with pytest.raises(ConfigError, match=message):
         train(cfg)
     assert not out.exists() and not (tmp_path / "cache").exists()

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+from emgscale.config import shipped_configs
 from emgscale.data.errors import DataError
 from emgscale.data.windows import Batch
 from emgscale.features import Decimator, FeatureConfig, Featurizer
 from emgscale.data.device import DeviceView, apply_view, every_other, resample
 from emgscale.fingers.evaluate import confusion_matrix, scores
-from emgscale.data.tables import (CSVFormat, label_runs, libemg_format, load_split, make_split, read_table,
+from emgscale.data.tables import (CSVFormat, label_runs, libemg_format, load_file_split, make_split, read_table,
                                      write_split, write_table)
 from emgscale.models import ModelConfig, build_model
 from emgscale.train.frames import frame_targets, frames_to_samples
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "fingers"
+CONFIGS = shipped_configs() / "fingers"
 LIBEMG = Path(__file__).resolve().parents[2] / "shared" / "real-emg" / "libemg-myo-8ch-200hz"
 needs_libemg = pytest.mark.skipif(not LIBEMG.is_dir(), reason=f"real LibEMG recordings not found at {LIBEMG} "
                                                                "(../shared is absent)")
@@ -111,7 +112,7 @@ def test_label_runs():
 
 
 def test_split_of_a_folder(tmp_path):
-    """make_split keeps each user's last file for test, the one before for val; load_split resolves globs."""
+    """make_split keeps each user's last file for test, the one before for val; load_file_split resolves globs."""
     emg, labels = _rows(100)
     for u in ("a", "b"):
         for s in range(4):
@@ -119,11 +120,11 @@ def test_split_of_a_folder(tmp_path):
     split = make_split(tmp_path)
     assert split["test"] == ["a/s3.csv", "b/s3.csv"] and split["val"] == ["a/s2.csv", "b/s2.csv"]
     (tmp_path / "g.yaml").write_text("train: ['*/s[01].csv']\ntest: [a/s3.csv]\n")
-    got = load_split(tmp_path / "g.yaml", tmp_path)
+    got = load_file_split(tmp_path / "g.yaml", tmp_path)
     assert len(got["train"]) == 4 and got["val"] == [] and got["test"] == [tmp_path / "a" / "s3.csv"]
     (tmp_path / "bad.yaml").write_text("train: [nope.csv]\n")
     with pytest.raises(DataError, match="matches no file"):
-        load_split(tmp_path / "bad.yaml", tmp_path)
+        load_file_split(tmp_path / "bad.yaml", tmp_path)
 
 
 @needs_libemg

@@ -32,7 +32,7 @@ def test_ctc_over_a_six_class_head_is_one_line(tmp_path, capsys):
     'blank must be in label range' traceback."""
     from emgscale.train.__main__ import main as train_main
 
-    cfgs = Path(__file__).resolve().parents[1] / "configs" / "fingers"
+    cfgs = Path(__file__).resolve().parents[1] / "emgscale" / "configs" / "fingers"
     code = train_main([str(cfgs / "pretrain.yaml"), str(cfgs / "cnn_gru_causal.yaml"), f"run.out_dir={tmp_path}",
                        f"data.data_root={tmp_path}", f"data.split={cfgs / 'pretrain.yaml'}"])
     err = capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from emgscale.config import from_dict
+from emgscale.config import from_dict, shipped_configs
 from emgscale.models import ENCODERS, ModelConfig, build_model, count_parameters
 from emgscale.models.attention import AttentionMask
 from emgscale.models.frontend import RotationInvariantMLP
@@ -19,7 +19,7 @@ from emgscale.models.streaming import NotStreamable
 from emgscale.models.tds import TDSConfig, TDSConvEncoder
 
 torch.set_num_threads(1)
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
+CONFIG_DIR = shipped_configs() / "models"
 
 # Small models of every family (and the attention / causal variants), for fast tests.
 TINY_BASE = {"frontend": {"mlp_features": [24]}}
@@ -459,7 +459,7 @@ def test_benchmark_script_runs_on_tiny_settings(tmp_path: Path) -> None:
     import importlib.util
     import json
 
-    path = CONFIG_DIR.parents[1] / "benchmarks" / "bench_models.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
     spec = importlib.util.spec_from_file_location("bench_models", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)  # type: ignore[union-attr]
@@ -480,7 +480,7 @@ def test_precision_benchmark_runs_the_training_loop(tiny_corpus, tmp_path: Path)
     import json
     import math
 
-    path = CONFIG_DIR.parents[1] / "benchmarks" / "bench_precision.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_precision.py"
     spec = importlib.util.spec_from_file_location("bench_precision", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)  # type: ignore[union-attr]

@@ -23,7 +23,7 @@ from _ray_fixtures import SESSION_SECONDS, local_ray, tiny_config, tiny_override
 from conftest import make_tiny_corpus  # noqa: E402
 
 from emgscale.models.checkpoint import load_checkpoint  # noqa: E402
-from emgscale.config import build_config  # noqa: E402
+from emgscale.config import build_config, shipped_configs  # noqa: E402
 from emgscale.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_tune_example_searches_are_valid(monkeypatch):
     from emgscale.config import to_dict
     from emgscale.tune import SearchConfig, parse_space
 
-    files = sorted((ROOT / "configs" / "tune").glob("*.yaml"))
+    files = sorted((shipped_configs() / "tune").glob("*.yaml"))
     assert files
     monkeypatch.chdir(ROOT)  # base files are relative to the working directory (the repo root)
     for f in files:

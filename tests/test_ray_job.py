@@ -28,7 +28,7 @@ def test_single_machine_ray_job_block_runs_as_written(tmp_path):
     """The documented local head + `ray job submit` trains the single-user config on 2 workers with the data
     and the run folder given as absolute paths, and the run's checkpoint lands in the submitting directory."""
     block = cluster_block("## 6. Testing on a single machine")
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    # configs/single_user.yaml is the one shipped in the package (emgscale.config.config_path)
     env = {**os.environ, "EMGSCALE_PROGRESS": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run([sys.executable, "-m", "emgscale.synth", "--out", "data/synth", "--users", "2",

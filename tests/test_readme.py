@@ -39,8 +39,7 @@ def _sh(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_readme_train_resume_and_eval_lines_run_as_written(tmp_path):
     """train (tds_small) -> the README's resume line as written -> lm build -> eval lines, in one working dir:
     the resumed run keeps its TDS-small model and reaches the new epoch count; eval writes its JSON."""
-    for name in ("configs", "emgscale"):
-        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "emgscale").symlink_to(REPO / "emgscale")  # configs/... names the package's shipped configs
     _sh("python -m emgscale.synth --out data/synth --users 2 --sessions-per-user 4 --minutes 0.3 --heldout-users 1 "
         "val_sessions_per_user=1 test_sessions_per_user=1 min_train_sessions_per_user=1", tmp_path)
     _sh(readme_command("python -m emgscale.train configs/single_user.yaml configs/models/tds_small.yaml")
@@ -61,3 +60,19 @@ def test_readme_train_resume_and_eval_lines_run_as_written(tmp_path):
         "decoder.lm_weight=1.0", tmp_path)
     val = json.loads((tmp_path / "runs/single_user/checkpoints/eval-single_user-val-beam.json").read_text())
     assert val["decoder"]["lm_weight"] == 1.0
+
+
+def test_documented_outputs_land_in_git_ignored_folders():
+    """Every --out/--json/--confusion/--plot path in the docs' commands is git-ignored (so
+    `ray job submit --working-dir .`, which honours .gitignore, does not upload it)."""
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    docs = [REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "benchmarks" / "README.md",
+            REPO / "cluster" / "README.md", REPO / "sharding" / "README.md"]
+    outs = {m.group(2) for f in docs for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", f.read_text(), re.S)
+            for m in re.finditer(r"--(out|json|confusion|plot|arpa)[ =]([\w./-]+)", block)}
+    outs = sorted(o for o in outs if not o.startswith(("$", "/")) and o == o.lower())  # not placeholders
+    assert len(outs) >= 5
+    kept = [o for o in outs
+            if subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", o]).returncode]
+    assert not kept, f"documented outputs that git would track: {kept}"

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emgscale.config import from_dict, to_dict
+from emgscale.config import from_dict, shipped_configs, to_dict
 from emgscale.models import ModelConfig, build_model
 from emgscale.models.__main__ import main as models_main
 from emgscale.models.reference import (export_reference, import_reference, is_reference_checkpoint, read_reference,
@@ -178,7 +178,7 @@ def test_reference_default_module_is_configs_models_tds() -> None:
     """The reference's default TDSConvCTCModule imports to exactly configs/models/tds.yaml's model (fine-tune with it)."""
     import yaml
 
-    want = from_dict(ModelConfig, yaml.safe_load((REPO / "configs" / "models" / "tds.yaml").read_text())["model"])
+    want = from_dict(ModelConfig, yaml.safe_load((shipped_configs() / "models" / "tds.yaml").read_text())["model"])
     assert to_dict(read_reference(FIXTURES / CHECKPOINTS["tds_default_step12"]).model_cfg) == to_dict(want)
 
 

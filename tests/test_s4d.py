@@ -17,7 +17,7 @@ from emgscale.models import s4d as s4d_module
 from emgscale.models.s4d import S4D, S4DConfig, S4DEncoder
 
 torch.set_num_threads(1)
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "emgscale" / "configs" / "models"
 
 
 def trained_like(layer: S4D, seed: int = 0) -> S4D:

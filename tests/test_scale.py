@@ -15,7 +15,7 @@ from emgscale.features import FeatureConfig, Featurizer
 
 REPO = Path(__file__).resolve().parents[1]
 LIBEMG = REPO.parent / "shared" / "real-emg" / "libemg-myo-8ch-200hz"
-FINGERS = REPO / "configs" / "fingers"
+FINGERS = REPO / "emgscale" / "configs" / "fingers"
 TINY_MODEL = ["model.arch=tds", "model.frontend.mlp_features=[32]", "model.tds.block_channels=[4,4]",
               "model.tds.kernel_width=8"]
 NO_MASKS = ["model.augment.time_masks=0", "model.augment.freq_masks=0"]

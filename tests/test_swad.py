@@ -263,3 +263,20 @@ def test_bench_swad_before_and_after_average_the_same_weights(tmp_path):
     before, after = result["rows"]
     assert after["ckpt_averager_max_bytes"] < after["model_state_bytes"] < before["ckpt_averager_max_bytes"]
     assert after["store_final_bytes"] > 0 and (tmp_path / "bench_swad.json").is_file()
+
+
+def test_bench_swad_memory_mode_peaks_at_one_float64_copy(tmp_path):
+    """bench_swad.py --memory: with streamed segments, validations and finalize stay near the steady float64 sum."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_swad", root / "benchmarks" / "bench_swad.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", "6fb2a6b:emgscale/swad/store.py"]).returncode:
+        pytest.skip("the compared git revision is not in this checkout")
+    result = bench.memory(["tds"], "6fb2a6b", tmp_path)  # 5.3 M parameters: a float64 copy is 42 MB
+    before, after = result["rows"]
+    assert after["averaged"] and before["averaged"] and (tmp_path / "bench_swad_memory.json").is_file()
+    assert after["final_bytes"] < before["final_bytes"] and after["validation_bytes"] <= before["validation_bytes"]

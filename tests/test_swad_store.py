@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emgscale.swad import SWADConfig, WeightAverager, loss_valley
+from emgscale.swad.store import SegmentStore
 
 from _swad_fixtures import (STEPS_PER_SEGMENT, VALLEY, VALLEY_CFG, VALLEY_SEGMENTS, _assert_params_equal, _drive,
                             _mean, _segment_steps, _set, _Tiny, _weights)
@@ -134,7 +135,7 @@ def test_bf16_segments_are_smaller_and_close(tmp_path):
     for avg in (f32, b16):
         _drive(avg, _Tiny(), weights, VALLEY)
     seg = f"seg-{VALLEY_SEGMENTS[0]:05d}.pt"
-    loaded = {d: torch.load(tmp_path / d / seg, weights_only=True)["params"] for d in ("b16", "f32")}
+    loaded = {d: dict(SegmentStore(tmp_path / d).load(seg)["params"]) for d in ("b16", "f32")}
     assert all(v.dtype == torch.bfloat16 for v in loaded["b16"].values())
     assert 2 * sum(v.nbytes for v in loaded["b16"].values()) == sum(v.nbytes for v in loaded["f32"].values())
     torch.testing.assert_close(b16.averaged_params(), f32.averaged_params(), rtol=1e-2, atol=1e-2)
@@ -208,3 +209,57 @@ def test_loop_with_a_store_folder_killed_mid_segment_resumes_to_the_same_average
     assert _files(tmp_path / "whole" / "swad") == _files(tmp_path / "killed" / "swad")
     for k, v in whole.averaged_model.items():
         torch.testing.assert_close(resumed.averaged_model[k], v, rtol=0, atol=0)
+
+
+def test_segment_files_round_trip_and_older_archives_still_load(tmp_path):
+    """A streamed segment file reads back exactly (f32 and bf16, with its facts); a torch.save one still loads."""
+    from emgscale.swad.store import SegmentStore, weighted_mean
+
+    store = SegmentStore(tmp_path)
+    params = {"a": torch.randn(3, 5, dtype=torch.float64), "b": torch.randn(7, dtype=torch.float64),
+              "c": torch.tensor(2.5, dtype=torch.float64)}
+    for dtype in (torch.float32, torch.bfloat16):
+        store.save_segment("seg-00000.pt", {"count": 4, "val_loss": 1.5}, params, dtype)
+        seg = store.load("seg-00000.pt")
+        assert seg["count"] == 4 and seg["val_loss"] == 1.5 and list(seg["params"]) == ["a", "b", "c"]
+        for k, v in params.items():
+            assert torch.equal(seg["params"][k], v.to(dtype))
+    torch.save({"count": 4, "params": {k: v.float() for k, v in params.items()}}, tmp_path / "seg-00001.pt")
+    old = store.load("seg-00001.pt")["params"]
+    mixed = weighted_mean([(store.load("seg-00000.pt")["params"], 1.0), (old, 3.0)], 4.0)
+    assert mixed.keys() == params.keys() and mixed["a"].dtype == torch.float32
+
+
+def test_a_damaged_segment_file_is_one_clear_error(tmp_path):
+    """A truncated or foreign segment file is a ValueError naming the file, not a crash deep in torch."""
+    from emgscale.swad.store import SegmentStore
+
+    store = SegmentStore(tmp_path)
+    store.save_segment("seg-00000.pt", {"count": 1}, {"w": torch.ones(1000)}, torch.float32)
+    path = tmp_path / "seg-00000.pt"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="seg-00000.pt"):
+        store.load("seg-00000.pt")
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="not a SWAD segment file"):
+        store.load("seg-00000.pt")
+
+
+def test_weighted_mean_reads_one_tensor_of_every_source_before_the_next():
+    """The average is built tensor by tensor (one float64 tensor held), not source by source (a whole copy)."""
+    from emgscale.swad.store import weighted_mean
+
+    reads: list[tuple[int, str]] = []
+
+    class Recording(dict):
+        def __init__(self, i: int, tensors: dict) -> None:
+            super().__init__(tensors)
+            self.i = i
+
+        def __getitem__(self, k: str) -> torch.Tensor:
+            reads.append((self.i, k))
+            return super().__getitem__(k)
+
+    srcs = [Recording(i, {"a": torch.full((2,), float(i)), "b": torch.full((3,), float(i))}) for i in range(3)]
+    mean = weighted_mean([(s, 1.0) for s in srcs], 3.0)
+    assert [k for _, k in reads] == ["a", "a", "a", "b", "b", "b"] and torch.equal(mean["a"], torch.ones(2))

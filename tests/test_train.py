@@ -16,7 +16,7 @@ import yaml
 from emgscale.models.checkpoint import load_checkpoint
 from emgscale.run_folder import LAST
 from emgscale.eval import load_model
-from emgscale.config import ConfigError, from_dict
+from emgscale.config import ConfigError, from_dict, shipped_configs
 from emgscale.train import TrainConfig, load_train_config, lr_lambda, train
 from emgscale.train.__main__ import main
 
@@ -63,7 +63,7 @@ def test_config_round_trips_through_dict():
 
 def test_every_top_level_config_parses():
     """Every YAML directly under configs/ and configs/real/ is a valid TrainConfig override."""
-    files = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "real").glob("*.yaml"))
+    files = sorted(shipped_configs().glob("*.yaml")) + sorted((shipped_configs() / "real").glob("*.yaml"))
     assert files
     for f in files:
         load_train_config([str(f)], [])
@@ -144,7 +144,7 @@ def test_small_recipe_leaves_the_ctc_plateau(tmp_path):
     small = get_budget("small")
     root = tmp_path / "synth"
     generate_corpus(SynthConfig(out=str(root), **small.corpus))
-    cfg = load_train_config([str(REPO / "configs" / "models" / "cnn_bigru_small.yaml")], [
+    cfg = load_train_config([str(shipped_configs() / "models" / "cnn_bigru_small.yaml")], [
         *small.train, f"data.data_root={root}", f"data.split={root / 'splits' / 'single_user.yaml'}",
         f"run.out_dir={tmp_path / 'run'}", "run.tensorboard=false", "run.ckpt_every_steps=0"])
     res = train(cfg)

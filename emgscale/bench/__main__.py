@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from emgscale.bench.suites import SUITES
 from emgscale.cli import cli
 
-GROUPS = {"all": list(SUITES), "demo": ["zero_shot", "personalized"]}
+#: Names that run several suites (``all``: every suite of :data:`emgscale.bench.suites.SUITES`).
+GROUPS = {"demo": ["zero_shot", "personalized"]}
 #: Definition settings a group changes: the demo leaves the causal generic model out (it doubles the
 #: generic training time; `bench zero_shot` and `bench all` have it).
 GROUP_DEFINITIONS = {"demo": {"causal_arch": None}}
@@ -23,7 +23,7 @@ GROUP_DEFINITIONS = {"demo": {"causal_arch": None}}
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emgscale.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("benchmark", choices=[*SUITES, *GROUPS])
+    p.add_argument("benchmark", help="a suite (single_user, zero_shot, ...), all, or demo")
     p.add_argument("--budget", default="small", help="tiny | small | paper (default small)")
     p.add_argument("--out", default="results", help="results folder (default results/)")
     p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default <out>/cache)")
@@ -31,15 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bids-metadata", type=Path,
                    help="the metadata.csv a BIDS --data-root was made from, when it has none")
     p.add_argument("--splits-dir", help="split YAMLs (generic.yaml, user0.yaml..., single_user.yaml)")
-    p.add_argument("--definitions", help="benchmark definitions folder (default: the checkout's benchmarks/)")
-    p.add_argument("--configs", help="configs folder (default: the checkout's configs/)")
+    p.add_argument("--definitions", help="benchmark definitions folder (default: the package's, "
+                                         "emgscale/bench/definitions/)")
+    p.add_argument("--configs", help="configs folder (default: the package's, emgscale/configs/)")
     p.add_argument("--lm-text", nargs="*", type=Path, help="text files for the character LM")
     p.add_argument("--generic-checkpoint", type=Path,
                    help="start from this generic model instead of training one: an emgscale checkpoint or a "
                         "reference Lightning checkpoint such as Meta's generic.ckpt (zero_shot evaluates it; "
                         "personalized and few_shot fine-tune it)")
-    p.add_argument("--shard-workers", "--workers", dest="workers", type=int, default=1,
-                   help="shard-writing processes (default 1)")
+    p.add_argument("--shard-workers", type=int, default=1, help="shard-writing processes (default 1)")
+    p.add_argument("--workers", type=int, help=argparse.SUPPRESS)  # the old name: refused with the new ones
     p.add_argument("--jobs", type=int, default=1,
                    help="independent training runs side by side: a GPU each (round robin), or cores/jobs "
                         "threads each on a CPU machine (default 1)")
@@ -48,9 +49,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(each run on 8 Ray Train DDP workers)")
     a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     from emgscale.bench.budget import get_budget
-    from emgscale.bench.runner import run_benchmark
     from emgscale.config import ConfigError
+    from emgscale.train.config import load_train_config
 
+    if a.workers is not None:
+        raise ConfigError(f"--workers is now --shard-workers {a.workers} (shard-writing processes); for DDP "
+                          f"training workers give run.workers={a.workers}")
+    load_train_config([], a.overrides)  # unknown keys and wrong types in the overrides: before torch loads
+    get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made
     for flag, path in (("--data-root", a.data_root), ("--splits-dir", a.splits_dir), ("--definitions", a.definitions),
                        ("--configs", a.configs)):
         if path is not None and not Path(path).is_dir():
@@ -60,19 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.lm_text or ():
         if not path.is_file():
             raise ConfigError(f"--lm-text {path}: no such file")
+    from emgscale.bench.runner import run_benchmark
+    from emgscale.bench.suites import SUITES
+
+    known = [*SUITES, "all", *GROUPS]
+    if a.benchmark not in known:
+        raise ConfigError(f"unknown benchmark {a.benchmark!r}; choose from {', '.join(known)}")
+
     if a.generic_checkpoint is not None:
         from emgscale.models.checkpoint import load_checkpoint
 
         load_checkpoint(a.generic_checkpoint)  # a missing or unreadable file fails now, with its name
-    get_budget(a.budget)  # an unknown budget fails now, not after the corpus is made
-    from emgscale.train.config import load_train_config
-
-    load_train_config([], a.overrides)  # so do unknown keys and wrong types in the overrides
-
-    for name in GROUPS.get(a.benchmark, [a.benchmark]):
+    names = list(SUITES) if a.benchmark == "all" else GROUPS.get(a.benchmark, [a.benchmark])
+    for name in names:
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
-                      workers=a.workers, jobs=a.jobs, overrides=a.overrides, generic_checkpoint=a.generic_checkpoint,
+                      shard_workers=a.shard_workers, jobs=a.jobs, overrides=a.overrides,
+                      generic_checkpoint=a.generic_checkpoint,
                       definition_overrides=GROUP_DEFINITIONS.get(a.benchmark), bids_metadata=a.bids_metadata)
     return 0
 

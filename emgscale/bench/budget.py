@@ -4,7 +4,7 @@
 cores (400-step models, an 800-step generic model, the keystroke-time auxiliary loss and a label-prior
 output bias; an estimate from
 measured per-step costs, see benchmarks/README.md), ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
-and is meant for GPUs and Ray clusters (``--workers``).
+and is meant for GPUs and Ray clusters (``run.workers``).
 """
 
 from __future__ import annotations

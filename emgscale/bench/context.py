@@ -23,7 +23,7 @@ class BenchContext:
         corpus: the data the suites train and test on.
         configs_dir: the folder holding ``models/*.yaml`` (and ``fingers/``).
         lm: the character LM for the +LM columns (None: greedy only).
-        workers, jobs: shard-writer processes; training runs at a time.
+        shard_workers, jobs: shard-writer processes (``--shard-workers``); training runs at a time.
         overrides: ``dotted.key=value`` applied to every training run.
         out: the results folder (suites that draw their own plots write there).
         generic_checkpoint: a given generic model (e.g. Meta's generic.ckpt): not trained here.
@@ -34,7 +34,7 @@ class BenchContext:
     corpus: Corpus
     configs_dir: Path
     lm: Path | None = None
-    workers: int = 1
+    shard_workers: int = 1
     jobs: int = 1
     overrides: list[str] = field(default_factory=list)
     out: Path | None = None

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from emgscale.bench.context import BenchContext
-from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_corpus, ensure_shards,
+from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_cached_corpus, ensure_shards,
                                   ensure_trained_many)
 from emgscale.common import print0
 from emgscale.data.tables import FINGER_CLASSES, make_split, table_files, write_split
@@ -64,9 +64,10 @@ def _pretrain_run(ctx: BenchContext, d: dict[str, Any], model_file: str) -> tupl
     if d.get("pretrain_data_root"):
         data_root, split = Path(d["pretrain_data_root"]), Path(d["pretrain_split"])
     else:
-        corpus = ctx.corpus if not table_files(ctx.corpus.data_root) else ensure_corpus(ctx.cache, ctx.budget.corpus)
+        corpus = (ctx.corpus if not table_files(ctx.corpus.data_root)
+                  else ensure_cached_corpus(ctx.cache, ctx.budget.corpus))
         data_root, split = corpus.data_root, corpus.split(d.get("pretrain_split_name", "generic"))
-    shards = ensure_shards(ctx.cache, data_root, split, workers=ctx.workers)
+    shards = ensure_shards(ctx.cache, data_root, split, shard_workers=ctx.shard_workers)
     files = [model_file, str(ctx.configs_dir / "fingers" / "pretrain.yaml")]
     return files, [f"data.data_root={data_root}", f"data.split={split}", f"data.shards={shards}",
                    *d.get("pretrain", []), *ctx.overrides]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import shutil
 import time
 from pathlib import Path
@@ -11,11 +12,11 @@ import yaml
 
 from emgscale.bench.budget import get_budget
 from emgscale.bench.report import aggregate, markdown_table, plot_bars, plot_lines, series_from
-from emgscale.bench.steps import Corpus, ensure_corpus, ensure_lm
+from emgscale.bench.steps import Corpus, ensure_cached_corpus, ensure_lm
 from emgscale.bench.suites import SUITES, BenchContext
 from emgscale.common import atomic_write_json, atomic_write_text, git_commit, hardware, print0
+from emgscale.config import shipped_configs
 
-REPO = Path(__file__).resolve().parents[2]
 LM_TEXT_DIR = Path(__file__).resolve().parents[1] / "data" / "lm_text"
 
 
@@ -24,8 +25,13 @@ def default_lm_texts() -> list[Path]:
     return sorted(LM_TEXT_DIR.glob("*.txt"))
 
 
+def shipped_definitions() -> Path:
+    """The benchmark definitions shipped inside the package (``emgscale/bench/definitions/<name>.yaml``)."""
+    return Path(str(importlib.resources.files("emgscale.bench") / "definitions"))
+
+
 def load_definition(definitions_dir: Path, name: str, budget: str) -> dict[str, Any]:
-    """``benchmarks/<name>.yaml``; a ``budgets: {<budget>: {...}}`` section overrides the top level."""
+    """``<definitions_dir>/<name>.yaml``; a ``budgets: {<budget>: {...}}`` section overrides the top level."""
     path = definitions_dir / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no benchmark definition (expected one of {sorted(SUITES)})")
@@ -93,7 +99,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                   data_root: "str | Path | None" = None, splits_dir: "str | Path | None" = None,
                   cache: "str | Path | None" = None, definitions_dir: "str | Path | None" = None,
                   configs_dir: "str | Path | None" = None, lm_texts: list[Path] | None = None,
-                  workers: int = 1, jobs: int = 1, overrides: list[str] = (),
+                  shard_workers: int = 1, jobs: int = 1, overrides: list[str] = (),
                   generic_checkpoint: "str | Path | None" = None,
                   definition_overrides: dict[str, Any] | None = None,
                   bids_metadata: "str | Path | None" = None) -> dict[str, Any]:
@@ -106,9 +112,10 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
             ``fingers``, a folder of finger CSV recordings (else a synthetic finger corpus is made).
         bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when it has none.
         cache: where corpora, shards, LMs, checkpoints and evaluations are kept and reused.
-        definitions_dir, configs_dir: ``benchmarks/`` and ``configs/`` of the checkout.
+        definitions_dir, configs_dir: benchmark definitions and configs (default: the ones shipped in the
+            package, :func:`shipped_definitions` and :func:`emgscale.config.shipped_configs`).
         lm_texts: text for the character LM (default: shipped LM text).
-        workers: shard-writing processes.
+        shard_workers: shard-writing processes.
         jobs: independent training runs side by side (processes sharing the cores; Ray for more).
         overrides: extra ``dotted.key=value`` for every training run (e.g. ``run.workers=8``).
         generic_checkpoint: a generic model to start from instead of training one (an emgscale or a
@@ -125,15 +132,16 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     b = get_budget(budget)
     out_dir = Path(out) / name
     cache = Path(cache) if cache else Path(out) / "cache"
-    definitions_dir = Path(definitions_dir) if definitions_dir else REPO / "benchmarks"
-    configs_dir = Path(configs_dir) if configs_dir else REPO / "configs"
+    definitions_dir = Path(definitions_dir) if definitions_dir else shipped_definitions()
+    configs_dir = Path(configs_dir) if configs_dir else shipped_configs()
     if data_root is not None:
         corpus = Corpus(Path(data_root), Path(splits_dir) if splits_dir else Path(data_root) / "splits",
                         Path(bids_metadata) if bids_metadata else None)
     else:
-        corpus = ensure_corpus(cache, b.corpus)
+        corpus = ensure_cached_corpus(cache, b.corpus)
     ctx = BenchContext(cache=cache, budget=b, corpus=corpus, configs_dir=configs_dir,
-                       lm=_lm(cache, lm_texts, b.lm_order) if name not in SELF_RENDERED else None, workers=workers,
+                       lm=_lm(cache, lm_texts, b.lm_order) if name not in SELF_RENDERED else None,
+                       shard_workers=shard_workers,
                        jobs=jobs, overrides=list(overrides), out=out_dir,
                        generic_checkpoint=Path(generic_checkpoint) if generic_checkpoint else None)
     definition = {**load_definition(definitions_dir, name, budget), **(definition_overrides or {})}

@@ -50,7 +50,7 @@ def data_key(data_root: "str | Path", split_file: "str | Path", data_format: str
     sessions, ``<root>/<session>.hdf5``) or ``csv`` (a split of files or globs under the root)."""
     root = Path(data_root)
     if data_format == "csv":
-        from emgscale.data.tables import load_split as load_file_split
+        from emgscale.data.tables import load_file_split
 
         parts = load_file_split(split_file, root).values()
         files = sorted({str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for part in parts for f in part})
@@ -114,8 +114,8 @@ class Corpus:
         return found[:limit] if limit else found
 
 
-def ensure_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> Corpus:
-    """The default synthetic corpus for these flags (generated once)."""
+def ensure_cached_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> Corpus:
+    """The benchmark's synthetic corpus for these flags, generated once into ``cache``."""
     from emgscale.config import from_dict
     from emgscale.synth import SynthConfig, generate_corpus
 
@@ -131,9 +131,9 @@ def ensure_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 0) -> C
     return Corpus(root, root / "splits")
 
 
-def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int = 1,
+def ensure_shards(cache: Path, data_root: Path, split_file: Path, shard_workers: int = 1,
                   bids_metadata: Path | None = None) -> Path:
-    """WebDataset shards of a split (train/val windows), made once."""
+    """WebDataset shards of a split (train/val windows), made once by ``shard_workers`` processes."""
     from emgscale.config import from_dict
     from emgscale.shard import ShardConfig, shard_corpus
 
@@ -142,7 +142,7 @@ def ensure_shards(cache: Path, data_root: Path, split_file: Path, workers: int =
 
     def make(folder: Path) -> dict[str, Any]:
         cfg = from_dict(ShardConfig, {"data_root": str(data_root), "split": str(split_file),
-                                      "out": str(folder / "shards"), "workers": workers,
+                                      "out": str(folder / "shards"), "workers": shard_workers,
                                       "parts": ["train", "val"],
                                       "bids_metadata": str(bids_metadata) if bids_metadata else None})
         shard_corpus(cfg)

@@ -46,7 +46,8 @@ def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[RunFolder]:
     runs = []
     for split_file, arch, extra, init_from in specs:
         meta = ctx.corpus.bids_metadata
-        shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, workers=ctx.workers, bids_metadata=meta)
+        shards = ensure_shards(ctx.cache, ctx.corpus.data_root, split_file, shard_workers=ctx.shard_workers,
+                               bids_metadata=meta)
         overrides = [*ctx.budget.train, *(ctx.budget.finetune if init_from else ()),
                      f"data.split={split_file}", f"data.data_root={ctx.corpus.data_root}", f"data.shards={shards}",
                      *([f"data.bids_metadata={meta}"] if meta else []),

@@ -33,7 +33,7 @@ class InfoReport:
 def _summarise(path: Path, labels: bool, values: bool, bids_metadata: "str | Path | None" = None) -> dict[str, Any]:
     with open_session(path, bids_metadata) as s:
         if values:
-            s.validate()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
+            s.scan_values()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
         row = s.info().to_dict()
         row.update(_scale(s))
         if labels:

@@ -238,7 +238,7 @@ class EMGSession:
             emg, t = self.window(start, min(start + chunk_rows, len(self)))
             yield start, emg, t
 
-    def validate(self, chunk_rows: int = 1 << 18) -> None:
+    def scan_values(self, chunk_rows: int = 1 << 18) -> None:
         """Read the whole file in chunks and apply the one value rule (:mod:`emgscale.data.values`): EMG
         finite and within bounds, time finite and non-decreasing, across chunks too."""
         last: float | None = None

@@ -17,7 +17,7 @@ their own median rate and then decimated with the anti-aliased resampler
 A problem in a file (a short row, a missing column, a non-number, time going backwards, an unknown
 label) is a :class:`~emgscale.data.errors.DataError` naming the file and the line.
 
-A *split* (:func:`load_split`, :func:`make_split`) lists the files of ``train`` / ``val`` / ``test``
+A *split* (:func:`load_file_split`, :func:`make_split`) lists the files of ``train`` / ``val`` / ``test``
 relative to a data root (glob patterns allowed), e.g. for LibEMG leave-one-repetition-out::
 
     train: ["R_[0-2]_C_*_EMG.csv"]
@@ -376,7 +376,7 @@ def read_file(root: "str | Path", path: "str | Path", fmt: CSVFormat) -> Recordi
     return _cached_read(str(path), yaml.safe_dump(asdict(fmt)), user, session)
 
 
-def load_split(path: "str | Path", root: "str | Path") -> dict[str, list[Path]]:
+def load_file_split(path: "str | Path", root: "str | Path") -> dict[str, list[Path]]:
     """The files of each part of a split YAML (``train`` / ``val`` / ``test``: paths or globs under ``root``).
 
     Raises:

@@ -104,7 +104,7 @@ class SessionWindows(torch.utils.data.Dataset):
         spec: the windowing.
         seed: seeds the jitter (per worker and epoch through torch's worker seed).
         skip_bad: leave a bad file out (listed in ``skipped`` with the reason) instead of raising. Bad
-            includes bad values: each file is read once, in chunks (:meth:`EMGSession.validate`,
+            includes bad values: each file is read once, in chunks (:meth:`EMGSession.scan_values`,
             cached per file and process), so NaN/inf EMG or timestamps that go backwards are found
             before training rather than in the middle of it.
         max_rows: per path, use only its first this many rows (None: all).
@@ -169,7 +169,7 @@ _CHECKED: dict[tuple[str, int, int], str | None] = {}
 
 
 def check_values_once(session: EMGSession) -> None:
-    """:meth:`EMGSession.validate` (one streaming pass over the file), once per file and process.
+    """:meth:`EMGSession.scan_values` (one streaming pass over the file), once per file and process.
 
     Raises:
         DataError: NaN/inf EMG or timestamps that go backwards (again on later calls, from the cache).
@@ -178,7 +178,7 @@ def check_values_once(session: EMGSession) -> None:
     key = (str(session.path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _CHECKED:
         try:
-            session.validate()
+            session.scan_values()
             _CHECKED[key] = None
         except DataError as e:
             _CHECKED[key] = e.problem

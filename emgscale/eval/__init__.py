@@ -115,7 +115,7 @@ EVAL_RULES = {"checkpoint": "path", "split": ("test", "val"), "split_file": "fil
               "decoder.max_labels_per_frame": "any"}
 
 
-def validate(cfg: EvalConfig) -> EvalConfig:
+def check_eval_config(cfg: EvalConfig) -> EvalConfig:
     """Check ``cfg`` before any work (ranges, choices, paths that must exist); returns it.
 
     Raises:
@@ -131,10 +131,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate a checkpoint on whole sessions; writes the JSON result (see :class:`EvalConfig`) and returns it.
 
     Raises:
-        ConfigError: a bad setting or a path that does not exist (:func:`validate`).
+        ConfigError: a bad setting or a path that does not exist (:func:`check_eval_config`).
         ValueError: no split file / data root (neither given nor in the checkpoint's config).
     """
-    validate(cfg)
+    check_eval_config(cfg)
     t0 = time.monotonic()
     which = resolve_weights(load_checkpoint(cfg.checkpoint), cfg.weights)
     model, train_cfg = load_model(cfg.checkpoint, which=which, device=cfg.device)
@@ -168,5 +168,5 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return result
 
 
-__all__ = ["EVAL_RULES", "EvalConfig", "default_out", "evaluate", "format_table", "infer_session", "load_model",
-           "score", "session_emissions", "split_emissions", "validate"]
+__all__ = ["EVAL_RULES", "EvalConfig", "check_eval_config", "default_out", "evaluate", "format_table", "infer_session",
+           "load_model", "score", "session_emissions", "split_emissions"]

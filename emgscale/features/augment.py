@@ -248,7 +248,7 @@ def augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig, stage: str) -> tuple
     return x, lengths
 
 
-def validate_augment(cfg: AugmentConfig) -> None:
+def check_augment(cfg: AugmentConfig) -> None:
     """Raise ValueError for a negative or out-of-range augmentation setting."""
     for name in ("band_rotation", "temporal_jitter_samples", "time_masks", "time_mask_frames", "freq_masks",
                  "freq_mask_bins"):

@@ -7,7 +7,7 @@ Examples::
     python -m emgscale.fingers train data/fingers run.threads=2                      # -> runs/fingers
     python -m emgscale.fingers pretrain data/synth                                   # -> runs/fingers-pre
     python -m emgscale.fingers train data/fingers --minutes 1 --init-from runs/fingers-pre/checkpoints/last.pt   # -> runs/fingers-ft-1min
-    python -m emgscale.fingers evaluate runs/fingers/checkpoints/best.pt data/fingers --confusion results/cm.png
+    python -m emgscale.fingers evaluate runs/fingers/checkpoints/best.pt data/fingers --confusion runs/fingers/cm.png
     python -m emgscale.fingers train ../shared/real-emg/libemg-myo-8ch-200hz --split loro.yaml \\
         data.csv.header=no data.csv.time_column=null data.csv.label_column=null 'data.csv.file_label=C_(\\d+)'
 
@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 
 from emgscale.cli import cli
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "fingers"
 
 
 def _split(a: argparse.Namespace) -> int:
@@ -46,24 +44,31 @@ def default_out(a: argparse.Namespace) -> str:
 
 
 def _pretrain(a: argparse.Namespace) -> int:
-    from emgscale.train import launch, load_train_config
+    from emgscale.config import shipped_configs
+    from emgscale.train.config import check_train_config, load_train_config
 
-    files = [a.model or str(CONFIGS / "cnn_gru_causal.yaml"), str(CONFIGS / "pretrain.yaml")]  # CTC head wins
+    configs = shipped_configs() / "fingers"
+    files = [a.model or str(configs / "cnn_gru_causal.yaml"), str(configs / "pretrain.yaml")]  # CTC head wins
     files += [x for x in a.args if x.endswith((".yaml", ".yml"))]
     overrides = [x for x in a.args if not x.endswith((".yaml", ".yml"))]
     split = a.split or str(Path(a.data_root) / "splits" / "generic.yaml")
-    result = launch(load_train_config(files, [f"data.data_root={a.data_root}", f"data.split={split}",
-                                              f"run.out_dir={a.out}", *overrides]), resume=a.resume)
+    cfg = check_train_config(load_train_config(files, [f"data.data_root={a.data_root}", f"data.split={split}",
+                                                       f"run.out_dir={a.out}", *overrides]))  # before torch loads
+    from emgscale.train.launch import launch
+
+    result = launch(cfg, resume=a.resume)
     print(f"[fingers] pre-trained {result.steps} steps ({result.wall_s:.0f} s) on {a.data_root} seen as the armband; "
           f"fine-tune with: python -m emgscale.fingers train DATA --init-from {result.out_dir}/checkpoints/last.pt")
     return 0
 
 
 def _train(a: argparse.Namespace) -> int:
+    from emgscale.config import shipped_configs
     from emgscale.data.tables import make_split, write_split
-    from emgscale.train import launch, load_train_config
+    from emgscale.train.config import check_train_config, load_train_config
 
-    files = [str(CONFIGS / "train.yaml"), a.model or str(CONFIGS / "cnn_gru_causal.yaml")]
+    configs = shipped_configs() / "fingers"
+    files = [str(configs / "train.yaml"), a.model or str(configs / "cnn_gru_causal.yaml")]
     files += [x for x in a.args if x.endswith((".yaml", ".yml"))]
     overrides = [x for x in a.args if not x.endswith((".yaml", ".yml"))]
     a.out = a.out or default_out(a)
@@ -78,7 +83,10 @@ def _train(a: argparse.Namespace) -> int:
         extra += [f"run.init_from={a.init_from}", "run.init_new_head=true"]
     if a.freeze:
         extra.append("run.freeze=[featurizer, frontend, encoder]")
-    result = launch(load_train_config(files, [*extra, *overrides]), resume=a.resume)
+    cfg = check_train_config(load_train_config(files, [*extra, *overrides]))  # a typo: before torch loads
+    from emgscale.train.launch import launch
+
+    result = launch(cfg, resume=a.resume)
     print(f"[fingers] best validation frame error {result.best_val_score:.2%} after {result.steps} steps "
           f"({result.wall_s:.0f} s); best checkpoint {result.best_checkpoint or result.last_checkpoint}")
     return 0

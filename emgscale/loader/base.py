@@ -33,7 +33,7 @@ class DataConfig:
     Attributes:
         format: ``emg2qwerty`` (HDF5 sessions or shards of them) or ``csv`` (a folder of CSV/TSV
             recordings with a label per row, :mod:`emgscale.loader.csv`; ``split`` is then a split of
-            files, :func:`emgscale.data.tables.load_split`).
+            files, :func:`emgscale.data.tables.load_file_split`).
         data_root: folder of HDF5 sessions (read directly when ``shards`` is unset), a BIDS copy of them
             (Meta's ``convert_to_bids.py`` layout, :mod:`emgscale.data.bids`), or a folder of CSV files.
         split: official split YAML.

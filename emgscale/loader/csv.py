@@ -19,7 +19,7 @@ import torch
 
 from emgscale.data.errors import DataError
 from emgscale.data.windows import WindowSpec, collate
-from emgscale.data.tables import Recording, check_class_labels, load_split, read_file
+from emgscale.data.tables import Recording, check_class_labels, load_file_split, read_file
 from emgscale.loader.base import DataConfig, Loader, Selection, minutes_budget, sample_order, window_spec
 
 
@@ -72,7 +72,7 @@ def read_part(cfg: DataConfig, part: str, sel: Selection | None = None) -> list[
         raise ValueError("data.format=csv needs data.data_root (a folder of CSV/TSV files) and data.split "
                          "(a split YAML: python -m emgscale.fingers split ...)")
     root = Path(cfg.data_root)
-    recs = [read_file(root, p, cfg.csv) for p in load_split(cfg.split, root)[part]]
+    recs = [read_file(root, p, cfg.csv) for p in load_file_split(cfg.split, root)[part]]
     recs = [r for r in recs if sel is None or sel.keep(r.user, r.session)]
     for r in recs:
         if r.labels is None:

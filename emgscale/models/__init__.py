@@ -7,29 +7,34 @@ state-space layers). All follow one contract,
 ``forward(x (B, T, C), lengths (B,)) -> (y (B, T', D), out_lengths (B,))``, with padding never changing
 a sequence's output. Build a model with ``build_model(ModelConfig(...))``.
 
+Names load lazily: ``ModelConfig`` and the encoder settings (:mod:`emgscale.models.config`) come without
+torch, so a config is checked before torch is imported.
+
 Meta's released reference checkpoints (Lightning ``TDSConvCTCModule``) load with
 ``import_reference(path)``; ``export_reference(model)`` goes back (:mod:`emgscale.models.reference`).
 braindecode's ``EMG2QwertyNet`` state dicts load with ``import_braindecode(path, kwargs)``;
 ``export_braindecode(model)`` goes back (:mod:`emgscale.models.braindecode`).
 """
 
-from emgscale.models.braindecode import export_braindecode, import_braindecode, read_braindecode
-from emgscale.models.common import Encoder, Span
-from emgscale.models.config import ModelConfig
-from emgscale.models.conformer import ConformerConfig
-from emgscale.models.ctc import ENCODERS, CTCModel, build_model, count_parameters, forward_batch, register_encoder
-from emgscale.models.frontend import FrontendConfig
-from emgscale.models.rnn import CNNRNNConfig, RNNConfig
-from emgscale.models.reference import (ReferenceCheckpoint, export_reference, import_reference,
-                                      is_reference_checkpoint, read_reference, reference_as_checkpoint)
-from emgscale.models.s4d import S4DConfig
-from emgscale.models.tds import TDSConfig
-from emgscale.models.transformer import TransformerConfig
+from __future__ import annotations
 
-__all__ = [
-    "CNNRNNConfig", "CTCModel", "ConformerConfig", "ENCODERS", "Encoder", "FrontendConfig", "ModelConfig",
-    "RNNConfig", "ReferenceCheckpoint", "S4DConfig", "Span", "TDSConfig", "TransformerConfig", "build_model",
-    "count_parameters", "export_braindecode", "export_reference", "forward_batch", "import_braindecode",
-    "import_reference", "is_reference_checkpoint", "read_braindecode", "read_reference", "reference_as_checkpoint",
-    "register_encoder",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Encoder": "common", "Span": "common", "ModelConfig": "config", "ConformerConfig": "config",
+    "FrontendConfig": "config", "CNNRNNConfig": "config", "RNNConfig": "config", "S4DConfig": "config",
+    "TDSConfig": "config", "TransformerConfig": "config", "BUILTIN_ARCHS": "config", "ENCODERS": "ctc",
+    "CTCModel": "ctc", "build_model": "ctc", "count_parameters": "ctc", "forward_batch": "ctc",
+    "register_encoder": "ctc", "ReferenceCheckpoint": "reference", "export_reference": "reference",
+    "import_reference": "reference", "is_reference_checkpoint": "reference", "read_reference": "reference",
+    "reference_as_checkpoint": "reference", "export_braindecode": "braindecode",
+    "import_braindecode": "braindecode", "read_braindecode": "braindecode",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"emgscale.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'emgscale.models' has no attribute {name!r}")

@@ -9,27 +9,14 @@ With ``causal`` and local or chunked attention the encoder streams: its blocks r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
 from emgscale.models.attention import ConvSubsampling, FeedForward, SelfAttention, layers_span
 from emgscale.models.common import Encoder, MaskedConv1d, Span, drop, zero_padding
+from emgscale.models.config import ConformerConfig
 from emgscale.models.streaming import LengthsOrState
-from emgscale.models.transformer import TransformerConfig
 
 
-@dataclass
-class ConformerConfig(TransformerConfig):
-    """Conformer settings: the :class:`TransformerConfig` fields plus the convolution module.
-
-    Attributes:
-        conv_kernel: depthwise conv kernel of the convolution module, in subsampled frames.
-    """
-
-    d_model: int = 192
-    ffn_dim: int = 768
-    conv_kernel: int = 15
 
 
 class ConvModule(nn.Module):

@@ -11,33 +11,12 @@ first layer runs as one matmul against the stacked rolled weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgscale.models.common import drop
-
-
-@dataclass
-class FrontendConfig:
-    """Front-end settings.
-
-    Attributes:
-        kind: ``"rotation_mlp"`` (reference) or ``"flatten"``.
-        mlp_features: hidden sizes of the per-band MLP (each layer Linear + ReLU); the output is
-            ``2 * mlp_features[-1]`` features (768 for the reference's ``[384]``).
-        offsets: electrode roll offsets pooled over (reference ``[-1, 0, 1]``).
-        pooling: ``"mean"`` (reference) or ``"max"`` over the offsets.
-        dropout: dropout on the front-end output.
-    """
-
-    kind: str = "rotation_mlp"
-    mlp_features: list[int] = field(default_factory=lambda: [384])
-    offsets: list[int] = field(default_factory=lambda: [-1, 0, 1])
-    pooling: str = "mean"
-    dropout: float = 0.0
+from emgscale.models.config import FrontendConfig
 
 
 class RotationInvariantMLP(nn.Module):

@@ -11,58 +11,12 @@ outputs) before the RNN; this family gives the best published single-user emg2qw
 from __future__ import annotations
 
 from contextlib import nullcontext as _nullcontext
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor, nn
 
 from emgscale.models.common import Encoder, MaskedConv1d, Span, autocast_enabled, drop, zero_padding
+from emgscale.models.config import CNNRNNConfig, RNNConfig
 from emgscale.models.streaming import LengthsOrState, NotStreamable, StreamState
-
-
-@dataclass
-class RNNConfig:
-    """LSTM / GRU encoder settings (``arch: lstm`` or ``arch: gru``).
-
-    Attributes:
-        hidden_size: units per direction.
-        num_layers: stacked layers.
-        bidirectional: also run backwards (not causal).
-        dropout: between layers and on the output.
-    """
-
-    hidden_size: int = 384
-    num_layers: int = 3
-    bidirectional: bool = False
-    dropout: float = 0.1
-
-
-@dataclass
-class CNNRNNConfig:
-    """CNN + RNN hybrid settings (``arch: cnn_rnn``).
-
-    Attributes:
-        conv_channels: output channels of each conv layer (Conv1d, LayerNorm, GELU, dropout).
-        kernel_size: temporal kernel of every conv layer, in frames.
-        strides: temporal stride of each conv layer (same length as ``conv_channels``); their product
-            is the subsampling (2 -> 62.5 Hz outputs at 125 Hz features).
-        causal: causal convs (left padding); requires ``bidirectional: false``.
-        rnn_type: ``"gru"`` or ``"lstm"``.
-        hidden_size: RNN units per direction.
-        num_layers: RNN layers.
-        bidirectional: bidirectional RNN.
-        dropout: after each conv layer, between RNN layers and on the output.
-    """
-
-    conv_channels: list[int] = field(default_factory=lambda: [256, 256])
-    kernel_size: int = 5
-    strides: list[int] = field(default_factory=lambda: [2, 1])
-    causal: bool = False
-    rnn_type: str = "gru"
-    hidden_size: int = 256
-    num_layers: int = 2
-    bidirectional: bool = True
-    dropout: float = 0.1
 
 
 class StackedRNN(nn.Module):

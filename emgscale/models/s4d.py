@@ -29,44 +29,17 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgscale.models.common import Encoder, MaskedConv1d, Span, autocast_enabled, drop, zero_padding
+from emgscale.models.config import S4DConfig
 from emgscale.models.streaming import LengthsOrState, StreamState
 
 #: the kernel is built in pieces of this many frames (bounds memory for whole-session inference)
 KERNEL_CHUNK_FRAMES = 1024
-
-
-@dataclass
-class S4DConfig:
-    """S4D encoder settings (``arch: s4d``).
-
-    Attributes:
-        d_model: channels of the front end and of every S4D layer (H).
-        d_state: real state size per channel (N, even): ``N / 2`` complex modes and their conjugates.
-        num_layers: S4D blocks.
-        kernel_size: temporal kernel of the causal front-end conv, in feature frames (>= ``stride``).
-        stride: front-end subsampling (125 Hz features: 5 -> 25 Hz outputs, 4 -> 31.25 Hz).
-        dt_min, dt_max: range of the log-uniform initial step ``dt`` (in output frames; the paper's
-            0.001 .. 0.1).
-        prenorm: LayerNorm before each block (and one at the end) instead of after each residual.
-        dropout: after the front end and twice in each block (the paper's placement).
-    """
-
-    d_model: int = 256
-    d_state: int = 64
-    num_layers: int = 6
-    kernel_size: int = 10
-    stride: int = 5
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    prenorm: bool = False
-    dropout: float = 0.1
 
 
 def causal_convolution(u: Tensor, k: Tensor) -> Tensor:

@@ -29,33 +29,11 @@ initial state and are junk (``stream_skip_frames``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor, nn
 
 from emgscale.models.common import Encoder, Span, drop, zero_padding
+from emgscale.models.config import FEATURE_ORDERS, TDSConfig
 from emgscale.models.streaming import LengthsOrState, StreamState, history_state
-
-
-@dataclass
-class TDSConfig:
-    """TDS-Conv encoder settings.
-
-    Attributes:
-        block_channels: conv channels of each block (each must divide the input features); one
-            (conv block, fully connected block) pair per entry.
-        kernel_width: temporal kernel of the conv blocks, in frames.
-        dropout: dropout on the output of each fully connected block (0 = the reference).
-        feature_order: ``"channel_major"`` (the reference's function) or ``"width_major"`` (emgscale's
-            encoder before it matched the reference; for checkpoints trained with it).
-    """
-
-    block_channels: list[int] = field(default_factory=lambda: [24, 24, 24, 24])
-    kernel_width: int = 32
-    dropout: float = 0.0
-    feature_order: str = "channel_major"
-
-FEATURE_ORDERS = ("channel_major", "width_major")
 
 
 def to_width_major(x: Tensor, channels: int) -> Tensor:

@@ -6,53 +6,12 @@ With ``causal`` and local or chunked attention it streams: its blocks run unchan
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import Tensor, nn
 
 from emgscale.models.attention import AttentionMask, ConvSubsampling, FeedForward, SelfAttention, layers_span
 from emgscale.models.common import Encoder, drop, zero_padding
+from emgscale.models.config import TransformerConfig
 from emgscale.models.streaming import LengthsOrState
-
-
-@dataclass
-class TransformerConfig:
-    """Transformer encoder settings (attention settings shared with the Conformer).
-
-    Attributes:
-        d_model: model width.
-        num_layers: blocks.
-        num_heads: attention heads (``d_model / num_heads`` must be even).
-        ffn_dim: feed-forward hidden size.
-        dropout: on attention weights, FFN activations and block outputs.
-        subsampling_strides: one masked strided Conv1d per entry before the blocks (product = the
-            subsampling; ``[2]`` -> 62.5 Hz at 125 Hz features); empty = a Linear projection.
-        subsampling_kernel: kernel of the subsampling convs, in frames.
-        attention: ``"local"``, ``"chunk"`` or ``"full"`` (see :mod:`emgscale.models.attention`).
-        left_frames, right_frames: ``local`` window, in subsampled frames.
-        chunk_frames, left_chunks: ``chunk`` geometry, in subsampled frames.
-        causal: causal subsampling convs and attention (no future frames).
-        rope_base: rotary position base.
-    """
-
-    d_model: int = 256
-    num_layers: int = 6
-    num_heads: int = 4
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    subsampling_strides: list[int] = field(default_factory=lambda: [2])
-    subsampling_kernel: int = 3
-    attention: str = "local"
-    left_frames: int = 64
-    right_frames: int = 64
-    chunk_frames: int = 32
-    left_chunks: int = 2
-    causal: bool = False
-    rope_base: float = 10000.0
-
-    def attention_mask(self) -> AttentionMask:
-        return AttentionMask(self.attention, self.left_frames, self.right_frames, self.chunk_frames,
-                             self.left_chunks, self.causal)
 
 
 class TransformerBlock(nn.Module):

@@ -52,12 +52,12 @@ def shard_corpus(cfg: ShardConfig) -> Manifest:
     """
     if not cfg.data_root or not cfg.out:
         raise ValueError("data_root and out are required")
-    validate_shard_config(cfg)
+    check_shard_config(cfg)
     with DirLock(cfg.out, "shard writer"):  # one writer per output folder
         return _shard_corpus(cfg)
 
 
-def validate_shard_config(cfg: ShardConfig) -> None:
+def check_shard_config(cfg: ShardConfig) -> None:
     """Check the settings before any work: ranges, choices, the data root and split files.
 
     Raises:

@@ -24,9 +24,16 @@ weighted mean), :mod:`~emgscale.swad.averager` (what the loop drives), :mod:`~em
 
 from __future__ import annotations
 
-from emgscale.swad.averager import WeightAverager, recompute_norm_stats
-from emgscale.swad.rule import SWADConfig, Valley, loss_valley
-from emgscale.swad.store import read_index, weighted_mean
+import importlib
+from typing import Any
 
-__all__ = ["SWADConfig", "Valley", "WeightAverager", "loss_valley", "read_index", "recompute_norm_stats",
-           "weighted_mean"]
+#: Names load lazily: ``SWADConfig`` (:mod:`emgscale.swad.rule`) comes without torch.
+_EXPORTS = {"SWADConfig": "rule", "Valley": "rule", "loss_valley": "rule", "WeightAverager": "averager",
+            "recompute_norm_stats": "averager", "read_index": "store", "weighted_mean": "store"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"emgscale.swad.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'emgscale.swad' has no attribute {name!r}")

@@ -1,8 +1,11 @@
 """The averager the training loop drives: one open float64 running sum in memory, segment means on disk.
 
 Between two validations the iterations form a *segment*. Rank 0 sums the weights of every step of the
-open segment in float64; at the validation it writes the segment's mean once (float32, or bf16 with
-``swad.segment_dtype``) and adds an entry to the index. The loss-valley rule
+open segment in float64; at the validation it turns the sum into the segment's mean in place and writes
+it once, one tensor at a time (float32, or bf16 with ``swad.segment_dtype``), and adds an entry to the
+index. Memory: the float64 sum, plus one converted tensor while a segment is written; the average at the
+end is built one tensor at a time (:func:`~emgscale.swad.store.weighted_mean`) into a copy of the model,
+after the sum is freed, so SWAD's peak is one float64 copy of the model plus one tensor. The loss-valley rule
 (:func:`~emgscale.swad.rule.loss_valley`) is re-evaluated on the index after each validation; a segment
 it has excluded for good loses its file (unless ``swad.keep_segments``). The average is built only when
 asked (:meth:`WeightAverager.averaged_params`, :meth:`WeightAverager.finalize`).
@@ -146,9 +149,11 @@ class WeightAverager:
         k, meta = len(self.segments), dict(self._open)
         entry = {"index": k, **meta, "val_loss": val_loss, "file": None}
         if self.is_main and self._sum is not None:
-            dtype = _DTYPES[self.cfg.segment_dtype]
-            mean = {name: (s / meta["count"]).to("cpu", dtype) for name, s in self._sum.items()}
-            self.store.save(segment_name(k), {**meta, "val_loss": val_loss, "params": mean})
+            with torch.no_grad():
+                for s in self._sum.values():  # the sum becomes the mean in place (the next segment's
+                    s.div_(meta["count"])      # first step overwrites it): no second copy of the model
+            self.store.save_segment(segment_name(k), {**meta, "val_loss": val_loss}, self._sum,
+                                    _DTYPES[self.cfg.segment_dtype])  # one converted tensor at a time
             entry["file"] = segment_name(k)
         self.segments.append(entry)
         self._open = {"start_step": -1, "end_step": -1, "count": 0}
@@ -241,8 +246,8 @@ class WeightAverager:
         self._prune()
         self._sum = None
         avg = self.build_average(model, loader_fn, device)
-        if avg is not None:
-            self._final = {k: v.detach().cpu().clone() for k, v in avg.state_dict().items()}
+        if avg is not None:  # avg is this call's own copy: its CPU tensors are kept, not cloned again
+            self._final = {k: v.detach().cpu() for k, v in avg.state_dict().items()}
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The averaged model's full state dict after :meth:`finalize`, else None."""

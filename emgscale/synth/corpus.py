@@ -76,7 +76,7 @@ class SynthConfig:
     min_train_sessions_per_user: int = 2
     contact_artifact_prob: float = 0.03
 
-    def validate(self) -> None:
+    def check(self) -> None:
         """Raise ``ValueError`` naming the first field out of range."""
         checks = [
             ("users", self.users >= 1), ("sessions_per_user", self.sessions_per_user >= 1),
@@ -169,7 +169,7 @@ def plan_corpus(cfg: SynthConfig) -> list[SessionPlan]:
         ValueError: bad config, or a layout with duplicate session names.
         DataError: the layout file is missing or malformed.
     """
-    cfg.validate()
+    cfg.check()
     rng = np.random.default_rng([TAG_PLAN, cfg.seed])
     if cfg.layout:
         rows = read_metadata(cfg.layout)

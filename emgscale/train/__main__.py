@@ -22,7 +22,6 @@ from emgscale.common import print0
 from emgscale.config import to_dict
 from emgscale.run_folder import RunFolder
 from emgscale.train.config import load_train_config, resumed_config
-from emgscale.train.launch import launch
 
 
 @cli("python -m emgscale.train")
@@ -53,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    from emgscale.train.config import check_train_config
+
+    check_train_config(cfg)  # before torch is imported: a bad value comes back in a fraction of a second
+    from emgscale.train.launch import launch
+
     result = launch(cfg, resume=ns.resume)
     metric = result.best_val_metric.removeprefix("val_").upper()
     print0(f"[train] done: {result.steps} steps on {result.world_size} worker(s), best val {metric} "

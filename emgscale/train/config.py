@@ -1,7 +1,7 @@
 """The training config (typed dataclasses with defaults in code) and what a run returns.
 
 ``TrainConfig`` nests ``data`` (:class:`~emgscale.loader.DataConfig`), ``model``
-(:class:`~emgscale.models.ModelConfig`), ``loss`` (:class:`~emgscale.train.objective.LossConfig`),
+(:class:`~emgscale.models.ModelConfig`), ``loss`` (:class:`LossConfig`),
 ``optim``, ``run`` and ``swad``; YAML files and
 ``dotted.key=value`` override the defaults (:func:`load_train_config`), unknown keys and wrong types
 are errors that name the key.
@@ -17,10 +17,36 @@ from typing import TYPE_CHECKING, Any
 
 from emgscale.config import ConfigError, Rule, build_config, check_stored_values, check_values, from_dict
 from emgscale.data.charset import charset
-from emgscale.loader import DataConfig
-from emgscale.models import ENCODERS, ModelConfig
-from emgscale.swad import SWADConfig
-from emgscale.train.objective import OBJECTIVES, LossConfig
+from emgscale.loader.base import DataConfig
+from emgscale.models.config import BUILTIN_ARCHS, ModelConfig
+from emgscale.swad.rule import SWADConfig
+
+#: The built-in ``loss.kind`` names (:data:`emgscale.train.objective.OBJECTIVES` holds these and any
+#: registered there).
+BUILTIN_OBJECTIVES = ("ctc", "frame_ce")
+
+
+@dataclass
+class LossConfig:
+    """The training objective (the ``loss`` section of the training config).
+
+    Attributes:
+        kind: a key of :data:`emgscale.train.objective.OBJECTIVES` (``ctc``; ``frame_ce``: a label per output frame,
+            :mod:`emgscale.train.frames`).
+        aux: auxiliary loss added to CTC: ``"none"`` (the reference) or ``"keys"`` (keystroke-time
+            cross-entropy, see the module docstring; needs ``label_time_s`` in the samples).
+        aux_weight: weight of the auxiliary loss at step 0.
+        aux_decay_steps: the weight falls linearly to 0 at this step (0: constant weight).
+        aux_offset_ms: the target window is centred this long before each press (EMG leads it).
+        aux_width_ms: width of the target window around that centre.
+    """
+
+    kind: str = "ctc"
+    aux: str = "none"
+    aux_weight: float = 1.0
+    aux_decay_steps: int = 0
+    aux_offset_ms: float = 100.0
+    aux_width_ms: float = 80.0
 
 if TYPE_CHECKING:
     from emgscale.models.checkpoint import Checkpoint
@@ -230,7 +256,7 @@ def _channels_problem(value: list[int]) -> str | None:
     return None if value and all(0 <= c < 16 for c in value) else "must be electrode numbers 0-15 (at least one)"
 
 
-#: The ranges, choices and paths of :class:`TrainConfig` (:func:`validate`); every other number must be
+#: The ranges, choices and paths of :class:`TrainConfig` (:func:`check_train_config`); every other number must be
 #: finite and >= 0 (``emgscale.config.check_values``).
 TRAIN_RULES: dict[str, Rule] = {
     "data.data_root": "dir", "data.split": "file", "data.bids_metadata": "file", "data.shards": _shards_problem, "data.shards_manifest": "file",
@@ -265,14 +291,28 @@ def _ray_job_hint(problem: str) -> str:
             "data.data_root=$PWD/data/synth on the submitting machine)")
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
+def _known(key: str, name: str) -> tuple[str, ...]:
+    """The names ``key`` accepts: the built-in ones, and the registries (which import torch) only when
+    ``name`` is not built in, so a config naming a built-in encoder and objective is checked without torch."""
+    builtin = BUILTIN_ARCHS if key == "model.arch" else BUILTIN_OBJECTIVES
+    if name in builtin:
+        return builtin
+    if key == "model.arch":
+        from emgscale.models.ctc import ENCODERS as registry
+    else:
+        from emgscale.train.objective import OBJECTIVES as registry
+    return tuple(sorted(registry))
+
+
+def check_train_config(cfg: TrainConfig) -> TrainConfig:
     """Check ``cfg`` before any work: ranges of every number, choices, paths that must exist, and the
     settings that only make sense together; returns ``cfg``.
 
     Raises:
         ConfigError: ``<key>=<value>: <problem>``, naming the first bad field.
     """
-    rules = {**TRAIN_RULES, "model.arch": tuple(sorted(ENCODERS)), "loss.kind": tuple(sorted(OBJECTIVES))}
+    rules = {**TRAIN_RULES, "model.arch": _known("model.arch", cfg.model.arch),
+             "loss.kind": _known("loss.kind", cfg.loss.kind)}
     d = cfg.data
     if d.shards:  # training reads the shards only (data_root / split may name where they came from)
         rules.update({"data.data_root": "any", "data.split": "any", "data.bids_metadata": "any"})

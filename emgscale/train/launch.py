@@ -44,7 +44,7 @@ from emgscale.common import atomic_write_json, print0
 from emgscale.config import ConfigError, from_dict, to_dict
 from emgscale.models.checkpoint import load_checkpoint
 from emgscale.run_folder import BEST, LAST, RunFolder, checkpoint_file
-from emgscale.train.config import TrainConfig, TrainResult, validate
+from emgscale.train.config import TrainConfig, TrainResult, check_train_config
 from emgscale.train.scale import resolve_input_gain
 from emgscale.train.loop import Report, train
 
@@ -74,12 +74,12 @@ def launch(cfg: TrainConfig, resume: bool | str = False, report: Report | None =
         The run's :class:`TrainResult` (``world_size`` says how many workers it trained on).
 
     Raises:
-        ConfigError: a bad config value (:func:`~emgscale.train.config.validate`), a folder holding
+        ConfigError: a bad config value (:func:`~emgscale.train.config.check_train_config`), a folder holding
             another run (:func:`prepare_run_folder`), a batch the workers cannot split, or a ``report``
             callback for a run that goes to Ray Train.
         KeyboardInterrupt: Ctrl-C or SIGTERM (the run folder keeps what was logged; see :func:`_interrupts`).
     """
-    validate(cfg)
+    check_train_config(cfg)
     if wants_ray(cfg) and report is not None:
         raise ConfigError("a run with its own report callback is one process (a Tune trial): set resources, "
                           "not run.workers / run.use_gpu")

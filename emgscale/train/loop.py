@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         FloatingPointError: more than ``run.max_nonfinite_steps`` steps had a non-finite loss.
     """
     t_start = time.monotonic()
-    cfg.data.check(cfg.model.augment)  # before any work (launch's validate calls it too)
+    cfg.data.check(cfg.model.augment)  # before any work (launch's check_train_config calls it too)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     world, rnk = world_size(), rank()

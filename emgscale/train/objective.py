@@ -13,7 +13,6 @@ It works for any encoder and frame rate (the model's ``samples_per_frame``) and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
 from typing import Any, Callable, Iterable, Protocol
 
@@ -21,31 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from emgscale.data.windows import Batch
+from emgscale.train.config import LossConfig
 from emgscale.train.frames import FrameCEObjective
 from emgscale.train.validation import ctc_loss, validate
 
 
-@dataclass
-class LossConfig:
-    """The training objective (the ``loss`` section of the training config).
-
-    Attributes:
-        kind: a key of :data:`OBJECTIVES` (``ctc``; ``frame_ce``: a label per output frame,
-            :mod:`emgscale.train.frames`).
-        aux: auxiliary loss added to CTC: ``"none"`` (the reference) or ``"keys"`` (keystroke-time
-            cross-entropy, see the module docstring; needs ``label_time_s`` in the samples).
-        aux_weight: weight of the auxiliary loss at step 0.
-        aux_decay_steps: the weight falls linearly to 0 at this step (0: constant weight).
-        aux_offset_ms: the target window is centred this long before each press (EMG leads it).
-        aux_width_ms: width of the target window around that centre.
-    """
-
-    kind: str = "ctc"
-    aux: str = "none"
-    aux_weight: float = 1.0
-    aux_decay_steps: int = 0
-    aux_offset_ms: float = 100.0
-    aux_width_ms: float = 80.0
 
 
 class Objective(Protocol):

@@ -40,7 +40,6 @@ from typing import Any
 
 from emgscale.common import atomic_write_json, atomic_write_text
 from emgscale.config import ConfigError, build_config, deep_merge, from_dict, save_config, to_dict
-from emgscale.train.launch import wants_ray
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
@@ -268,8 +267,7 @@ def run_search(search: SearchConfig) -> TuneResult:
     Raises:
         ConfigError: a bad search (unknown field, bad range, cpu <= 0, unknown scheduler...).
     """
-    from emgscale.train import TrainConfig
-    from emgscale.train.launch import connect, import_ray, ray_env
+    from emgscale.train.config import TrainConfig
 
     if search.mode not in ("min", "max"):
         raise ConfigError(f"mode must be min | max, got {search.mode!r}")
@@ -279,7 +277,9 @@ def run_search(search: SearchConfig) -> TuneResult:
         raise ConfigError(f"scheduler.type must be asha | fifo, got {search.scheduler.type!r}")
     if search.num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {search.num_samples}")
-    base_cfg = build_config(TrainConfig, search.base.files, search.base.overrides)
+    base_cfg = build_config(TrainConfig, search.base.files, search.base.overrides)  # typos: before torch loads
+    from emgscale.train.launch import connect, import_ray, ray_env, wants_ray
+
     if wants_ray(base_cfg) and not base_cfg.run.ray_address:
         raise ConfigError("each trial is one process: set resources.cpu/gpu, not run.workers / run.use_gpu, "
                           "for a search")

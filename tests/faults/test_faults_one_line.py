@@ -18,7 +18,7 @@ def causal_checkpoint(tmp_path, tiny_corpus):
     from emgscale.models import build_model
     from emgscale.train import load_train_config
 
-    cfg = load_train_config([str(REPO / "configs" / "models" / "cnn_gru_causal_tiny.yaml")],
+    cfg = load_train_config([str(REPO / "emgscale" / "configs" / "models" / "cnn_gru_causal_tiny.yaml")],
                             [f"data.data_root={tiny_corpus.root}", f"data.split={tiny_corpus.split_path}"])
     return save_checkpoint(tmp_path / "model.pt", Checkpoint(model=build_model(cfg.model).state_dict(),
                                                              config=to_dict(cfg)))
