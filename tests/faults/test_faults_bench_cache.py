@@ -9,7 +9,7 @@ import shutil
 import torch
 
 from emgscale.bench.steps import DONE, ensure_trained, run_folder
-from emgscale.checkpoint import Checkpoint, save_checkpoint
+from emgscale.models.checkpoint import Checkpoint, save_checkpoint
 from emgscale.data.splits import load_split, save_split
 
 

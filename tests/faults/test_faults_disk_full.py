@@ -27,7 +27,7 @@ def _as_cli(fn):
 
 def test_checkpoint_write_on_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, capsys):
     """A full disk while writing last.pt: exit 2, one line naming it; the old last.pt intact, no temp file left."""
-    from emgscale.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, Checkpoint(model={"w": torch.ones(3)}, config={}, step=1))

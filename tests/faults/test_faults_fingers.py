@@ -20,7 +20,7 @@ def _set_label(csv: Path, row: int, label: str) -> None:
 @pytest.fixture(scope="module")
 def finger_run(tmp_path_factory):
     """A 1-user synthetic finger corpus and an untrained checkpoint of the default finger model for it."""
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
     from emgscale.fingers.__main__ import CONFIGS
     from emgscale.models import build_model

@@ -13,7 +13,7 @@ from emgscale.cli import cli
 @pytest.fixture
 def causal_checkpoint(tmp_path, tiny_corpus):
     """An untrained causal (streamable) checkpoint whose config points at the tiny corpus."""
-    from emgscale.checkpoint import Checkpoint, save_checkpoint
+    from emgscale.models.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
     from emgscale.models import build_model
     from emgscale.train import load_train_config

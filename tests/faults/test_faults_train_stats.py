@@ -8,7 +8,8 @@ import torch
 from _faults_helpers import train_overrides
 
 import emgscale.train.loop as loop
-from emgscale.checkpoint import LAST, load_checkpoint
+from emgscale.models.checkpoint import load_checkpoint
+from emgscale.run_folder import RunFolder
 from emgscale.train import launch, load_train_config
 
 
@@ -35,7 +36,7 @@ def test_poisoned_batch_restores_statistics_and_names_its_sessions(tiny_corpus, 
     text = capsys.readouterr().out
     lines = [line for line in text.splitlines() if "BatchNorm running statistics" in line]
     assert len(lines) == 1 and "skipped" in lines[0] and any(u in lines[0] for u in tiny_corpus.users), text
-    ck = load_checkpoint(out / "checkpoints" / LAST)
+    ck = load_checkpoint(RunFolder(out).last)
     assert all(bool(torch.isfinite(v).all()) for v in ck.model.values() if v.is_floating_point())
     launch(load_train_config([], train_overrides(out, *data, "run.max_epochs=2")), resume=True)
 

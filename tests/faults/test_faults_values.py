@@ -131,7 +131,8 @@ def test_training_skips_a_session_of_huge_emg_and_checkpoints_stay_finite(tiny_c
     """Training with data.skip_bad names the 3e38-EMG session and writes a loadable, finite last.pt."""
     import torch
 
-    from emgscale.checkpoint import LAST, load_checkpoint
+    from emgscale.models.checkpoint import load_checkpoint
+    from emgscale.run_folder import RunFolder
     from emgscale.train import launch, load_train_config
 
     path = tiny_corpus.path(tiny_corpus.split["train"][0].session)
@@ -144,5 +145,5 @@ def test_training_skips_a_session_of_huge_emg_and_checkpoints_stay_finite(tiny_c
     launch(cfg)
     out = capsys.readouterr().out
     assert any(str(path) in line and "exceeds" in line for line in out.splitlines()), out
-    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / LAST)
+    ck = load_checkpoint(RunFolder(tmp_path / "run").last)
     assert all(bool(torch.isfinite(v).all()) for v in ck.model.values() if v.is_floating_point())
