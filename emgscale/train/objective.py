@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from emgscale.data.windows import Batch
-from emgscale.train.config import LossConfig
+from emgscale.train.loss_config import LossConfig
 from emgscale.train.frames import FrameCEObjective
 from emgscale.train.validation import ctc_loss, validate
 
