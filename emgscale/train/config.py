@@ -188,7 +188,8 @@ A checkpoint folder or a run folder stands for its ``last.pt`` (:func:`emgscale.
     kept = sorted(k for k in flat_cfg if flat_cfg[k] != flat_given.get(k) and k not in asked)
     note = f"config from {source}" + (f" with {' '.join(overrides)}" if overrides else "")
     if kept:
-        note += (f"; values taken from it (over the command line's config files; dotted.key=value changes them):" + "".join(f"\n  {k} = {_short(flat_cfg[k])}" for k in kept[:_SHOWN])
+        note += ("; values taken from it (over the command line's config files; dotted.key=value changes them):"
+                 + "".join(f"\n  {k} = {_short(flat_cfg[k])}" for k in kept[:_SHOWN])
                  + (f"\n  ... and {len(kept) - _SHOWN} more (--print-config shows all)" if len(kept) > _SHOWN else ""))
     return cfg, note
 
