@@ -22,7 +22,7 @@ def finger_run(tmp_path_factory):
     """A 1-user synthetic finger corpus and an untrained checkpoint of the default finger model for it."""
     from emgscale.models.checkpoint import Checkpoint, save_checkpoint
     from emgscale.config import to_dict
-    from emgscale.fingers.__main__ import CONFIGS
+    from emgscale.config import shipped_configs
     from emgscale.models import build_model
     from emgscale.synth.fingers import FingerSynthConfig, generate_fingers
     from emgscale.train import load_train_config
@@ -30,7 +30,8 @@ def finger_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("fingers")
     data = base / "data"
     generate_fingers(FingerSynthConfig(out=str(data), users=1, sessions_per_user=3, minutes=0.3))
-    cfg = load_train_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "cnn_gru_causal.yaml")],
+    configs = shipped_configs() / "fingers"
+    cfg = load_train_config([str(configs / "train.yaml"), str(configs / "cnn_gru_causal.yaml")],
                             [f"data.data_root={data}", f"data.split={data / 'split.yaml'}"])
     ck = save_checkpoint(base / "model.pt", Checkpoint(model=build_model(cfg.model).state_dict(), config=to_dict(cfg)))
     return data, ck
