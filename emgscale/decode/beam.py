@@ -100,13 +100,14 @@ class NativeBeamDecoder(DecoderBase):
             best (nats; <= 0: off).
         max_labels: per frame, expand at most this many labels (<= 0: all).
         num_threads: threads for ``decode_batch`` (one utterance per thread).
-        gc_min_nodes: the search's tries are compacted when they outgrow max(this, 2 x live nodes);
+        gc_min_nodes: the search's tries are compacted when they outgrow max(this, 2 x live nodes),
+            and its LM-step cache keeps at most this many entries (the newest half when it is full);
             only tests need to change it.
     """
 
     def __init__(self, lm_path: str | None = None, beam_size: int = 50, lm_weight: float = 2.0,
                  insertion_bonus: float = 2.0, beam_threshold: float = 25.0, label_threshold: float = 0.0,
-                 max_labels: int = 0, num_threads: int = 1, gc_min_nodes: int = 1 << 16) -> None:
+                 max_labels: int = 0, num_threads: int = 1, gc_min_nodes: int = 1 << 12) -> None:
         cs = charset()
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")

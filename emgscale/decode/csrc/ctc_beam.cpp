@@ -217,7 +217,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     double, double, int64_t>(),
            py::arg("lm_path"), py::arg("label_tokens"), py::arg("actions"), py::arg("blank"), py::arg("beam_size"),
            py::arg("beam_threshold"), py::arg("label_threshold"), py::arg("max_labels"), py::arg("lm_weight"),
-           py::arg("insertion_bonus"), py::arg("gc_min_nodes") = 1 << 16)
+           py::arg("insertion_bonus"), py::arg("gc_min_nodes") = 1 << 12)
       .def_property_readonly("num_classes", &BeamDecoder::num_classes)
       .def_property_readonly("lm_order", &BeamDecoder::lm_order)
       .def_property_readonly("actions", &BeamDecoder::actions)
