@@ -239,6 +239,24 @@ def test_beam_batch_threads_and_padding(lm_path):
     assert dec2.decode_batch(torch.from_numpy(batch), torch.tensor(lengths)) == want
 
 
+@pytest.mark.parametrize("kind", ["beam", "greedy"])
+def test_decode_many_equals_decoding_each_session_alone(lm_path, kind):
+    """decode_many (sessions of different lengths, numpy or torch, 1 or 3 threads) equals decode of each."""
+    rng = np.random.default_rng(4)
+    sessions = [simulate_emissions(L(s), rng) for s in ["the cat sat", "", "a dog", "hot food on the mat"]]
+    sessions[1] = sessions[1][:0]  # an empty session
+    kw = dict(lm_path=lm_path, beam_size=10) if kind == "beam" else {}
+    dec = _decoder(kind, **kw)
+    want = [dec.decode(x) for x in sessions]
+    assert dec.decode_many(sessions) == want
+    assert dec.decode_many([torch.from_numpy(x) for x in sessions]) == want
+    assert dec.decode_many([]) == []
+    if kind == "beam":
+        assert dec.decode_many(sessions, num_threads=3) == want
+        with pytest.raises(ValueError, match="shape"):
+            dec.decode_many([sessions[0][:, :5]])
+
+
 def test_beam_with_lm_beats_greedy_on_simulated_typing(lm_path):
     """On noisy simulated emissions of in-domain text, beam + LM has a lower CER than greedy."""
     rng = np.random.default_rng(5)
