@@ -10,7 +10,7 @@ import torch
 from emgscale.config import from_dict
 from emgscale.data.charset import charset
 from emgscale.decode import DecoderConfig, build_decoder, greedy_decode, greedy_decode_batch
-from emgscale.decode.simulate import simulate_emissions
+from emgscale.decode.simulate import add_typos, simulate_emissions
 from emgscale.lm.build import find_kenlm_tool
 from emgscale.metrics import cer
 
@@ -181,6 +181,48 @@ def test_native_beam_equals_python_reference(lm_path):
         np.testing.assert_allclose([s for _, s in native], [s for _, s in ref], rtol=0, atol=1e-6)
 
 
+def test_native_beam_equals_python_reference_on_simulated_typing(lm_path):
+    """On peaky typing with corrected typos (where most extensions are dropped by the exact cutoff
+    before or after their LM score), the C++ n-best equals the Python search's."""
+    pytest.importorskip("kenlm", reason="kenlm Python module not installed")
+    from emgscale.decode.reference import PythonBeamDecoder
+
+    try:
+        from emgscale.decode.beam import NativeBeamDecoder, load_extension
+
+        load_extension()
+    except ImportError as e:
+        pytest.skip(str(e))
+    rng = np.random.default_rng(11)
+    labels = add_typos(L("the cat sat on the mat.\u23cethe dog ate the food"), rng, rate=0.2)
+    lp = simulate_emissions(labels, rng, gap_frames=(1, 4), confusion_rate=0.3, margin_nats=(0.0, 1.5))
+    for beam_size, threshold in [(8, 25.0), (3, 0.0)]:
+        kw = dict(lm_path=lm_path, beam_size=beam_size, beam_threshold=threshold)
+        native = NativeBeamDecoder(**kw).nbest(lp, None, 3)
+        ref = PythonBeamDecoder(**kw).nbest(lp, None, 3)
+        assert [lab for lab, _ in native] == [lab for lab, _ in ref], kw
+        np.testing.assert_allclose([s for _, s in native], [s for _, s in ref], rtol=0, atol=1e-6)
+
+
+def test_native_beam_lm_cache_size_does_not_change_the_result(lm_path):
+    """A long input decoded with a tiny LM-step cache and frequent trie collection gives the same
+    n-best labels and scores as with the default sizes (dropped cache entries are scored again)."""
+    try:
+        from emgscale.decode.beam import NativeBeamDecoder
+    except ImportError as e:
+        pytest.skip(str(e))
+    rng = np.random.default_rng(5)
+    lp = simulate_emissions(add_typos(L(TEXT[:400]), rng, rate=0.1), rng, gap_frames=(1, 6))
+    try:
+        want = NativeBeamDecoder(lm_path, beam_size=16).nbest(lp, None, 4)
+    except ImportError as e:
+        pytest.skip(str(e))
+    for gc_min_nodes in (2, 37, 256):
+        got = NativeBeamDecoder(lm_path, beam_size=16, gc_min_nodes=gc_min_nodes).nbest(lp, None, 4)
+        assert [lab for lab, _ in got] == [lab for lab, _ in want], gc_min_nodes
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=0, atol=1e-9)
+
+
 def test_beam_batch_threads_and_padding(lm_path):
     """decode_batch (1 or 2 threads, padded, torch input) equals decoding each item alone."""
     dec1 = _decoder("beam", lm_path=lm_path, beam_size=10)
@@ -195,6 +237,24 @@ def test_beam_batch_threads_and_padding(lm_path):
     want = [dec1.decode(x) for x in items]
     assert dec1.decode_batch(batch, lengths) == want
     assert dec2.decode_batch(torch.from_numpy(batch), torch.tensor(lengths)) == want
+
+
+@pytest.mark.parametrize("kind", ["beam", "greedy"])
+def test_decode_many_equals_decoding_each_session_alone(lm_path, kind):
+    """decode_many (sessions of different lengths, numpy or torch, 1 or 3 threads) equals decode of each."""
+    rng = np.random.default_rng(4)
+    sessions = [simulate_emissions(L(s), rng) for s in ["the cat sat", "", "a dog", "hot food on the mat"]]
+    sessions[1] = sessions[1][:0]  # an empty session
+    kw = dict(lm_path=lm_path, beam_size=10) if kind == "beam" else {}
+    dec = _decoder(kind, **kw)
+    want = [dec.decode(x) for x in sessions]
+    assert dec.decode_many(sessions) == want
+    assert dec.decode_many([torch.from_numpy(x) for x in sessions]) == want
+    assert dec.decode_many([]) == []
+    if kind == "beam":
+        assert dec.decode_many(sessions, num_threads=3) == want
+        with pytest.raises(ValueError, match="shape"):
+            dec.decode_many([sessions[0][:, :5]])
 
 
 def test_beam_with_lm_beats_greedy_on_simulated_typing(lm_path):

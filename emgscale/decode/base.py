@@ -137,7 +137,8 @@ def as_batch(log_probs: Any, lengths: Any, num_classes: int) -> tuple[np.ndarray
 
 
 class DecoderBase:
-    """Default ``decode_batch``: decode each item alone (decoders override it when they can do better)."""
+    """Default ``decode_batch`` / ``decode_many``: decode each item alone (decoders override them when
+    they can do better)."""
 
     num_classes: int = charset().num_classes
 
@@ -156,3 +157,10 @@ class DecoderBase:
         """
         lp, ln = as_batch(log_probs, lengths, self.num_classes)
         return [self.decode(lp[b], int(ln[b])) for b in range(len(ln))]
+
+    def decode_many(self, sessions: Any) -> list[list[int]]:
+        """Decode whole utterances of any lengths (a list of (T_i, C) log-probs), one label list each.
+
+        The native beam decoder overrides it to decode them on its ``num_threads`` threads.
+        """
+        return [self.decode(x) for x in sessions]

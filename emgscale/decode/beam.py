@@ -17,7 +17,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from emgscale.data.charset import charset
 from emgscale.decode.base import DecoderBase, as_batch, as_emissions, check_lm_file, label_actions, load_lm_file
@@ -100,13 +100,14 @@ class NativeBeamDecoder(DecoderBase):
             best (nats; <= 0: off).
         max_labels: per frame, expand at most this many labels (<= 0: all).
         num_threads: threads for ``decode_batch`` (one utterance per thread).
-        gc_min_nodes: the search's tries are compacted when they outgrow max(this, 2 x live nodes);
+        gc_min_nodes: the search's tries are compacted when they outgrow max(this, 2 x live nodes),
+            and its LM-step cache keeps at most this many entries (the newest half when it is full);
             only tests need to change it.
     """
 
     def __init__(self, lm_path: str | None = None, beam_size: int = 50, lm_weight: float = 2.0,
                  insertion_bonus: float = 2.0, beam_threshold: float = 25.0, label_threshold: float = 0.0,
-                 max_labels: int = 0, num_threads: int = 1, gc_min_nodes: int = 1 << 16) -> None:
+                 max_labels: int = 0, num_threads: int = 1, gc_min_nodes: int = 1 << 12) -> None:
         cs = charset()
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -141,6 +142,33 @@ class NativeBeamDecoder(DecoderBase):
         """Best label sequences of a (B, T, C) batch with (B,) lengths, ``num_threads`` at a time."""
         lp, ln = as_batch(log_probs, lengths, self.num_classes)
         return self._impl.decode_batch(lp, ln.tolist(), self.num_threads)
+
+    def decode_many(self, sessions: Sequence[Any], num_threads: int | None = None) -> list[list[int]]:
+        """Best label sequences of several whole utterances of any lengths, decoded in one call.
+
+        Unlike :meth:`decode_batch` nothing is padded, so sessions of very different lengths cost
+        only their own frames; they are handed out longest first to ``num_threads`` threads.
+
+        Args:
+            sessions: (T_i, C) log-prob matrices (numpy or torch).
+            num_threads: threads (default: the decoder's ``num_threads``).
+
+        Returns:
+            One label list per session, in the order given.
+
+        Raises:
+            ValueError: a session is not (T, C) with C == 99, or ``num_threads`` < 1.
+        """
+        threads = self.num_threads if num_threads is None else num_threads
+        if threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {threads}")
+        items = [as_emissions(x, None, self.num_classes) for x in sessions]
+        order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # long ones first: no straggler
+        decoded = self._impl.decode_list([items[i] for i in order], threads)
+        out: list[list[int]] = [[] for _ in items]
+        for i, labels in zip(order, decoded):
+            out[i] = labels
+        return out
 
     def stream(self, lookahead_frames: int | None = None) -> "BeamStream":
         """An incremental search over frames pushed as they come (see :class:`BeamStream`).

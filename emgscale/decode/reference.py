@@ -1,6 +1,6 @@
 """Pure-Python backspace-aware CTC prefix beam search: the specification of the native decoder.
 
-Slow (about 30 frames/s at beam 50 with every label expanded, about 1,000x slower than the native one);
+Slow (about 20 frames/s at beam 50 with every label expanded, about 2,500x slower than the native one);
 use it for small cases and to check the native decoder (``emgscale/decode/csrc/search.hh``, which
 mirrors this file step for step and must return the same hypotheses and scores).
 

@@ -85,23 +85,22 @@ class BeamDecoder {
     const float* base = log_probs.data();
     {
       py::gil_scoped_release release;
-      std::atomic<int64_t> next(0);
-      std::vector<std::exception_ptr> errors(std::max(num_threads, 1));
-      auto work = [&](int k) {
-        try {
-          for (int64_t i; (i = next.fetch_add(1)) < B;) out[i] = run(base + i * T * C, lengths[i], 1).labels[0];
-        } catch (...) {
-          errors[k] = std::current_exception();
-          next = B;  // stop the others early
-        }
-      };
-      int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, B)));
-      std::vector<std::thread> pool;
-      for (int k = 1; k < nt; ++k) pool.emplace_back(work, k);
-      work(0);
-      for (auto& th : pool) th.join();
-      for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
+      parallel_for(B, num_threads, [&](int64_t i) { out[i] = run(base + i * T * C, lengths[i], 1).labels[0]; });
+    }
+    return out;
+  }
+
+  // Best labels of each (T_i, C) utterance of a list (no padding), num_threads utterances at a time.
+  std::vector<std::vector<int>> decode_list(
+      const std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>>& items, int num_threads) {
+    for (const auto& a : items) check(a, 2);
+    std::vector<std::vector<int>> out(items.size());
+    std::vector<std::pair<const float*, int64_t>> views;
+    for (const auto& a : items) views.emplace_back(a.data(), a.shape(0));
+    {
+      py::gil_scoped_release release;
+      parallel_for(static_cast<int64_t>(items.size()), num_threads,
+                   [&](int64_t i) { out[i] = run(views[i].first, views[i].second, 1).labels[0]; });
     }
     return out;
   }
@@ -122,6 +121,28 @@ class BeamDecoder {
     if (a.shape(ndim - 1) != num_classes())
       throw std::invalid_argument("log_probs has " + std::to_string(a.shape(ndim - 1)) + " classes, expected " +
                                   std::to_string(num_classes()));
+  }
+  // fn(0) ... fn(n - 1) on up to num_threads threads (the calling one included), handed out in
+  // order; the first exception is rethrown after every thread has stopped.
+  template <typename Fn>
+  static void parallel_for(int64_t n, int num_threads, Fn fn) {
+    std::atomic<int64_t> next(0);
+    std::vector<std::exception_ptr> errors(std::max(num_threads, 1));
+    auto work = [&](int k) {
+      try {
+        for (int64_t i; (i = next.fetch_add(1)) < n;) fn(i);
+      } catch (...) {
+        errors[k] = std::current_exception();
+        next = n;  // stop the others early
+      }
+    };
+    int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, n)));
+    std::vector<std::thread> pool;
+    for (int k = 1; k < nt; ++k) pool.emplace_back(work, k);
+    work(0);
+    for (auto& th : pool) th.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
   }
   static int64_t resolve_length(int64_t length, int64_t T) {
     if (length < 0) return T;
@@ -217,13 +238,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     double, double, int64_t>(),
            py::arg("lm_path"), py::arg("label_tokens"), py::arg("actions"), py::arg("blank"), py::arg("beam_size"),
            py::arg("beam_threshold"), py::arg("label_threshold"), py::arg("max_labels"), py::arg("lm_weight"),
-           py::arg("insertion_bonus"), py::arg("gc_min_nodes") = 1 << 16)
+           py::arg("insertion_bonus"), py::arg("gc_min_nodes") = 1 << 12)
       .def_property_readonly("num_classes", &BeamDecoder::num_classes)
       .def_property_readonly("lm_order", &BeamDecoder::lm_order)
       .def_property_readonly("actions", &BeamDecoder::actions)
       .def("nbest", &BeamDecoder::nbest, py::arg("log_probs"), py::arg("length"), py::arg("n"))
       .def("decode_batch", &BeamDecoder::decode_batch, py::arg("log_probs"), py::arg("lengths"),
            py::arg("num_threads") = 1)
+      .def("decode_list", &BeamDecoder::decode_list, py::arg("items"), py::arg("num_threads") = 1)
       .def("score_labels", &BeamDecoder::score_labels, py::arg("labels"), py::arg("eos"))
       .def("stream", [](const BeamDecoder& d, int64_t lookahead) { return new BeamStream(d, lookahead); },
            py::arg("lookahead"), py::keep_alive<0, 1>());

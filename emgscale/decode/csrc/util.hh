@@ -28,12 +28,13 @@ inline uint64_t extend_hash(uint64_t h, uint64_t label) {
   return z ^ (z >> 31);
 }
 
-// Open-addressing map hash -> entry index, cleared per frame by bumping a generation counter.
+// Open-addressing map hash -> entry index, cleared per frame by bumping a generation counter. It is
+// sized for what a frame usually holds (small enough to stay in cache) and doubles when it fills.
 class FrameMap {
  public:
   void reset(size_t expected) {
     size_t need = 16;
-    while (need < 4 * expected) need <<= 1;
+    while (need < 2 * expected) need <<= 1;
     if (need > keys_.size()) {
       keys_.assign(need, 0);
       vals_.assign(need, 0);
@@ -44,6 +45,7 @@ class FrameMap {
       std::fill(gens_.begin(), gens_.end(), 0);
       gen_ = 1;
     }
+    size_ = 0;
   }
   int32_t* find(uint64_t key) {
     size_t mask = keys_.size() - 1, i = static_cast<size_t>(key) & mask;
@@ -53,66 +55,87 @@ class FrameMap {
     }
     return nullptr;
   }
-  // Returns a reference to the slot value; `found` says whether the key was present.
-  int32_t& find_or_insert(uint64_t key, bool* found) {
+  // Adds a key that is not in the map.
+  void insert(uint64_t key, int32_t val) {
+    if (2 * (size_ + 1) > keys_.size()) grow();
     size_t mask = keys_.size() - 1, i = static_cast<size_t>(key) & mask;
-    while (gens_[i] == gen_) {
-      if (keys_[i] == key) {
-        *found = true;
-        return vals_[i];
-      }
-      i = (i + 1) & mask;
-    }
+    while (gens_[i] == gen_) i = (i + 1) & mask;
     gens_[i] = gen_;
     keys_[i] = key;
-    *found = false;
-    return vals_[i];
+    vals_[i] = val;
+    ++size_;
+  }
+  // Returns a reference to the slot value (valid until the next insertion); `found` says whether
+  // the key was present.
+  int32_t& find_or_insert(uint64_t key, bool* found) {
+    int32_t* v = find(key);
+    *found = v != nullptr;
+    if (v != nullptr) return *v;
+    insert(key, 0);
+    return *find(key);
   }
 
  private:
+  void grow() {
+    std::vector<uint64_t> keys(std::move(keys_));
+    std::vector<int32_t> vals(std::move(vals_));
+    std::vector<uint32_t> gens(std::move(gens_));
+    const uint32_t gen = gen_;
+    keys_.assign(2 * keys.size(), 0);
+    vals_.assign(2 * keys.size(), 0);
+    gens_.assign(2 * keys.size(), 0);
+    gen_ = 1;
+    size_ = 0;
+    for (size_t i = 0; i < keys.size(); ++i)
+      if (gens[i] == gen) insert(keys[i], vals[i]);
+  }
   std::vector<uint64_t> keys_;
   std::vector<int32_t> vals_;
   std::vector<uint32_t> gens_;
   uint32_t gen_ = 0;
+  size_t size_ = 0;
 };
 
-// Growable open-addressing map uint64 -> int32 (values >= 0), for the LM-step cache.
-class U64Map {
+// Growable open-addressing map (parent LM node, token) -> (child LM node, its log10 score), the
+// LM-step cache; one slot holds all a lookup needs, so a hit touches one cache line.
+class LMCache {
  public:
-  U64Map() { rehash(1 << 12); }
-  int32_t find(uint64_t key) const {
+  struct Slot {
+    uint64_t key;
+    int32_t child;  // -1: empty
+    float score;
+  };
+  LMCache() { rehash(1 << 10); }
+  const Slot* find(uint64_t key) const {
     for (size_t i = slot(key);; i = (i + 1) & mask_) {
-      if (vals_[i] < 0) return -1;
-      if (keys_[i] == key) return vals_[i];
+      if (slots_[i].child < 0) return nullptr;
+      if (slots_[i].key == key) return &slots_[i];
     }
   }
-  void insert(uint64_t key, int32_t val) {
-    if (2 * (size_ + 1) > keys_.size()) rehash(keys_.size() * 2);
+  void insert(uint64_t key, int32_t child, float score) {
+    if (2 * (size_ + 1) > slots_.size()) rehash(slots_.size() * 2);
     size_t i = slot(key);
-    while (vals_[i] >= 0 && keys_[i] != key) i = (i + 1) & mask_;
-    if (vals_[i] < 0) ++size_;
-    keys_[i] = key;
-    vals_[i] = val;
+    while (slots_[i].child >= 0 && slots_[i].key != key) i = (i + 1) & mask_;
+    if (slots_[i].child < 0) ++size_;
+    slots_[i] = {key, child, score};
   }
   void clear() {
-    std::fill(vals_.begin(), vals_.end(), -1);
+    for (Slot& s : slots_) s.child = -1;
     size_ = 0;
   }
+  size_t size() const { return size_; }
 
  private:
   size_t slot(uint64_t key) const { return static_cast<size_t>(extend_hash(key, 0)) & mask_; }
   void rehash(size_t n) {
-    std::vector<uint64_t> keys(std::move(keys_));
-    std::vector<int32_t> vals(std::move(vals_));
-    keys_.assign(n, 0);
-    vals_.assign(n, -1);
+    std::vector<Slot> old(std::move(slots_));
+    slots_.assign(n, Slot{0, -1, 0.f});
     mask_ = n - 1;
     size_ = 0;
-    for (size_t i = 0; i < keys.size(); ++i)
-      if (vals[i] >= 0) insert(keys[i], vals[i]);
+    for (const Slot& s : old)
+      if (s.child >= 0) insert(s.key, s.child, s.score);
   }
-  std::vector<uint64_t> keys_;
-  std::vector<int32_t> vals_;
+  std::vector<Slot> slots_;
   size_t mask_ = 0, size_ = 0;
 };
 
