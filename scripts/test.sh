@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up the environment (idempotent) and run the default test suite (under 10 minutes on 2 cores).
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` for the slow end-to-end checks.
+# Set up the environment (idempotent) and run the default test suite (the fast loop: about 6 minutes on 2 cores).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "slow or ray"` for the end-to-end and Ray checks (.ci/run runs both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -51,6 +51,7 @@ def test_aggregate_carries_rates_and_rendered_cer():
     assert agg[1]["val_lm_mean"] == 0.5 and "val_lm_rendered_cer_mean" not in agg[1]
 
 
+@pytest.mark.slow  # ~70 s: the demo's two suites end to end on tiny settings
 def test_zero_shot_and_personalized_demo(out):
     """`bench demo` (the README's main job) writes zero-shot (with the seen-user row) and personalized tables."""
     assert main(["demo", "--budget", "tiny", "--out", str(out)]) == 0

@@ -205,6 +205,7 @@ FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
     "features.norm_momentum": (0.7, {}),
     "features.norm_eps": (3.0, {}),
     "features.rolling_window_s": (0.1, {"features.norm": "rolling"}),
+    "features.input_gain": (1e3, {}),
     "augment.band_rotation": (3, {}),
     "augment.temporal_jitter_samples": (40, {}),
     "augment.amplitude_scale": (0.5, {}),

@@ -35,7 +35,7 @@ def _summarise(path: Path, labels: bool, values: bool, bids_metadata: "str | Pat
         if values:
             s.scan_values()  # one streaming pass: NaN/inf EMG, timestamps that go backwards
         row = s.info().to_dict()
-        row.update(_scale(s))
+        row.update(_scale(s) if values else {"rms_per_band": None, "scale": None, "scale_warning": None})
         if labels:
             row["labels"] = s.ground_truth().text
     return row
@@ -43,7 +43,8 @@ def _summarise(path: Path, labels: bool, values: bool, bids_metadata: "str | Pat
 
 def _scale(s: EMGSession) -> dict[str, Any]:
     """The session's signal scale in the file's units, from up to a minute of evenly spread EMG:
-    RMS per band, the per-channel scale the front end's rule uses, and its one-line warning (or None)."""
+    RMS per band, the per-channel scale the front end's rule uses, and its one-line warning (or None).
+    Not with ``check_values=False`` (``--quick``: no EMG is read)."""
     pieces: list[np.ndarray] = []
 
     def read(a: int, b: int) -> np.ndarray:
@@ -118,7 +119,7 @@ def format_report(report: InfoReport, labels: bool = False) -> str:
              f"{'RMS L/R (file units)':>21}  session"]
     warnings = []
     for r in report.sessions:
-        rms = "/".join(f"{v:.3g}" for v in r["rms_per_band"])
+        rms = "/".join(f"{v:.3g}" for v in r["rms_per_band"]) if r.get("rms_per_band") else "-"  # --quick
         lines.append(f"{r['user']:>10}  {r['condition']:<12} {r['part']:<5} {r['duration_s'] / 60:7.2f} "
                      f"{r['num_samples']:10d} {r['num_keystrokes']:6d} {r['label_length']:6d} {rms:>21}  "
                      f"{r['session']}")
