@@ -352,7 +352,7 @@ def test_readme_braindecode_lines_run_as_written(tmp_path: Path, monkeypatch: py
     Path("config.json").write_text(json.dumps({**kw, "braindecode_version": "1.8.1"}))
     assert models_main(shlex.split(imp[0])[3:]) == 0
     Path("runs/x/checkpoints").mkdir(parents=True)
-    Path("generic.pt").rename("runs/x/checkpoints/best.pt")
+    Path("runs/generic.pt").rename("runs/x/checkpoints/best.pt")
     assert models_main(shlex.split(exp[0])[3:]) == 0
-    back = torch.load("x.pt", weights_only=True)
-    assert all(torch.equal(back[k], v) for k, v in sd.items()) and read_kwargs("x.json") == kw
+    back = torch.load("runs/x.pt", weights_only=True)
+    assert all(torch.equal(back[k], v) for k, v in sd.items()) and read_kwargs("runs/x.json") == kw
