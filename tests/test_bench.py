@@ -64,6 +64,7 @@ def test_zero_shot_and_personalized_demo(out):
         "generic (zero-shot)", "personalized, random init", "personalized, fine-tuned generic"]
 
 
+@pytest.mark.slow  # ~45 s: a second generic model (the causal one) trained and evaluated
 def test_zero_shot_has_a_causal_generic_model_row(out):
     """`bench zero_shot` (not the demo) adds the causal generic model (causal_arch) beside the offline one."""
     assert main(["zero_shot", "--budget", "tiny", "--out", str(out)]) == 0
