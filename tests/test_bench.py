@@ -94,6 +94,7 @@ def test_sweep(out):
                                   "window_s"}
 
 
+@pytest.mark.slow  # re-runs zero_shot after the slow zero_shot tests above filled the cache
 def test_rerun_reuses_cache(out):
     """A second run with the same settings trains nothing new (same config hash -> same checkpoints)."""
     runs = sorted((out / "cache" / "runs").iterdir())
