@@ -197,11 +197,12 @@ def test_ray_job_submit_trains_on_a_started_cluster(corpus, tmp_path: Path):
     ray_bin = Path(shutil.which("ray") or Path(sys.executable).parent / "ray")
     # Ray 2.60 turns token auth on for `ray start --head`; the CLI sends ~/.ray/auth_token only in token mode.
     env = {**os.environ, **RAY_TEST_ENV, "EMGSCALE_PROGRESS": "0", "RAY_AUTH_MODE": "token"}
-    gcs, dash, client = _free_port(), _free_port(), _free_port()
+    gcs, dash, client, agent = _free_port(), _free_port(), _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}",  # not the fixed default 52365 another head may hold
          "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -212,10 +213,14 @@ def test_ray_job_submit_trains_on_a_started_cluster(corpus, tmp_path: Path):
                               capture_output=True).returncode == 0:
                 break
             time.sleep(1)
-        job = subprocess.run(
-            [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT), "--",
-             "python", "-m", "emgscale.train", str(tmp_path / "cfg.yaml"), "run.workers=2"],
-            env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(30):  # the head's job agent may still be starting after the API answers
+            job = subprocess.run(
+                [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+                 "--", "python", "-m", "emgscale.train", str(tmp_path / "cfg.yaml"), "run.workers=2"],
+                env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent to submit job" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "[train] done: 4 steps" in job.stdout
         info = json.loads((tmp_path / "run" / "ray_result.json").read_text())
