@@ -36,10 +36,13 @@ def test_single_machine_ray_job_block_runs_as_written(tmp_path):
                     "test_sessions_per_user=1", "min_train_sessions_per_user=1"],
                    cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
     script = "set -e\ntrap 'ray stop --force >/dev/null 2>&1 || true' EXIT\n" + block
-    for _ in range(3):  # Ray's own start-up race: the job agent may answer "No available agent" for a moment
-        p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=1800)
-        if "No available agent to submit job" not in p.stdout + p.stderr:
-            break
+    try:
+        for _ in range(3):  # Ray's own start-up race: the job agent may answer "No available agent" for a moment
+            p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=1800)
+            if "No available agent to submit job" not in p.stdout + p.stderr:
+                break
+    finally:  # a timeout kills bash before its trap: stop the head it started in any case
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     assert (tmp_path / "runs" / "ray-single_user" / "checkpoints" / "last.pt").is_file(), p.stdout[-4000:]
