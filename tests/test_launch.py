@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from emgscale.bench.steps import job_overrides, run_folder
-from emgscale.models.checkpoint import (FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint,
-                                       upgrade_legacy_checkpoint)
+from emgscale.models.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
 from emgscale.config import build_config
 from emgscale.train import TrainConfig, wants_ray
 
@@ -56,28 +53,6 @@ def test_checkpoints_load_without_running_pickled_code(tmp_path):
     assert raw["format_version"] == FORMAT_VERSION and raw["step"] == 5
     ck = load_checkpoint(path)
     assert ck.step == 5 and torch.equal(ck.model["w"], torch.ones(3)) and ck.resumable
-
-
-def test_format_1_checkpoints_are_upgraded(tmp_path):
-    """A format-1 file (flat data.window_samples, numpy RNG state), once converted, loads in today's layout."""
-    import random
-
-    from emgscale.config import from_dict, to_dict
-
-    cfg = to_dict(TrainConfig())
-    window = cfg["data"].pop("window")
-    cfg["data"].update({k: window[k] for k in ("window_samples", "stride_samples", "pad_left_samples")})
-    cfg["data"]["window_samples"] = 4000
-    old = {"format_version": 1, "model": {"w": torch.zeros(2)}, "config": cfg, "step": 3, "epoch": 0,
-           "step_in_epoch": 3, "rng": [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                        "python": random.getstate()}], "best_val_cer": 0.5, "history": [],
-           "optimizer": {}, "scheduler": {}, "averager": {}, "averaged_model": None}
-    torch.save(old, tmp_path / "v1.pt")
-    with pytest.raises(ValueError, match="upgrade-legacy"):  # never unpickled by an ordinary read
-        load_checkpoint(tmp_path / "v1.pt")
-    ck = load_checkpoint(upgrade_legacy_checkpoint(tmp_path / "v1.pt", tmp_path / "v3.pt"))
-    assert ck.step == 3 and from_dict(TrainConfig, ck.config).data.window.window_samples == 4000
-    assert isinstance(ck.rng[0]["numpy"][1], torch.Tensor)
 
 
 def test_non_finite_weights_are_never_written(tmp_path):
