@@ -40,7 +40,13 @@ class FeatureConfig:
             the last ``rolling_window_s``; streaming-friendly) or ``"none"``.
         norm_momentum: running-statistics momentum of ``"batch"`` (as ``nn.BatchNorm2d``).
         norm_eps: variance floor of both norms.
-        rolling_window_s: window of ``"rolling"`` statistics, in seconds.
+        rolling_window_s: window of ``"rolling"`` statistics, in seconds; 0 = cumulative (every frame since
+            the start of the sequence, SplashNet's Rolling Time Normalization).
+        rolling_warmup_s: ``"rolling"`` only: the first this many seconds of a sequence are normalised by the
+            statistics of all of them (SplashNet: 1 s), a look-ahead at the start that does not stream;
+            0 = the frames seen so far (causal, streams).
+        rolling_per_bin: ``"rolling"`` statistics per (channel, frequency bin), as SplashNet, instead of
+            pooled over the bins of a channel.
         input_gain: the EMG is multiplied by this before the features, so that its scale is the
             microvolt-like one the ``log10(power + 1e-6)`` front end is built for
             (:mod:`emgscale.data.scale`). None (the default) means "not chosen": the model uses 1 (the
@@ -63,6 +69,8 @@ class FeatureConfig:
     norm_momentum: float = 0.1
     norm_eps: float = 1e-5
     rolling_window_s: float = 10.0
+    rolling_warmup_s: float = 0.0
+    rolling_per_bin: bool = False
     input_gain: float | None = None
 
 

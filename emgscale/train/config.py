@@ -243,7 +243,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "model.features.kind": ("log_spectrogram", "log_bands"), "model.features.norm": ("batch", "rolling", "none"),
     "model.features.n_fft": ">=1", "model.features.hop_samples": ">=1", "model.features.num_log_bands": ">=1",
     "model.features.sample_rate_hz": ">0", "model.features.input_sample_rate_hz": ">0",
-    "model.features.norm_momentum": "[0,1]", "model.features.norm_eps": ">0", "model.features.rolling_window_s": ">0",
+    "model.features.norm_momentum": "[0,1]", "model.features.norm_eps": ">0", "model.features.rolling_window_s": ">=0",
     "model.features.channels": _channels_problem, "model.features.input_gain": ">0",
     "model.frontend.offsets": "any", "model.augment.mask_value": "any",
     "model.*size*": ">=1", "model.*channels": ">=1", "model.*layers": ">=1", "model.*heads": ">=1",

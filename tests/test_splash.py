@@ -1,0 +1,87 @@
+"""SplashNet pieces: rolling normalisation with a warm-up (cumulative, per bin), electrode masks, and the
+split-and-share encoder (``arch: splash``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emgscale.features.norm import RollingNorm, build_norm
+from emgscale.models.streaming import NotStreamable
+
+
+def _ref_norm(x: torch.Tensor, lo: int, hi: int, per_bin: bool, eps: float = 1e-5) -> torch.Tensor:
+    """(x[:, t] - mean) / std over frames lo..hi-1 of a (1, T, 2, C, K) tensor, for every t (float64)."""
+    win = x[:, lo:hi].double()
+    dims = (1,) if per_bin else (1, 4)
+    mean, var = win.mean(dims, keepdim=True), win.var(dims, unbiased=False, keepdim=True)
+    return (x.double() - mean) / torch.sqrt(var + eps)
+
+
+@pytest.mark.parametrize("per_bin", [False, True])
+def test_cumulative_rolling_norm_uses_every_frame_so_far(per_bin: bool) -> None:
+    """window_frames=None normalises frame t by the statistics of frames 0..t (per bin when asked)."""
+    norm = RollingNorm(2 * 3, None, per_bin=per_bin, num_bins=4)
+    x = torch.randn(1, 50, 2, 3, 4) * 2 + torch.arange(4.0)  # bins at different levels
+    y = norm(x, torch.tensor([50]))
+    for t in (0, 7, 49):
+        assert torch.allclose(y[:, t].double(), _ref_norm(x, 0, t + 1, per_bin)[:, t], atol=1e-4), t
+
+
+@pytest.mark.parametrize("window", [None, 12])
+def test_warmup_frames_take_the_statistics_of_the_whole_warmup(window: int | None) -> None:
+    """With a warm-up of W frames, frames < W use the statistics of frames 0..W-1; later frames are as without."""
+    x = torch.randn(1, 40, 2, 3, 4) * 3 + 1
+    plain = RollingNorm(6, window)(x, torch.tensor([40]))
+    warm = RollingNorm(6, window, warmup_frames=10)(x, torch.tensor([40]))
+    assert torch.allclose(warm[:, 10:], plain[:, 10:])
+    assert torch.allclose(warm[:, :10].double(), _ref_norm(x, 0, 10, False)[:, :10], atol=1e-4)
+    assert not torch.allclose(warm[:, :9], plain[:, :9])
+
+
+def test_warmup_padding_invariance_and_short_sequences() -> None:
+    """A padded batch equals each sequence alone; a sequence shorter than the warm-up uses all its frames."""
+    norm = RollingNorm(6, None, warmup_frames=20, per_bin=True, num_bins=4)
+    a, b = torch.randn(1, 30, 2, 3, 4), torch.randn(1, 8, 2, 3, 4)
+    batch = torch.cat([a, torch.cat([b, torch.full((1, 22, 2, 3, 4), 7.0)], 1)])
+    y = norm(batch, torch.tensor([30, 8]))
+    assert torch.allclose(y[:1], norm(a, torch.tensor([30])))
+    assert torch.allclose(y[1:, :8], norm(b, torch.tensor([8]))) and bool((y[1, 8:] == 0).all())
+    assert torch.allclose(y[1:, :8].double(), _ref_norm(b, 0, 8, True), atol=1e-4)
+
+
+@pytest.mark.parametrize("window,per_bin", [(None, True), (None, False), (9, True)])
+def test_rolling_norm_streams_in_pieces_as_offline(window: int | None, per_bin: bool) -> None:
+    """Fed in pieces, the streaming step gives the offline output (cumulative and per-bin forms too)."""
+    norm = RollingNorm(6, window, per_bin=per_bin, num_bins=4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+    x = torch.randn(1, 47, 2, 3, 4) * 2
+    ref = norm(x, torch.tensor([47]))
+    state, out, a = norm.init_state(), [], 0
+    for n in (1, 5, 17, 3, 21):
+        y, *state = norm.streaming_forward(x[:, a:a + n], *state)
+        out.append(y)
+        a += n
+    assert torch.allclose(torch.cat(out, 1), ref, atol=1e-5)
+    assert all(s.shape == t.shape for s, t in zip(state, norm.init_state()))
+
+
+def test_warmup_does_not_stream_and_bad_values_are_refused() -> None:
+    """A warm-up reads ahead: init_state raises NotStreamable naming the key; negative settings raise."""
+    with pytest.raises(NotStreamable, match="rolling_warmup_s"):
+        RollingNorm(6, None, warmup_frames=5).init_state()
+    with pytest.raises(ValueError, match="rolling_warmup_s"):
+        build_norm("rolling", 6, 125.0, 0.1, 1e-5, 1.0, rolling_warmup_s=-1.0)
+    norm = build_norm("rolling", 6, 125.0, 0.1, 1e-5, 0.0, rolling_warmup_s=1.0, rolling_per_bin=True, num_bins=6)
+    assert (norm.window_frames, norm.warmup_frames, norm.per_bin) == (None, 125, True)
+
+
+def test_feature_config_keys_reach_the_norm() -> None:
+    """features.rolling_window_s=0, rolling_warmup_s and rolling_per_bin arrive in the built featurizer."""
+    from emgscale.features import FeatureConfig, Featurizer
+
+    f = Featurizer(FeatureConfig(kind="log_bands", norm="rolling", rolling_window_s=0.0, rolling_warmup_s=1.0,
+                                 rolling_per_bin=True))
+    assert (f.norm.window_frames, f.norm.warmup_frames, f.norm.per_bin, f.norm.num_bins) == (None, 125, True, 6)
+    assert f.span_samples[0] is None  # cumulative statistics: unbounded left context
