@@ -85,3 +85,39 @@ def test_feature_config_keys_reach_the_norm() -> None:
                                  rolling_per_bin=True))
     assert (f.norm.window_frames, f.norm.warmup_frames, f.norm.per_bin, f.norm.num_bins) == (None, 125, True, 6)
     assert f.span_samples[0] is None  # cumulative statistics: unbounded left context
+
+
+def test_electrode_masks_are_contiguous_runs_per_band() -> None:
+    """Each band of each window loses at most `masks` runs of contiguous electrodes, each < max_width wide."""
+    from emgscale.features.augment import channel_mask
+    from emgscale.features.spectral import floor_value
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 5, 2, 16, 3)
+    y = channel_mask(x, 0.0, masks=1, max_width=5)
+    dead = (y == floor_value()).all(-1).all(1)  # (B, 2, 16): whole electrode dead over time and bins
+    changed = (y != x).any(-1).any(1)
+    assert torch.equal(dead, changed)  # masking is all-or-nothing per electrode
+    widths = dead.sum(-1)
+    assert int(widths.max()) <= 4 and int(widths.max()) > 0
+    for row in dead.flatten(0, 1):  # one run: the dead electrodes are consecutive
+        idx = row.nonzero().flatten()
+        assert len(idx) == 0 or int(idx[-1] - idx[0]) + 1 == len(idx)
+    assert torch.equal(channel_mask(x, 0.0), x)
+
+
+def test_electrode_mask_config_arrives_and_is_checked() -> None:
+    """augment.electrode_masks / electrode_mask_width drive the channel-mask augmentation; negatives are refused."""
+    from emgscale.features.augment import augment, check_augment
+    from emgscale.features.config import AugmentConfig
+
+    off = {"temporal_jitter_samples": 0, "time_masks": 0, "freq_masks": 0}
+    cfg = AugmentConfig(electrode_masks=2, electrode_mask_width=16, **off)
+    torch.manual_seed(1)
+    x = torch.randn(32, 6, 2, 16, 3)
+    y, _ = augment(x, torch.full((32,), 6), cfg, "spectra")
+    assert bool((y != x).any())
+    y0, _ = augment(x, torch.full((32,), 6), AugmentConfig(**off), "spectra")
+    assert torch.equal(y0, x)
+    with pytest.raises(ValueError, match="augment.electrode_masks"):
+        check_augment(AugmentConfig(electrode_masks=-1))

@@ -92,6 +92,9 @@ class AugmentConfig:
             ``[1 / (1 + a), 1 + a]`` (0.25 -> gains 0.8..1.25). 0 disables.
         channel_mask_prob: zero each electrode of each band of each window with this probability
             (a dead electrode). 0 disables.
+        electrode_masks: per band and window, up to this many runs of contiguous electrodes are dead
+            (the count drawn from 0..electrode_masks, as SpecAugment's). 0 disables.
+        electrode_mask_width: each run is narrower than this many electrodes (0 disables).
 
     Spectral augmentations (SpecAugment on the log features, before normalisation, as the reference):
 
@@ -110,6 +113,8 @@ class AugmentConfig:
     temporal_jitter_samples: int = field(default=120, metadata={"raw_emg": True})
     amplitude_scale: float = 0.0
     channel_mask_prob: float = 0.0
+    electrode_masks: int = 0
+    electrode_mask_width: int = 0
     time_masks: int = 3
     time_mask_frames: int = 25
     freq_masks: int = 2
