@@ -121,3 +121,96 @@ def test_electrode_mask_config_arrives_and_is_checked() -> None:
     assert torch.equal(y0, x)
     with pytest.raises(ValueError, match="augment.electrode_masks"):
         check_augment(AugmentConfig(electrode_masks=-1))
+
+
+# --- the split-and-share encoder ----------------------------------------------------------------------------
+def _splash_cfg(**splash):
+    from emgscale.config import from_dict
+    from emgscale.models import ModelConfig
+
+    return from_dict(ModelConfig, {"arch": "splash", "frontend": {"kind": "flatten"},
+                                   "features": {"kind": "log_bands", "norm": "rolling", "rolling_window_s": 0.0},
+                                   "augment": {"temporal_jitter_samples": 0},
+                                   "splash": {"mlp_features": [24], "block_channels": [4, 4], "kernel_width": 5,
+                                              **splash}})
+
+
+def _encoder(**splash):
+    from emgscale.models.splash import SplashEncoder
+
+    torch.manual_seed(0)
+    return SplashEncoder(2, 16, 6, _splash_cfg(**splash).splash).eval()
+
+
+def test_one_parameter_set_serves_both_hands() -> None:
+    """Swapping the bands swaps the output halves (same weights per hand); parameters = one hand's network."""
+    from emgscale.models.ctc import count_parameters
+
+    enc = _encoder()
+    x = torch.randn(3, 30, 2, 16, 6)
+    lengths = torch.tensor([30, 30, 30])
+    y, _ = enc(x.flatten(2), lengths)
+    ys, _ = enc(x.flip(2).flatten(2), lengths)
+    D = enc.out_features // 2
+    assert torch.allclose(ys[..., :D], y[..., D:], atol=1e-6) and torch.allclose(ys[..., D:], y[..., :D], atol=1e-6)
+    assert count_parameters(enc) == count_parameters(enc.mlp) + count_parameters(enc.tds)
+    assert enc.mlp.mlp[0].in_features == 16 * 6 and enc.out_features == 2 * 24
+
+
+def test_mirroring_feeds_right_electrode_i_at_index_c_minus_1_minus_i() -> None:
+    """mirror_right: the right band's electrode i reaches the shared network at index C - 1 - i; left untouched."""
+    x = torch.arange(2 * 16, dtype=torch.float32).view(1, 1, 2, 16, 1).expand(1, 2, 2, 16, 6).contiguous()
+    plain, mirrored = _encoder(), _encoder(mirror_right=True)
+    h, hm = plain.hands(x.flatten(2)), mirrored.hands(x.flatten(2))  # (2, T, 16, 6): left, right
+    assert torch.equal(hm[0], h[0])
+    for i in range(16):
+        assert torch.equal(hm[1, :, 16 - 1 - i], x[0, :, 1, i]) and torch.equal(h[1, :, i], x[0, :, 1, i])
+
+
+def test_shapes_lengths_and_padding_invariance() -> None:
+    """(B, T, 2*C*K) -> (B, T - shrink, 2*D) with exact lengths; a padded batch equals each sequence alone."""
+    enc = _encoder()
+    a, b = torch.randn(1, 40, 2 * 16 * 6), torch.randn(1, 25, 2 * 16 * 6)
+    batch = torch.cat([a, torch.cat([b, torch.randn(1, 15, 2 * 16 * 6) * 9], 1)])
+    y, out = enc(batch, torch.tensor([40, 25]))
+    assert y.shape == (2, 40 - 8, 48) and out.tolist() == [32, 17]
+    assert torch.allclose(y[:1], enc(a, torch.tensor([40]))[0], atol=1e-5)
+    assert torch.allclose(y[1:, :17], enc(b, torch.tensor([25]))[0], atol=1e-5) and bool((y[1, 17:] == 0).all())
+
+
+def test_bad_settings_raise_naming_the_key() -> None:
+    """A front end other than flatten, or block channels that do not divide the width, raise naming the key."""
+    from emgscale.models import build_model
+
+    cfg = _splash_cfg()
+    cfg.frontend.kind = "rotation_mlp"
+    with pytest.raises(ValueError, match="frontend.kind: flatten"):
+        build_model(cfg)
+    with pytest.raises(ValueError, match="splash.block_channels"):
+        build_model(_splash_cfg(block_channels=[5]))
+
+
+def test_tiny_splash_training_run_lowers_the_loss() -> None:
+    """A tiny split-and-share CTC model trained 30 Adam steps on one batch halves its CTC loss."""
+    import math
+
+    import torch.nn.functional as F
+
+    from emgscale.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(_splash_cfg()).train()
+    emg = torch.randn(2, 2400, 2, 16, generator=torch.Generator().manual_seed(0)) * 20.0
+    lengths = torch.tensor([2400, 2000])
+    labels = torch.randint(0, 98, (2, 8), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        lp, out_lengths = model(emg, lengths)
+        loss = F.ctc_loss(lp.transpose(0, 1), labels, out_lengths, torch.tensor([8, 8]), blank=98)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -271,8 +271,8 @@ def augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig, stage: str) -> tuple
 
 def check_augment(cfg: AugmentConfig) -> None:
     """Raise ValueError for a negative or out-of-range augmentation setting."""
-    for name in ("band_rotation", "temporal_jitter_samples", "electrode_masks", "electrode_mask_width", "time_masks", "time_mask_frames", "freq_masks",
-                 "freq_mask_bins"):
+    for name in ("band_rotation", "temporal_jitter_samples", "electrode_masks", "electrode_mask_width", "time_masks",
+                 "time_mask_frames", "freq_masks", "freq_mask_bins"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"augment.{name} must be >= 0, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.channel_mask_prob < 1.0:

@@ -245,7 +245,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "model.features.sample_rate_hz": ">0", "model.features.input_sample_rate_hz": ">0",
     "model.features.norm_momentum": "[0,1]", "model.features.norm_eps": ">0", "model.features.rolling_window_s": ">=0",
     "model.features.channels": _channels_problem, "model.features.input_gain": ">0",
-    "model.frontend.offsets": "any", "model.augment.mask_value": "any",
+    "model.*offsets": "any", "model.augment.mask_value": "any",
     "model.*size*": ">=1", "model.*channels": ">=1", "model.*layers": ">=1", "model.*heads": ">=1",
     "model.*dim": ">=1", "model.*d_model": ">=1", "model.*kernel*": ">=1", "model.*strides": ">=1",
     "model.*features": ">=1",
