@@ -214,3 +214,9 @@ def test_tiny_splash_training_run_lowers_the_loss() -> None:
         losses.append(float(loss.detach()))
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_rolling_norm_moves_to_a_device_and_dtype() -> None:
+    """Module.to() works on the rolling norm (no method shadows nn.Module's internals)."""
+    norm = RollingNorm(6, None, warmup_frames=3).to(torch.float64)
+    assert norm.weight.dtype == torch.float64

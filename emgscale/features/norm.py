@@ -152,7 +152,7 @@ class RollingNorm(nn.Module):
             early = (torch.arange(T, device=x.device) < self.warmup_frames).view(1, T, 1)
             mean = torch.where(early, mean.gather(1, end.expand(B, 1, width)), mean)
             var = torch.where(early, var.gather(1, end.expand(B, 1, width)), var)
-        return zero_padding(self._apply(x, mean, var), lengths)
+        return zero_padding(self._scale(x, mean, var), lengths)
 
     def init_state(self) -> list[Tensor]:
         """Per-frame sums and sums of squares of the last ``window_frames - 1`` frames (or, cumulative, the
@@ -176,8 +176,8 @@ class RollingNorm(nn.Module):
         mean, var, h1, h2 = self._stats(x, s1, s2, count)
         T = x.shape[1]
         if self.window_frames is None:
-            return self._apply(x, mean, var), h1[:, -1:], h2[:, -1:], count + T
-        return self._apply(x, mean, var), h1[:, T:], h2[:, T:], count + T
+            return self._scale(x, mean, var), h1[:, -1:], h2[:, -1:], count + T
+        return self._scale(x, mean, var), h1[:, T:], h2[:, T:], count + T
 
     def _stats(self, x: Tensor, s1: Tensor, s2: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-frame statistics of ``x`` (B, T, 2, C, K) after ``count`` frames.
@@ -206,7 +206,7 @@ class RollingNorm(nn.Module):
         mean = w1 / n
         return mean, (w2 / n - mean.pow(2)).clamp(min=0.0), h1, h2
 
-    def _apply(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    def _scale(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         """``(x - mean) / sqrt(var + eps) * weight + bias``, statistics (B, T, width) float64."""
         B, T, bands, C, K = x.shape
         shape = (B, T, bands, C, K if self.per_bin else 1)
