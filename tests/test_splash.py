@@ -220,3 +220,73 @@ def test_rolling_norm_moves_to_a_device_and_dtype() -> None:
     """Module.to() works on the rolling norm (no method shadows nn.Module's internals)."""
     norm = RollingNorm(6, None, warmup_frames=3).to(torch.float64)
     assert norm.weight.dtype == torch.float64
+
+
+# --- the recipes --------------------------------------------------------------------------------------------
+RECIPES = ("configs/recipes/splashnet.yaml", "configs/recipes/splashnet_mini.yaml",
+           "configs/recipes/splashnet_small.yaml")
+
+
+def test_recipes_load_check_and_build_at_their_sizes() -> None:
+    """Each recipe is a valid train config (16 s windows, arch splash) and SplashNet / -mini have ~1/2 / ~1/4 of
+    the reference TDS's parameters, as the paper's."""
+    from emgscale.models import build_model, count_parameters
+    from emgscale.train.config import check_train_config, load_train_config
+
+    sizes = {}
+    for path in RECIPES:
+        cfg = load_train_config([path], ["data.data_root=.", "data.split=pyproject.toml"])
+        check_train_config(cfg)
+        assert cfg.model.arch == "splash" and cfg.data.window.window_samples == 32000
+        assert cfg.model.features.rolling_warmup_s == 1.0 and cfg.model.augment.time_masks == 0
+        sizes[path] = count_parameters(build_model(cfg.model))
+    tds = count_parameters(build_model(load_train_config(["configs/models/tds.yaml"], []).model))
+    assert 0.4 < sizes[RECIPES[0]] / tds < 0.6 and 0.2 < sizes[RECIPES[1]] / tds < 0.3
+    assert sizes[RECIPES[2]] < sizes[RECIPES[1]]
+
+
+def test_recipe_streams_without_its_warmup() -> None:
+    """The recipe's model refuses to stream with the 1 s warm-up; with rolling_warmup_s=0 it streams as offline."""
+    import numpy as np
+
+    from emgscale.models import build_model
+    from emgscale.stream import Streamer
+    from emgscale.train.config import load_train_config
+
+    small = ["model.splash.mlp_features=[16]", "model.splash.block_channels=[4,4]", "model.splash.kernel_width=4"]
+    torch.manual_seed(0)
+    model = build_model(load_train_config([RECIPES[2]], small).model).eval()
+    with pytest.raises(NotStreamable, match="rolling_warmup_s"):
+        Streamer(model)
+    torch.manual_seed(0)
+    model = build_model(load_train_config([RECIPES[2]], [*small, "model.features.rolling_warmup_s=0"]).model).eval()
+    emg = (np.random.default_rng(0).standard_normal((3000, 2, 16)) * 20).astype(np.float32)
+    with torch.no_grad():
+        lp, ol = model(torch.from_numpy(emg)[None], torch.tensor([3000]))
+    s, out = Streamer(model), []
+    for a in range(0, 3000, 333):
+        out.append(s.push(emg[a:a + 333]))
+    out.append(s.flush())
+    np.testing.assert_allclose(np.concatenate(out), lp[0, : int(ol[0])].numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_recipe_trains_and_evaluates_from_the_cli(tmp_path) -> None:
+    """`python -m emgscale.train configs/recipes/splashnet_small.yaml ...` trains on 16 s windows, validates,
+    and writes a checkpoint that loads as arch splash."""
+    from emgscale.eval import load_model
+    from emgscale.synth import SynthConfig, generate_corpus
+    from emgscale.train.__main__ import main
+
+    corpus = tmp_path / "synth"
+    generate_corpus(SynthConfig(out=str(corpus), users=4, sessions_per_user=6, minutes=0.5, seed=3))
+    out = tmp_path / "run"
+    rc = main([RECIPES[2], f"data.data_root={corpus}", f"data.split={corpus / 'splits' / 'single_user.yaml'}",
+               f"run.out_dir={out}", "data.batch_size=2", "run.tensorboard=false", "run.threads=1",
+               "run.max_epochs=1", "run.steps_per_epoch=2", "model.splash.mlp_features=[16]",
+               "model.splash.block_channels=[4,4]", "model.splash.kernel_width=4"])
+    assert rc == 0
+    last = sorted(out.rglob("*.pt"))
+    assert last, list(out.rglob("*"))
+    model, cfg = load_model(last[-1])
+    assert cfg.model.arch == "splash" and cfg.data.window.window_samples == 32000 and not model.training
