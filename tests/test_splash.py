@@ -224,7 +224,7 @@ def test_rolling_norm_moves_to_a_device_and_dtype() -> None:
 
 # --- the recipes --------------------------------------------------------------------------------------------
 RECIPES = ("configs/recipes/splashnet.yaml", "configs/recipes/splashnet_mini.yaml",
-           "configs/recipes/splashnet_small.yaml")
+           "configs/recipes/splashnet_small.yaml", "configs/recipes/splashnet_tiny.yaml")
 
 
 def test_recipes_load_check_and_build_at_their_sizes() -> None:
@@ -242,7 +242,7 @@ def test_recipes_load_check_and_build_at_their_sizes() -> None:
         sizes[path] = count_parameters(build_model(cfg.model))
     tds = count_parameters(build_model(load_train_config(["configs/models/tds.yaml"], []).model))
     assert 0.4 < sizes[RECIPES[0]] / tds < 0.6 and 0.2 < sizes[RECIPES[1]] / tds < 0.3
-    assert sizes[RECIPES[2]] < sizes[RECIPES[1]]
+    assert sizes[RECIPES[3]] < sizes[RECIPES[2]] < sizes[RECIPES[1]]
 
 
 def test_recipe_streams_without_its_warmup() -> None:
@@ -253,13 +253,13 @@ def test_recipe_streams_without_its_warmup() -> None:
     from emgscale.stream import Streamer
     from emgscale.train.config import load_train_config
 
-    small = ["model.splash.mlp_features=[16]", "model.splash.block_channels=[4,4]", "model.splash.kernel_width=4"]
+    short = ["model.splash.kernel_width=4"]
     torch.manual_seed(0)
-    model = build_model(load_train_config([RECIPES[2]], small).model).eval()
+    model = build_model(load_train_config([RECIPES[3]], short).model).eval()
     with pytest.raises(NotStreamable, match="rolling_warmup_s"):
         Streamer(model)
     torch.manual_seed(0)
-    model = build_model(load_train_config([RECIPES[2]], [*small, "model.features.rolling_warmup_s=0"]).model).eval()
+    model = build_model(load_train_config([RECIPES[3]], [*short, "model.features.rolling_warmup_s=0"]).model).eval()
     emg = (np.random.default_rng(0).standard_normal((3000, 2, 16)) * 20).astype(np.float32)
     with torch.no_grad():
         lp, ol = model(torch.from_numpy(emg)[None], torch.tensor([3000]))
@@ -272,7 +272,7 @@ def test_recipe_streams_without_its_warmup() -> None:
 
 @pytest.mark.slow
 def test_recipe_trains_and_evaluates_from_the_cli(tmp_path) -> None:
-    """`python -m emgscale.train configs/recipes/splashnet_small.yaml ...` trains on 16 s windows, validates,
+    """`python -m emgscale.train configs/recipes/splashnet_tiny.yaml ...` trains on 16 s windows, validates,
     and writes a checkpoint that loads as arch splash."""
     from emgscale.eval import load_model
     from emgscale.synth import SynthConfig, generate_corpus
@@ -281,10 +281,9 @@ def test_recipe_trains_and_evaluates_from_the_cli(tmp_path) -> None:
     corpus = tmp_path / "synth"
     generate_corpus(SynthConfig(out=str(corpus), users=4, sessions_per_user=6, minutes=0.5, seed=3))
     out = tmp_path / "run"
-    rc = main([RECIPES[2], f"data.data_root={corpus}", f"data.split={corpus / 'splits' / 'single_user.yaml'}",
+    rc = main([RECIPES[3], f"data.data_root={corpus}", f"data.split={corpus / 'splits' / 'single_user.yaml'}",
                f"run.out_dir={out}", "data.batch_size=2", "run.tensorboard=false", "run.threads=1",
-               "run.max_epochs=1", "run.steps_per_epoch=2", "model.splash.mlp_features=[16]",
-               "model.splash.block_channels=[4,4]", "model.splash.kernel_width=4"])
+               "run.max_epochs=1", "run.steps_per_epoch=2"])
     assert rc == 0
     last = sorted(out.rglob("*.pt"))
     assert last, list(out.rglob("*"))
