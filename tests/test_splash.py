@@ -273,8 +273,11 @@ def test_recipe_streams_without_its_warmup() -> None:
 @pytest.mark.slow
 def test_recipe_trains_and_evaluates_from_the_cli(tmp_path) -> None:
     """`python -m emgscale.train configs/recipes/splashnet_tiny.yaml ...` trains on 16 s windows, validates,
-    and writes a checkpoint that loads as arch splash."""
+    writes a checkpoint that loads as arch splash, and `python -m emgscale.eval` scores it on whole sessions."""
+    import json
+
     from emgscale.eval import load_model
+    from emgscale.eval.__main__ import main as eval_main
     from emgscale.synth import SynthConfig, generate_corpus
     from emgscale.train.__main__ import main
 
@@ -289,3 +292,5 @@ def test_recipe_trains_and_evaluates_from_the_cli(tmp_path) -> None:
     assert last, list(out.rglob("*"))
     model, cfg = load_model(last[-1])
     assert cfg.model.arch == "splash" and cfg.data.window.window_samples == 32000 and not model.training
+    assert eval_main([str(last[-1]), "--split", "test", "--out", str(tmp_path / "r.json")]) == 0
+    assert 0.0 <= json.loads((tmp_path / "r.json").read_text())["cer"]
