@@ -12,6 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class NotStreamable(ValueError):
+    """A model stage that needs future input or unbounded state (the message says which and why); the
+    streaming contract's error, re-exported by :mod:`emgscale.models.streaming`."""
+
+
 def time_mask(lengths: Tensor, max_len: int) -> Tensor:
     """(B, max_len) bool, True on the valid frames of each sequence."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
@@ -162,8 +167,6 @@ class RollingNorm(nn.Module):
             NotStreamable: a warm-up (it reads the first ``warmup_frames`` frames ahead).
         """
         if self.warmup_frames:
-            from emgscale.models.streaming import NotStreamable  # features never import models at load time
-
             raise NotStreamable(f"features.rolling_warmup_s: the warm-up normalises the first {self.warmup_frames} "
                                 f"frames by their joint statistics (a look-ahead at the start); set it to 0 to "
                                 f"stream (only the first frames change)")
