@@ -117,7 +117,7 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
     from torch.utils.flop_counter import FlopCounterMode
 
     from emgscale.common import peak_rss_mb
-    from emgscale.config import from_dict
+    from emgscale.config import config_path, from_dict
     from emgscale.models import ModelConfig, build_model, count_parameters
 
     if threads:
@@ -126,7 +126,8 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
     if config == "reference_tds":
         cfg, model = ModelConfig(arch="tds (ref)"), reference_tds().to(device)
     else:
-        cfg = from_dict(ModelConfig, yaml.safe_load((CONFIG_DIR / f"{config}.yaml").read_text())["model"])
+        path = config_path(config) if config.endswith(".yaml") else CONFIG_DIR / f"{config}.yaml"  # or a recipe file
+        cfg = from_dict(ModelConfig, yaml.safe_load(path.read_text())["model"])
         model = build_model(cfg).to(device)
     rate = model.input_sample_rate_hz
     n = window_samples + context_samples
@@ -231,7 +232,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", default="tds", help="comma-separated names under configs/models/, or 'all'; "
+    p.add_argument("--configs", default="tds", help="comma-separated names under configs/models/ or .yaml paths "
+                   "(configs/recipes/splashnet.yaml), or 'all'; "
                    "'reference_tds' is the reference's own layout, for a side-by-side ratio")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--batch", type=int, default=32)

@@ -205,11 +205,15 @@ FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
     "features.norm_momentum": (0.7, {}),
     "features.norm_eps": (3.0, {}),
     "features.rolling_window_s": (0.1, {"features.norm": "rolling"}),
+    "features.rolling_warmup_s": (0.2, {"features.norm": "rolling"}),
+    "features.rolling_per_bin": (True, {"features.norm": "rolling"}),
     "features.input_gain": (1e3, {}),
     "augment.band_rotation": (3, {}),
     "augment.temporal_jitter_samples": (40, {}),
     "augment.amplitude_scale": (0.5, {}),
     "augment.channel_mask_prob": (0.5, {}),
+    "augment.electrode_masks": (2, {"augment.electrode_mask_width": 8}),
+    "augment.electrode_mask_width": (8, {"augment.electrode_masks": 2}),
     "augment.time_masks": (1, {}),
     "augment.time_mask_frames": (5, {}),
     "augment.freq_masks": (0, {}),
@@ -234,6 +238,9 @@ FIELD_CHANGES: dict[str, tuple[typing.Any, dict[str, typing.Any]]] = {
     **{f"s4d.{k}": (v, {"arch": "s4d"}) for k, v in
        {"d_model": 12, "d_state": 4, "num_layers": 1, "kernel_size": 6, "stride": 4, "dt_min": 0.01, "dt_max": 0.5,
         "prenorm": True, "dropout": 0.3}.items()},
+    **{f"splash.{k}": (v, {"arch": "splash", "frontend.kind": "flatten"}) for k, v in
+       {"mlp_features": [8, 16], "offsets": [0], "pooling": "max", "block_channels": [8, 8], "kernel_width": 3,
+        "dropout": 0.3, "mirror_right": True}.items()},
 }
 ATTN_CHANGES = {"d_model": 48, "num_layers": 1, "num_heads": 4, "ffn_dim": 32, "dropout": 0.3,
                 "subsampling_strides": [1], "subsampling_kernel": 5, "attention": "full", "left_frames": 2,
@@ -244,6 +251,7 @@ for _arch in ("conformer", "transformer"):
     FIELD_CHANGES[f"{_arch}.left_chunks"] = (0, {"arch": _arch, f"{_arch}.attention": "chunk"})
 FIELD_CHANGES["conformer.conv_kernel"] = (3, {"arch": "conformer"})
 FIELD_BASE = {"frontend": {"mlp_features": [16]}, "tds": {"block_channels": [8, 8], "kernel_width": 4},
+              "splash": {"mlp_features": [16], "block_channels": [4, 8], "kernel_width": 4},
               "rnn": {"hidden_size": 12, "num_layers": 2},
               "cnn_rnn": {"conv_channels": [16, 16], "hidden_size": 12},
               "conformer": {"d_model": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 5,

@@ -43,6 +43,9 @@ CAUSAL = {
                                                                         "chunk_frames": 8, "left_chunks": 1}},
     "s4d": {"arch": "s4d", "features": {"norm": "rolling", "rolling_window_s": 0.5},
             "s4d": {"d_model": 16, "d_state": 8, "num_layers": 2, "kernel_size": 7, "stride": 5}},
+    "splash": {"arch": "splash", "frontend": {"kind": "flatten"},
+               "features": {"kind": "log_bands", "norm": "rolling", "rolling_window_s": 0.0, "rolling_per_bin": True},
+               "splash": {"mlp_features": [16], "block_channels": [4, 8], "kernel_width": 4, "mirror_right": True}},
 }
 NON_CAUSAL = {
     "bigru": ({"arch": "gru", "rnn": {"hidden_size": 8, "num_layers": 1, "bidirectional": True}}, "bidirectional"),
@@ -303,7 +306,7 @@ def test_latency_benchmark_runs_on_tiny_settings(tmp_path) -> None:
 
 
 # --- export and CLI ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["tds_rolling", "cnn_gru_causal", "conformer_causal", "s4d"])
+@pytest.mark.parametrize("name", ["tds_rolling", "cnn_gru_causal", "conformer_causal", "s4d", "splash"])
 def test_exported_step_gives_the_eager_outputs(name: str, tmp_path) -> None:
     """The torch.export-ed step streams the same log-probs as the eager step, and saves and reloads."""
     model = tiny(name)

@@ -12,7 +12,7 @@ augmentation               raw EMG path        precomputed spectra (``data.featu
 inter-band temporal jitter raw form            none: it moves samples by less than a frame
 amplitude scaling          raw form            log form (``+ log10(gain**2)``, same draws)
 channel masking            log form (one form, after the spectra: a dead electrode's spectra
-                           are the floor value, what its zeroed EMG gives)
+(and electrode masks)      are the floor value, what its zeroed EMG gives)
 SpecAugment                on the log features (one form)
 =========================  ==================  ===============================================
 
@@ -118,13 +118,33 @@ def amplitude_scale_log(feats: Tensor, scale: float) -> Tensor:
     return feats + torch.log10(gain * gain).to(feats.dtype).unsqueeze(-1)
 
 
-def channel_mask(feats: Tensor, prob: float, floor: float | None = None) -> Tensor:
-    """Drop each electrode of each band of each window with probability ``prob`` (a dead electrode), on
-    (B, T, 2, C, K) log features: its features become ``floor`` (default :func:`floor_value`,
-    ``log10(0 + 1e-6)``), exactly what the spectrum of its zeroed EMG gives. One form for both paths."""
+def channel_mask(feats: Tensor, prob: float, floor: float | None = None, masks: int = 0, max_width: int = 0) -> Tensor:
+    """Dead electrodes on (B, T, 2, C, K) log features: their features become ``floor`` (default
+    :func:`floor_value`, ``log10(0 + 1e-6)``), exactly what the spectrum of a zeroed EMG gives. One form for
+    both paths.
+
+    Each electrode of each band of each window is dropped with probability ``prob``; and, per band and
+    window, ``randint(0, masks + 1)`` runs of contiguous electrodes (SpecAugment's draw along the electrode
+    axis: width ``floor(U * max_width)``, start inside the band) are dropped too.
+
+    Args:
+        feats: (B, T, bands, C, K) log features.
+        prob: drop probability per electrode (0 = none).
+        floor: the value of a dead electrode.
+        masks: most electrode runs per band and window (0 = none).
+        max_width: each run is narrower than this many electrodes.
+
+    Returns:
+        (B, T, bands, C, K).
+    """
     B, _, bands, C = feats.shape[:4]
-    keep = torch.rand(B, 1, bands, C, device=feats.device) >= prob
-    return feats.masked_fill(~keep.unsqueeze(-1), floor_value() if floor is None else floor)
+    dead = torch.rand(B, 1, bands, C, device=feats.device) < prob
+    if masks > 0 and max_width > 0:
+        n = torch.randint(0, masks + 1, (B,), device=feats.device)
+        runs = _axis_masks(n, masks, max_width, torch.full((B,), C, device=feats.device), (B, bands), C,
+                           feats.device)  # (B, bands, C)
+        dead = dead | runs.unsqueeze(1)
+    return feats.masked_fill(dead.unsqueeze(-1), floor_value() if floor is None else floor)
 
 
 def _axis_masks(count: Tensor, max_masks: int, max_width: int, size: Tensor, shape: tuple[int, ...],
@@ -209,8 +229,9 @@ AUGMENTATIONS: tuple[Augmentation, ...] = (
     Augmentation("amplitude_scale", lambda c: c.amplitude_scale > 0,
                  raw=lambda x, n, c: (amplitude_scale(x, c.amplitude_scale), n),
                  spectra=lambda x, n, c: (amplitude_scale_log(x, c.amplitude_scale), n)),
-    Augmentation("channel_mask_prob", lambda c: c.channel_mask_prob > 0,
-                 spectra=lambda x, n, c: (channel_mask(x, c.channel_mask_prob), n)),
+    Augmentation("channel_mask_prob", lambda c: c.channel_mask_prob > 0 or c.electrode_masks > 0,
+                 spectra=lambda x, n, c: (channel_mask(x, c.channel_mask_prob, masks=c.electrode_masks,
+                                                       max_width=c.electrode_mask_width), n)),
     Augmentation("spec_augment", lambda c: True, spectra=lambda x, n, c: (spec_augment(x, n, c), n)),
 )
 
@@ -250,8 +271,8 @@ def augment(x: Tensor, lengths: Tensor, cfg: AugmentConfig, stage: str) -> tuple
 
 def check_augment(cfg: AugmentConfig) -> None:
     """Raise ValueError for a negative or out-of-range augmentation setting."""
-    for name in ("band_rotation", "temporal_jitter_samples", "time_masks", "time_mask_frames", "freq_masks",
-                 "freq_mask_bins"):
+    for name in ("band_rotation", "temporal_jitter_samples", "electrode_masks", "electrode_mask_width", "time_masks",
+                 "time_mask_frames", "freq_masks", "freq_mask_bins"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"augment.{name} must be >= 0, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.channel_mask_prob < 1.0:

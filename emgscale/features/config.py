@@ -40,7 +40,13 @@ class FeatureConfig:
             the last ``rolling_window_s``; streaming-friendly) or ``"none"``.
         norm_momentum: running-statistics momentum of ``"batch"`` (as ``nn.BatchNorm2d``).
         norm_eps: variance floor of both norms.
-        rolling_window_s: window of ``"rolling"`` statistics, in seconds.
+        rolling_window_s: window of ``"rolling"`` statistics, in seconds; 0 = cumulative (every frame since
+            the start of the sequence, SplashNet's Rolling Time Normalization).
+        rolling_warmup_s: ``"rolling"`` only: the first this many seconds of a sequence are normalised by the
+            statistics of all of them (SplashNet: 1 s), a look-ahead at the start that does not stream;
+            0 = the frames seen so far (causal, streams).
+        rolling_per_bin: ``"rolling"`` statistics per (channel, frequency bin), as SplashNet, instead of
+            pooled over the bins of a channel.
         input_gain: the EMG is multiplied by this before the features, so that its scale is the
             microvolt-like one the ``log10(power + 1e-6)`` front end is built for
             (:mod:`emgscale.data.scale`). None (the default) means "not chosen": the model uses 1 (the
@@ -63,6 +69,8 @@ class FeatureConfig:
     norm_momentum: float = 0.1
     norm_eps: float = 1e-5
     rolling_window_s: float = 10.0
+    rolling_warmup_s: float = 0.0
+    rolling_per_bin: bool = False
     input_gain: float | None = None
 
 
@@ -84,6 +92,9 @@ class AugmentConfig:
             ``[1 / (1 + a), 1 + a]`` (0.25 -> gains 0.8..1.25). 0 disables.
         channel_mask_prob: zero each electrode of each band of each window with this probability
             (a dead electrode). 0 disables.
+        electrode_masks: per band and window, up to this many runs of contiguous electrodes are dead
+            (the count drawn from 0..electrode_masks, as SpecAugment's). 0 disables.
+        electrode_mask_width: each run is narrower than this many electrodes (0 disables).
 
     Spectral augmentations (SpecAugment on the log features, before normalisation, as the reference):
 
@@ -102,6 +113,8 @@ class AugmentConfig:
     temporal_jitter_samples: int = field(default=120, metadata={"raw_emg": True})
     amplitude_scale: float = 0.0
     channel_mask_prob: float = 0.0
+    electrode_masks: int = 0
+    electrode_mask_width: int = 0
     time_masks: int = 3
     time_mask_frames: int = 25
     freq_masks: int = 2

@@ -110,11 +110,13 @@ class Featurizer(nn.Module):
         self.samples_per_frame = self.hop_samples * self.decimation
         self.frame_rate_hz = cfg.input_sample_rate_hz / self.samples_per_frame
         self.norm = build_norm(cfg.norm, self.num_bands * self.num_channels, self.frame_rate_hz, cfg.norm_momentum,
-                               cfg.norm_eps, cfg.rolling_window_s)
+                               cfg.norm_eps, cfg.rolling_window_s, cfg.rolling_warmup_s, cfg.rolling_per_bin,
+                               self.num_bins)
         h = self.decimator.half_taps
         left: int | None = h
         if isinstance(self.norm, RollingNorm):
-            left = h + (self.norm.window_frames - 1) * self.samples_per_frame
+            w = self.norm.window_frames
+            left = None if w is None else h + (w - 1) * self.samples_per_frame
         self.span_samples = (left, (self.n_fft - 1) * self.decimation + h)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 Encoders (``model.arch``): ``tds`` (the paper's TDS-Conv baseline), ``lstm`` / ``gru`` (uni- or
 bidirectional), ``cnn_rnn`` (strided conv front end + BiGRU/BiLSTM), ``conformer`` and ``transformer``
 (conv subsampling + local/chunked/full rotary attention), ``s4d`` (causal strided conv + diagonal
-state-space layers). All follow one contract,
+state-space layers), ``splash`` (SplashNet's split-and-share: one per-hand MLP + TDS stack whose
+weights both bands share). All follow one contract,
 ``forward(x (B, T, C), lengths (B,)) -> (y (B, T', D), out_lengths (B,))``, with padding never changing
 a sequence's output. Build a model with ``build_model(ModelConfig(...))``.
 
@@ -24,7 +25,7 @@ from typing import Any
 _EXPORTS = {
     "Encoder": "common", "Span": "common", "ModelConfig": "config", "ConformerConfig": "config",
     "FrontendConfig": "config", "CNNRNNConfig": "config", "RNNConfig": "config", "S4DConfig": "config",
-    "TDSConfig": "config", "TransformerConfig": "config", "BUILTIN_ARCHS": "config", "ENCODERS": "ctc",
+    "SplashConfig": "config", "TDSConfig": "config", "TransformerConfig": "config", "BUILTIN_ARCHS": "config", "ENCODERS": "ctc",
     "CTCModel": "ctc", "build_model": "ctc", "count_parameters": "ctc", "forward_batch": "ctc",
     "register_encoder": "ctc", "ReferenceCheckpoint": "reference", "export_reference": "reference",
     "import_reference": "reference", "is_reference_checkpoint": "reference", "read_reference": "reference",

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 #: The built-in ``model.arch`` names (:data:`emgscale.models.ENCODERS` holds these and any registered
 #: with :func:`emgscale.models.register_encoder`).
-BUILTIN_ARCHS = ("tds", "lstm", "gru", "cnn_rnn", "conformer", "transformer", "s4d")
+BUILTIN_ARCHS = ("tds", "lstm", "gru", "cnn_rnn", "conformer", "transformer", "s4d", "splash")
 #: ``tds.feature_order`` values.
 FEATURE_ORDERS = ("channel_major", "width_major")
 
@@ -190,17 +190,48 @@ class S4DConfig:
 
 
 @dataclass
+class SplashConfig:
+    """Split-and-share encoder settings (``arch: splash``, SplashNet, Hadidi et al. 2025).
+
+    One per-hand network (a rotation-invariant MLP, then TDS blocks) whose weights every band shares; the
+    bands' outputs are concatenated before the CTC head. It reads the flattened features
+    (``frontend.kind: flatten``) and runs its own per-hand MLP.
+
+    Attributes:
+        mlp_features: hidden sizes of the per-hand rotation-invariant MLP (its last = the per-hand width D;
+            SplashNet-mini 384, SplashNet 528).
+        offsets: electrode roll offsets the MLP pools over.
+        pooling: ``"mean"`` or ``"max"`` over the offsets.
+        block_channels: conv channels of each per-hand TDS block (each must divide D; SplashNet-mini
+            ``[24, 24, 24, 24]``, SplashNet ``[24, 24, 48, 48]``).
+        kernel_width: temporal kernel of the TDS conv blocks, in frames.
+        dropout: on the MLP output and after each fully connected block.
+        mirror_right: feed the second band's electrodes in reverse order (electrode ``i`` at index
+            ``C - 1 - i``), so that, if the bands are worn as mirror images, one index means one anatomy on
+            both hands. False (SplashNet) feeds both bands as recorded.
+    """
+
+    mlp_features: list[int] = field(default_factory=lambda: [384])
+    offsets: list[int] = field(default_factory=lambda: [-1, 0, 1])
+    pooling: str = "mean"
+    block_channels: list[int] = field(default_factory=lambda: [24, 24, 24, 24])
+    kernel_width: int = 32
+    dropout: float = 0.0
+    mirror_right: bool = False
+
+
+@dataclass
 class ModelConfig:
     """Everything that defines a model (YAML files under ``configs/models/`` override it under ``model:``).
 
     Attributes:
         arch: encoder registry name: ``tds``, ``lstm``, ``gru``, ``cnn_rnn``, ``conformer``,
-            ``transformer``, ``s4d`` (see :data:`emgscale.models.ENCODERS`). Only the section of the chosen
+            ``transformer``, ``s4d``, ``splash`` (see :data:`emgscale.models.ENCODERS`). Only the section of the chosen
             arch is used; each has its own ``dropout``.
         features: spectral features, rate, electrode subset, normalisation.
         augment: training augmentations (inside the model, train mode only).
         frontend: per-frame front end feeding the encoder.
-        tds, rnn, cnn_rnn, conformer, transformer, s4d: encoder settings (``rnn`` serves ``lstm`` and
+        tds, rnn, cnn_rnn, conformer, transformer, s4d, splash: encoder settings (``rnn`` serves ``lstm`` and
             ``gru``; ``rnn.bidirectional`` picks BiLSTM / BiGRU).
         num_classes: outputs of the head; 0 = the CTC charset (98 keys + blank). A frame classifier
             (``loss.kind: frame_ce``) sets its number of labels (6 for the finger dataset).
@@ -220,4 +251,5 @@ class ModelConfig:
     conformer: ConformerConfig = field(default_factory=ConformerConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     s4d: S4DConfig = field(default_factory=S4DConfig)
+    splash: SplashConfig = field(default_factory=SplashConfig)
     head_blank_prior: float = 0.0

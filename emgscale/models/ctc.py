@@ -35,6 +35,7 @@ from emgscale.models.config import ModelConfig
 from emgscale.models.frontend import build_frontend
 from emgscale.models.rnn import CNNRNNEncoder, RNNEncoder
 from emgscale.models.s4d import S4DEncoder
+from emgscale.models.splash import SplashEncoder
 from emgscale.models.tds import TDSConvEncoder
 from emgscale.models.transformer import TransformerEncoder
 
@@ -50,6 +51,7 @@ ENCODERS: dict[str, EncoderFactory] = {
     "conformer": lambda cfg, n: ConformerEncoder(n, cfg.conformer),
     "transformer": lambda cfg, n: TransformerEncoder(n, cfg.transformer),
     "s4d": lambda cfg, n: S4DEncoder(n, cfg.s4d),
+    "splash": lambda cfg, n: SplashEncoder.from_model_config(cfg, n),
 }
 
 

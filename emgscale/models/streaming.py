@@ -39,9 +39,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-
-class NotStreamable(ValueError):
-    """A model stage that needs future input or unbounded state (the message says which and why)."""
+# defined with the first stage that streams (the feature norm), which must not import the models
+from emgscale.features.norm import NotStreamable
 
 
 class StreamState:
