@@ -12,8 +12,8 @@ as in Hinton et al. 2015). The teacher:
 
 * is rebuilt from the checkpoint (weights-only :func:`~emgscale.models.checkpoint.load_checkpoint`; the
   SWAD/SWA average when the file has one, as evaluation's ``auto``), with its own featurizer from its own
-  config, in eval mode, frozen, on the student's device; it is no part of the student's optimiser,
-  checkpoint or state dict.
+  config, in eval mode, frozen, on the student's device (bf16 autocast on a GPU with ``run.bf16``); it is
+  no part of the student's optimiser, checkpoint or state dict.
 * sees the batch's **clean** input (the raw EMG, or the cached spectra), not the student's augmented
   one: the augmentations are drawn inside the student's featurizer, and a teacher's targets are best on
   clean input (the student learns to give them from corrupted input: "noisy student", Xie et al. 2020).
@@ -113,6 +113,7 @@ class Teacher:
         temperature: ``loss.distill_temperature``.
         delay_ms: ``loss.distill_delay_ms``.
         cached_spectra: the training batches carry cached spectra (``data.feature_cache``).
+        bf16: run the teacher under bf16 autocast on a GPU (``run.bf16``); fp32 otherwise.
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
@@ -121,7 +122,7 @@ class Teacher:
     """
 
     def __init__(self, path: "str | Path", student: nn.Module, temperature: float, delay_ms: float = 0.0,
-                 cached_spectra: bool = False) -> None:
+                 cached_spectra: bool = False, bf16: bool = False) -> None:
         self.path = checkpoint_file(path)
         ck = load_checkpoint(self.path)
         self.model = build_model(ck.model_config())
@@ -129,6 +130,7 @@ class Teacher:
         self.model.eval().requires_grad_(False)
         self.sha256 = file_sha256(self.path)
         self.temperature = float(temperature)
+        self.bf16 = bool(bf16)
         where = f"loss.distill_from={str(path)!r}"
         if self.model.num_classes != student.num_classes:
             raise ValueError(f"{where}: the teacher has {self.model.num_classes} classes, the student "
@@ -154,7 +156,8 @@ class Teacher:
         device = batch.emg_lengths.device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
-        log_probs, lengths = forward_batch(self.model, batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16 and device.type == "cuda"):
+            log_probs, lengths = forward_batch(self.model, batch)
         probs = (log_probs.float() / self.temperature).softmax(-1)
         if self.teacher_frame_samples == self.student_frame_samples and self.delay_samples == 0:
             if probs.shape[1] >= num_frames:

@@ -124,7 +124,8 @@ class CTCObjective:
             self.frame_s = model.samples_per_frame / model.input_sample_rate_hz
             if loss.distill_from is not None:
                 self.teacher = Teacher(loss.distill_from, model, loss.distill_temperature, loss.distill_delay_ms,
-                                       cached_spectra=bool(getattr(cfg.data, "feature_cache", None)))
+                                       cached_spectra=bool(getattr(cfg.data, "feature_cache", None)),
+                                       bf16=bool(getattr(cfg.run, "bf16", False)))
                 record_teacher(cfg.run.out_dir, self.teacher)
 
     def aux_loss(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
