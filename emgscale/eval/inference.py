@@ -7,6 +7,10 @@ multiples of the model's ``alignment_samples``), so for a model whose receptive 
 context (TDS, CNN, local or chunked attention) the stitched output equals the unchunked one; models
 with unbounded context (bidirectional RNNs, global attention) see at least that much context. Labels
 are every keystroke between the session's first and last sample, as the paper's test.
+
+With test-time adaptation (:func:`adapted_emissions`, ``split_emissions(..., adapt_seconds=S)``), each
+user's sessions are run through a copy of the model whose normalisation was re-estimated on the first S
+seconds of that user's unlabelled EMG (:mod:`emgscale.models.adapt`).
 """
 
 from __future__ import annotations
