@@ -203,3 +203,21 @@ def test_bench_adapt_runs(tiny_corpus, tmp_path):
     assert [r["adapt_seconds"] for r in rows] == [0.0, 2.0, 5.0] and all(r["users"] == 3 for r in rows)
     assert rows[0]["per_user_adapt_seconds_used"] == {u: 0.0 for u in tiny_corpus.users}
     assert "pooled CER" in proc.stdout
+
+
+def test_an_adapted_causal_model_streams_as_its_forward():
+    """After adaptation a causal rolling-norm model, pushed in chunks, gives its own offline log-probs."""
+    import yaml
+
+    from emgscale.stream import Streamer
+
+    data = yaml.safe_load((REPO / "emgscale" / "configs" / "models" / "cnn_gru_causal_tiny.yaml").read_text())
+    torch.manual_seed(0)
+    model = build_model(from_dict(ModelConfig, data["model"])).eval()
+    assert adapt_norm(model, [_emg(4.0, 8, scale=60.0)], 4.0)["rolling_norms"] == 1
+    emg = _emg(1.2, 9)
+    with torch.no_grad():
+        lp, ol = model(torch.from_numpy(emg)[None], torch.tensor([len(emg)]))
+    s = Streamer(model)
+    got = np.concatenate([*(s.push(emg[a: a + 333]) for a in range(0, len(emg), 333)), s.flush()])
+    np.testing.assert_allclose(got, lp[0, : int(ol[0])].numpy(), atol=1e-4, rtol=0)
