@@ -1,13 +1,16 @@
 """Whole-session evaluation as in the paper: CER per session, per user and aggregate.
 
-``python -m emgscale.eval CHECKPOINT --split test|val --decoder greedy|beam [--lm PATH]``
+``python -m emgscale.eval CHECKPOINT --split test|val --decoder greedy|beam [--lm PATH] [--adapt-seconds S]``
 
 :func:`evaluate` loads a checkpoint (emgscale's, or an imported reference checkpoint), computes
 whole-session emissions (:mod:`emgscale.eval.inference`, shared with the benchmarks), decodes them
 and scores them with :class:`~emgscale.metrics.CERMeter`. The JSON result holds the CER (pooled over
 the split, as the paper), the insertion / deletion / substitution rates, the CER of the rendered text
 (``rendered_cer``: backspaces applied, shift folded in), per-user and per-session counts and, per session,
-the decoded text next to the target; :func:`format_table` prints them per user.
+the decoded text next to the target; :func:`format_table` prints them per user. With ``adapt_seconds``
+each user's sessions are decoded by a copy of the model whose normalisation was first re-estimated on
+that user's unlabelled EMG (test-time adaptation, :mod:`emgscale.models.adapt`); ``adaptation`` in the
+result says how much EMG each user's adaptation read.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from emgscale.data.charset import charset
 from emgscale.data.splits import load_split
 from emgscale.decode import DecoderConfig, build_decoder
 from emgscale.models.checkpoint import load_checkpoint
-from emgscale.eval.inference import infer_session, load_model, resolve_weights, session_emissions, split_emissions
+from emgscale.eval.inference import (adaptation_window, adapted_emissions, infer_session, load_model, resolve_weights,
+                                     session_emissions, split_emissions)
 from emgscale.metrics import CERMeter
 
 
@@ -42,6 +46,11 @@ class EvalConfig:
         decoder: greedy or beam (with a KenLM LM) settings.
         chunk_seconds, context_seconds: chunked inference geometry (see module docstring).
         users: evaluate only these users' sessions (None: all).
+        adapt_seconds: unsupervised test-time adaptation: per user, the model's normalisation is
+            re-estimated on the first ``adapt_seconds`` of that user's unlabelled EMG (sessions of
+            ``adapt_part``; :mod:`emgscale.models.adapt`) before decoding; 0: none.
+        adapt_part: the split part whose sessions adaptation reads (``train``: the user's training
+            sessions, whose labels are never read).
         out: where the JSON result goes (default: ``eval-<split>-<part>-<decoder>.json`` beside the
             checkpoint), with per-session decoded text next to the target.
     """
@@ -56,6 +65,8 @@ class EvalConfig:
     chunk_seconds: float = 60.0
     context_seconds: float = 4.0
     users: list[str] | None = None
+    adapt_seconds: float = 0.0
+    adapt_part: str = "train"
     device: str = "auto"
     bf16: bool = False
     out: str | None = None
@@ -104,12 +115,14 @@ def default_out(cfg: EvalConfig, split_file: "str | Path") -> Path:
     """Where a result goes without ``out``: beside the checkpoint."""
     ckpt = Path(cfg.checkpoint)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
-    return folder / f"eval-{Path(split_file).stem}-{cfg.split}-{cfg.decoder.kind}.json"
+    adapted = f"-adapt{cfg.adapt_seconds:g}s" if cfg.adapt_seconds > 0 else ""
+    return folder / f"eval-{Path(split_file).stem}-{cfg.split}-{cfg.decoder.kind}{adapted}.json"
 
 
 #: Ranges, choices and paths of :class:`EvalConfig` (other numbers: finite and >= 0).
 EVAL_RULES = {"checkpoint": "path", "split": ("test", "val"), "split_file": "file", "data_root": "dir", "bids_metadata": "file",
-              "weights": ("auto", "model", "averaged"), "chunk_seconds": ">0", "decoder.lm_path": "file",
+              "weights": ("auto", "model", "averaged"), "chunk_seconds": ">0",
+              "adapt_part": ("train", "val", "test"), "decoder.lm_path": "file",
               "decoder.beam_size": ">=1", "decoder.num_threads": ">=1", "decoder.lm_weight": "any",
               "decoder.insertion_bonus": "any", "decoder.beam_threshold": "any", "decoder.label_threshold": "any",
               "decoder.max_labels_per_frame": "any"}
@@ -148,17 +161,31 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     decoder = build_decoder(cfg.decoder)
     device = next(model.parameters()).device
     texts: dict[str, dict[str, str]] = {}
-    meter = score(session_emissions(model, data_root, refs, sample_rate_hz=train_cfg.model.features.input_sample_rate_hz,
-                                    chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
-                                    device=device, bf16=cfg.bf16, desc=f"eval {cfg.split}",
-                                    bids_metadata=bids_metadata), decoder, texts)
+    window_s, batch = adaptation_window(train_cfg)
+    adaptation: dict[str, Any] = {}
+
+    def emissions() -> Iterable[dict[str, Any]]:
+        for e in adapted_emissions(model, data_root, refs, split[cfg.adapt_part] if cfg.adapt_seconds > 0 else [],
+                                   cfg.adapt_seconds, window_seconds=window_s, batch_windows=batch,
+                                   bids_metadata=bids_metadata,
+                                   sample_rate_hz=train_cfg.model.features.input_sample_rate_hz,
+                                   chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds,
+                                   device=device, bf16=cfg.bf16, desc=f"eval {cfg.split}"):
+            if e["adaptation"] is not None:
+                adaptation[e["user"]] = e["adaptation"]
+            yield e
+
+    meter = score(emissions(), decoder, texts)
     per_session = {s: {**v, **texts.get(s, {})} for s, v in meter.per_session().items()}
     out = Path(cfg.out) if cfg.out else default_out(cfg, split_file)
     result = {
         "checkpoint": str(cfg.checkpoint), "weights": which, "split_file": str(split_file), "part": cfg.split,
         "decoder": to_dict(cfg.decoder), "config": to_dict(cfg), "train_config": to_dict(train_cfg),
         "cer": meter.cer, "rendered_cer": meter.rendered_cer, "summary": meter.summary(), "per_session": per_session,
-        "per_user": meter.per_user(), "git_commit": git_commit(), "hardware": hardware(),
+        "per_user": meter.per_user(),
+        "adaptation": ({"seconds": cfg.adapt_seconds, "part": cfg.adapt_part, "per_user": adaptation}
+                       if cfg.adapt_seconds > 0 else None),
+        "git_commit": git_commit(), "hardware": hardware(),
         "wall_s": time.monotonic() - t0, "out": str(out),
     }
     atomic_write_json(out, result)
@@ -168,5 +195,5 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return result
 
 
-__all__ = ["EVAL_RULES", "EvalConfig", "check_eval_config", "default_out", "evaluate", "format_table", "infer_session",
+__all__ = ["EVAL_RULES", "EvalConfig", "adapted_emissions", "check_eval_config", "default_out", "evaluate", "format_table", "infer_session",
            "load_model", "score", "session_emissions", "split_emissions"]

@@ -1,4 +1,4 @@
-"""``python -m emgscale.eval CHECKPOINT --split test|val --decoder greedy|beam [--lm PATH] [--out R.json]``."""
+"""``python -m emgscale.eval CHECKPOINT --split test|val --decoder greedy|beam [--lm PATH] [--adapt-seconds S] [--out R.json]``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lm", help="KenLM binary/ARPA character LM for beam decoding")
     p.add_argument("--weights", default="auto", choices=["auto", "model", "averaged"])
     p.add_argument("--users", help="comma-separated user ids to evaluate")
+    p.add_argument("--adapt-seconds", type=float, default=0.0,
+                   help="unsupervised test-time adaptation: re-estimate the normalisation per user on this many "
+                        "seconds of the user's unlabelled EMG before decoding (default 0: none)")
+    p.add_argument("--adapt-part", default="train", choices=["train", "val", "test"],
+                   help="the split part whose sessions adaptation reads (default train: the user's training sessions)")
     p.add_argument("--out", help="the JSON result (default: eval-<split>-<part>-<decoder>.json beside the checkpoint)")
     p.add_argument("overrides", nargs="*", help="EvalConfig dotted.key=value, e.g. decoder.beam_size=20")
     a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
@@ -31,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = {"checkpoint": a.checkpoint, "split": a.split, "split_file": a.split_file, "data_root": a.data_root,
            "bids_metadata": a.bids_metadata,
            "weights": a.weights, "out": a.out, "decoder": {"kind": a.decoder, "lm_path": a.lm},
-           "users": a.users.split(",") if a.users else None}
+           "users": a.users.split(",") if a.users else None,
+           "adapt_seconds": a.adapt_seconds, "adapt_part": a.adapt_part}
     for k, v in parse_overrides(a.overrides).items():
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
     cfg = from_dict(EvalConfig, raw)

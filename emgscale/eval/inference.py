@@ -7,10 +7,16 @@ multiples of the model's ``alignment_samples``), so for a model whose receptive 
 context (TDS, CNN, local or chunked attention) the stitched output equals the unchunked one; models
 with unbounded context (bidirectional RNNs, global attention) see at least that much context. Labels
 are every keystroke between the session's first and last sample, as the paper's test.
+
+With test-time adaptation (:func:`adapted_emissions`, ``split_emissions(..., adapt_seconds=S)``), each
+user's sessions are run through a copy of the model whose normalisation was re-estimated on the first S
+seconds of that user's unlabelled EMG (:mod:`emgscale.models.adapt`).
 """
 
 from __future__ import annotations
 
+import copy
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +32,7 @@ from emgscale.data.source import open_session
 from emgscale.data.splits import DataRoot
 from emgscale.data.splits import load_split
 from emgscale.models import build_model
+from emgscale.models.adapt import adapt_norm
 from emgscale.train.config import TrainConfig
 
 
@@ -146,10 +153,70 @@ def session_emissions(model: torch.nn.Module, data_root: "str | Path", refs: lis
 
 
 
+def adapt_to_user(model: torch.nn.Module, data_root: "str | Path", refs: list[Any], seconds: float, *,
+                  window_seconds: float = 4.0, batch_windows: int = 8,
+                  bids_metadata: "str | Path | None" = None) -> dict[str, Any]:
+    """Adapt ``model``'s normalisation (in place, :func:`~emgscale.models.adapt.adapt_norm`) on the first
+    ``seconds`` of the EMG of the sessions ``refs`` (one user's, in split order); their labels are never read.
+
+    Returns:
+        ``adapt_norm``'s summary with the sessions used (``sessions``).
+
+    Raises:
+        DataError: a session file is missing.
+    """
+    paths = DataRoot(data_root, bids_metadata).paths([r.session for r in refs])
+    with ExitStack() as stack:
+        sessions = []
+        for path in paths:
+            if not path.is_file():
+                raise DataError(path, "adaptation session named by the split is missing")
+            sessions.append(stack.enter_context(open_session(path, bids_metadata)))
+        info = adapt_norm(model, sessions, seconds, window_seconds=window_seconds, batch_windows=batch_windows)
+    return {**info, "sessions": [r.session for r in refs]}
+
+
+def adapted_emissions(model: torch.nn.Module, data_root: "str | Path", refs: list[Any], adapt_refs: list[Any],
+                      adapt_seconds: float, *, window_seconds: float = 4.0, batch_windows: int = 8,
+                      bids_metadata: "str | Path | None" = None, **kw: Any) -> Iterator[dict[str, Any]]:
+    """:func:`session_emissions` of ``refs`` with, per user, a copy of ``model`` adapted on the first
+    ``adapt_seconds`` of that user's sessions among ``adapt_refs`` (:func:`adapt_to_user`); ``model`` is
+    not changed. 0 seconds: the model as it is. Sessions come grouped by user (in order of first appearance);
+    each dict also holds ``adaptation`` (:func:`adapt_to_user`'s summary, None without adaptation).
+
+    Raises:
+        ValueError: adaptation asked for a user with no session in ``adapt_refs``.
+    """
+    if adapt_seconds <= 0:
+        for e in session_emissions(model, data_root, refs, bids_metadata=bids_metadata, **kw):
+            yield {**e, "adaptation": None}
+        return
+    for user in dict.fromkeys(r.user for r in refs):
+        mine = [r for r in adapt_refs if r.user == user]
+        if not mine:
+            raise ValueError(f"user {user}: no session to adapt on (test-time adaptation reads that user's "
+                             "unlabelled sessions of the adaptation part, and the split lists none)")
+        adapted = copy.deepcopy(model)
+        info = adapt_to_user(adapted, data_root, mine, adapt_seconds, window_seconds=window_seconds,
+                             batch_windows=batch_windows, bids_metadata=bids_metadata)
+        print0(f"[eval] user {user}: normalisation adapted on {info['seconds']:.1f} s of unlabelled EMG "
+               f"({len(mine)} sessions available)")
+        for e in session_emissions(adapted, data_root, [r for r in refs if r.user == user],
+                                   bids_metadata=bids_metadata, **kw):
+            yield {**e, "adaptation": info}
+
+
+def adaptation_window(cfg: TrainConfig) -> tuple[float, int]:
+    """Adaptation windows like the model's training windows: ``(seconds, windows per batch)`` (at most 32)."""
+    seconds = cfg.data.window.window_samples / float(cfg.model.features.input_sample_rate_hz)
+    return seconds, max(1, min(32, int(cfg.data.batch_size)))
+
+
 def split_emissions(checkpoint: "str | Path", data_root: "str | Path", split_file: "str | Path", part: str, *,
                     which: str = "auto", device: str = "auto", users: list[str] | None = None,
                     chunk_seconds: float = 60.0, context_seconds: float = 4.0,
-                    bf16: bool = False, bids_metadata: "str | Path | None" = None) -> list[dict[str, Any]]:
+                    bf16: bool = False, bids_metadata: "str | Path | None" = None,
+                    adapt_seconds: float = 0.0, adapt_part: str = "train") -> list[dict[str, Any]]:
     """Whole-session emissions of every session of ``part`` of a split (computed once, decoded many ways).
 
     Args:
@@ -160,14 +227,27 @@ def split_emissions(checkpoint: "str | Path", data_root: "str | Path", split_fil
         device: where to run the model.
         users: only these users' sessions (None: all).
         bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when it has none.
+        adapt_seconds: unsupervised test-time adaptation: per user, a copy of the model has its
+            normalisation re-estimated on the first ``adapt_seconds`` of that user's sessions of
+            ``adapt_part`` (EMG only, no labels; :mod:`emgscale.models.adapt`); 0: none.
+        adapt_part: the part of the split whose sessions adaptation reads (``train``: a held-out
+            user's training sessions).
 
     Returns:
-        One dict per session: ``{"session", "user", "log_probs" (T', C), "target"}``.
+        One dict per session: ``{"session", "user", "log_probs" (T', C), "target", "adaptation"}``
+        (grouped by user when adapting).
+
+    Raises:
+        ValueError: adaptation for a user with no session in ``adapt_part``.
     """
     model, cfg = load_model(checkpoint, which=which, device=device)
     dev = next(model.parameters()).device
-    refs = [r for r in load_split(split_file)[part] if users is None or r.user in set(users)]
-    return list(session_emissions(model, data_root, refs, sample_rate_hz=cfg.model.features.input_sample_rate_hz,
+    split = load_split(split_file)
+    refs = [r for r in split[part] if users is None or r.user in set(users)]
+    window_s, batch = adaptation_window(cfg)
+    return list(adapted_emissions(model, data_root, refs, split[adapt_part] if adapt_seconds > 0 else [],
+                                  adapt_seconds, window_seconds=window_s, batch_windows=batch,
+                                  bids_metadata=bids_metadata,
+                                  sample_rate_hz=cfg.model.features.input_sample_rate_hz,
                                   chunk_seconds=chunk_seconds, context_seconds=context_seconds, device=dev,
-                                  bf16=bf16, desc=f"emissions {Path(split_file).stem}/{part}",
-                                  bids_metadata=bids_metadata))
+                                  bf16=bf16, desc=f"emissions {Path(split_file).stem}/{part}"))

@@ -253,6 +253,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "run.max_epochs": ">=1", "run.log_every_steps": ">=1", "run.workers": ">=1", "run.max_failures": ">=-1",
     "run.device": _device_problem, "run.init_from": "path", "run.out_dir": lambda v: None if v else "must be set",
     "swad.mode": ("off", "swad", "swa"),
+    "loss.distill_from": "path", "loss.distill_temperature": ">0",
     "data.csv.*column*": "any",  # CSV columns: an index (negative from the end) or a header name
 }
 

@@ -26,6 +26,12 @@ class LossConfig:
         aux_decay_steps: the weight falls linearly to 0 at this step (0: constant weight).
         aux_offset_ms: the target window is centred this long before each press (EMG leads it).
         aux_width_ms: width of the target window around that centre.
+        distill_from: a teacher checkpoint (file or run's checkpoint folder): its per-frame posteriors are
+            soft targets beside CTC (:mod:`emgscale.train.distill`); None: no distillation.
+        distill_weight: weight of the distillation term (KL per valid frame, times ``T^2``).
+        distill_temperature: T, the temperature both distributions are softened by (> 0).
+        distill_delay_ms: the teacher's posteriors are read this much later (a causal student emits after
+            the EMG it needs; a bidirectional teacher may emit earlier).
     """
 
     kind: str = "ctc"
@@ -34,3 +40,7 @@ class LossConfig:
     aux_decay_steps: int = 0
     aux_offset_ms: float = 100.0
     aux_width_ms: float = 80.0
+    distill_from: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
+    distill_delay_ms: float = 0.0

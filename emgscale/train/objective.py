@@ -9,6 +9,9 @@ toward each key's class on the output frames of a short window before its press 
 60-140 ms: ``aux_offset_ms`` / ``aux_width_ms``), weighted ``aux_weight`` and decayed linearly to 0 over
 ``aux_decay_steps``, so the model uses its input from the first steps and CTC's own alignment takes over.
 It works for any encoder and frame rate (the model's ``samples_per_frame``) and for whole sessions.
+
+``loss.distill_from=CKPT`` adds a teacher's tempered per-frame posteriors as soft targets beside CTC
+(``distill_weight * T^2 * KL`` per valid frame; :mod:`emgscale.train.distill`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 
 from emgscale.data.windows import Batch
 from emgscale.train.loss_config import LossConfig
+from emgscale.train.distill import Teacher, distill_kl, record_teacher
 from emgscale.train.frames import FrameCEObjective
 from emgscale.train.validation import ctc_loss, validate
 
@@ -108,12 +112,21 @@ class CTCObjective:
         if loss.aux != "none" and (loss.aux_weight < 0 or loss.aux_width_ms <= 0):
             raise ValueError(f"loss.aux_weight must be >= 0 and loss.aux_width_ms > 0, got "
                              f"{loss.aux_weight} / {loss.aux_width_ms}")
+        if loss.distill_from is not None and (loss.distill_weight < 0 or not loss.distill_temperature > 0):
+            raise ValueError(f"loss.distill_weight must be >= 0 and loss.distill_temperature > 0, got "
+                             f"{loss.distill_weight} / {loss.distill_temperature}")
         self.frame_s = 0.0
-        if loss.aux != "none":
+        self.teacher: Teacher | None = None
+        if loss.aux != "none" or loss.distill_from is not None:
             from emgscale.models import build_model
 
             model = build_model(cfg.model)  # for its frame geometry only
             self.frame_s = model.samples_per_frame / model.input_sample_rate_hz
+            if loss.distill_from is not None:
+                self.teacher = Teacher(loss.distill_from, model, loss.distill_temperature, loss.distill_delay_ms,
+                                       cached_spectra=bool(getattr(cfg.data, "feature_cache", None)),
+                                       bf16=bool(getattr(cfg.run, "bf16", False)))
+                record_teacher(cfg.run.out_dir, self.teacher)
 
     def aux_loss(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy of the key frames (:func:`key_frame_targets`); 0 when a batch has none."""
@@ -126,12 +139,20 @@ class CTCObjective:
         total = F.nll_loss(log_probs.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
         return total / (targets != IGNORE).sum().clamp(min=1)  # no host sync
 
+    def distill_loss(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``T^2 * KL(teacher || student)`` at temperature T, mean over the student's valid frames."""
+        assert self.teacher is not None
+        T = self.cfg.loss.distill_temperature
+        return T * T * distill_kl(log_probs, out_lengths, self.teacher.targets(batch, log_probs.shape[1]), T)
+
     def loss(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, batch: Batch, step: int) -> torch.Tensor:
-        ctc = ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths)
+        total = ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths)
+        if self.teacher is not None and self.cfg.loss.distill_weight > 0:
+            total = total + self.cfg.loss.distill_weight * self.distill_loss(log_probs, out_lengths, batch)
         weight = aux_weight_at(self.cfg.loss, step)
         if weight <= 0:
-            return ctc
-        return ctc + weight * self.aux_loss(log_probs, out_lengths, batch)
+            return total
+        return total + weight * self.aux_loss(log_probs, out_lengths, batch)
 
     def validate(self, model: torch.nn.Module, loader: Iterable[Batch], device: torch.device, max_batches: int,
                  autocast: dict[str, Any]) -> dict[str, float]:
@@ -147,9 +168,12 @@ def build_objective(cfg: Any) -> Objective:
     """The objective ``cfg.loss.kind`` names, for the training config ``cfg``.
 
     Raises:
-        ValueError: an unknown ``loss.kind``.
+        ValueError: an unknown ``loss.kind``; ``loss.distill_from`` with another objective than ``ctc``, or a
+            teacher that cannot teach this model (:class:`~emgscale.train.distill.Teacher`).
     """
     kind = cfg.loss.kind
+    if cfg.loss.distill_from is not None and kind != "ctc":
+        raise ValueError(f"loss.distill_from: distillation is part of the ctc objective, not loss.kind={kind}")
     if kind not in OBJECTIVES:
         raise ValueError(f"loss.kind: unknown objective {kind!r}; known: {', '.join(sorted(OBJECTIVES))}")
     return OBJECTIVES[kind](cfg)
