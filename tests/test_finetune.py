@@ -55,7 +55,7 @@ def test_lora_starts_as_the_base_model(arch):
 
 @pytest.mark.parametrize("arch", ["tds", "cnn_gru"])
 def test_merged_weights_load_into_the_plain_model_and_give_its_output(arch):
-    """The merged state dict (what checkpoints store) loads into a plain model that outputs what the adapted one does."""
+    """The merged state dict (what checkpoints store) loads into a plain model that outputs what the adapted one did."""
     model = _model(arch)
     add_lora(model, "encoder", rank=2, alpha=4.0)
     _randomise_adapters(model)

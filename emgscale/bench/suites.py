@@ -246,12 +246,14 @@ def split_train_minutes(ctx: BenchContext, split_file: Path) -> float:
     return seconds / 60.0
 
 
-def finetune_overrides(ctx: BenchContext, minutes: float, mode: str) -> list[str]:
+def finetune_overrides(ctx: BenchContext, d: dict[str, Any], minutes: float, mode: str) -> list[str]:
     """The overrides of one fine-tune: :func:`~emgscale.train.finetune_config.finetune_schedule` at this
-    budget (they follow the budget's own fine-tune overrides, so they win)."""
+    budget (they follow the budget's own fine-tune overrides, so they win), then the definition's
+    ``finetune_overrides`` (fine-tunes only, unlike the command line's, which reach every run: e.g.
+    ``[run.steps_per_epoch=100, optim.lr=3e-3, finetune.layer_decay=0.7]`` to try a longer fine-tune)."""
     from emgscale.train.finetune_config import finetune_schedule
 
-    return finetune_schedule(minutes, mode, budget_finetune_steps(ctx))
+    return [*finetune_schedule(minutes, mode, budget_finetune_steps(ctx)), *map(str, d.get("finetune_overrides", []))]
 
 
 def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +265,7 @@ def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     specs: list[RunSpec] = []
     for split in splits:
         minutes = split_train_minutes(ctx, split)
-        specs += [(split, arch, [], None)] + [(split, arch, finetune_overrides(ctx, minutes, m), generic)
+        specs += [(split, arch, [], None)] + [(split, arch, finetune_overrides(ctx, d, minutes, m), generic)
                                               for m in modes]
     cks = iter(train_runs(ctx, specs))
     rows = []
@@ -284,7 +286,7 @@ def few_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     modes = finetune_modes(d, minutes)
     points = [(m, mode) for m in minutes for mode in modes if m in modes[mode]]
     splits = ctx.heldout()
-    cks = iter(train_runs(ctx, [(split, arch, [f"data.max_minutes_per_user={m}", *finetune_overrides(ctx, m, mode)],
+    cks = iter(train_runs(ctx, [(split, arch, [f"data.max_minutes_per_user={m}", *finetune_overrides(ctx, d, m, mode)],
                                  generic) for split in splits for m, mode in points]))
     rows = []
     for split in splits:
