@@ -96,7 +96,7 @@ def test_finetune_axis_and_budget_steps(tmp_path):
     from types import SimpleNamespace
 
     from emgscale.bench.budget import get_budget
-    from emgscale.bench.suites import budget_finetune_steps, finetune_modes
+    from emgscale.bench.suites import budget_finetune_steps, finetune_modes, finetune_overrides
 
     assert finetune_modes({}) == {"full": [0.0]}
     assert finetune_modes({"finetune": ["full", "lora"]}, [0.5, 1.0]) == {"full": [0.5, 1.0], "lora": [0.5, 1.0]}
@@ -108,6 +108,9 @@ def test_finetune_axis_and_budget_steps(tmp_path):
         finetune_modes({"finetune": {"frontend": [3]}}, [0.5])
     steps = {b: budget_finetune_steps(SimpleNamespace(budget=get_budget(b))) for b in ("tiny", "small", "paper")}
     assert steps == {"tiny": 2, "small": 60, "paper": None}
+    small = SimpleNamespace(budget=get_budget("small"))
+    got = finetune_overrides(small, {"finetune_overrides": ["optim.lr=5e-3"]}, 0.5, "frontend")
+    assert "finetune.mode=frontend" in got and got[-1] == "optim.lr=5e-3"  # the definition's come last: they win
 
 
 @pytest.mark.slow

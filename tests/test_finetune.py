@@ -123,7 +123,7 @@ def test_frontend_parameters_include_an_encoders_declared_input_layer():
 def test_layer_decay_gives_lower_rates_to_earlier_blocks():
     """With layer_decay < 1 each block trains at decay x the rate of the block above it; the head at optim.lr."""
     model = _model("tds")
-    groups = param_groups(model, 1e-2, 0.5)
+    groups = param_groups(model, 1e-2, 0.5)[::-1]  # bottom first
     blocks = [g["block"] for g in groups]
     assert blocks[0] == "featurizer" and blocks[1] == "frontend" and blocks[-1] == "head"
     assert "encoder.tds_conv_blocks.0" in blocks and "encoder.tds_conv_blocks.3" in blocks
@@ -176,6 +176,14 @@ def _init_checkpoint(tmp_path: Path) -> Path:
     return save_checkpoint(tmp_path / "init.pt", Checkpoint(model=model.state_dict(), config=to_dict(cfg)))
 
 
+def _finetune_overrides(corpus, out: Path, init: Path, *extra: str) -> list[str]:
+    return [f"data.data_root={corpus.root}", f"data.split={corpus.split_path}", f"run.out_dir={out}",
+            f"run.init_from={init}", *TINY["tds"], "data.batch_size=2", "data.window.window_samples=2000",
+            "data.window.pad_left_samples=200", "data.window.pad_right_samples=0", "run.steps_per_epoch=3",
+            "run.val_max_batches=1", "run.tensorboard=false", "run.threads=1", "optim.lr=1e-2",
+            "optim.warmup_epochs=0", *extra]
+
+
 @pytest.mark.parametrize("mode", ["frontend", "lora"])
 def test_frozen_weights_do_not_move_and_the_checkpoint_is_plain(tiny_corpus, tmp_path, mode):
     """Training in a cheap mode leaves frozen weights unchanged, moves the trained ones, and writes a checkpoint
@@ -183,13 +191,8 @@ def test_frozen_weights_do_not_move_and_the_checkpoint_is_plain(tiny_corpus, tmp
     from emgscale.eval import load_model
 
     init = _init_checkpoint(tmp_path)
-    cfg = load_train_config([], [f"data.data_root={tiny_corpus.root}", f"data.split={tiny_corpus.split_path}",
-                                 f"run.out_dir={tmp_path / 'run'}", f"run.init_from={init}", *TINY["tds"],
-                                 "data.batch_size=2", "data.window.window_samples=2000",
-                                 "data.window.pad_left_samples=200", "data.window.pad_right_samples=0",
-                                 "run.max_epochs=1", "run.steps_per_epoch=3", "run.val_max_batches=1",
-                                 "run.tensorboard=false", "run.threads=1", "optim.lr=1e-2", "optim.warmup_epochs=0",
-                                 f"finetune.mode={mode}", "finetune.lora_rank=2"])
+    cfg = load_train_config([], _finetune_overrides(tiny_corpus, tmp_path / "run", init, "run.max_epochs=1",
+                                                    f"finetune.mode={mode}", "finetune.lora_rank=2"))
     res = train(check_train_config(cfg))
     before, after = load_checkpoint(init).model, load_checkpoint(res.last_checkpoint).model
     assert set(before) == set(after)
@@ -205,3 +208,19 @@ def test_frozen_weights_do_not_move_and_the_checkpoint_is_plain(tiny_corpus, tmp
         assert not any(k.startswith("encoder.") and "layer_norm" in k for k in moved)
     model, _ = load_model(res.last_checkpoint)
     assert not has_lora(model)
+
+
+def test_a_lora_run_resumes_from_its_merged_checkpoint(tiny_corpus, tmp_path):
+    """--resume of a LoRA fine-tune loads its plain checkpoint as the base and trains on to the new end."""
+    init = _init_checkpoint(tmp_path)
+    common = ["finetune.mode=lora", "finetune.layer_decay=0.5"]
+    first = train(load_train_config([], _finetune_overrides(tiny_corpus, tmp_path / "run", init, "run.max_epochs=1",
+                                                            *common)))
+    a = load_checkpoint(first.last_checkpoint)  # the resumed run writes the same file
+    again = train(load_train_config([], _finetune_overrides(tiny_corpus, tmp_path / "run", init, "run.max_epochs=2",
+                                                            *common)), resume=True)
+    assert (first.steps, again.steps) == (3, 6)
+    b = load_checkpoint(again.last_checkpoint)
+    assert set(a.model) == set(b.model) and not any("lora" in k for k in b.model)
+    assert not torch.equal(a.model["encoder.tds_conv_blocks.1.fc_block.0.weight"],
+                           b.model["encoder.tds_conv_blocks.1.fc_block.0.weight"])

@@ -50,8 +50,8 @@ def block_of(name: str) -> str:
 
 def param_groups(model: nn.Module, lr: float, layer_decay: float) -> list[dict[str, Any]]:
     """The trainable parameters as optimiser groups: one group (at ``lr``) when ``layer_decay`` is 1, else
-    one per block (:func:`block_of`, in registration order) at ``lr * layer_decay ** (blocks above it)``,
-    the last block (the head) at ``lr``.
+    one per block (:func:`block_of`; depth by registration order) at ``lr * layer_decay ** (blocks above
+    it)``, from the top: the head's group (at ``lr``) first.
 
     Raises:
         ValueError: no parameter is trainable.
@@ -68,7 +68,7 @@ def param_groups(model: nn.Module, lr: float, layer_decay: float) -> list[dict[s
         depth_from_top = len(order) - 1 - order.index(b)
         groups.setdefault(b, {"params": [], "lr": lr * layer_decay ** depth_from_top, "block": b})
         groups[b]["params"].append(p)
-    return list(groups.values())
+    return list(groups.values())[::-1]  # the head's first: the loop logs the first group's rate
 
 
 def prepare_finetune(model: nn.Module, cfg: FinetuneConfig, lr: float, fine_tuning: bool) -> list[dict[str, Any]]:
