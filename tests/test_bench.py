@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from emgscale.bench.__main__ import main
 from emgscale.bench.report import aggregate, markdown_table
@@ -61,7 +62,7 @@ def test_zero_shot_and_personalized_demo(out):
     assert not any(v.startswith("causal") for v in variants)  # the demo leaves the causal model out
     p = _check(out, "personalized", 3)
     assert [r["variant"] for r in p["tables"]["personalized"]["aggregate"]] == [
-        "generic (zero-shot)", "personalized, random init", "personalized, fine-tuned generic"]
+        "generic (zero-shot)", "personalized, random init", "personalized, fine-tuned generic, full"]
 
 
 @pytest.mark.slow  # ~45 s: a second generic model (the causal one) trained and evaluated
@@ -79,10 +80,37 @@ def test_single_user(out):
 
 
 def test_few_shot(out):
-    """Few-shot fine-tuning reports 0 min plus each listed amount, with a CER-vs-minutes plot."""
+    """Few-shot fine-tuning reports 0 min plus each listed amount in each listed mode (tiny: LoRA, whose merged
+    checkpoint the evaluation loads as a plain model), with a CER-vs-minutes plot."""
     assert main(["few_shot", "--budget", "tiny", "--out", str(out)]) == 0
     res = _check(out, "few_shot", 2)
     assert res["tables"]["few_shot"]["plots"] == ["cer_vs_minutes.png"]
+    assert [r["variant"] for r in res["tables"]["few_shot"]["aggregate"]] == ["0 min", "0.25 min, lora"]
+    runs = [yaml.safe_load(p.read_text()) for p in (out / "cache" / "runs").glob("*/config.yaml")]
+    assert any(r["finetune"]["mode"] == "lora" and r["run"]["init_from"] for r in runs)
+
+
+def test_finetune_axis_and_budget_steps(tmp_path):
+    """A definition's finetune axis is a list (every mode at every amount) or a mapping mode -> amounts;
+    unknown modes and amounts outside ``minutes`` are refused; the budget's fine-tune steps are read from it."""
+    from types import SimpleNamespace
+
+    from emgscale.bench.budget import get_budget
+    from emgscale.bench.suites import budget_finetune_steps, finetune_modes, finetune_overrides
+
+    assert finetune_modes({}) == {"full": [0.0]}
+    assert finetune_modes({"finetune": ["full", "lora"]}, [0.5, 1.0]) == {"full": [0.5, 1.0], "lora": [0.5, 1.0]}
+    assert finetune_modes({"finetune": {"full": None, "frontend": [0.5]}}, [0.5, 2.0]) == {
+        "full": [0.5, 2.0], "frontend": [0.5]}
+    with pytest.raises(ValueError, match="adapters"):
+        finetune_modes({"finetune": ["adapters"]})
+    with pytest.raises(ValueError, match="not in minutes"):
+        finetune_modes({"finetune": {"frontend": [3]}}, [0.5])
+    steps = {b: budget_finetune_steps(SimpleNamespace(budget=get_budget(b))) for b in ("tiny", "small", "paper")}
+    assert steps == {"tiny": 2, "small": 60, "paper": None}
+    small = SimpleNamespace(budget=get_budget("small"))
+    got = finetune_overrides(small, {"finetune_overrides": ["optim.lr=5e-3"]}, 0.5, "frontend")
+    assert "finetune.mode=frontend" in got and got[-1] == "optim.lr=5e-3"  # the definition's come last: they win
 
 
 @pytest.mark.slow
@@ -150,3 +178,15 @@ def test_bench_workers_flag_names_its_new_name(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--shard-workers 4" in err and "run.workers=4" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_series_from_draws_a_line_per_named_group_of_rows():
+    """With x given as {line: {variant: x}}, each line gets its greedy and +LM series of its own rows only."""
+    from emgscale.bench.report import series_from
+
+    agg = [{"variant": v, "test_greedy_mean": g, "test_greedy_std": 0.0, "test_lm_mean": g / 2, "test_lm_std": 0.0}
+           for v, g in (("0 min", 0.5), ("1 min, full", 0.3), ("1 min, lora", 0.4), ("2 min, full", 0.2))]
+    s = series_from(agg, {"full": {"0 min": 0.0, "1 min, full": 1.0, "2 min, full": 2.0},
+                          "lora": {"0 min": 0.0, "1 min, lora": 1.0}})
+    assert s["full, greedy"] == ([0.0, 1.0, 2.0], [0.5, 0.3, 0.2], [0.0, 0.0, 0.0])
+    assert s["lora, +LM"] == ([0.0, 1.0], [0.25, 0.2], [0.0, 0.0]) and len(s) == 4

@@ -163,8 +163,16 @@ def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path, grid_axis: s
     return path
 
 
-def series_from(agg: Sequence[dict[str, Any]], xs: Sequence[float], part: str = "test") -> dict[str, tuple]:
-    """Greedy and +LM series over ``xs`` (one aggregated row per x, in order) for :func:`plot_lines`."""
+def series_from(agg: Sequence[dict[str, Any]], xs: "Sequence[float] | dict[str, dict[str, float]]",
+                part: str = "test") -> dict[str, tuple]:
+    """Greedy and +LM series over ``xs`` (one aggregated row per x, in order) for :func:`plot_lines`; with
+    ``xs`` a mapping ``{line: {variant: x}}``, those two series per line (``"full, greedy"``), each of the
+    named rows."""
+    if isinstance(xs, dict):
+        by_name = {r["variant"]: r for r in agg}
+        return {f"{line}, {dec}": s for line, points in xs.items()
+                for dec, s in series_from([by_name[v] for v in points if v in by_name],
+                                          [x for v, x in points.items() if v in by_name], part).items()}
     out = {}
     for dec, label in (("greedy", "greedy"), ("lm", "+LM")):
         key = f"{part}_{dec}"

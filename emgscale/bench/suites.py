@@ -195,34 +195,108 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
 
 
+def finetune_modes(d: dict[str, Any], minutes: list[float] | None = None) -> dict[str, list[float]]:
+    """The definition's ``finetune`` axis as ``{mode: minutes}``: a list of modes (each at every amount in
+    ``minutes``), or a mapping mode -> its amounts (cheap budgets try the cheap modes only where they may win);
+    ``[full]`` when the definition has none.
+
+    Raises:
+        ValueError: an unknown mode, or (with ``minutes``) an amount the definition's ``minutes`` lacks.
+    """
+    from emgscale.train.finetune_config import FINETUNE_MODES
+
+    axis = d.get("finetune") or ["full"]
+    every = list(minutes or [0.0])
+    modes = {str(m): every for m in axis} if isinstance(axis, list) else {
+        str(m): [float(x) for x in (xs if xs is not None else every)] for m, xs in axis.items()}
+    for mode, xs in modes.items():
+        if mode not in FINETUNE_MODES:
+            raise ValueError(f"finetune mode {mode!r} unknown; choose from {', '.join(FINETUNE_MODES)}")
+        if minutes is not None and not set(xs) <= set(every):
+            raise ValueError(f"finetune: {mode} at {sorted(set(xs) - set(every))} min, not in minutes {every}")
+    return modes
+
+
+def budget_finetune_steps(ctx: BenchContext) -> int | None:
+    """The budget's fine-tune steps (``run.max_epochs`` x ``run.steps_per_epoch`` of its ``finetune``
+    overrides), taken by :func:`~emgscale.train.finetune_config.finetune_schedule` as those of 2 minutes of
+    data; None when the budget counts epochs over the data (no ``run.steps_per_epoch``: ``paper``)."""
+    vals = dict(o.split("=", 1) for o in (*ctx.budget.train, *ctx.budget.finetune) if "=" in o)
+    if int(vals.get("run.steps_per_epoch", 0) or 0) <= 0:
+        return None
+    return int(vals.get("run.max_epochs", 1)) * int(vals["run.steps_per_epoch"])
+
+
+def split_train_minutes(ctx: BenchContext, split_file: Path) -> float:
+    """Minutes of EMG in a split's training sessions (what a personalized fine-tune learns from)."""
+    from emgscale.data.errors import DataError
+    from emgscale.data.source import open_session
+    from emgscale.data.splits import DataRoot, load_split
+
+    root, meta = ctx.corpus.data_root, ctx.corpus.bids_metadata
+    names = [r.session for r in load_split(split_file)["train"]]
+    try:
+        paths = DataRoot(root, meta).paths(names, split_file)
+    except DataError:
+        paths = [Path(root) / f"{n}.hdf5" for n in names]
+    seconds = 0.0
+    for path in paths:
+        with open_session(path, meta) as session:
+            seconds += session.duration_s
+    return seconds / 60.0
+
+
+def finetune_overrides(ctx: BenchContext, d: dict[str, Any], minutes: float, mode: str) -> list[str]:
+    """The overrides of one fine-tune: :func:`~emgscale.train.finetune_config.finetune_schedule` at this
+    budget (they follow the budget's own fine-tune overrides, so they win), then the definition's
+    ``finetune_overrides`` (fine-tunes only, unlike the command line's, which reach every run: e.g.
+    ``[run.steps_per_epoch=100, optim.lr=3e-3, finetune.layer_decay=0.7]`` to try a longer fine-tune)."""
+    from emgscale.train.finetune_config import finetune_schedule
+
+    return [*finetune_schedule(minutes, mode, budget_finetune_steps(ctx)), *map(str, d.get("finetune_overrides", []))]
+
+
 def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
-    """Per held-out user: zero-shot generic, from random init, and fine-tuned from the generic model."""
+    """Per held-out user: zero-shot generic, from random init, and fine-tuned from the generic model in each
+    mode of the definition's ``finetune`` axis (full, frontend, lora), steps and rate by the user's minutes."""
     generic, arch = generic_model(ctx, d)
     splits = ctx.heldout()
-    cks = iter(train_runs(ctx, [spec for split in splits for spec in (
-        (split, arch, [], None), (split, arch, [], generic))]))
+    modes = list(finetune_modes(d))
+    specs: list[RunSpec] = []
+    for split in splits:
+        minutes = split_train_minutes(ctx, split)
+        specs += [(split, arch, [], None)] + [(split, arch, finetune_overrides(ctx, d, minutes, m), generic)
+                                              for m in modes]
+    cks = iter(train_runs(ctx, specs))
     rows = []
     for split in splits:
         rows += eval_rows(ctx, generic, split, "generic (zero-shot)")
         rows += eval_rows(ctx, next(cks).best, split, "personalized, random init")
-        rows += eval_rows(ctx, next(cks).best, split, "personalized, fine-tuned generic")
+        for mode in modes:
+            rows += eval_rows(ctx, next(cks).best, split, f"personalized, fine-tuned generic, {mode}")
     return {"rows": rows, "variant_header": "model", "plots": [{"kind": "bars", "name": "personalized"}]}
 
 
 def few_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune the generic model on 30 s .. 5 min of a held-out user's data; test on that user."""
+    """Fine-tune the generic model on 30 s .. 5 min of a held-out user's data, in each mode of the
+    definition's ``finetune`` axis (rows "1 min, lora"); test on that user. The plot has a line per mode
+    (greedy and +LM), each from the generic model at 0 min."""
     generic, arch = generic_model(ctx, d)
     minutes = [float(m) for m in d["minutes"]]
+    modes = finetune_modes(d, minutes)
+    points = [(m, mode) for m in minutes for mode in modes if m in modes[mode]]
     splits = ctx.heldout()
-    cks = iter(train_runs(ctx, [(split, arch, [f"data.max_minutes_per_user={m}"], generic)
-                                for split in splits for m in minutes]))
+    cks = iter(train_runs(ctx, [(split, arch, [f"data.max_minutes_per_user={m}", *finetune_overrides(ctx, d, m, mode)],
+                                 generic) for split in splits for m, mode in points]))
     rows = []
     for split in splits:
         rows += eval_rows(ctx, generic, split, "0 min")
-        for m in minutes:
-            rows += eval_rows(ctx, next(cks).best, split, f"{m:g} min")
+        for m, mode in points:
+            rows += eval_rows(ctx, next(cks).best, split, f"{m:g} min, {mode}")
+    lines = {mode: {"0 min": 0.0, **{f"{m:g} min, {mode}": m for m in minutes if m in xs}}
+             for mode, xs in modes.items()}
     return {"rows": rows, "variant_header": "user data for fine-tuning",
-            "plots": [{"kind": "lines", "name": "cer_vs_minutes", "x": [0.0] + minutes,
+            "plots": [{"kind": "lines", "name": "cer_vs_minutes", "x": lines,
                        "xlabel": "minutes of the user's data", "title": "Few-shot fine-tuning"}]}
 
 

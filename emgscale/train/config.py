@@ -2,7 +2,7 @@
 
 ``TrainConfig`` nests ``data`` (:class:`~emgscale.loader.DataConfig`), ``model``
 (:class:`~emgscale.models.ModelConfig`), ``loss`` (:class:`LossConfig`),
-``optim``, ``run`` and ``swad``; YAML files and
+``optim``, ``run``, ``swad`` and ``finetune`` (:class:`~emgscale.train.finetune_config.FinetuneConfig`); YAML files and
 ``dotted.key=value`` override the defaults (:func:`load_train_config`), unknown keys and wrong types
 are errors that name the key.
 """
@@ -20,6 +20,7 @@ from emgscale.data.charset import charset
 from emgscale.loader.base import DataConfig
 from emgscale.models.config import BUILTIN_ARCHS, ModelConfig
 from emgscale.swad.rule import SWADConfig
+from emgscale.train.finetune_config import FINETUNE_RULES, FinetuneConfig, finetune_problem
 from emgscale.train.loss_config import BUILTIN_OBJECTIVES, LossConfig
 
 
@@ -87,6 +88,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     swad: SWADConfig = field(default_factory=SWADConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # which weights run.init_from fine-tunes
 
     @classmethod
     def from_checkpoint(cls, ck: "Checkpoint") -> "TrainConfig":
@@ -255,6 +257,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "swad.mode": ("off", "swad", "swa"),
     "loss.distill_from": "path", "loss.distill_temperature": ">0",
     "data.csv.*column*": "any",  # CSV columns: an index (negative from the end) or a header name
+    **FINETUNE_RULES,
 }
 
 
@@ -307,6 +310,9 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
                           f"({ctc_classes} classes: model.num_classes 0); a {cfg.model.num_classes}-class frame "
                           "classifier trains with loss.kind=frame_ce (a YAML file named later overrides one named "
                           "earlier)")
+    problem = finetune_problem(cfg.finetune, cfg.run.init_from, cfg.swad.mode)
+    if problem:
+        raise ConfigError(problem)
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
     d.check(cfg.model.augment)

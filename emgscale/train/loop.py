@@ -45,6 +45,7 @@ from emgscale.models.checkpoint import (Checkpoint, load_checkpoint, load_weight
 from emgscale.run_folder import BEST, LAST, RunFolder
 from emgscale.swad import WeightAverager
 from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
+from emgscale.train.finetune import load_plain_weights, plain_state_dict, prepare_finetune
 from emgscale.train.guard import restore_poisoned_stats, running_stats
 from emgscale.train.metrics_log import MetricsLogger
 from emgscale.train.objective import Objective, build_objective
@@ -190,7 +191,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     if cfg.run.init_from:
         _init_weights(model, cfg.run.init_from, cfg.run.init_new_head)
     _freeze(model, cfg.run.freeze)
-    optimizer = _optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])
+    groups = prepare_finetune(model, cfg.finetune, cfg.optim.lr, bool(cfg.run.init_from))  # finetune.mode, layer rates
+    optimizer = _optimizer(cfg.optim, groups)
     data = cfg.data.for_device(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     folder = RunFolder(cfg.run.out_dir)
     autocast, scaled = _precision(cfg.run.bf16, device)
@@ -215,7 +217,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         ck = load_checkpoint(resume_path)
         if not ck.resumable:
             raise ValueError(f"{resume_path}: a weights-only checkpoint cannot be resumed (use run.init_from)")
-        load_weights(model, ck.model, resume_path)
+        load_plain_weights(model, ck.model, str(resume_path))
         optimizer.load_state_dict(ck.optimizer)
         run.scheduler.load_state_dict(ck.scheduler)
         run.averager.load_state_dict(ck.averager or {})
@@ -358,7 +360,7 @@ def _save(run: _Run, state: TrainState, name: str) -> Path | None:
         rngs = gathered
     if not is_main():
         return None
-    ck = Checkpoint(model=run.model.state_dict(), config=to_dict(run.cfg), step=state.step, epoch=state.epoch,
+    ck = Checkpoint(model=plain_state_dict(run.model), config=to_dict(run.cfg), step=state.step, epoch=state.epoch,
                     step_in_epoch=state.step_in_epoch, best_val_score=state.best_val_score,
                     best_val_metric=run.objective.metric, run_id=state.run_id, history=state.history,
                     optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs,
