@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from emgscale.bench.budget import get_budget
-from emgscale.bench.report import aggregate, markdown_table, plot_bars, plot_lines, series_from
+from emgscale.bench.report import aggregate, cer_axis_label, markdown_table, plot_bars, plot_lines, series_from
 from emgscale.bench.steps import Corpus, ensure_cached_corpus, ensure_lm
 from emgscale.bench.suites import SUITES, BenchContext
 from emgscale.common import atomic_write_json, atomic_write_text, git_commit, hardware, print0
@@ -49,9 +49,56 @@ def _lm(cache: Path, texts: list[Path] | None, order: int) -> Path | None:
 
 
 def data_label(data_root: Path) -> str:
-    """``synthetic data`` for a corpus made by ``python -m emgscale.synth`` (it leaves ``synth_summary.json``),
-    else ``real data``: what a table or plot says its numbers come from."""
-    return "synthetic data" if (Path(data_root) / "synth_summary.json").is_file() else "real data"
+    """What a table or plot says its numbers come from, and no more than is known.
+
+    ``synthetic data (emgscale.synth, seed S)`` when the root's ``synth_summary.json`` is the one
+    ``python -m emgscale.synth`` writes (a ``config`` of :class:`~emgscale.synth.SynthConfig` fields with its
+    seed, and a ``summary``); anything else is named by its data root's folder name, plus the dataset's own
+    name where the data says it (a BIDS ``dataset_description.json`` ``Name``) or that its ``metadata.csv``
+    has the emg2qwerty columns. Never "real data": a corpus from another generator would be called that.
+    """
+    import json
+
+    root = Path(data_root)
+    try:
+        synth = json.loads((root / "synth_summary.json").read_text())
+    except (OSError, ValueError):
+        synth = None
+    if _is_our_synth_summary(synth):
+        return f"synthetic data (emgscale.synth, seed {synth['config']['seed']})"
+    known = []
+    try:
+        name = json.loads((root / "dataset_description.json").read_text()).get("Name")
+        if isinstance(name, str) and name.strip():
+            known.append(f"dataset {name.strip()!r} (dataset_description.json)")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not known and _has_emg2qwerty_metadata(root / "metadata.csv"):
+        known.append("emg2qwerty-format metadata.csv")
+    return f"data root {root.name!r}" + (f", {', '.join(known)}" if known else "")
+
+
+def _is_our_synth_summary(obj: Any) -> bool:
+    """True for the ``synth_summary.json`` :func:`emgscale.synth.generate_corpus` writes."""
+    import dataclasses
+
+    from emgscale.synth import SynthConfig
+
+    if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict) or not isinstance(obj.get("summary"), dict):
+        return False
+    fields = {f.name for f in dataclasses.fields(SynthConfig)}
+    cfg = obj["config"]
+    return "seed" in cfg and isinstance(cfg["seed"], int) and set(cfg) <= fields
+
+
+def _has_emg2qwerty_metadata(path: Path) -> bool:
+    """True when ``path`` is a CSV whose header has the columns emg2qwerty's metadata.csv has."""
+    try:
+        with open(path, newline="") as f:
+            header = f.readline()
+    except OSError:
+        return False
+    return {"user", "session", "duration_mins", "num_keystrokes"} <= {c.strip() for c in header.split(",")}
 
 
 def _render(name: str, title: str, table: dict[str, Any], out: Path, data: str = "") -> tuple[str, list[str]]:
@@ -64,8 +111,9 @@ def _render(name: str, title: str, table: dict[str, Any], out: Path, data: str =
             plot_bars(agg, title, path, data=data)
         else:
             users = [max(r.get(f"test_{d}_n", 0) for d in ("greedy", "lm")) for r in agg]
-            plot_lines(series_from(agg, p["x"]), p["xlabel"], p.get("title", title), path, logx=p.get("logx", False),
-                       data=data, users=users)
+            series = series_from(agg, p["x"])
+            plot_lines(series, p["xlabel"], p.get("title", title), path, logx=p.get("logx", False),
+                       data=data, users=users, ylabel=cer_axis_label("test", list(series)))
         pngs.append(path.name)
     md += "\n" + "".join(f"![{n}]({n})\n" for n in pngs)
     return md, pngs
@@ -89,7 +137,7 @@ def _render_tables(name: str, res: dict[str, Any], out_dir: Path, budget: str, l
     note = (f"_CER in %, mean ± population std over users (the users column: how many); whole-session val/test; "
             f"+LM = beam search with a {lm_order}-gram character KenLM, LM weight / insertion bonus chosen on val; "
             f"CER can exceed 100 % (insertions count as errors). Budget `{budget}`, {data_label(corpus.data_root)} "
-            f"`{corpus.data_root}`, wall {wall / 60:.1f} min."
+            f"at `{corpus.data_root}`, wall {wall / 60:.1f} min."
             + (f" Generic model: `{generic_checkpoint}` (given, not trained here)." if generic_checkpoint else "")
             + "_\n")
     return "\n".join(md_parts) + "\n" + note, result_tables, wall
