@@ -57,18 +57,39 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_table(agg: Sequence[dict[str, Any]], title: str, variant_header: str = "variant") -> str:
-    """CER (%) mean +/- std over users, columns val/test x greedy/LM, and the +LM settings chosen on val."""
-    head = (f"| {variant_header} | val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users "
-            f"| +LM weight / bonus (chosen on val) |")
-    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|---|"]
-    for r in agg:
+def markdown_table(agg: Sequence[dict[str, Any]], title: str, variant_header: str = "variant",
+                   columns: dict[str, dict[str, str]] | None = None, order: Sequence[str] | None = None) -> str:
+    """CER (%) mean +/- std over users, columns val/test x greedy/LM, and the +LM settings chosen on val.
+
+    Args:
+        columns: per variant, more cells (header -> text, e.g. ``params``, ``users``, ``status``) put after
+            the variant; a variant with columns but no scores (``status``: not available) still gets its row.
+            With a ``users`` column, it replaces the count of scores.
+        order: the variants' order (default: ``agg``'s, then those only in ``columns``).
+    """
+    columns = columns or {}
+    extra = list(dict.fromkeys(h for cells in columns.values() for h in cells if h not in ("users", "seeds", "status")))
+    has_users = any("users" in c for c in columns.values())
+    has_status = any("status" in c for c in columns.values())
+    by_name = {r["variant"]: r for r in agg}
+    names = list(order or []) + [v for v in [*by_name, *columns] if v not in (order or [])]
+    names = list(dict.fromkeys(names))
+    head = (f"| {variant_header} | " + "".join(f"{h} | " for h in extra)
+            + "val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users | "
+            + ("seeds | " if has_users else "") + "+LM weight / bonus (chosen on val) |"
+            + (" status |" if has_status else ""))
+    lines = [f"### {title}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for v in names:
+        r = by_name.get(v, {"variant": v})
+        c = columns.get(v, {})
         cells = []
         for part, dec in COLUMNS:
             k = f"{part}_{dec}"
             cells.append(f"{100 * r[k + '_mean']:.2f} ± {100 * r[k + '_std']:.2f}" if k + "_mean" in r else "–")
         n = max((r.get(f"{p}_{d}_n", 0) for p, d in COLUMNS), default=0)
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {n} | {r.get('lm_setting', '–')} |")
+        users = f"{c.get('users', '–')} | {c.get('seeds', '–')}" if has_users else f"{n}"
+        lines.append(f"| {v} | " + "".join(f"{c.get(h, '–')} | " for h in extra) + " | ".join(cells)
+                     + f" | {users} | {r.get('lm_setting', '–')} |" + (f" {c.get('status', '')} |" if has_status else ""))
     return "\n".join(lines) + "\n"
 
 
