@@ -61,6 +61,17 @@ def test_bars_legend_is_outside_every_bar_and_labels_do_not_overlap():
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
 
 
+def test_bar_labels_wrap_between_words_and_name_what_is_not_shown():
+    """Long names wrap at spaces and underscores, never inside a word; variants without scores are named."""
+    from emgscale.bench.report import wrap_label
+
+    assert wrap_label("student_no_teacher", 12) == "student_no_\nteacher"
+    assert all(len(line) <= 16 for line in wrap_label("causal cnn_gru_causal (best val)", 16).split("\n"))
+    fig = bars_figure(aggregate(_zero_shot_rows()), "recipes", missing=["splashnet"], counts="users x seeds")
+    caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "not shown (no scores): splashnet" in caption and "users x seeds per bar" in caption
+
+
 def test_few_shot_lines_say_which_cer_and_tick_at_the_data():
     """A CER-vs-minutes plot's y axis names the part and decoders; its log x ticks are the data's values as numbers."""
     xs = [0.5, 1.0, 2.0, 5.0]

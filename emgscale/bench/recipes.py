@@ -262,7 +262,7 @@ def compare_recipes(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
             f"model, 'offline' where it reads the whole future; train wall: mean per run, on this machine. "
             + close_pairs_note(rows, names, seeds)).strip()
     table = {"rows": rows, "variant_header": "recipe", "columns": columns, "order": names, "note": note,
-             "data_root": str(ctx.corpus.data_root), "plots": [{"kind": "bars", "name": "recipes"}]}
+             "data_root": str(ctx.corpus.data_root), "plots": [{"kind": "bars", "name": "recipes", "counts": "users x seeds" if seeds > 1 else "users"}]}
     return {"tables": {"recipes": table}}
 
 

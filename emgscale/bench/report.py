@@ -173,28 +173,38 @@ def bar_groups(agg: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str,
     return out
 
 
-def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path, data: str = "") -> Path:
+def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path, data: str = "", missing: Sequence[str] = (),
+              counts: str = "users") -> Path:
     """:func:`bars_figure` saved as a PNG at ``path``; returns ``path``."""
-    return _save(bars_figure(agg, title, data), path)
+    return _save(bars_figure(agg, title, data, missing, counts), path)
 
 
-def bars_figure(agg: Sequence[dict[str, Any]], title: str, data: str = "") -> Any:
+def wrap_label(text: str, width: int = 16) -> str:
+    """``text`` wrapped to lines of about ``width`` characters at spaces and after underscores, never inside
+    a word (``student_no_teacher`` -> ``student_no_`` / ``teacher``)."""
+    import textwrap
+
+    return textwrap.fill(text.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
+
+
+def bars_figure(agg: Sequence[dict[str, Any]], title: str, data: str = "", missing: Sequence[str] = (),
+                counts: str = "users") -> Any:
     """Grouped bars: CER greedy and +LM per variant on its test sessions, error bars = std over users (none
     over one). A variant with val sessions only (the seen users' new sessions) shows those, hatched and
     labelled ``val``; one with neither is left out and the caption says so.
 
     Args:
         data: what the data is (:func:`emgscale.bench.runner.data_label`), shown in the title.
+        missing: variants with no scores at all (e.g. recipes not available): named in the caption.
+        counts: what each bar's n counts (``users``; ``users x seeds`` where seeds are pooled).
     """
-    import textwrap
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = bar_groups(agg)
-    names = [textwrap.fill(r["variant"], LABEL_WIDTH) + f"\n({part}, n={n})" for r, part, n in groups]
+    names = [wrap_label(r["variant"], LABEL_WIDTH) + f"\n({part}, n={n})" for r, part, n in groups]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.35 * len(names) + 2.2), 4.8), dpi=120)
     for i, (dec, label) in enumerate((("greedy", "greedy"), ("lm", "+LM"))):
@@ -208,11 +218,11 @@ def bars_figure(agg: Sequence[dict[str, Any]], title: str, data: str = "") -> An
     ax.set_xticks(x, names, fontsize=8)
     users = [n for _, _, n in groups]
     parts = {part for _, part, _ in groups}
-    left_out = [r["variant"] for r in agg if all(r is not g for g, _, _ in groups)]
-    caption = (f"n = {_users_text(users)} users per bar; "
+    left_out = [r["variant"] for r in agg if all(r is not g for g, _, _ in groups)] + list(missing)
+    caption = (f"n = {_users_text(users)} {counts} per bar; "
                + ("bars on test sessions but hatched ones (val sessions: that row has no test sessions); "
                   if parts == {"test", "val"} else "")
-               + (f"left out (no scores): {', '.join(left_out)}; " if left_out else "") + CER_NOTE)
+               + (f"not shown (no scores): {', '.join(left_out)}; " if left_out else "") + CER_NOTE)
     ylabel = "CER (%), test sessions (val where hatched)" if len(parts) > 1 else f"{''.join(parts) or 'test'} CER (%)"
     from matplotlib.patches import Patch
 

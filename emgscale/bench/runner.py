@@ -111,7 +111,9 @@ def _render(name: str, title: str, table: dict[str, Any], out: Path, data: str =
     for p in table.get("plots", []):
         path = out / f"{p['name']}.png"
         if p["kind"] == "bars":
-            plot_bars(agg, title, path, data=data)
+            scored = {r["variant"] for r in agg}
+            plot_bars(agg, title, path, data=data, counts=p.get("counts", "users"),
+                      missing=[v for v in table.get("columns") or {} if v not in scored])
         else:
             users = [max(r.get(f"test_{d}_n", 0) for d in ("greedy", "lm")) for r in agg]
             series = series_from(agg, p["x"])
