@@ -141,3 +141,60 @@ def test_recipes_table_end_to_end_tiny(tmp_path):
     assert table["columns"]["student_no_teacher"]["look-ahead (ms)"] != "offline"
     assert (tmp_path / "zero_shot_recipes" / "recipes.png").stat().st_size > 1000
     assert not (tmp_path / "zero_shot").exists()  # the default zero_shot table is not touched
+
+
+def test_students_distil_from_their_teachers_seed_and_adapt_evaluates_the_teacher(tmp_path, monkeypatch):
+    """Seed i of a student trains with loss.distill_from= the teacher's seed-i best; adapt scores the teacher's
+    runs with adapt_seconds; seeds beyond the first add run.seed; every named recipe gets its columns."""
+    import emgscale.bench.recipes as rec
+    import emgscale.models.cost
+    from emgscale.bench.budget import get_budget
+    from emgscale.bench.context import BenchContext
+    from emgscale.bench.runner import load_definition, shipped_definitions
+    from emgscale.bench.steps import Corpus
+    from emgscale.run_folder import RunFolder
+
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    for name in ("generic", "user0", "user1"):
+        (splits / f"{name}.yaml").write_text("")
+    ctx = BenchContext(cache=tmp_path, budget=get_budget("tiny"), corpus=Corpus(tmp_path, splits),
+                       configs_dir=shipped_configs())
+    trained, evaluated = [], []
+
+    def fake_train_runs(_ctx, specs):
+        out = []
+        for split, files, extra, init in specs:
+            out.append(RunFolder(tmp_path / "runs" / str(len(trained))))
+            trained.append((Path(files[0]).name, list(extra), out[-1]))
+        return out
+
+    def fake_eval_rows(_ctx, checkpoint, split, variant, emission_options=None, **kw):
+        evaluated.append((variant, str(checkpoint), emission_options))
+        return [{"variant": variant, "user": split.stem, "part": p, "decoder": "greedy", "cer": 0.5}
+                for p in ("val", "test")]
+
+    monkeypatch.setattr(rec, "train_runs", fake_train_runs)
+    monkeypatch.setattr(rec, "eval_rows", fake_eval_rows)
+    monkeypatch.setattr(rec, "_has_distillation", lambda: True)
+    monkeypatch.setattr(rec, "_has_adaptation", lambda: True)
+    monkeypatch.setattr(rec, "_wall_min", lambda folder: 1.0)
+    monkeypatch.setattr(emgscale.models.cost, "model_cost",
+                        lambda cfg: {"params": 1000, "mflops_per_s": 5.0, "lookahead_ms": None})
+    d = {**load_definition(shipped_definitions(), "zero_shot", "tiny"), "seeds": 2,
+         "run_recipes": ["student", "adapt", "s4d"]}
+    table = rec.compare_recipes(ctx, d)["tables"]["recipes"]
+    # the teacher (reference, not named) trains for both seeds first, then the students
+    teacher = [(extra, run) for name, extra, run in trained if name == "tds_tiny.yaml"]
+    assert len(teacher) == 2 and not any(o.startswith("run.seed") for o in teacher[0][0])
+    assert any(o.startswith("run.seed=") for o in teacher[1][0])
+    students = [extra for name, extra, _ in trained if name == "cnn_gru_causal_tiny.yaml"]
+    assert len(students) == 2
+    for seed, extra in enumerate(students):
+        assert [o for o in extra if o.startswith("loss.distill_from=")] == [f"loss.distill_from={teacher[seed][1].best}"]
+    adapt = [(c, o) for v, c, o in evaluated if v == "adapt"]
+    assert len(adapt) == 4 and all(o == {"adapt_seconds": 30.0} for _, o in adapt)  # 2 users (not tiny's 1) x 2 seeds
+    assert {c for c, _ in adapt} == {str(run.best) for _, run in teacher}
+    assert list(table["columns"]) == ["student", "adapt", "s4d"] and table["order"] == ["student", "adapt", "s4d"]
+    assert table["columns"]["s4d"]["seeds"] == "2" and table["columns"]["adapt"]["look-ahead (ms)"] == "offline"
+    assert "reference" not in {r["variant"] for r in table["rows"]}

@@ -27,9 +27,9 @@ Each row: parameters, forward MFLOPs per second of EMG and streaming look-ahead 
 (:func:`emgscale.models.cost.model_cost`), val/test CER greedy and +LM as mean ± population std over
 held-out users x seeds, how many users and seeds, and the mean training wall time of its runs.
 
-Held-out users: on the budget's synthetic corpus the table uses its own corpus, the budget's flags with
-``heldout_users: recipes_heldout_users`` (a separate, content-cached corpus; the default zero_shot table keeps
-the budget's), and evaluates that many users. On a given ``--data-root``, the budget's held-out users.
+Held-out users: at least ``recipes_heldout_users`` are evaluated (all of them where the budget caps none). On
+the budget's synthetic corpus the table uses a corpus of its own, the budget's flags with ``heldout_users:
+recipes_heldout_users`` (a separate, content-cached corpus; the default zero_shot table keeps the budget's).
 
 Seeds: ``seeds`` in the definition or ``--seeds N``: each trained recipe runs N times, seed ``i`` adding
 ``run.seed=<default + i>`` (seed 0 is the default run, shared with the zero_shot table's cache). With one
@@ -140,16 +140,19 @@ def _has_adaptation() -> bool:
 
 
 def recipes_context(ctx: BenchContext, d: dict[str, Any]) -> BenchContext:
-    """The context of the recipes table: on the budget's synthetic corpus, its own corpus with
-    ``recipes_heldout_users`` held-out users, all of them evaluated (see the module docstring)."""
+    """The context of the recipes table: at least ``recipes_heldout_users`` held-out users evaluated (all where the
+    budget caps none) and, on the budget's synthetic corpus, a corpus of its own with that many held-out users
+    (see the module docstring)."""
     want = int(d.get("recipes_heldout_users", 0) or 0)
-    if not want or ctx.synthetic_corpus is None:
+    if not want:
         return ctx
-    flags = {**ctx.synthetic_corpus, "heldout_users": max(want, int(ctx.synthetic_corpus.get("heldout_users", 0)))}
-    corpus = ensure_cached_corpus(ctx.cache, flags)
     limit = ctx.budget.max_heldout_users
     budget = dataclasses.replace(ctx.budget, max_heldout_users=0 if not limit else max(limit, want))
-    return dataclasses.replace(ctx, corpus=corpus, budget=budget, synthetic_corpus=flags)
+    if ctx.synthetic_corpus is None:
+        return dataclasses.replace(ctx, budget=budget)
+    flags = {**ctx.synthetic_corpus, "heldout_users": max(want, int(ctx.synthetic_corpus.get("heldout_users", 0)))}
+    return dataclasses.replace(ctx, corpus=ensure_cached_corpus(ctx.cache, flags), budget=budget,
+                               synthetic_corpus=flags)
 
 
 def _wall_min(folder: RunFolder) -> float:
