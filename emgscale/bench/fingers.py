@@ -198,11 +198,11 @@ def render(rows: list[dict[str, Any]], out: Path | None, *, synthetic: bool, roo
 
 
 def _plot_minutes(agg: list[dict[str, Any]], path: Path, caption: str) -> Path:
+    import matplotlib.pyplot as plt
+
     from emgscale.common import atomic_path
 
     fig = minutes_figure(agg, caption)
-    import matplotlib.pyplot as plt
-
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
