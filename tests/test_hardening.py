@@ -266,25 +266,24 @@ def test_restarted_workers_resume_from_the_newest_complete_checkpoint(tmp_path):
     assert _newest_checkpoint([older, broken]) == older
 
 
-def test_plots_name_the_data_and_draw_no_error_bars_over_one_user(tmp_path, monkeypatch):
+def test_plots_name_the_data_and_draw_no_error_bars_over_one_user(tmp_path):
     """A bar plot's title says synthetic data, each bar says how many users it averages, the caption explains
     CER > 100 %, and a mean over one user has no error bar."""
-    import matplotlib.figure
-
-    from emgscale.bench.report import aggregate, plot_bars
+    from emgscale.bench.report import aggregate, bars_figure
     from emgscale.bench.runner import data_label
 
+    from emgscale.config import to_dict
+    from emgscale.synth import SynthConfig
+
     (tmp_path / "synth").mkdir()
-    (tmp_path / "synth" / "synth_summary.json").write_text("{}")
-    assert data_label(tmp_path / "synth") == "synthetic data" and data_label(tmp_path) == "real data"
+    (tmp_path / "synth" / "synth_summary.json").write_text(json.dumps({"config": to_dict(SynthConfig()), "summary": {}}))
+    assert data_label(tmp_path / "synth") == "synthetic data (emgscale.synth, seed 0)"
     rows = [{"variant": v, "user": u, "part": "test", "decoder": "greedy", "cer": c}
             for v, u, c in (("two", "a", 0.5), ("two", "b", 1.3), ("one", "a", 1.2))]
-    seen = {}
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: seen.setdefault("fig", fig))
-    plot_bars(aggregate(rows), "zero shot", tmp_path / "p.png", data=data_label(tmp_path / "synth"))
+    seen = {"fig": bars_figure(aggregate(rows), "zero shot", data=data_label(tmp_path / "synth"))}
     ax = seen["fig"].axes[0]
     assert "synthetic data" in ax.get_title()
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["two\n(n=2)", "one\n(n=1)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["two\n(test, n=2)", "one\n(test, n=1)"]
     assert any("exceed 100 %" in t.get_text() and "insertions" in t.get_text() for t in seen["fig"].texts)
     bars = [c for c in ax.containers if hasattr(c, "errorbar") and c.errorbar is not None][0]
     segments = bars.errorbar.lines[2][0].get_segments()

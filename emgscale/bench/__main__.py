@@ -1,5 +1,7 @@
 """``python -m emgscale.bench single_user|zero_shot|personalized|few_shot|sweep|all|demo [options]``.
 
+``zero_shot --recipes reference,s4d,...`` compares generic-model recipes in one table (:mod:`emgscale.bench.recipes`).
+
 ``demo`` is the README's main job: the default synthetic corpus -> shards -> a small generic model
 -> zero-shot and personalized evaluation -> tables and plots.
 """
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="start from this generic model instead of training one: an emgscale checkpoint or a "
                         "reference Lightning checkpoint such as Meta's generic.ckpt (zero_shot evaluates it; "
                         "personalized and few_shot fine-tune it)")
+    p.add_argument("--recipes", help="zero_shot only: compare these generic-model recipes (comma list of names "
+                                     "under recipes: in zero_shot.yaml, e.g. reference,splashnet,s4d,student,"
+                                     "student_no_teacher,adapt) in one table, <out>/zero_shot_recipes/")
+    p.add_argument("--seeds", type=int, help="training seeds per recipe with --recipes (default: the definition's, 1)")
     p.add_argument("--shard-workers", type=int, default=1, help="shard-writing processes (default 1)")
     p.add_argument("--workers", type=int, help=argparse.SUPPRESS)  # the old name: refused with the new ones
     p.add_argument("--jobs", type=int, default=1,
@@ -77,13 +83,24 @@ def main(argv: list[str] | None = None) -> int:
         from emgscale.models.checkpoint import load_checkpoint
 
         load_checkpoint(a.generic_checkpoint)  # a missing or unreadable file fails now, with its name
+    recipes = [r.strip() for r in a.recipes.split(",") if r.strip()] if a.recipes is not None else None
+    if recipes is not None:
+        if a.benchmark != "zero_shot":
+            raise ConfigError(f"--recipes compares generic models: use it with zero_shot, not {a.benchmark}")
+        if not recipes:
+            raise ConfigError("--recipes: give a comma list of recipe names (zero_shot.yaml recipes:)")
+        if a.generic_checkpoint is not None:
+            raise ConfigError("--recipes trains its generic models: it does not take --generic-checkpoint")
+    if a.seeds is not None and (a.seeds < 1 or recipes is None):
+        raise ConfigError(f"--seeds {a.seeds}: give a count >= 1, with --recipes")
     names = list(SUITES) if a.benchmark == "all" else GROUPS.get(a.benchmark, [a.benchmark])
     for name in names:
         run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
                       cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
                       shard_workers=a.shard_workers, jobs=a.jobs, overrides=a.overrides,
                       generic_checkpoint=a.generic_checkpoint,
-                      definition_overrides=GROUP_DEFINITIONS.get(a.benchmark), bids_metadata=a.bids_metadata)
+                      definition_overrides=GROUP_DEFINITIONS.get(a.benchmark), bids_metadata=a.bids_metadata,
+                      recipes=recipes, seeds=a.seeds)
     return 0
 
 

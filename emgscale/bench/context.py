@@ -27,6 +27,8 @@ class BenchContext:
         overrides: ``dotted.key=value`` applied to every training run.
         out: the results folder (suites that draw their own plots write there).
         generic_checkpoint: a given generic model (e.g. Meta's generic.ckpt): not trained here.
+        synthetic_corpus: the synthetic corpus flags ``corpus`` was generated from, when it is the budget's
+            (no ``--data-root``); a suite may make a variant of it (the recipes table's held-out users).
     """
 
     cache: Path
@@ -39,6 +41,7 @@ class BenchContext:
     overrides: list[str] = field(default_factory=list)
     out: Path | None = None
     generic_checkpoint: Path | None = None
+    synthetic_corpus: dict | None = None
 
     def heldout(self) -> list[Path]:
         """The held-out users' split files (at most the budget's ``max_heldout_users``)."""

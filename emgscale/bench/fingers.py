@@ -198,28 +198,44 @@ def render(rows: list[dict[str, Any]], out: Path | None, *, synthetic: bool, roo
 
 
 def _plot_minutes(agg: list[dict[str, Any]], path: Path, caption: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emgscale.common import atomic_path
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
-    for v in dict.fromkeys(r["variant"] for r in agg):
-        rs = sorted((r for r in agg if r["variant"] == v), key=lambda r: r["x"])
-        ax.errorbar([r["x"] for r in rs], [100 * r["accuracy_mean"] for r in rs],
-                    yerr=[100 * r["accuracy_std"] for r in rs], marker="o", capsize=3, label=v)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("minutes of the user's training data (last point: all)")
-    ax.set_ylabel("per-time-point accuracy (%)")
-    ax.set_title("Finger classification vs amount of data", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig = minutes_figure(agg, caption)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     print0(f"[bench] wrote {path}")
     return path
+
+
+def minutes_figure(agg: list[dict[str, Any]], caption: str) -> Any:
+    """Accuracy against minutes of the user's data, one line per variant: a log minutes axis with its ticks at
+    the data's minutes written as such (``0.5``, ``1``, ``2``, ``5``, ``all (7.3)``), the legend outside the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emgscale.bench.report import data_ticks
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ticks: dict[float, str] = {}
+    for v in dict.fromkeys(r["variant"] for r in agg):
+        rs = sorted((r for r in agg if r["variant"] == v), key=lambda r: r["x"])
+        ax.errorbar([r["x"] for r in rs], [100 * r["accuracy_mean"] for r in rs],
+                    yerr=[100 * r["accuracy_std"] for r in rs], marker="o", capsize=3, label=v)
+        for r in rs:
+            ticks.setdefault(round(r["x"], 6), f"all\n({r['x']:.2g})" if r["minutes"] == "all" else f"{r['x']:g}")
+    ax.set_xscale("log")
+    xs = sorted(ticks)
+    data_ticks(ax, xs, [ticks[x] for x in xs])
+    ax.set_xlabel("minutes of the user's training data (last point: all of it, mean over users)")
+    ax.set_ylabel("per-time-point accuracy (%)")
+    ax.set_title("Finger classification vs amount of data", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
+    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig

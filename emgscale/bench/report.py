@@ -57,18 +57,39 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_table(agg: Sequence[dict[str, Any]], title: str, variant_header: str = "variant") -> str:
-    """CER (%) mean +/- std over users, columns val/test x greedy/LM, and the +LM settings chosen on val."""
-    head = (f"| {variant_header} | val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users "
-            f"| +LM weight / bonus (chosen on val) |")
-    lines = [f"### {title}", "", head, "|---|---|---|---|---|---|---|"]
-    for r in agg:
+def markdown_table(agg: Sequence[dict[str, Any]], title: str, variant_header: str = "variant",
+                   columns: dict[str, dict[str, str]] | None = None, order: Sequence[str] | None = None) -> str:
+    """CER (%) mean +/- std over users, columns val/test x greedy/LM, and the +LM settings chosen on val.
+
+    Args:
+        columns: per variant, more cells (header -> text, e.g. ``params``, ``users``, ``status``) put after
+            the variant; a variant with columns but no scores (``status``: not available) still gets its row.
+            With a ``users`` column, it replaces the count of scores.
+        order: the variants' order (default: ``agg``'s, then those only in ``columns``).
+    """
+    columns = columns or {}
+    extra = list(dict.fromkeys(h for cells in columns.values() for h in cells if h not in ("users", "seeds", "status")))
+    has_users = any("users" in c for c in columns.values())
+    has_status = any("status" in c for c in columns.values())
+    by_name = {r["variant"]: r for r in agg}
+    names = list(order or []) + [v for v in [*by_name, *columns] if v not in (order or [])]
+    names = list(dict.fromkeys(names))
+    head = (f"| {variant_header} | " + "".join(f"{h} | " for h in extra)
+            + "val CER (greedy) | val CER (+LM) | test CER (greedy) | test CER (+LM) | users | "
+            + ("seeds | " if has_users else "") + "+LM weight / bonus (chosen on val) |"
+            + (" status |" if has_status else ""))
+    lines = [f"### {title}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for v in names:
+        r = by_name.get(v, {"variant": v})
+        c = columns.get(v, {})
         cells = []
         for part, dec in COLUMNS:
             k = f"{part}_{dec}"
             cells.append(f"{100 * r[k + '_mean']:.2f} ± {100 * r[k + '_std']:.2f}" if k + "_mean" in r else "–")
         n = max((r.get(f"{p}_{d}_n", 0) for p, d in COLUMNS), default=0)
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {n} | {r.get('lm_setting', '–')} |")
+        users = f"{c.get('users', '–')} | {c.get('seeds', '–')}" if has_users else f"{n}"
+        lines.append(f"| {v} | " + "".join(f"{c.get(h, '–')} | " for h in extra) + " | ".join(cells)
+                     + f" | {users} | {r.get('lm_setting', '–')} |" + (f" {c.get('status', '')} |" if has_status else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -83,12 +104,21 @@ def _yerr(std: Sequence[float], n: Sequence[int]) -> np.ndarray:
 
 
 def plot_lines(series: dict[str, tuple[list[float], list[float], list[float]]], xlabel: str, title: str,
-               path: Path, logx: bool = False, data: str = "", users: Sequence[int] = ()) -> Path:
-    """One PNG with a line (mean, error bars = std over users) per series ``{name: (x, mean, std)}``.
+               path: Path, logx: bool = False, data: str = "", users: Sequence[int] = (),
+               ylabel: str = "CER (%)") -> Path:
+    """:func:`lines_figure` saved as a PNG at ``path``; returns ``path``."""
+    return _save(lines_figure(series, xlabel, title, logx, data, users, ylabel), path)
+
+
+def lines_figure(series: dict[str, tuple[list[float], list[float], list[float]]], xlabel: str, title: str,
+                 logx: bool = False, data: str = "", users: Sequence[int] = (), ylabel: str = "CER (%)") -> Any:
+    """A figure with a line (mean, error bars = std over users) per series ``{name: (x, mean, std)}``; x ticks
+    at the data's x values.
 
     Args:
-        data: what the data is (e.g. ``synthetic data``), shown in the title.
+        data: what the data is (:func:`emgscale.bench.runner.data_label`), shown in the title.
         users: users averaged at each x (error bars only over more than one).
+        ylabel: what the y axis is, e.g. ``test CER (%), greedy and +LM`` (:func:`cer_axis_label`).
     """
     import matplotlib
 
@@ -100,65 +130,149 @@ def plot_lines(series: dict[str, tuple[list[float], list[float], list[float]]], 
         n = list(users) or [2] * len(x)
         ax.errorbar(x, 100 * np.asarray(mean), yerr=_yerr(std, n), marker="o", capsize=3, label=name)
     if logx:
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(series[next(iter(series))][0])
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xscale("log")
+    if series:
+        data_ticks(ax, series[next(iter(series))][0])
     ax.set_xlabel(xlabel)
     n_text = f"n = {_users_text(users)} users per point; " if users else ""
-    return _finish(fig, ax, "CER (%)", _title(title, data), path, grid_axis="both", caption=n_text + CER_NOTE)
+    return _finish(fig, ax, ylabel, _title(title, data), grid_axis="both", caption=n_text + CER_NOTE)
 
 
-def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path, data: str = "") -> Path:
-    """Grouped bars: test CER greedy and +LM per variant, error bars = std over users (none over one).
+def data_ticks(ax: Any, xs: Sequence[float], labels: Sequence[str] | None = None) -> None:
+    """x ticks exactly at the data's x values, written as plain numbers (``0.5``, ``2``; no ``2^-1``) or as
+    ``labels``; no minor ticks (a log axis would add unlabelled ones between them)."""
+    import matplotlib.ticker
+
+    xs = [float(x) for x in xs]
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(xs))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter(
+        list(labels) if labels is not None else [f"{x:g}" for x in xs]))
+
+
+def cer_axis_label(part: str, series: Sequence[str]) -> str:
+    """The y axis of a CER plot: which sessions and which decoders, e.g. ``test CER (%), greedy and +LM``."""
+    return f"{part} CER (%)" + (f", {' and '.join(series)}" if series else "")
+
+
+#: Longest line of a bar's label before it wraps (labels stay horizontal and never overlap).
+LABEL_WIDTH = 16
+
+
+def bar_groups(agg: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], str, int]]:
+    """What each aggregated row can show as bars: ``(row, part, users)``, its test sessions, else its val
+    sessions (a row with val only, e.g. seen users' new sessions), with the users behind them; rows with
+    neither are left out."""
+    out = []
+    for r in agg:
+        for part in ("test", "val"):
+            n = max(r.get(f"{part}_{d}_n", 0) for d in ("greedy", "lm"))
+            if n:
+                out.append((r, part, n))
+                break
+    return out
+
+
+def plot_bars(agg: Sequence[dict[str, Any]], title: str, path: Path, data: str = "", missing: Sequence[str] = (),
+              counts: str = "users") -> Path:
+    """:func:`bars_figure` saved as a PNG at ``path``; returns ``path``."""
+    return _save(bars_figure(agg, title, data, missing, counts), path)
+
+
+def wrap_label(text: str, width: int = 16) -> str:
+    """``text`` wrapped to lines of about ``width`` characters at spaces and after underscores, never inside
+    a word (``student_no_teacher`` -> ``student_no_`` / ``teacher``)."""
+    import textwrap
+
+    return textwrap.fill(text.replace("_", "_ "), width, break_long_words=False).replace("_ ", "_")
+
+
+def bars_figure(agg: Sequence[dict[str, Any]], title: str, data: str = "", missing: Sequence[str] = (),
+                counts: str = "users") -> Any:
+    """Grouped bars: CER greedy and +LM per variant on its test sessions, error bars = std over users (none
+    over one). A variant with val sessions only (the seen users' new sessions) shows those, hatched and
+    labelled ``val``; one with neither is left out and the caption says so.
 
     Args:
-        data: what the data is (e.g. ``synthetic data``), shown in the title.
+        data: what the data is (:func:`emgscale.bench.runner.data_label`), shown in the title.
+        missing: variants with no scores at all (e.g. recipes not available): named in the caption.
+        counts: what each bar's n counts (``users``; ``users x seeds`` where seeds are pooled).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    users = [max(r.get(f"test_{d}_n", 0) for d in ("greedy", "lm")) for r in agg]
-    names = [f"{r['variant']}\n(n={n})" for r, n in zip(agg, users)]
+    groups = bar_groups(agg)
+    names = [wrap_label(r["variant"], LABEL_WIDTH) + f"\n({part}, n={n})" for r, part, n in groups]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(names) + 2), 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.35 * len(names) + 2.2), 4.8), dpi=120)
     for i, (dec, label) in enumerate((("greedy", "greedy"), ("lm", "+LM"))):
-        mean = [100 * r.get(f"test_{dec}_mean", np.nan) for r in agg]
-        yerr = _yerr([r.get(f"test_{dec}_std", 0.0) for r in agg], [r.get(f"test_{dec}_n", 0) for r in agg])
-        ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=yerr, capsize=3, label=label)
-    ax.set_xticks(x, names, rotation=20, ha="right")
-    caption = f"n = {_users_text(users)} users per bar; " + CER_NOTE
-    return _finish(fig, ax, "test CER (%)", _title(title, data), path, grid_axis="y", caption=caption)
+        mean = [100 * r.get(f"{part}_{dec}_mean", np.nan) for r, part, _ in groups]
+        yerr = _yerr([r.get(f"{part}_{dec}_std", 0.0) for r, part, _ in groups],
+                     [r.get(f"{part}_{dec}_n", 0) for r, part, _ in groups])
+        bars = ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=yerr, capsize=3, label=label, color=f"C{i}")
+        for bar, (_, part, _) in zip(bars, groups):
+            if part == "val":
+                bar.set_hatch("//")
+    ax.set_xticks(x, names, fontsize=8)
+    users = [n for _, _, n in groups]
+    parts = {part for _, part, _ in groups}
+    left_out = [r["variant"] for r in agg if all(r is not g for g, _, _ in groups)] + list(missing)
+    caption = (f"n = {_users_text(users)} {counts} per bar; "
+               + ("bars on test sessions but hatched ones (val sessions: that row has no test sessions); "
+                  if parts == {"test", "val"} else "")
+               + (f"not shown (no scores): {', '.join(left_out)}; " if left_out else "") + CER_NOTE)
+    ylabel = "CER (%), test sessions (val where hatched)" if len(parts) > 1 else f"{''.join(parts) or 'test'} CER (%)"
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=f"C{i}", label=label) for i, label in enumerate(("greedy", "+LM"))]
+    if "val" in parts:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="val sessions"))
+    return _finish(fig, ax, ylabel, _title(title, data), grid_axis="y", caption=caption, handles=handles)
 
 
 def _title(title: str, data: str) -> str:
-    return f"{title} ({data})" if data else title
+    return f"{title}\n({data})" if data else title
 
 
 def _users_text(users: Sequence[int]) -> str:
     distinct = sorted(set(users))
+    if not distinct:
+        return "0"
     return str(distinct[0]) if len(distinct) == 1 else f"{distinct[0]}-{distinct[-1]}"
 
 
-def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path, grid_axis: str, caption: str = "") -> Path:
-    """Label, legend, caption and save a figure as PNG, then close it."""
+def _finish(fig: Any, ax: Any, ylabel: str, title: str, grid_axis: str, caption: str = "",
+            handles: list[Any] | None = None) -> Any:
+    """Label, legend (``handles``, default the plotted series; outside the axes, right of them: it never covers a
+    bar or a point), caption and layout of a figure; returns it."""
     import textwrap
 
-    import matplotlib.pyplot as plt
-
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(axis=grid_axis, alpha=0.3)
-    ax.legend()
+    ax.legend(**({"handles": handles} if handles else {}), loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              fontsize=8)
     if caption:
         width = int(fig.get_size_inches()[0] * 14)
-        fig.text(0.01, 0.01, textwrap.fill(caption, width), fontsize=7, va="bottom", ha="left")
-        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        text = textwrap.fill(caption, width)
+        fig.text(0.01, 0.01, text, fontsize=7, va="bottom", ha="left")
+        fig.tight_layout(rect=(0, 0.035 * (text.count("\n") + 1), 1, 1))
     else:
         fig.tight_layout()
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write a figure as a PNG (atomically) and close it."""
+    import matplotlib.pyplot as plt
+
+    from emgscale.common import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
 

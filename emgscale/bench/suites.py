@@ -82,22 +82,26 @@ def choose_lm_setting(val_emissions: list[dict[str, Any]], lm: Path) -> tuple[fl
 
 
 def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: str,
-              which: str = "model", parts: tuple[str, ...] = ("val", "test")) -> list[dict[str, Any]]:
+              which: str = "model", parts: tuple[str, ...] = ("val", "test"),
+              emission_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per-user CER, greedy and +LM, of one checkpoint on parts of one split (cached).
 
     The +LM decoder's LM weight and insertion bonus are chosen on the split's val sessions
     (:func:`choose_lm_setting`) and used for every part; the +LM rows carry them (``lm_weight``,
-    ``insertion_bonus``).
+    ``insertion_bonus``). ``emission_options``: extra keywords of
+    :func:`emgscale.eval.split_emissions` (e.g. ``adapt_seconds``), part of the cache key.
     """
     from emgscale.decode import DecoderConfig, build_decoder
     from emgscale.eval import split_emissions
 
     key = eval_key(ctx, checkpoint, split_file, which, parts)
+    if emission_options:
+        key = {**key, "emission_options": emission_options}
 
     def make(_: Path) -> dict[str, Any]:
         rows = []
         em = {part: split_emissions(checkpoint, ctx.corpus.data_root, split_file, part, which=which,
-                                    bids_metadata=ctx.corpus.bids_metadata)
+                                    bids_metadata=ctx.corpus.bids_metadata, **(emission_options or {}))
               for part in dict.fromkeys(("val", *parts))}
         decoders: dict[str, Any] = {"greedy": (build_decoder(DecoderConfig(kind="greedy")), {})}
         if ctx.lm is not None:
@@ -170,7 +174,14 @@ def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
 def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Generic model on held-out users never seen in training: final, best and SWAD-averaged weights;
     for comparison, the best-val weights on new (val) sessions of its training users; and, with
-    ``causal_arch``, a causal generic model (what a real-time system can run) next to the offline one."""
+    ``causal_arch``, a causal generic model (what a real-time system can run) next to the offline one.
+
+    With ``run_recipes`` (``--recipes a,b``): instead, one table comparing those generic-model recipes
+    (:func:`emgscale.bench.recipes.compare_recipes`)."""
+    if d.get("run_recipes"):
+        from emgscale.bench.recipes import compare_recipes  # it builds on this module's helpers
+
+        return compare_recipes(ctx, d)
     if ctx.generic_checkpoint is not None:
         given, _ = generic_model(ctx, d)
         rows = eval_rows(ctx, given, ctx.corpus.split(d.get("train_split", "generic")),

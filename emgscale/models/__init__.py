@@ -27,7 +27,7 @@ _EXPORTS = {
     "FrontendConfig": "config", "CNNRNNConfig": "config", "RNNConfig": "config", "S4DConfig": "config",
     "SplashConfig": "config", "TDSConfig": "config", "TransformerConfig": "config", "BUILTIN_ARCHS": "config", "ENCODERS": "ctc",
     "CTCModel": "ctc", "build_model": "ctc", "count_parameters": "ctc", "forward_batch": "ctc",
-    "register_encoder": "ctc", "ReferenceCheckpoint": "reference", "export_reference": "reference",
+    "register_encoder": "ctc", "model_cost": "cost", "ReferenceCheckpoint": "reference", "export_reference": "reference",
     "import_reference": "reference", "is_reference_checkpoint": "reference", "read_reference": "reference",
     "reference_as_checkpoint": "reference", "export_braindecode": "braindecode",
     "import_braindecode": "braindecode", "read_braindecode": "braindecode",
