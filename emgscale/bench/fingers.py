@@ -55,7 +55,7 @@ def _target(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, bool]:
         generate_fingers(from_dict(FingerSynthConfig, {**flags, "out": str(folder / "fingers")}))
         return {"root": str(folder / "fingers")}
 
-    _, res = cached(ctx.cache, "fingers_corpus", {"fingers_synth": flags}, make)
+    _, res = cached(ctx.cache, "fingers_corpus", content_key({"fingers_synth": flags}), make)
     return Path(res["root"]), True
 
 

@@ -9,19 +9,74 @@ Keys are content, not paths (:func:`content_key`): a split file by its bytes and
 every session file it names, a checkpoint or LM by its sha256, a shard folder by its manifest's sha256,
 plus the settings and the emgscale version. So a split edited in place, an init checkpoint replaced
 behind the same path or a data root holding other files makes a new step, never reuses an old one.
+
+Since keys are content, one cache serves every results folder: the default (:func:`default_cache`) is a
+user-level folder, so a benchmark run after the demo with another ``--out`` reuses what the demo made.
+Two processes making the same step at once do not both make it: the step's folder is locked while it
+is made (:func:`step_lock`, a ``.lock`` file with an ``flock``, released however its holder exits), the
+second waits and then reuses the first one's result; the ``DONE.json`` marker is written last, atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from emgscale.common import atomic_write_json, print0
+from emgscale.common import DirLock, LockedError, atomic_write_json, print0
 
 DONE = "DONE.json"
+#: The environment variable that moves the benchmark cache (:func:`default_cache`).
+CACHE_ENV = "EMGSCALE_CACHE"
+
+
+def default_cache() -> Path:
+    """The user-level benchmark cache: ``$EMGSCALE_CACHE`` if set, else ``$XDG_CACHE_HOME/emgscale/bench``
+    (an absolute ``XDG_CACHE_HOME`` only, as the XDG spec says), else ``~/.cache/emgscale/bench``.
+
+    Returns:
+        The folder (not created here).
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "emgscale" / "bench"
+
+
+#: Seconds between "still waiting" lines while another process makes a step.
+WAIT_LINE_EVERY_S = 300.0
+
+
+@contextlib.contextmanager
+def step_lock(folder: Path, what: str, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold the lock of a cache step's folder, waiting while another process holds it.
+
+    Args:
+        folder: the step's folder (created if missing).
+        what: the step, e.g. ``runs/3f2a...`` (for the waiting line and the lock file).
+        poll_s: seconds between tries while another process holds the lock.
+    """
+    lock = DirLock(folder, f"bench step {what}")
+    said = 0.0
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockedError as e:
+            if time.monotonic() - said > WAIT_LINE_EVERY_S:
+                print0(f"[bench] waiting: {e}".split("; wait for it")[0])
+                said = time.monotonic()
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def config_hash(obj: Any) -> str:
@@ -83,14 +138,15 @@ def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, An
     (with one line naming the step reused and ``why``: what its key covers)."""
     folder = Path(cache) / kind / config_hash(key)
     marker = folder / DONE
-    if marker.is_file():
-        print0(f"[bench] reusing {kind}/{folder.name}: {why}")
-        return folder, json.loads(marker.read_text())["result"]
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "key.json", key)
-    result = make(folder)
-    atomic_write_json(marker, {"key": key, "result": result})
-    return folder, result
+    if not marker.is_file():
+        with step_lock(folder, f"{kind}/{folder.name}"):
+            if not marker.is_file():  # not made by another process while this one waited
+                atomic_write_json(folder / "key.json", key)
+                result = make(folder)
+                atomic_write_json(marker, {"key": key, "result": result})
+                return folder, result
+    print0(f"[bench] reusing {kind}/{folder.name}: {why}")
+    return folder, json.loads(marker.read_text())["result"]
 
 
 @dataclass
@@ -119,7 +175,7 @@ def ensure_cached_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 
     from emgscale.config import from_dict
     from emgscale.synth import SynthConfig, generate_corpus
 
-    key = {"synth": corpus_flags, "seed": seed}
+    key = content_key({"synth": corpus_flags, "seed": seed})
 
     def make(folder: Path) -> dict[str, Any]:
         cfg = from_dict(SynthConfig, {**corpus_flags, "seed": seed, "out": str(folder / "corpus")})
@@ -203,28 +259,35 @@ def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_f
     address in the overrides put the run on Ray Train. With ``log_to_file``, the run's output
     (progress, validation lines) goes to ``<folder>/train.log`` instead of the console.
     """
-    from emgscale.train import launch, load_train_config
+    from emgscale.train import load_train_config
 
     cfg = load_train_config(files, overrides)
     key = _run_key(cfg)
     folder = Path(cache) / "runs" / config_hash(key)
-    if (folder / DONE).is_file():
-        print0(f"[bench] reusing runs/{folder.name}: {RUN_REUSE_WHY}")
-        return folder
-    cfg = load_train_config(files, [*overrides, f"run.out_dir={folder}"])
+    if not (folder / DONE).is_file():
+        with step_lock(folder, f"runs/{folder.name}"):  # another bench process training it: wait, then reuse
+            if not (folder / DONE).is_file():
+                _train(folder, key, load_train_config(files, [*overrides, f"run.out_dir={folder}"]), overrides,
+                       log_to_file)
+                return folder
+    print0(f"[bench] reusing runs/{folder.name}: {RUN_REUSE_WHY}")
+    return folder
+
+
+def _train(folder: Path, key: dict[str, Any], cfg: Any, overrides: list[str], log_to_file: bool) -> None:
+    """Train one run into ``folder`` (its lock held) and write its ``DONE.json``."""
+    from emgscale.train import launch
+
     print0(f"[bench] training {folder.name}: {' '.join(overrides)}")
     if not log_to_file:
         result = launch(cfg, resume=True)
     else:
-        import contextlib
-
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             result = launch(cfg, resume=True)
     atomic_write_json(folder / DONE, {"key": key, "best_val_score": result.best_val_score,
                                       "best_val_metric": result.best_val_metric, "steps": result.steps,
                                       "wall_s": result.wall_s, "world_size": result.world_size})
-    return folder
 
 
 def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
