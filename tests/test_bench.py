@@ -117,7 +117,7 @@ def test_parallel_runs_equal_sequential_runs(tiny_corpus, tmp_path):
     """Runs trained side by side (jobs=2) end with the weights of the same runs one by one; a run listed twice trains once."""
     import torch
 
-    from emgscale.bench.steps import ensure_trained_many
+    from emgscale.bench.training import ensure_trained_many
     from emgscale.models.checkpoint import load_checkpoint
     from emgscale.run_folder import LAST
 

@@ -49,7 +49,8 @@ def test_runner_defaults_to_the_user_level_cache_and_cache_wins(bench_cache, tmp
 
 
 def test_two_processes_making_the_same_step_make_it_once(tmp_path):
-    """Concurrent makers of one step: one makes it (under the step's lock), the other waits and reuses its result."""
+    """Concurrent makers of one step: one makes it (under the step's lock), the other waits and reuses its result;
+    the marker says the step's kind and the wall seconds its make took."""
     made = []
 
     def make(folder: Path) -> dict:
@@ -67,7 +68,9 @@ def test_two_processes_making_the_same_step_make_it_once(tmp_path):
         t.join()
     assert len(made) == 1 and [r[1] for r in results] == [{"n": 1}, {"n": 1}]
     folder = results[0][0]
-    assert json.loads((folder / DONE).read_text())["result"] == {"n": 1} and not (folder / ".lock").exists()
+    done = json.loads((folder / DONE).read_text())
+    assert done["result"] == {"n": 1} and done["kind"] == "corpus" and done["wall_s"] >= 0.5
+    assert done["finished_at"] >= done["started_at"] and not (folder / ".lock").exists()
 
 
 def test_a_failed_make_leaves_no_marker_and_releases_the_lock(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from emgscale.bench.steps import job_overrides, run_folder
+from emgscale.bench.training import job_overrides, run_folder
 from emgscale.models.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
 from emgscale.config import build_config
 from emgscale.train import TrainConfig, wants_ray

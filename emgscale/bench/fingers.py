@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from emgscale.bench.context import BenchContext
-from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_cached_corpus, ensure_shards,
-                                  ensure_trained_many)
+from emgscale.bench.steps import cached, content_key, content_sha256, data_key, ensure_cached_corpus, ensure_shards
+from emgscale.bench.training import ensure_trained_many
 from emgscale.common import print0
 from emgscale.data.tables import FINGER_CLASSES, make_split, table_files, write_split
 from emgscale.models.checkpoint import load_checkpoint
