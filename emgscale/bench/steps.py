@@ -72,7 +72,7 @@ def step_lock(folder: Path, what: str, poll_s: float = 1.0) -> Iterator[None]:
             break
         except LockedError as e:
             if time.monotonic() - said > WAIT_LINE_EVERY_S:
-                print0(f"[bench] waiting: {e}".split("; wait for it")[0])
+                print0(f"[bench] waiting: {str(e).split(';')[0]}")  # whom for; a dead holder's lock is taken over
                 said = time.monotonic()
             time.sleep(poll_s)
     try:

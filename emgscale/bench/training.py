@@ -96,18 +96,20 @@ def _train(folder: Path, key: dict[str, Any], cfg: Any, overrides: list[str], lo
     folder.mkdir(parents=True, exist_ok=True)
     started, t0, first_step = time.time(), time.monotonic(), steps_done(folder)
     atomic_write_json(folder / RUNNING, {"pid": os.getpid(), "started_at": started, "steps_at_start": first_step})
-    if not log_to_file:
-        result = launch(cfg, resume=True)
-    else:
-        with open(folder / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    try:
+        if not log_to_file:
             result = launch(cfg, resume=True)
+        else:
+            with open(folder / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                result = launch(cfg, resume=True)
+    finally:
+        (folder / RUNNING).unlink(missing_ok=True)
     atomic_write_json(folder / DONE, {
         "key": key, "kind": "runs", "label": run_label(cfg), "rate_key": rate_key(cfg),
         "best_val_score": result.best_val_score, "best_val_metric": result.best_val_metric,
         "steps": result.steps, "steps_at_start": first_step, "expected_steps": expected_steps(cfg),
         "wall_s": time.monotonic() - t0, "train_wall_s": result.wall_s, "started_at": started,
         "finished_at": time.time(), "world_size": result.world_size, "timings": _timings(result)})
-    (folder / RUNNING).unlink(missing_ok=True)
 
 
 def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
