@@ -25,6 +25,7 @@ are counted; the others are listed as reused.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -170,9 +171,11 @@ def run_suite(args: list[str], log: Path) -> tuple[dict[str, float], float, floa
     suite started, and the run's start and end."""
     starts: dict[str, float] = {}
     t0 = time.time()
-    with open(log, "w") as fh, subprocess.Popen([sys.executable, "-m", "emgscale.bench", *args], cwd=ROOT,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}  # each suite's first line stamped when it is printed, not when a buffer fills
+    with open(log, "w") as fh, subprocess.Popen([sys.executable, "-m", "emgscale.bench", *args], env=env,
                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                                bufsize=1) as p:
+                                                bufsize=1) as p:  # this tree's emgscale, wherever it is run from
         for line in p.stdout:
             sys.stdout.write(line)
             fh.write(line)
@@ -192,8 +195,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cache", type=Path, help="benchmark cache (default: a fresh empty OUT/cache.XXXX)")
     p.add_argument("--benchmark", default="all", help="what to run (default all; e.g. demo, zero_shot)")
     a = p.parse_args(argv)
+    a.out = a.out.resolve()
     a.out.mkdir(parents=True, exist_ok=True)
-    cache = a.cache or Path(tempfile.mkdtemp(prefix="cache.", dir=a.out))
+    cache = a.cache.resolve() if a.cache else Path(tempfile.mkdtemp(prefix="cache.", dir=a.out))
     starts, t0, t1 = run_suite([a.benchmark, "--budget", a.budget, "--jobs", str(a.jobs), "--out", str(a.out),
                                 "--cache", str(cache)], a.out / "bench_suite.log")
     report = build_report(cache, a.out, starts, since=t0, end=t1, wall_s=t1 - t0)

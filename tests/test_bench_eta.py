@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -73,10 +72,6 @@ def test_progress_line_reads_running_queued_and_done_runs(tmp_path):
     assert "ETA 2m" in line or "ETA 3m" in line  # (90 + 100) steps at ~1 s/step
 
 
-class _Result(SimpleNamespace):
-    pass
-
-
 @pytest.mark.parametrize("timings", [None, {"step_s": 3.0, "total_s": 5.0}])
 def test_a_runs_done_json_holds_its_cost(tmp_path, monkeypatch, tiny_corpus, timings):
     """DONE.json of a run: wall seconds, steps, expected steps, label, rate key, and the loop's timings
@@ -85,7 +80,7 @@ def test_a_runs_done_json_holds_its_cost(tmp_path, monkeypatch, tiny_corpus, tim
     from emgscale.bench.training import ensure_trained
 
     def fake_launch(cfg, resume=True):
-        r = _Result(best_val_score=0.5, best_val_metric="val_cer", steps=6, wall_s=1.0, world_size=1)
+        r = SimpleNamespace(best_val_score=0.5, best_val_metric="val_cer", steps=6, wall_s=1.0, world_size=1)
         if timings is not None:
             r.timings = timings
         return r
