@@ -118,3 +118,12 @@ def corpus_factory(tmp_path: Path) -> Callable[..., TinyCorpus]:
     def make(name: str = "corpus", **kw) -> TinyCorpus:
         return make_tiny_corpus(tmp_path / name, **kw)
     return make
+
+
+@pytest.fixture(autouse=True)
+def bench_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The benchmark cache of this test: ``$EMGSCALE_CACHE`` = ``<tmp_path>/cache`` (never the user's real
+    ``~/.cache/emgscale/bench``); a module may override this fixture to share one cache among its tests."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EMGSCALE_CACHE", str(cache))
+    return cache

@@ -18,6 +18,13 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench")
 
 
+@pytest.fixture(autouse=True)
+def bench_cache(out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every benchmark of this module shares one default cache (``$EMGSCALE_CACHE`` = ``<out>/cache``)."""
+    monkeypatch.setenv("EMGSCALE_CACHE", str(out / "cache"))
+    return out / "cache"
+
+
 def _check(out: Path, name: str, min_variants: int) -> dict:
     res = json.loads((out / name / "results.json").read_text())
     table = (out / name / "table.md").read_text()
@@ -124,10 +131,12 @@ def test_sweep(out):
 
 @pytest.mark.slow  # re-runs zero_shot after the slow zero_shot tests above filled the cache
 def test_rerun_reuses_cache(out):
-    """A second run with the same settings trains nothing new (same config hash -> same checkpoints)."""
+    """A second run with the same settings, into another results folder, trains nothing new: the default
+    cache is shared across ``--out`` (same config hash -> same checkpoints)."""
     runs = sorted((out / "cache" / "runs").iterdir())
     before = {p.name: (p / "DONE.json").stat().st_mtime for p in runs}
-    assert main(["zero_shot", "--budget", "tiny", "--out", str(out)]) == 0
+    assert main(["zero_shot", "--budget", "tiny", "--out", str(out / "elsewhere")]) == 0
+    assert (out / "elsewhere" / "zero_shot" / "results.json").is_file() and not (out / "elsewhere" / "cache").exists()
     after = {p.name: (p / "DONE.json").stat().st_mtime for p in sorted((out / "cache" / "runs").iterdir())}
     assert after == before
 
@@ -136,7 +145,7 @@ def test_parallel_runs_equal_sequential_runs(tiny_corpus, tmp_path):
     """Runs trained side by side (jobs=2) end with the weights of the same runs one by one; a run listed twice trains once."""
     import torch
 
-    from emgscale.bench.steps import ensure_trained_many
+    from emgscale.bench.training import ensure_trained_many
     from emgscale.models.checkpoint import load_checkpoint
     from emgscale.run_folder import LAST
 

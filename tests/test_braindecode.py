@@ -317,7 +317,7 @@ def _kwargs_file(model: torch.nn.Module, tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_bench_takes_an_imported_model_as_generic_checkpoint(tmp_path: Path) -> None:
+def test_bench_takes_an_imported_model_as_generic_checkpoint(tmp_path: Path, bench_cache: Path) -> None:
     """`bench zero_shot --generic-checkpoint <imported braindecode model>` evaluates it, trains nothing, names it."""
     from emgscale.bench.__main__ import main as bench_main
 
@@ -334,7 +334,7 @@ def test_bench_takes_an_imported_model_as_generic_checkpoint(tmp_path: Path) -> 
     assert variants == ["given model: seen users, new sessions", "given model (generic.pt)"]
     row = res["tables"]["zero_shot"]["aggregate"][1]  # the rates and rendered CER reach the results JSON
     assert {"test_greedy_rendered_cer_mean", "test_greedy_substitution_rate_mean"} <= set(row)
-    assert not list((tmp_path / "b" / "cache" / "runs").glob("*/config.yaml"))  # nothing trained here
+    assert not list((bench_cache / "runs").glob("*/config.yaml"))  # nothing trained here
 
 
 def test_readme_braindecode_lines_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from emgscale.bench.steps import job_overrides, run_folder
+from emgscale.bench.training import job_overrides, run_folder
 from emgscale.models.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
 from emgscale.config import build_config
 from emgscale.train import TrainConfig, wants_ray
@@ -76,7 +76,7 @@ def test_a_file_that_is_no_checkpoint_is_refused_with_its_name(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
-def test_bench_personalized_trains_through_ray_on_two_workers(tmp_path, monkeypatch):
+def test_bench_personalized_trains_through_ray_on_two_workers(tmp_path, monkeypatch, bench_cache):
     """`python -m emgscale.bench personalized --budget tiny run.workers=2` trains every run on 2 Ray Train workers."""
     pytest.importorskip("ray.train", reason="Ray is not installed (pip install 'emgscale[ray]')")
     from _ray_fixtures import local_ray
@@ -86,7 +86,7 @@ def test_bench_personalized_trains_through_ray_on_two_workers(tmp_path, monkeypa
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with local_ray():
         assert main(["personalized", "--budget", "tiny", "--out", str(tmp_path), "run.workers=2"]) == 0
-    runs = sorted((tmp_path / "cache" / "runs").iterdir())
+    runs = sorted((bench_cache / "runs").iterdir())
     assert len(runs) == 3  # the generic model, and per held-out user: random init and fine-tuned
     for run in runs:
         assert json.loads((run / "DONE.json").read_text())["world_size"] == 2

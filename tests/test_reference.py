@@ -361,7 +361,7 @@ def test_reference_ckpt_itself_finetunes_with_init_from(tiny_corpus, tmp_path: P
 
 
 @needs_fixtures
-def test_few_shot_and_zero_shot_run_from_a_reference_generic_model(tmp_path: Path) -> None:
+def test_few_shot_and_zero_shot_run_from_a_reference_generic_model(tmp_path: Path, bench_cache: Path) -> None:
     """`bench few_shot|zero_shot --generic-checkpoint REF.ckpt` use Meta's-format model: evaluated, fine-tuned, named."""
     import json
 
@@ -374,7 +374,7 @@ def test_few_shot_and_zero_shot_run_from_a_reference_generic_model(tmp_path: Pat
         res = json.loads((tmp_path / name / "results.json").read_text())
         assert res["generic_checkpoint"] == str(src)
         assert "given, not trained here" in (tmp_path / name / "table.md").read_text()
-    runs = list((tmp_path / "cache" / "runs").glob("*/config.yaml"))
+    runs = list((bench_cache / "runs").glob("*/config.yaml"))
     assert runs and all(f"init_from: {src}" in r.read_text() for r in runs)  # only fine-tunes were trained
     variants = [r["variant"] for r in res["tables"]["zero_shot"]["aggregate"]]
     assert variants == ["given model: seen users, new sessions", "given model (tds_small_step24.ckpt)"]

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("benchmark", help="a suite (single_user, zero_shot, ...), all, or demo")
     p.add_argument("--budget", default="small", help="tiny | small | paper (default small)")
     p.add_argument("--out", default="results", help="results folder (default results/)")
-    p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default <out>/cache)")
+    p.add_argument("--cache", help="reuse corpora/shards/checkpoints from here (default: $EMGSCALE_CACHE, else "
+                                   "$XDG_CACHE_HOME/emgscale/bench, else ~/.cache/emgscale/bench; shared by every "
+                                   "--out, keyed by content)")
     p.add_argument("--data-root", help="session files (real data, HDF5 or a BIDS copy); default: the synthetic corpus")
     p.add_argument("--bids-metadata", type=Path,
                    help="the metadata.csv a BIDS --data-root was made from, when it has none")

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from emgscale.bench.context import BenchContext
-from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_cached_corpus, ensure_shards,
-                                  ensure_trained_many)
+from emgscale.bench.steps import cached, content_key, content_sha256, data_key, ensure_cached_corpus, ensure_shards
+from emgscale.bench.training import ensure_trained_many
 from emgscale.common import print0
 from emgscale.data.tables import FINGER_CLASSES, make_split, table_files, write_split
 from emgscale.models.checkpoint import load_checkpoint
@@ -55,7 +55,7 @@ def _target(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, bool]:
         generate_fingers(from_dict(FingerSynthConfig, {**flags, "out": str(folder / "fingers")}))
         return {"root": str(folder / "fingers")}
 
-    _, res = cached(ctx.cache, "fingers_corpus", {"fingers_synth": flags}, make)
+    _, res = cached(ctx.cache, "fingers_corpus", content_key({"fingers_synth": flags}), make)
     return Path(res["root"]), True
 
 

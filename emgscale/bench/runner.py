@@ -12,7 +12,7 @@ import yaml
 
 from emgscale.bench.budget import get_budget
 from emgscale.bench.report import aggregate, cer_axis_label, markdown_table, plot_bars, plot_lines, series_from
-from emgscale.bench.steps import Corpus, ensure_cached_corpus, ensure_lm
+from emgscale.bench.steps import Corpus, default_cache, ensure_cached_corpus, ensure_lm
 from emgscale.bench.suites import SUITES, BenchContext
 from emgscale.common import atomic_write_json, atomic_write_text, git_commit, hardware, print0
 from emgscale.config import shipped_configs
@@ -169,7 +169,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         data_root, splits_dir: real (or any) data; default: the synthetic corpus of the budget. For
             ``fingers``, a folder of finger CSV recordings (else a synthetic finger corpus is made).
         bids_metadata: the ``metadata.csv`` a BIDS ``data_root`` was made from, when it has none.
-        cache: where corpora, shards, LMs, checkpoints and evaluations are kept and reused.
+        cache: where corpora, shards, LMs, checkpoints and evaluations are kept and reused (default: the
+            user-level cache, :func:`emgscale.bench.steps.default_cache`, shared by every ``out``).
         definitions_dir, configs_dir: benchmark definitions and configs (default: the ones shipped in the
             package, :func:`shipped_definitions` and :func:`emgscale.config.shipped_configs`).
         lm_texts: text for the character LM (default: shipped LM text).
@@ -198,7 +199,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
     t0 = time.monotonic()
     b = get_budget(budget)
     out_dir = Path(out) / (f"{name}_recipes" if recipes else name)
-    cache = Path(cache) if cache else Path(out) / "cache"
+    cache = Path(cache) if cache else default_cache()
     definitions_dir = Path(definitions_dir) if definitions_dir else shipped_definitions()
     configs_dir = Path(configs_dir) if configs_dir else shipped_configs()
     if data_root is not None:
@@ -210,11 +211,8 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                        lm=_lm(cache, lm_texts, b.lm_order) if name not in SELF_RENDERED else None,
                        shard_workers=shard_workers,
                        jobs=jobs, overrides=list(overrides), out=out_dir,
-                       generic_checkpoint=Path(generic_checkpoint) if generic_checkpoint else None,
-                       synthetic_corpus=dict(b.corpus) if data_root is None else None)
-    definition = {**load_definition(definitions_dir, name, budget), **(definition_overrides or {}),
-                  **({"run_recipes": list(recipes)} if recipes else {}), **({"seeds": seeds} if seeds else {})}
-    print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}")
+    out_dir = Path(out) / (f"{name}_recipes" if recipes else name)
+    cache = Path(cache) if cache else default_cache()
     res = SUITES[name](ctx, definition)
     out_dir.mkdir(parents=True, exist_ok=True)
     if name in SELF_RENDERED:  # not CER: the suite made its own table and plots in out_dir

@@ -1,5 +1,7 @@
 """Cached pipeline steps of the benchmarks: corpus -> shards -> LM -> training -> emissions -> CER.
 
+Training runs, one or ``jobs`` at a time, are :mod:`emgscale.bench.training`.
+
 Each step's output lives in ``<cache>/<kind>/<hash>/`` where the hash is of what determines it, and is
 reused when its ``DONE.json`` marker is there (a line says so, and why): benchmarks share corpora,
 shards, LMs and checkpoints made with the same inputs instead of recomputing them. A step killed
@@ -9,19 +11,74 @@ Keys are content, not paths (:func:`content_key`): a split file by its bytes and
 every session file it names, a checkpoint or LM by its sha256, a shard folder by its manifest's sha256,
 plus the settings and the emgscale version. So a split edited in place, an init checkpoint replaced
 behind the same path or a data root holding other files makes a new step, never reuses an old one.
+
+Since keys are content, one cache serves every results folder: the default (:func:`default_cache`) is a
+user-level folder, so a benchmark run after the demo with another ``--out`` reuses what the demo made.
+Two processes making the same step at once do not both make it: the step's folder is locked while it
+is made (:func:`step_lock`, a ``.lock`` file with an ``flock``, released however its holder exits), the
+second waits and then reuses the first one's result; the ``DONE.json`` marker is written last, atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from emgscale.common import atomic_write_json, print0
+from emgscale.common import DirLock, LockedError, atomic_write_json, print0
 
 DONE = "DONE.json"
+#: The environment variable that moves the benchmark cache (:func:`default_cache`).
+CACHE_ENV = "EMGSCALE_CACHE"
+
+
+def default_cache() -> Path:
+    """The user-level benchmark cache: ``$EMGSCALE_CACHE`` if set, else ``$XDG_CACHE_HOME/emgscale/bench``
+    (an absolute ``XDG_CACHE_HOME`` only, as the XDG spec says), else ``~/.cache/emgscale/bench``.
+
+    Returns:
+        The folder (not created here).
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "emgscale" / "bench"
+
+
+#: Seconds between "still waiting" lines while another process makes a step.
+WAIT_LINE_EVERY_S = 300.0
+
+
+@contextlib.contextmanager
+def step_lock(folder: Path, what: str, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold the lock of a cache step's folder, waiting while another process holds it.
+
+    Args:
+        folder: the step's folder (created if missing).
+        what: the step, e.g. ``runs/3f2a...`` (for the waiting line and the lock file).
+        poll_s: seconds between tries while another process holds the lock.
+    """
+    lock = DirLock(folder, f"bench step {what}")
+    said = 0.0
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockedError as e:
+            if time.monotonic() - said > WAIT_LINE_EVERY_S:
+                print0(f"[bench] waiting: {str(e).split(';')[0]}")  # whom for; a dead holder's lock is taken over
+                said = time.monotonic()
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def config_hash(obj: Any) -> str:
@@ -80,17 +137,26 @@ def content_key(key: dict[str, Any]) -> dict[str, Any]:
 def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, Any]],
            why: str = "same settings") -> tuple[Path, dict[str, Any]]:
     """Run ``make(folder)`` once per ``key``; later calls return the folder and what ``make`` returned
-    (with one line naming the step reused and ``why``: what its key covers)."""
+    (with one line naming the step reused and ``why``: what its key covers).
+
+    The step's ``DONE.json`` holds its key, ``make``'s result, its ``kind``, the wall seconds ``make`` took
+    (``wall_s``) and when it started and finished (``started_at``, ``finished_at``: unix seconds), for
+    ``benchmarks/bench_suite.py``.
+    """
     folder = Path(cache) / kind / config_hash(key)
     marker = folder / DONE
-    if marker.is_file():
-        print0(f"[bench] reusing {kind}/{folder.name}: {why}")
-        return folder, json.loads(marker.read_text())["result"]
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "key.json", key)
-    result = make(folder)
-    atomic_write_json(marker, {"key": key, "result": result})
-    return folder, result
+    if not marker.is_file():
+        with step_lock(folder, f"{kind}/{folder.name}"):
+            if not marker.is_file():  # not made by another process while this one waited
+                atomic_write_json(folder / "key.json", key)
+                started, t0 = time.time(), time.monotonic()
+                result = make(folder)
+                atomic_write_json(marker, {"key": key, "result": result, "kind": kind,
+                                           "wall_s": time.monotonic() - t0, "started_at": started,
+                                           "finished_at": time.time()})
+                return folder, result
+    print0(f"[bench] reusing {kind}/{folder.name}: {why}")
+    return folder, json.loads(marker.read_text())["result"]
 
 
 @dataclass
@@ -119,7 +185,7 @@ def ensure_cached_corpus(cache: Path, corpus_flags: dict[str, Any], seed: int = 
     from emgscale.config import from_dict
     from emgscale.synth import SynthConfig, generate_corpus
 
-    key = {"synth": corpus_flags, "seed": seed}
+    key = content_key({"synth": corpus_flags, "seed": seed})
 
     def make(folder: Path) -> dict[str, Any]:
         cfg = from_dict(SynthConfig, {**corpus_flags, "seed": seed, "out": str(folder / "corpus")})
@@ -167,152 +233,6 @@ def ensure_lm(cache: Path, text_files: list[Path], order: int) -> Path:
     return Path(res["lm"])
 
 
-#: Run settings that say where and how a run executes, not what it trains: not part of its identity.
-PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address", "resource_timeout_s", "overwrite")
-
-
-def _run_key(cfg: Any) -> dict[str, Any]:
-    """What identifies a training run: its config less where it writes and runs (:data:`PLACEMENT_KEYS`),
-    with the files it reads replaced by their content (:func:`content_key`): the split and data root by
-    :func:`data_key`, ``run.init_from`` by its sha256, a local ``data.shards`` folder by its manifest's."""
-    from emgscale.config import to_dict
-
-    key = to_dict(cfg)
-    key["run"] = {k: v for k, v in key["run"].items() if k not in PLACEMENT_KEYS}
-    data, run = key["data"], key["run"]
-    if data.get("split") and data.get("data_root") and Path(data["split"]).is_file():
-        data["split"] = data_key(data["data_root"], data["split"], data.get("format") or "emg2qwerty")
-        data["data_root"] = None
-    shards = data.get("shards")
-    if shards and (Path(shards) / "manifest.json").is_file():
-        data["shards"] = {"manifest_sha256": content_sha256(Path(shards) / "manifest.json")}
-    if run.get("init_from") and Path(run["init_from"]).is_file():
-        run["init_from"] = {"sha256": content_sha256(run["init_from"])}
-    return content_key(key)
-
-
-#: What :func:`_run_key` covers, for the line that says why a run is reused.
-RUN_REUSE_WHY = ("same config, split contents, session files, shards manifest and init checkpoint (sha256) "
-                 "as before")
-
-
-def ensure_trained(cache: Path, files: list[str], overrides: list[str], log_to_file: bool = False) -> Path:
-    """Train (or resume, or reuse) the run these config files and overrides define; returns its folder.
-
-    Training goes through :func:`emgscale.train.launch`, so ``run.workers`` / ``run.use_gpu`` / a Ray
-    address in the overrides put the run on Ray Train. With ``log_to_file``, the run's output
-    (progress, validation lines) goes to ``<folder>/train.log`` instead of the console.
-    """
-    from emgscale.train import launch, load_train_config
-
-    cfg = load_train_config(files, overrides)
-    key = _run_key(cfg)
-    folder = Path(cache) / "runs" / config_hash(key)
-    if (folder / DONE).is_file():
-        print0(f"[bench] reusing runs/{folder.name}: {RUN_REUSE_WHY}")
-        return folder
-    cfg = load_train_config(files, [*overrides, f"run.out_dir={folder}"])
-    print0(f"[bench] training {folder.name}: {' '.join(overrides)}")
-    if not log_to_file:
-        result = launch(cfg, resume=True)
-    else:
-        import contextlib
-
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "train.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            result = launch(cfg, resume=True)
-    atomic_write_json(folder / DONE, {"key": key, "best_val_score": result.best_val_score,
-                                      "best_val_metric": result.best_val_metric, "steps": result.steps,
-                                      "wall_s": result.wall_s, "world_size": result.world_size})
-    return folder
-
-
-def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
-    """The cache folder of the run these config files and overrides define (trained or not)."""
-    from emgscale.train import load_train_config
-
-    return Path(cache) / "runs" / config_hash(_run_key(load_train_config(files, overrides)))
-
-
-def _train_in_worker(cache: str, files: list[str], overrides: list[str]) -> str:
-    return str(ensure_trained(Path(cache), files, overrides, log_to_file=True))
-
-
-def job_overrides(jobs: int, gpus: int, cpus: int, ray_address: str | None) -> list[list[str]]:
-    """Per-slot overrides of ``jobs`` concurrent runs: a GPU each (round robin over ``gpus``), else
-    ``cpus // jobs`` threads each; every slot joins the Ray cluster at ``ray_address`` when given."""
-    slots = []
-    for i in range(jobs):
-        extra = [f"run.device=cuda:{i % gpus}"] if gpus else [f"run.threads={max(1, cpus // jobs)}"]
-        slots.append(extra + ([f"run.ray_address={ray_address}"] if ray_address else []))
-    return slots
-
-
-def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jobs: int = 1) -> list[Path]:
-    """:func:`ensure_trained` for independent runs, ``jobs`` at a time in separate processes.
-
-    ``--jobs`` and ``run.workers`` combine: ``jobs`` independent runs go side by side, each on
-    ``run.workers`` DDP workers. In-process runs (``run.workers=1``) get a GPU each, round robin over
-    the visible GPUs, or ``cpu_count // jobs`` torch threads on a CPU machine. Runs on Ray Train share
-    one Ray cluster (started or joined here) that schedules their workers by the resources each asks
-    for. Runs already done are not started again, and a run listed twice trains once. With
-    ``jobs > 1`` each run's output goes to its folder's ``train.log``; a line per run tells where it
-    stands (runs done / total, ETA). The processes are spawned, so a script that calls this needs the
-    usual ``if __name__ == "__main__":`` guard.
-    """
-    import os
-    import time
-
-    from emgscale.common import format_seconds
-    from emgscale.train import load_train_config, wants_ray
-
-    folders = [run_folder(cache, f, o) for f, o in runs]
-    todo: dict[Path, tuple[list[str], list[str]]] = {}
-    for folder, run in zip(folders, runs):
-        if not (folder / DONE).is_file():
-            todo.setdefault(folder, run)
-    if jobs <= 1 or len(todo) <= 1:
-        t0 = time.monotonic()
-        for n, (folder, (files, overrides)) in enumerate(todo.items(), 1):
-            ensure_trained(cache, files, overrides)
-            spent = time.monotonic() - t0
-            print0(f"[bench] {n}/{len(todo)} training runs done ({spent / 60:.1f} min, "
-                   f"ETA {format_seconds(spent / n * (len(todo) - n))})")
-        return folders
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    import torch
-
-    ray_address = None
-    if any(wants_ray(load_train_config(f, o)) for f, o in todo.values()):
-        from emgscale.train.launch import connect
-
-        ray_address = connect(os.environ.get("RAY_ADDRESS"))  # one cluster for every run's workers
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    slots = job_overrides(jobs, gpus, os.cpu_count() or 1, ray_address)
-    t0 = time.monotonic()
-    print0(f"[bench] training {len(todo)} runs, {jobs} at a time "
-           f"({f'one of {gpus} GPUs each' if gpus else f'{max(1, (os.cpu_count() or 1) // jobs)} threads each'}; "
-           f"logs: <run>/train.log)")
-    from emgscale.common import exit_with_parent
-
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(_train_in_worker, str(cache), files, [*overrides, *slots[i % jobs]]): folder
-                   for i, (folder, (files, overrides)) in enumerate(todo.items())}
-        for n, fut in enumerate(as_completed(futures), 1):
-            folder = futures[fut]
-            try:
-                fut.result()
-            except Exception as e:
-                raise RuntimeError(f"training run {folder} failed ({e}); see {folder / 'train.log'}") from e
-            spent = time.monotonic() - t0
-            print0(f"[bench] {n}/{len(todo)} runs done ({folder.name}, {spent / 60:.1f} min, "
-                   f"ETA {format_seconds(spent / n * (len(todo) - n))})")
-    return folders
-
-
 def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, Any]:
     """CER of decoded emissions, pooled and per user (the paper's definition), with the rendered-text CER;
     ``per_user`` also holds the insertion / deletion / substitution rates
@@ -321,3 +241,4 @@ def score_sessions(emissions: list[dict[str, Any]], decoder: Any) -> dict[str, A
 
     meter = score(emissions, decoder)
     return {"cer": meter.cer, "rendered_cer": meter.rendered_cer, "per_user": meter.per_user()}
+

@@ -17,8 +17,8 @@ import yaml
 from emgscale.bench.context import BenchContext
 from emgscale.bench.fingers import fingers
 from emgscale.bench.report import EXTRA_METRICS
-from emgscale.bench.steps import (cached, content_key, content_sha256, data_key, ensure_shards, ensure_trained_many,
-                                  score_sessions)
+from emgscale.bench.steps import cached, content_key, content_sha256, data_key, ensure_shards, score_sessions
+from emgscale.bench.training import ensure_trained_many
 from emgscale.common import print0
 from emgscale.models.checkpoint import load_checkpoint
 from emgscale.run_folder import RunFolder

@@ -8,7 +8,8 @@ import shutil
 
 import torch
 
-from emgscale.bench.steps import DONE, ensure_trained, run_folder
+from emgscale.bench.steps import DONE
+from emgscale.bench.training import ensure_trained, run_folder
 from emgscale.models.checkpoint import Checkpoint, save_checkpoint
 from emgscale.data.splits import load_split, save_split
 
