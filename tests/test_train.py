@@ -90,6 +90,22 @@ def test_tiny_run_learns(corpus, tmp_path):
     assert cfg2 == cfg and not model.training
 
 
+def test_timings_are_a_breakdown_of_the_run(corpus, tmp_path):
+    """A tiny run's timings hold every key, each finite and >= 0, the parts summing to at most total_s; timings.json holds them."""
+    import json
+    import math
+
+    from emgscale.train.timings import TIMING_KEYS
+
+    res = train(load_train_config([], _overrides(corpus, tmp_path / "run", "run.max_epochs=2", "run.steps_per_epoch=3",
+                                                 "run.ckpt_every_steps=2")))
+    t = res.timings
+    assert set(t) == set(TIMING_KEYS) and all(math.isfinite(v) and v >= 0 for v in t.values())
+    assert t["ray_start_s"] == 0 and t["step_s"] > 0 and t["pipeline_build_s"] > 0 and t["validation_s"] > 0
+    assert t["checkpoint_s"] > 0 and sum(v for k, v in t.items() if k != "total_s") <= t["total_s"] == res.wall_s
+    assert json.loads((tmp_path / "run" / "timings.json").read_text()) == t
+
+
 def test_finetune_loads_weights(corpus, tmp_path):
     """run.init_from starts from the given checkpoint's weights (a near-zero LR keeps them)."""
     a = train(load_train_config([], _overrides(corpus, tmp_path / "a", "run.max_epochs=1", "run.steps_per_epoch=2")))

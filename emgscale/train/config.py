@@ -116,6 +116,13 @@ class TrainResult:
         history: one row of metrics per validation.
         wall_s: wall time of the call.
         world_size: data-parallel workers the run trained on.
+        timings: where the wall time went, in seconds (rank 0's view; empty when unknown, e.g. a result
+            made by older code): ``ray_start_s`` (connecting to / starting Ray, 0 in-process),
+            ``pipeline_build_s`` (building training loaders until their first batch), ``data_wait_s``
+            (waiting for later batches), ``step_s`` (forward, backward, optimiser), ``validation_s``,
+            ``checkpoint_s`` and ``total_s`` (the run; on Ray the driver's whole fit, Ray start included).
+            The parts sum to at most ``total_s``; the rest is set-up, logging and SWAD's final pass
+            (:mod:`emgscale.train.timings`). Also written to the run folder's ``timings.json``.
     """
 
     out_dir: str
@@ -128,6 +135,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     wall_s: float
     world_size: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def load_train_config(paths: list["str | Path"], overrides: list[str]) -> TrainConfig:

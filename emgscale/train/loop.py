@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from emgscale.common import format_seconds, is_main, print0, progress, rank, resolve_device, world_size
+from emgscale.common import atomic_write_json, format_seconds, is_main, print0, progress, rank, resolve_device, world_size
 from emgscale.config import ConfigError, save_config, to_dict
 from emgscale.loader import DataConfig, build_loader
 from emgscale.models import build_model, forward_batch
@@ -47,6 +47,7 @@ from emgscale.swad import WeightAverager
 from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
 from emgscale.train.guard import restore_poisoned_stats, running_stats
 from emgscale.train.metrics_log import MetricsLogger
+from emgscale.train.timings import Timings
 from emgscale.train.objective import Objective, build_objective
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -90,6 +91,7 @@ class _Run:
     folder: RunFolder
     logger: MetricsLogger | None
     report: Report | None
+    timings: Timings = field(default_factory=Timings)
 
     def loader(self, part: str, train: bool, epoch: int = 0) -> Any:
         return build_loader(self.data, part, train=train, seed=self.cfg.run.seed, epoch=epoch, rank=self.rank,
@@ -200,7 +202,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
                scaler=torch.amp.GradScaler(device.type, enabled=scaled), world=world, rank=rnk,
                local_batch=global_batch // world, folder=folder, logger=None, report=report)
 
-    steps_per_epoch = cfg.run.steps_per_epoch or len(run.loader("train", True))
+    with run.timings.timed("pipeline_build_s"):
+        steps_per_epoch = cfg.run.steps_per_epoch or len(run.loader("train", True))
     if steps_per_epoch <= 0:
         raise ConfigError("the training data yields no batch: check data.split / data.shards and the window size")
     total_steps = steps_per_epoch * cfg.run.max_epochs
@@ -239,7 +242,8 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
     t_loop, step_at_start = time.monotonic(), state.step
     while state.epoch < cfg.run.max_epochs and not done:
-        batches = _epoch_batches(lambda e: run.loader("train", True, e), state.epoch, steps_per_epoch)
+        batches = _epoch_batches(lambda e: run.timings.batches(lambda: run.loader("train", True, e)), state.epoch,
+                                 steps_per_epoch)
         for _ in range(state.step_in_epoch):  # fast-forward to the resumed position in this epoch
             next(batches)
         if restored_rng is not None:
@@ -260,9 +264,13 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     if run.logger:
         run.logger.close()
     best = folder.best
+    run.timings.add("total_s", time.monotonic() - t_start)
+    timings = run.timings.as_dict()
+    if is_main():
+        atomic_write_json(folder.timings, timings)
     return TrainResult(str(cfg.run.out_dir), state.step, state.epoch, state.best_val_score, run.objective.metric,
                        str(last) if last else None, str(best) if best.exists() else None, state.history,
-                       time.monotonic() - t_start, world)
+                       timings["total_s"], world, timings)
 
 
 def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per_epoch: int, total_steps: int,
@@ -284,6 +292,7 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
     sample_rate = run.cfg.model.features.input_sample_rate_hz
     stats = running_stats(run.model)
     for batch in bar:
+        t_step = time.monotonic()
         emg_samples += int(batch.emg_lengths.sum())  # a CPU tensor: no device sync
         gpu = batch.to(run.device)
         saved = [b.detach().clone() for b in stats]  # restored if this batch's forward poisons them
@@ -306,11 +315,13 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
             restore_poisoned_stats(stats, saved, batch.keys, skip_bad=run.data.skip_bad, world=run.world,
                                    device=run.device)
             _skip_step(run, state)
+            run.timings.add("step_s", time.monotonic() - t_step)
             continue
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
         run.averager.after_step(run.model, state.step)
+        run.timings.add("step_s", time.monotonic() - t_step)
         state.step += 1
         state.step_in_epoch += 1
         loss_sum += loss.detach()
@@ -358,19 +369,21 @@ def _save(run: _Run, state: TrainState, name: str) -> Path | None:
         rngs = gathered
     if not is_main():
         return None
-    ck = Checkpoint(model=run.model.state_dict(), config=to_dict(run.cfg), step=state.step, epoch=state.epoch,
-                    step_in_epoch=state.step_in_epoch, best_val_score=state.best_val_score,
-                    best_val_metric=run.objective.metric, run_id=state.run_id, history=state.history,
-                    optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs,
-                    averager=run.averager.state_dict(), averaged_model=run.averager.averaged_state_dict())
-    return save_checkpoint(run.folder.checkpoints / name, ck)
+    with run.timings.timed("checkpoint_s"):
+        ck = Checkpoint(model=run.model.state_dict(), config=to_dict(run.cfg), step=state.step, epoch=state.epoch,
+                        step_in_epoch=state.step_in_epoch, best_val_score=state.best_val_score,
+                        best_val_metric=run.objective.metric, run_id=state.run_id, history=state.history,
+                        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs,
+                        averager=run.averager.state_dict(), averaged_model=run.averager.averaged_state_dict())
+        return save_checkpoint(run.folder.checkpoints / name, ck)
 
 
 def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
     """Validation loss and CER; ``last.pt`` (and ``best.pt`` when the CER improved); log and report."""
-    metrics = run.objective.validate(run.model, run.loader("val", False), run.device, run.cfg.run.val_max_batches,
-                                     run.autocast)
-    run.averager.after_validation(run.model, metrics["val_loss"], state.step)
+    with run.timings.timed("validation_s"):
+        metrics = run.objective.validate(run.model, run.loader("val", False), run.device,
+                                         run.cfg.run.val_max_batches, run.autocast)
+        run.averager.after_validation(run.model, metrics["val_loss"], state.step)
     row = {"step": state.step, "epoch": state.epoch, "lr": run.scheduler.get_last_lr()[0], **metrics}
     state.history.append(row)
     score = metrics[run.objective.metric]
