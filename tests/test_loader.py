@@ -223,3 +223,13 @@ def test_repeated_warnings_are_rate_limited_and_counted():
     now[0] = 61.0
     limited.warning(0, "bad shard %d", 0)
     assert lines[-1] == "bad shard 0 (997 similar warnings held back before this one)"
+
+
+def test_a_training_order_longer_than_the_data_reshuffles_every_pass():
+    """sample_order with more samples than the data: each pass over it is a permutation of its own."""
+    from emgscale.loader.base import sample_order
+
+    order = sample_order(7, True, 7 * 4, seed=1, epoch=0, rank=0, world=1)
+    passes = [order[i:i + 7] for i in range(0, 28, 7)]
+    assert all(sorted(p) == list(range(7)) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1

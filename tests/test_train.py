@@ -106,6 +106,37 @@ def test_timings_are_a_breakdown_of_the_run(corpus, tmp_path):
     assert json.loads((tmp_path / "run" / "timings.json").read_text()) == t
 
 
+def test_a_training_pipeline_is_built_once_per_epoch_however_small_the_data(corpus, tmp_path, monkeypatch):
+    """Half a minute of data and a fixed epoch length: one training loader per epoch, not one per pass."""
+    from emgscale.train import loop
+
+    built = []
+    real = loop.build_loader
+
+    def counting(cfg, part, **kw):
+        built.append((part, kw["train"], kw["epoch"]))
+        return real(cfg, part, **kw)
+
+    monkeypatch.setattr(loop, "build_loader", counting)
+    tiny = ["data.max_minutes_per_user=0.2", "run.max_epochs=2", "run.steps_per_epoch=6"]  # ~3 windows: a pass a batch
+    res = train(load_train_config([], _overrides(corpus, tmp_path / "run", *tiny)))
+    assert res.steps == 12
+    assert [b for b in built if b[:2] == ("train", True)] == [("train", True, 0), ("train", True, 1000)]
+
+
+def test_a_resumed_run_on_tiny_data_continues_exactly(corpus, tmp_path):
+    """Stopped mid-epoch on data smaller than a batch per pass and resumed, a run ends with the uninterrupted run's weights."""
+    tiny = ["data.max_minutes_per_user=0.2", "run.max_epochs=2", "run.steps_per_epoch=5", "run.ckpt_every_steps=1"]
+    ref = train(load_train_config([], _overrides(corpus, tmp_path / "ref", *tiny)))
+    part = train(load_train_config([], _overrides(corpus, tmp_path / "cut", *tiny, "run.max_steps=7")))
+    assert part.steps == 7
+    done = train(load_train_config([], _overrides(corpus, tmp_path / "cut", *tiny)), resume=True)
+    a, b = load_checkpoint(ref.last_checkpoint), load_checkpoint(done.last_checkpoint)
+    assert a.step == b.step == 10
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+
+
 def test_finetune_loads_weights(corpus, tmp_path):
     """run.init_from starts from the given checkpoint's weights (a near-zero LR keeps them)."""
     a = train(load_train_config([], _overrides(corpus, tmp_path / "a", "run.max_epochs=1", "run.steps_per_epoch=2")))

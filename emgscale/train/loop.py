@@ -29,7 +29,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -93,8 +93,12 @@ class _Run:
     report: Report | None
     timings: Timings = field(default_factory=Timings)
 
-    def loader(self, part: str, train: bool, epoch: int = 0) -> Any:
-        return build_loader(self.data, part, train=train, seed=self.cfg.run.seed, epoch=epoch, rank=self.rank,
+    def loader(self, part: str, train: bool, epoch: int = 0, steps: int | None = None) -> Any:
+        """Batches of ``part``; ``steps``: a training loader exactly that many batches long (as many passes over
+        the data as it takes, each reshuffled), built once however small the data."""
+        data = self.data if steps is None else replace(self.data, train_samples_per_epoch=steps * self.local_batch
+                                                       * self.world)
+        return build_loader(data, part, train=train, seed=self.cfg.run.seed, epoch=epoch, rank=self.rank,
                             world_size=self.world, batch_size=self.local_batch, features=self.cfg.model.features)
 
 
@@ -242,8 +246,11 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
     t_loop, step_at_start = time.monotonic(), state.step
     while state.epoch < cfg.run.max_epochs and not done:
-        batches = _epoch_batches(lambda e: run.timings.batches(lambda: run.loader("train", True, e)), state.epoch,
-                                 steps_per_epoch)
+        # One loader per epoch, an epoch long when run.steps_per_epoch sets the length (a few minutes of a
+        # user's data can be a pass every step; rebuilding the pipeline for each cost as much as the step).
+        epoch_steps = steps_per_epoch if cfg.run.steps_per_epoch else None
+        batches = _epoch_batches(lambda e: run.timings.batches(lambda: run.loader("train", True, e, epoch_steps)),
+                                 state.epoch, steps_per_epoch)
         for _ in range(state.step_in_epoch):  # fast-forward to the resumed position in this epoch
             next(batches)
         if restored_rng is not None:
@@ -403,8 +410,9 @@ def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
 
 
 def _epoch_batches(make_loader: Callable[[int], Any], epoch: int, steps: int) -> Iterator[Any]:
-    """Exactly ``steps`` batches for ``epoch``: passes over the training data (each seeded by
-    ``(epoch, pass)``) until the epoch is full, so a fixed epoch length works with any amount of data."""
+    """Exactly ``steps`` batches for ``epoch``: the loader of ``(epoch, 0)`` (an epoch long when the loop asks
+    for that), then, should it run dry first (``data.limit_samples``), more loaders seeded by ``(epoch, pass)``
+    until the epoch is full, so a fixed epoch length works with any amount of data."""
     made = 0
     for n_pass in itertools.count():
         got = 0
