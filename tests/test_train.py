@@ -137,6 +137,26 @@ def test_a_resumed_run_on_tiny_data_continues_exactly(corpus, tmp_path):
         assert torch.equal(a.model[k], b.model[k]), k
 
 
+def test_validation_steps_are_evenly_spaced_and_end_the_run():
+    """run.val_times=N: N evenly spaced steps, the last the run's last; fewer on a shorter run; none for 0."""
+    from emgscale.train.loop import validation_steps
+
+    assert validation_steps(3, 60) == {20, 40, 60}
+    assert validation_steps(4, 2) == {1, 2}
+    assert validation_steps(0, 60) == frozenset()
+
+
+def test_val_times_validates_that_often_whatever_the_epoch_length(corpus, tmp_path):
+    """run.val_times=2 over 4 epochs of 3 steps validates at steps 6 and 12 only; with eval_every_steps it is refused."""
+    from emgscale.train import launch
+
+    res = train(load_train_config([], _overrides(corpus, tmp_path / "run", "run.max_epochs=4", "run.steps_per_epoch=3",
+                                                 "run.val_times=2")))
+    assert [r["step"] for r in res.history] == [6, 12] and res.best_checkpoint
+    with pytest.raises(ConfigError, match="run.val_times=2 and run.eval_every_steps=3"):
+        launch(load_train_config([], _overrides(corpus, tmp_path / "bad", "run.val_times=2", "run.eval_every_steps=3")))
+
+
 def test_finetune_loads_weights(corpus, tmp_path):
     """run.init_from starts from the given checkpoint's weights (a near-zero LR keeps them)."""
     a = train(load_train_config([], _overrides(corpus, tmp_path / "a", "run.max_epochs=1", "run.steps_per_epoch=2")))

@@ -56,6 +56,7 @@ class RunConfig:
     max_steps: int = 0  # > 0: stop after this many steps (the schedule still spans max_epochs)
     steps_per_epoch: int = 0  # 0: the train loader's length
     eval_every_steps: int = 0  # 0: validate at the end of each epoch only
+    val_times: int = 0  # > 0: validate this many times per run, evenly spaced over its steps, instead of per epoch
     val_max_batches: int = 0  # 0: the whole validation set
     ckpt_every_steps: int = 200
     log_every_steps: int = 10
@@ -314,6 +315,9 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
                           f"({ctc_classes} classes: model.num_classes 0); a {cfg.model.num_classes}-class frame "
                           "classifier trains with loss.kind=frame_ce (a YAML file named later overrides one named "
                           "earlier)")
+    if cfg.run.val_times and cfg.run.eval_every_steps:
+        raise ConfigError(f"run.val_times={cfg.run.val_times} and run.eval_every_steps={cfg.run.eval_every_steps}: "
+                          "choose one validation cadence (set the other to 0)")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
     d.check(cfg.model.augment)

@@ -14,8 +14,9 @@ weights or a checkpoint; running statistics a bad batch made non-finite are rest
 named (:mod:`emgscale.train.guard`). The step's one host synchronisation is that finiteness check; the
 loss is read back only at logging steps.
 
-Per epoch (and every ``run.eval_every_steps``): the objective's validation (loss and greedy CER for
-CTC); ``best.pt`` by its metric (``best_val_score`` holds the best value of it, ``best_val_metric`` its name).
+Per epoch (and every ``run.eval_every_steps``), or ``run.val_times`` times per run at evenly spaced steps
+whatever the epoch length (:func:`validation_steps`), and at the end: the objective's validation (loss and
+greedy CER for CTC); ``best.pt`` by its metric (``best_val_score`` holds the best value of it, ``best_val_metric`` its name).
 ``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically (the run folder's layout:
 :class:`~emgscale.run_folder.RunFolder`); ``resume``
 restores model, optimiser, scheduler, step, data position and RNG state, so a killed run continues
@@ -92,6 +93,7 @@ class _Run:
     logger: MetricsLogger | None
     report: Report | None
     timings: Timings = field(default_factory=Timings)
+    val_steps: frozenset[int] = frozenset()  # run.val_times: the steps that validate (else each epoch's end)
 
     def loader(self, part: str, train: bool, epoch: int = 0, steps: int | None = None) -> Any:
         """Batches of ``part``; ``steps``: a training loader exactly that many batches long (as many passes over
@@ -108,6 +110,14 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress_ = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def validation_steps(times: int, total_steps: int) -> frozenset[int]:
+    """The steps a run of ``total_steps`` validates at when it validates ``times`` times: evenly spaced, the
+    last at the end (fewer when the run has fewer steps); empty for ``times`` 0 (validate per epoch)."""
+    if times <= 0 or total_steps <= 0:
+        return frozenset()
+    return frozenset(max(1, round(k * total_steps / times)) for k in range(1, times + 1))
 
 
 def _optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
@@ -213,6 +223,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     total_steps = steps_per_epoch * cfg.run.max_epochs
     total_steps_run = min(cfg.run.max_steps, total_steps) if cfg.run.max_steps > 0 else total_steps
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    run.val_steps = validation_steps(cfg.run.val_times, total_steps_run)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, warmup, total_steps, cfg.optim.min_lr / cfg.optim.lr))
 
@@ -261,7 +272,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
         if state.step_in_epoch >= steps_per_epoch:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
-            if not cfg.run.eval_every_steps or state.step % cfg.run.eval_every_steps:
+            if not run.val_steps and (not cfg.run.eval_every_steps or state.step % cfg.run.eval_every_steps):
                 _validate(run, state)
     if not state.history or state.history[-1]["step"] != state.step:
         _validate(run, state)
@@ -345,7 +356,7 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
                                 "grad_norm": float(grad_norm), "nonfinite_steps": state.nonfinite_steps}, state.step)
         if cfg.ckpt_every_steps and state.step % cfg.ckpt_every_steps == 0:
             _save(run, state, LAST)
-        if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
+        if (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0) or state.step in run.val_steps:
             _validate(run, state)
             run.model.train()
         if cfg.max_steps > 0 and state.step >= cfg.max_steps:
