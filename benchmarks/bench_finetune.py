@@ -6,7 +6,8 @@
 Trains, in this process and one after another, a fine-tune-shaped run (the ``small`` budget's ``train`` and
 ``finetune`` overrides, pure CTC from random weights: the step costs what a fine-tune's does) on the first
 ``--minutes`` of the split's training user, through :func:`emgscale.train.launch` as the benchmarks do,
-and prints for each: optimiser steps, wall seconds, steps per wall second, and the share of the wall time
+and prints for each: optimiser steps, wall seconds, steps per wall second, CPU seconds of this process per step
+(steadier than wall time on a shared machine), and the share of the wall time
 in each part of ``TrainResult.timings`` (:mod:`emgscale.train.timings`; absent in code older than it).
 Without ``--data-root`` a synthetic corpus is made first (3 users x 6 sessions of ~3 min, one held out:
 ~6 min of training EMG for ``splits/user0.yaml``); with ``--source shards`` (default, as ``bench`` trains)
@@ -60,10 +61,10 @@ def run_one(overrides: list[str], model: str, out: Path) -> dict[str, float]:
 
     model_file = Path(emgscale.__file__).parent / "configs" / "models" / f"{model}.yaml"
     cfg = load_train_config([model_file], [*overrides, f"run.out_dir={out}", "run.overwrite=true"])
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     result = launch(cfg)
-    wall = time.monotonic() - t0
-    return {"wall_s": wall, "steps": result.steps, **getattr(result, "timings", {})}
+    wall, cpu = time.monotonic() - t0, time.process_time() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "steps": result.steps, **getattr(result, "timings", {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((minutes, name, r))
             shutil.rmtree(out, ignore_errors=True)
     parts = ("pipeline_build_s", "data_wait_s", "step_s", "validation_s", "checkpoint_s")
-    print(f"\n{'minutes':>7} {'input':<13} {'steps':>5} {'wall s':>7} {'steps/s':>7}  "
+    print(f"\n{'minutes':>7} {'input':<13} {'steps':>5} {'wall s':>7} {'steps/s':>7} {'CPU s/step':>10}  "
           + " ".join(f"{k.removesuffix('_s'):>16}" for k in parts) + "  (share of wall time)")
     for minutes, name, r in rows:
         shares = " ".join(f"{r[k] / r['wall_s']:>16.0%}" if k in r else f"{'-':>16}" for k in parts)
-        print(f"{minutes:>7g} {name:<13} {int(r['steps']):>5} {r['wall_s']:>7.1f} {r['steps'] / r['wall_s']:>7.2f}  "
+        print(f"{minutes:>7g} {name:<13} {int(r['steps']):>5} {r['wall_s']:>7.1f} {r['steps'] / r['wall_s']:>7.2f} "
+              f"{r['cpu_s'] / r['steps']:>10.2f}  "
               + shares)
     print(f"\nmodel {args.model}, {args.source}, {args.threads} thread(s); work folder {work}")
     return 0
