@@ -387,12 +387,12 @@ def _save(run: _Run, state: TrainState, name: str) -> Path | None:
         rngs = gathered
     if not is_main():
         return None
+    ck = Checkpoint(model=run.model.state_dict(), config=to_dict(run.cfg), step=state.step, epoch=state.epoch,
+                    step_in_epoch=state.step_in_epoch, best_val_score=state.best_val_score,
+                    best_val_metric=run.objective.metric, run_id=state.run_id, history=state.history,
+                    optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs,
+                    averager=run.averager.state_dict(), averaged_model=run.averager.averaged_state_dict())
     with run.timings.timed("checkpoint_s"):
-        ck = Checkpoint(model=run.model.state_dict(), config=to_dict(run.cfg), step=state.step, epoch=state.epoch,
-                        step_in_epoch=state.step_in_epoch, best_val_score=state.best_val_score,
-                        best_val_metric=run.objective.metric, run_id=state.run_id, history=state.history,
-                        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs,
-                        averager=run.averager.state_dict(), averaged_model=run.averager.averaged_state_dict())
         return save_checkpoint(run.folder.checkpoints / name, ck)
 
 
