@@ -61,6 +61,8 @@ BUDGETS: dict[str, Budget] = {
         # from an aligned model: pure CTC, 60 steps as one epoch (one data pipeline per run: on a few minutes of
         # a user's data, rebuilding it per epoch or per pass cost as much as the steps; warm-up 8 steps and the
         # cosine as with the earlier 4 x 15) and 3 validations (best.pt picked among them), not one per 15 steps.
+        # No data.feature_cache: it took ~15 % of a fine-tune step's CPU time (benchmarks/README.md,
+        # bench_finetune.py), but every recipe here keeps the reference's temporal jitter, which needs raw EMG.
         train=("run.max_epochs=8", "run.steps_per_epoch=50", "data.batch_size=16", "optim.warmup_epochs=0.5",
                "optim.lr=5e-3", "optim.min_lr=1e-3", "optim.grad_clip=5", "run.ckpt_every_steps=50",
                "run.val_max_batches=4", "run.bf16=false", "swad.n_converge=2", "swad.n_tolerance=3",
