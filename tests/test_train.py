@@ -139,7 +139,7 @@ def test_a_resumed_run_on_tiny_data_continues_exactly(corpus, tmp_path):
 
 def test_validation_steps_are_evenly_spaced_and_end_the_run():
     """run.val_times=N: N evenly spaced steps, the last the run's last; fewer on a shorter run; none for 0."""
-    from emgscale.train.loop import validation_steps
+    from emgscale.train.cadence import validation_steps
 
     assert validation_steps(3, 60) == {20, 40, 60}
     assert validation_steps(4, 2) == {1, 2}

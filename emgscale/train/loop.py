@@ -15,7 +15,7 @@ named (:mod:`emgscale.train.guard`). The step's one host synchronisation is that
 loss is read back only at logging steps.
 
 Per epoch (and every ``run.eval_every_steps``), or ``run.val_times`` times per run at evenly spaced steps
-whatever the epoch length (:func:`validation_steps`), and at the end: the objective's validation (loss and
+whatever the epoch length (:func:`~emgscale.train.cadence.validation_steps`), and at the end: the objective's validation (loss and
 greedy CER for CTC); ``best.pt`` by its metric (``best_val_score`` holds the best value of it, ``best_val_metric`` its name).
 ``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically (the run folder's layout:
 :class:`~emgscale.run_folder.RunFolder`); ``resume``
@@ -25,7 +25,6 @@ exactly. The loop's state is one :class:`TrainState` value, passed explicitly.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import time
@@ -48,6 +47,7 @@ from emgscale.swad import WeightAverager
 from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
 from emgscale.train.guard import restore_poisoned_stats, running_stats
 from emgscale.train.metrics_log import MetricsLogger
+from emgscale.train.cadence import epoch_batches, validation_steps
 from emgscale.train.timings import Timings
 from emgscale.train.objective import Objective, build_objective
 
@@ -110,14 +110,6 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress_ = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress_))
-
-
-def validation_steps(times: int, total_steps: int) -> frozenset[int]:
-    """The steps a run of ``total_steps`` validates at when it validates ``times`` times: evenly spaced, the
-    last at the end (fewer when the run has fewer steps); empty for ``times`` 0 (validate per epoch)."""
-    if times <= 0 or total_steps <= 0:
-        return frozenset()
-    return frozenset(max(1, round(k * total_steps / times)) for k in range(1, times + 1))
 
 
 def _optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
@@ -260,7 +252,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         # One loader per epoch, an epoch long when run.steps_per_epoch sets the length (a few minutes of a
         # user's data can be a pass every step; rebuilding the pipeline for each cost as much as the step).
         epoch_steps = steps_per_epoch if cfg.run.steps_per_epoch else None
-        batches = _epoch_batches(lambda e: run.timings.batches(lambda: run.loader("train", True, e, epoch_steps)),
+        batches = epoch_batches(lambda e: run.timings.batches(lambda: run.loader("train", True, e, epoch_steps)),
                                  state.epoch, steps_per_epoch)
         for _ in range(state.step_in_epoch):  # fast-forward to the resumed position in this epoch
             next(batches)
@@ -418,19 +410,3 @@ def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
     if run.report is not None:
         run.report(row, path.parent if path is not None else None)
     return row
-
-
-def _epoch_batches(make_loader: Callable[[int], Any], epoch: int, steps: int) -> Iterator[Any]:
-    """Exactly ``steps`` batches for ``epoch``: the loader of ``(epoch, 0)`` (an epoch long when the loop asks
-    for that), then, should it run dry first (``data.limit_samples``), more loaders seeded by ``(epoch, pass)``
-    until the epoch is full, so a fixed epoch length works with any amount of data."""
-    made = 0
-    for n_pass in itertools.count():
-        got = 0
-        for batch in make_loader(epoch * 1_000 + n_pass):
-            yield batch
-            made, got = made + 1, got + 1
-            if made >= steps:
-                return
-        if got == 0:
-            raise ConfigError(f"the training data yields no batch in epoch {epoch}: check data.split / data.shards")
