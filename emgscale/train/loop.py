@@ -21,6 +21,10 @@ greedy CER for CTC); ``best.pt`` by its metric (``best_val_score`` holds the bes
 :class:`~emgscale.run_folder.RunFolder`); ``resume``
 restores model, optimiser, scheduler, step, data position and RNG state, so a killed run continues
 exactly. The loop's state is one :class:`TrainState` value, passed explicitly.
+
+The training data come from one loader per epoch, an epoch long however small the data
+(:func:`~emgscale.train.cadence.epoch_batches`). Where the wall time went (pipeline builds, data waits,
+steps, validation, checkpoints) is ``TrainResult.timings`` and ``timings.json`` (:mod:`emgscale.train.timings`).
 """
 
 from __future__ import annotations
