@@ -14,6 +14,11 @@ writer). The address decides, in this order (:func:`choose_cluster`):
   user, nothing starts a private local instance and ``auto`` is an error; several of this user's
   clusters are an error naming them.
 
+One start per process: a private instance this process started stays up for its later runs (a benchmark
+trains many one after another; each would otherwise pay Ray's start-up, 40-60 s seen on 2 cores) and is
+stopped when the process exits (or by :func:`shutdown`); :func:`connect` on a connected process only says
+where it is. :data:`START_SECONDS` keeps what starting or joining cost.
+
 Before training, :func:`require_resources` checks that the cluster has the CPUs / GPUs the workers ask
 for: at once on a local instance (``run.use_gpu=true`` on a machine without a GPU is refused before
 Ray starts), within ``timeout_s`` on a cluster (an autoscaler may be adding nodes) — instead of Ray
@@ -160,8 +165,9 @@ def require_resources(need: Mapping[str, float], timeout_s: float, where: str,
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, use_gpu: bool = False,
             workers: int = 0, log_to_driver: bool = True) -> str:
-    """Join the cluster :func:`choose_cluster` picks, unless this process is connected already; one line
-    says which (address, and whether it was given, found or started); returns its GCS address.
+    """Join the cluster :func:`choose_cluster` picks, unless this process is connected already (then nothing
+    starts: the cluster it joined or started serves every later run); one line says which (address, and
+    whether it was given, found or started); returns its GCS address.
 
     Args:
         address: ``None``, ``auto``, ``local`` or a cluster address.
@@ -183,9 +189,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, use_gpu:
         print0(f"[ray] using the Ray cluster this process is connected to, at {gcs}"
                + (" (a private local instance)" if is_local_instance() else ""))
         return gcs
+    t0 = time.monotonic()
     choice = choose_cluster(address, os.environ.get("RAY_ADDRESS"), running_clusters(), os.getuid())
     if choice.how != "local":
         ray.init(address=choice.address, log_to_driver=log_to_driver)
+        START_SECONDS.append(time.monotonic() - t0)
         gcs = ray.get_runtime_context().gcs_address
         told = {"given": "given", "RAY_ADDRESS": "given by RAY_ADDRESS", "found": "found on this machine, yours"}
         print0(f"[ray] joined the Ray cluster at {gcs} ({told[choice.how]})"
@@ -208,15 +216,22 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, use_gpu:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     _LOCAL_DIRS.append(temp_dir)
-    atexit.register(shutdown)
+    START_SECONDS.append(time.monotonic() - t0)
+    if not _EXIT_HOOK:
+        atexit.register(shutdown)  # once per process, however often an instance is started
+        _EXIT_HOOK.append(True)
     gcs = ray.get_runtime_context().gcs_address
-    print0(f"[ray] started a private local Ray instance at {gcs} (files in {temp_dir}, mode 0700)"
+    print0(f"[ray] started a private local Ray instance at {gcs} in {START_SECONDS[-1]:.1f} s "
+           f"(kept for this process's later runs; files in {temp_dir}, mode 0700)"
            + (f"; {choice.note}" if choice.note else ""))
     return gcs
 
 
 #: Temp dirs of the private instances this process started.
 _LOCAL_DIRS: list[str] = []
+#: Seconds each start of (or join to) a cluster took in this process, in order.
+START_SECONDS: list[float] = []
+_EXIT_HOOK: list[bool] = []  # non-empty once shutdown is registered to run at exit
 
 
 def is_local_instance() -> bool:

@@ -9,6 +9,7 @@ A run folder is a training run's ``run.out_dir``::
       metrics.jsonl, metrics.csv, tb/    what was logged
       swad/                  SWAD/SWA segments and their index
       ray/, ray_result.json  Ray Train storage (default) and what the driver learnt
+      timings.json           where the run's wall time went (``TrainResult.timings``), written at the end
 
 Two rules live here and nowhere else:
 
@@ -26,7 +27,8 @@ from pathlib import Path
 
 LAST, BEST = "last.pt", "best.pt"
 #: What a run writes into its folder (``run.overwrite`` removes these, and nothing else, before a new run).
-RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "metrics.csv", "config.yaml", "ray_result.json", "ray", "swad")
+RUN_FILES = ("checkpoints", "tb", "metrics.jsonl", "metrics.csv", "config.yaml", "ray_result.json", "ray", "swad",
+             "timings.json")
 #: The files whose presence means the folder holds a run that a plain new run must not replace.
 _RUN_MARKS = ("checkpoints/" + LAST, "checkpoints/" + BEST)
 
@@ -94,6 +96,11 @@ class RunFolder:
     @property
     def ray_result(self) -> Path:
         return self.root / "ray_result.json"
+
+    @property
+    def timings(self) -> Path:
+        """``timings.json``: seconds per part of the run (:mod:`emgscale.train.timings`)."""
+        return self.root / "timings.json"
 
     def checkpoints_found(self) -> list[str]:
         """The checkpoints the folder holds (``checkpoints/last.pt``, ``checkpoints/best.pt``): a run that

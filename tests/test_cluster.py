@@ -108,3 +108,44 @@ def test_a_private_local_instance_keeps_its_files_to_this_user() -> None:
     finally:
         cluster.shutdown()
     assert not folder.exists() and not cluster.is_local_instance()
+
+
+def test_a_process_starts_its_local_ray_once_and_stops_it_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """connect() twice in one process starts one private instance (the second call reuses it), registers one exit
+    hook, and records the start's cost; shutdown stops it and removes its files. (A stand-in for ray: no head starts.)"""
+    import sys
+
+    from emgscale import cluster
+
+    calls: list[dict] = []
+
+    class FakeRay(SimpleNamespace):
+        up = False
+
+        def init(self, **kw):
+            calls.append(kw)
+            FakeRay.up = True
+
+        def is_initialized(self):
+            return FakeRay.up
+
+        def shutdown(self):
+            FakeRay.up = False
+
+        def get_runtime_context(self):
+            return SimpleNamespace(gcs_address="127.0.0.1:1")
+
+    hooks: list = []
+    monkeypatch.setitem(sys.modules, "ray", FakeRay())
+    monkeypatch.setattr(cluster, "running_clusters", lambda: {})
+    monkeypatch.setattr(cluster, "atexit", SimpleNamespace(register=hooks.append))
+    monkeypatch.setattr(cluster, "_EXIT_HOOK", [])
+    monkeypatch.setattr(cluster, "START_SECONDS", [])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster.connect(None, num_cpus=1) == cluster.connect(None, num_cpus=1) == "127.0.0.1:1"
+    assert len(calls) == 1 and calls[0]["address"] == LOCAL and hooks == [cluster.shutdown]
+    assert len(cluster.START_SECONDS) == 1 and cluster.START_SECONDS[0] >= 0
+    folder = Path(cluster._LOCAL_DIRS[-1])
+    assert cluster.is_local_instance() and folder.is_dir()
+    cluster.shutdown()
+    assert not folder.exists() and not cluster.is_local_instance()

@@ -23,6 +23,17 @@ def test_wants_ray_only_for_workers_gpu_or_an_address(monkeypatch):
     assert wants_ray(TrainConfig())
 
 
+def test_a_ray_runs_timings_come_from_rank_0s_report_plus_the_drivers_ray_start():
+    """ray_timings: rank 0's reported parts, the driver's Ray start, a total covering both; missing parts are 0."""
+    from emgscale.train.launch import TIMING_PREFIX, ray_timings
+    from emgscale.train.timings import TIMING_KEYS
+
+    t = ray_timings({TIMING_PREFIX + "step_s": 3.0, TIMING_PREFIX + "total_s": 5.0, "step": 7}, 2.0, 9.0)
+    assert set(t) == set(TIMING_KEYS) and t["step_s"] == 3.0 and t["ray_start_s"] == 2.0 and t["total_s"] == 9.0
+    assert t["validation_s"] == 0.0
+    assert ray_timings({TIMING_PREFIX + "step_s": 3.0}, 2.0, 1.0)["total_s"] == 5.0  # never less than its parts
+
+
 def test_job_slots_round_robin_over_gpus_or_share_the_cores():
     """--jobs N gives run i GPU i mod G (G > 0), else cores // N threads; every slot joins the Ray cluster."""
     assert job_overrides(3, 2, 16, None) == [["run.device=cuda:0"], ["run.device=cuda:1"], ["run.device=cuda:0"]]

@@ -223,3 +223,47 @@ def test_repeated_warnings_are_rate_limited_and_counted():
     now[0] = 61.0
     limited.warning(0, "bad shard %d", 0)
     assert lines[-1] == "bad shard 0 (997 similar warnings held back before this one)"
+
+
+def test_a_training_order_longer_than_the_data_reshuffles_every_pass():
+    """sample_order with more samples than the data: each pass over it is a permutation of its own."""
+    from emgscale.loader.base import sample_order
+
+    order = sample_order(7, True, 7 * 4, seed=1, epoch=0, rank=0, world=1)
+    passes = [order[i:i + 7] for i in range(0, 28, 7)]
+    assert all(sorted(p) == list(range(7)) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1
+
+
+def test_a_small_data_budget_fills_buffers_no_larger_than_itself(sharded, monkeypatch):
+    """Over a few windows' budget the training stream's record and window shuffle buffers are capped by the
+    selection (filling a 256-window buffer from 7 windows decoded the same records ~37 times)."""
+    from emgscale.loader import shard_pipeline
+
+    corpus, out, manifest = sharded
+    seen = {}
+    real = shard_pipeline.train_pipeline
+    monkeypatch.setattr(shard_pipeline, "train_pipeline", lambda urls, **kw: seen.update(kw) or real(urls, **kw))
+    cfg = DataConfig(shards=str(out), batch_size=4, shuffle_buffer=256, record_shuffle_buffer=16,
+                     train_samples_per_epoch=8, **WIN)
+    loader = build_loader(cfg, "train", train=True, seed=0, max_minutes_per_user=0.05)
+    assert len(list(loader)) == 2
+    assert 1 <= seen["sample_buffer"] < 256 and 1 <= seen["record_buffer"] < 16
+    build_loader(cfg, "train", train=True, seed=0)  # the whole corpus: the configured buffers
+    assert seen["sample_buffer"] == min(256, manifest.parts["train"]["num_windows"]) and seen["record_buffer"] == 16
+
+
+def test_records_outside_the_selection_are_dropped_before_decoding():
+    """Records of unselected sessions, or wholly past their session's row budget, go before their EMG is
+    decoded; one whose metadata does not parse goes on (decoding names it)."""
+    import json
+
+    from emgscale.loader.shard_pipeline import _skip_unselected
+
+    def raw(session, start):
+        return {"json": json.dumps({"session": session, "start": start}).encode(), "emg.npy": b"..."}
+
+    records = [raw("a", 0), raw("a", 5000), raw("b", 0), raw("c", 0), {"json": b"{not json"}]
+    kept = list(_skip_unselected(iter(records), lambda m: m["session"] != "c", {"a": 4000}))
+    assert kept == [records[0], records[2], records[4]]
+    assert list(_skip_unselected(iter(records), None, None)) == records

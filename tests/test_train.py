@@ -90,6 +90,73 @@ def test_tiny_run_learns(corpus, tmp_path):
     assert cfg2 == cfg and not model.training
 
 
+def test_timings_are_a_breakdown_of_the_run(corpus, tmp_path):
+    """A tiny run's timings hold every key, each finite and >= 0, the parts summing to at most total_s; timings.json holds them."""
+    import json
+    import math
+
+    from emgscale.train.timings import TIMING_KEYS
+
+    res = train(load_train_config([], _overrides(corpus, tmp_path / "run", "run.max_epochs=2", "run.steps_per_epoch=3",
+                                                 "run.ckpt_every_steps=2")))
+    t = res.timings
+    assert set(t) == set(TIMING_KEYS) and all(math.isfinite(v) and v >= 0 for v in t.values())
+    assert t["ray_start_s"] == 0 and t["step_s"] > 0 and t["pipeline_build_s"] > 0 and t["validation_s"] > 0
+    assert t["checkpoint_s"] > 0 and sum(v for k, v in t.items() if k != "total_s") <= t["total_s"] == res.wall_s
+    assert json.loads((tmp_path / "run" / "timings.json").read_text()) == t
+
+
+def test_a_training_pipeline_is_built_once_per_epoch_however_small_the_data(corpus, tmp_path, monkeypatch):
+    """Half a minute of data and a fixed epoch length: one training loader per epoch, not one per pass."""
+    from emgscale.train import loop
+
+    built = []
+    real = loop.build_loader
+
+    def counting(cfg, part, **kw):
+        built.append((part, kw["train"], kw["epoch"]))
+        return real(cfg, part, **kw)
+
+    monkeypatch.setattr(loop, "build_loader", counting)
+    tiny = ["data.max_minutes_per_user=0.2", "run.max_epochs=2", "run.steps_per_epoch=6"]  # ~3 windows: a pass a batch
+    res = train(load_train_config([], _overrides(corpus, tmp_path / "run", *tiny)))
+    assert res.steps == 12
+    assert [b for b in built if b[:2] == ("train", True)] == [("train", True, 0), ("train", True, 1000)]
+
+
+def test_a_resumed_run_on_tiny_data_continues_exactly(corpus, tmp_path):
+    """Stopped mid-epoch on data smaller than a batch per pass and resumed, a run ends with the uninterrupted run's weights."""
+    tiny = ["data.max_minutes_per_user=0.2", "run.max_epochs=2", "run.steps_per_epoch=5", "run.ckpt_every_steps=1"]
+    ref = train(load_train_config([], _overrides(corpus, tmp_path / "ref", *tiny)))
+    part = train(load_train_config([], _overrides(corpus, tmp_path / "cut", *tiny, "run.max_steps=7")))
+    assert part.steps == 7
+    done = train(load_train_config([], _overrides(corpus, tmp_path / "cut", *tiny)), resume=True)
+    a, b = load_checkpoint(ref.last_checkpoint), load_checkpoint(done.last_checkpoint)
+    assert a.step == b.step == 10
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+
+
+def test_validation_steps_are_evenly_spaced_and_end_the_run():
+    """run.val_times=N: N evenly spaced steps, the last the run's last; fewer on a shorter run; none for 0."""
+    from emgscale.train.cadence import validation_steps
+
+    assert validation_steps(3, 60) == {20, 40, 60}
+    assert validation_steps(4, 2) == {1, 2}
+    assert validation_steps(0, 60) == frozenset()
+
+
+def test_val_times_validates_that_often_whatever_the_epoch_length(corpus, tmp_path):
+    """run.val_times=2 over 4 epochs of 3 steps validates at steps 6 and 12 only; with eval_every_steps it is refused."""
+    from emgscale.train import launch
+
+    res = train(load_train_config([], _overrides(corpus, tmp_path / "run", "run.max_epochs=4", "run.steps_per_epoch=3",
+                                                 "run.val_times=2")))
+    assert [r["step"] for r in res.history] == [6, 12] and res.best_checkpoint
+    with pytest.raises(ConfigError, match="run.val_times=2 and run.eval_every_steps=3"):
+        launch(load_train_config([], _overrides(corpus, tmp_path / "bad", "run.val_times=2", "run.eval_every_steps=3")))
+
+
 def test_finetune_loads_weights(corpus, tmp_path):
     """run.init_from starts from the given checkpoint's weights (a near-zero LR keeps them)."""
     a = train(load_train_config([], _overrides(corpus, tmp_path / "a", "run.max_epochs=1", "run.steps_per_epoch=2")))

@@ -58,13 +58,17 @@ BUDGETS: dict[str, Budget] = {
         # the first half) and the output bias initialised to the label prior (blank 0.9): together they took
         # CNN+BiGRU-small off the CTC blank plateau by step 75 (53 % val CER at step 150) where the same recipe
         # without them was still on it at step 300 (benchmarks/README.md, bench_plateau.py). Fine-tunes start
-        # from an aligned model: pure CTC.
+        # from an aligned model: pure CTC, 60 steps as one epoch (one data pipeline per run: on a few minutes of
+        # a user's data, rebuilding it per epoch or per pass cost as much as the steps; warm-up 8 steps and the
+        # cosine as with the earlier 4 x 15) and 3 validations (best.pt picked among them), not one per 15 steps.
+        # No data.feature_cache: it took ~15 % of a fine-tune step's CPU time (benchmarks/README.md,
+        # bench_finetune.py), but every recipe here keeps the reference's temporal jitter, which needs raw EMG.
         train=("run.max_epochs=8", "run.steps_per_epoch=50", "data.batch_size=16", "optim.warmup_epochs=0.5",
                "optim.lr=5e-3", "optim.min_lr=1e-3", "optim.grad_clip=5", "run.ckpt_every_steps=50",
                "run.val_max_batches=4", "run.bf16=false", "swad.n_converge=2", "swad.n_tolerance=3",
                "loss.aux=keys", "loss.aux_weight=1", "loss.aux_decay_steps=200", "model.head_blank_prior=0.9"),
-        finetune=("run.max_epochs=4", "run.steps_per_epoch=15", "optim.warmup_epochs=0.5", "optim.lr=1e-3",
-                  "optim.min_lr=1e-5", "loss.aux=none"),
+        finetune=("run.max_epochs=1", "run.steps_per_epoch=60", "optim.warmup_epochs=0.125", "optim.lr=1e-3",
+                  "optim.min_lr=1e-5", "loss.aux=none", "run.val_times=3"),
         # SWAD looks for its valley only from step 400 (the aux loss has decayed): the blank plateau's flat
         # loss at steps 0-100 otherwise starts the valley at step 0 and the average takes in every step.
         generic=("run.max_epochs=16", "loss.aux_decay_steps=400", "swad.start_step=400"),

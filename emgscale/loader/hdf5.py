@@ -58,24 +58,13 @@ def hdf5_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: in
     if sel.max_minutes is not None:
         if spec.window_samples is None:
             raise ValueError("max_minutes_per_user needs windowed samples, not whole sessions")
-        infos = []
-        for p in paths:
-            try:
-                with open_session(p, cfg.bids_metadata) as s:
-                    if cfg.skip_bad:
-                        check_values_once(s)
-                    infos.append((s.user, str(p), s.start_time, len(s), s.sample_rate_hz))
-            except DataError as e:
-                if not cfg.skip_bad:
-                    raise
-                _report_skipped(str(p), e.problem)
-        budget = minutes_budget(infos, sel.max_minutes)
-        ds: torch.utils.data.Dataset = SessionWindows([Path(k) for k in budget], spec, seed=mix,
-                                                      max_rows=list(budget.values()), bids_metadata=cfg.bids_metadata)
+        budget = minutes_budget(_session_infos(tuple(paths), cfg.skip_bad, cfg.bids_metadata), sel.max_minutes)
+        windows = _session_windows(tuple(Path(k) for k in budget), spec, False, cfg.bids_metadata,
+                                   tuple(budget.values()))
     else:
-        # no open files (__getstate__)
-        ds = copy.copy(_session_windows(tuple(paths), spec, cfg.skip_bad, cfg.bids_metadata))
-        ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
+        windows = _session_windows(tuple(paths), spec, cfg.skip_bad, cfg.bids_metadata)
+    ds: torch.utils.data.Dataset = copy.copy(windows)  # no open files (__getstate__)
+    ds.seed = mix  # a jitter stream of its own for this (seed, epoch, rank)
     if len(ds) == 0 and paths and spec.window_samples is not None:
         _window_fits_no_session(paths, spec, part, cfg.bids_metadata)
     cached = cache is not None and spec.window_samples is not None  # whole sessions stay raw
@@ -115,13 +104,33 @@ def _report_missing(paths: tuple[str, ...]) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _session_windows(paths: tuple[Path, ...], spec: WindowSpec, skip_bad: bool,
-                     bids_metadata: str | None = None) -> SessionWindows:
-    """Counting windows opens every file: do it once per (files, windowing), not once per epoch."""
-    ds = SessionWindows(paths, spec, skip_bad=skip_bad, bids_metadata=bids_metadata)
+def _session_windows(paths: tuple[Path, ...], spec: WindowSpec, skip_bad: bool, bids_metadata: str | None = None,
+                     max_rows: tuple[int, ...] | None = None) -> SessionWindows:
+    """Counting windows opens every file: do it once per (files, windowing, row budget), not once per epoch."""
+    ds = SessionWindows(paths, spec, skip_bad=skip_bad, bids_metadata=bids_metadata,
+                        max_rows=list(max_rows) if max_rows is not None else None)
     for path, problem in ds.skipped:
         _report_skipped(path, problem)
     return ds
+
+
+@functools.lru_cache(maxsize=8)
+def _session_infos(paths: tuple[Path, ...], skip_bad: bool,
+                   bids_metadata: str | None = None) -> tuple[tuple[str, str, float, int, float], ...]:
+    """``(user, path, start time, rows, rate)`` of each readable session (for :func:`minutes_budget`), read once
+    per process: a fine-tune on a few minutes asks for them every epoch."""
+    infos = []
+    for p in paths:
+        try:
+            with open_session(p, bids_metadata) as s:
+                if skip_bad:
+                    check_values_once(s)
+                infos.append((s.user, str(p), s.start_time, len(s), s.sample_rate_hz))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            _report_skipped(str(p), e.problem)
+    return tuple(infos)
 
 
 @functools.lru_cache(maxsize=None)

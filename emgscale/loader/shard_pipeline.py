@@ -2,7 +2,7 @@
 
 Training (per rank and DataLoader worker, seeded by ``seed, epoch, rank, worker``)::
 
-    ResampledShards -> tar samples -> decode + filter -> shuffle records -> crop windows with the
+    ResampledShards -> tar samples -> drop unselected records (metadata only) -> decode + filter -> shuffle records -> crop windows with the
     reference's jitter -> shuffle windows -> batches of ``collate`` -> ``with_epoch(batches)``
 
 Evaluation: each of the ``R = world_size x num_workers`` readers gets whole shards when there are at
@@ -23,6 +23,7 @@ stream stops with one :class:`~emgscale.data.errors.DataError` instead of drawin
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -132,6 +133,27 @@ def _handler() -> Handler:
     return partial(log_and_continue, warnings=RateLimitedLog(log))
 
 
+def _skip_unselected(src: Iterable[dict[str, Any]], keep: Callable[[dict[str, Any]], bool] | None,
+                     max_rows: dict[str, int] | None) -> Iterator[dict[str, Any]]:
+    """Drop the raw records of unselected sessions, and those wholly past their session's row budget, from
+    their metadata alone, before their EMG is decoded; a record whose metadata does not parse goes on (to
+    :func:`_decode`, which names it)."""
+    if keep is None and max_rows is None:
+        yield from src
+        return
+    for raw in src:
+        try:
+            meta = json.loads(raw["json"])
+            selected = keep is None or keep(meta)
+            limit = None if max_rows is None else max_rows.get(meta["session"])
+            if selected and limit is not None:
+                selected = int(meta["start"]) < limit
+        except (KeyError, TypeError, ValueError):
+            selected = True
+        if selected:
+            yield raw
+
+
 def _decode(src: Iterable[dict[str, Any]], keep: Callable[[dict[str, Any]], bool] | None,
             handler: Handler = log_and_continue) -> Iterator[dict[str, Any]]:
     for raw in src:
@@ -225,6 +247,7 @@ def train_pipeline(urls: list[str], *, seed: int, epoch: int, rank: int, batch_s
                             deterministic=True),
         partial(_stop_after_empty_pass, progress=progress),
         wds.tarfile_to_samples(handler=handler),
+        partial(_skip_unselected, keep=keep, max_rows=max_rows),
         partial(_decode, keep=keep, handler=handler),
         partial(_made_progress, progress=progress),
         partial(_shuffle, bufsize=record_buffer, seed=(seed, epoch, rank, 1)),

@@ -59,6 +59,7 @@ def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
     filtered = sel.filtered
     max_rows: dict[str, int] | None = None
     counts: list[int] | None = None
+    records: int | None = None  # training records holding the selected windows, when the manifest tells
     if ".tar" in base:  # an explicit list / brace pattern of shards, no manifest
         if sel.max_minutes is not None:
             raise ValueError("max_minutes_per_user needs a shard manifest (data.shards = a shard folder or prefix)")
@@ -82,6 +83,9 @@ def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
                                        for k, v in sessions.items()], sel.max_minutes)
             rows = max_rows
         windows = sum(1 if kind == KIND_SESSION else cfg.window.num_windows(r) for r in rows.values())
+        per_record = manifest.settings.get("train_windows_per_record")
+        if kind == KIND_TRAIN and isinstance(per_record, int) and per_record > 0:
+            records = sum(math.ceil(cfg.window.num_windows(r) / per_record) for r in rows.values())
         if filtered:
             entries = [e for e in entries if rows.keys() & set(e["sessions"])]
             keep = _KeepSessions(set(rows))
@@ -98,9 +102,13 @@ def shard_loader(cfg: DataConfig, part: str, *, train: bool, seed: int, epoch: i
         if not total:
             raise ValueError("set data.train_samples_per_epoch: the shards have no manifest to count windows from")
         per_worker = math.ceil(math.ceil(total / (world * batch_size)) / workers)
+        # Buffers no larger than the selection: a few minutes of a user's data hold fewer windows than the
+        # buffer, and filling it would decode the same records over and over (16 CPU-s for 7 windows).
+        record_buffer = min(cfg.record_shuffle_buffer, max(1, records)) if records is not None else cfg.record_shuffle_buffer
+        sample_buffer = min(cfg.shuffle_buffer, max(1, windows)) if windows else cfg.shuffle_buffer
         pipeline = shard_pipeline.train_pipeline(urls, seed=seed, epoch=epoch, rank=rank, batch_size=batch_size,
-                                         batches_per_worker=per_worker, record_buffer=cfg.record_shuffle_buffer,
-                                         sample_buffer=cfg.shuffle_buffer, keep=keep, max_rows=max_rows,
+                                         batches_per_worker=per_worker, record_buffer=record_buffer,
+                                         sample_buffer=sample_buffer, keep=keep, max_rows=max_rows,
                                          jitter=cfg.window.jitter, cache=cache)
         num_batches: int | None = per_worker * workers
         num_samples: int | None = num_batches * batch_size

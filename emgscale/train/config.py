@@ -57,6 +57,7 @@ class RunConfig:
     max_steps: int = 0  # > 0: stop after this many steps (the schedule still spans max_epochs)
     steps_per_epoch: int = 0  # 0: the train loader's length
     eval_every_steps: int = 0  # 0: validate at the end of each epoch only
+    val_times: int = 0  # > 0: validate this many times per run, evenly spaced over its steps, instead of per epoch
     val_max_batches: int = 0  # 0: the whole validation set
     ckpt_every_steps: int = 200
     log_every_steps: int = 10
@@ -118,6 +119,13 @@ class TrainResult:
         history: one row of metrics per validation.
         wall_s: wall time of the call.
         world_size: data-parallel workers the run trained on.
+        timings: where the wall time went, in seconds (rank 0's view; empty when unknown, e.g. a result
+            made by older code): ``ray_start_s`` (connecting to / starting Ray, 0 in-process),
+            ``pipeline_build_s`` (building training loaders until their first batch), ``data_wait_s``
+            (waiting for later batches), ``step_s`` (forward, backward, optimiser), ``validation_s``,
+            ``checkpoint_s`` and ``total_s`` (the run; on Ray the driver's whole fit, Ray start included).
+            The parts sum to at most ``total_s``; the rest is set-up, logging and SWAD's final pass
+            (:mod:`emgscale.train.timings`). Also written to the run folder's ``timings.json``.
     """
 
     out_dir: str
@@ -130,6 +138,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     wall_s: float
     world_size: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def load_train_config(paths: list["str | Path"], overrides: list[str]) -> TrainConfig:
@@ -313,6 +322,9 @@ def check_train_config(cfg: TrainConfig) -> TrainConfig:
     problem = finetune_problem(cfg.finetune, cfg.run.init_from, cfg.swad.mode)
     if problem:
         raise ConfigError(problem)
+    if cfg.run.val_times and cfg.run.eval_every_steps:
+        raise ConfigError(f"run.val_times={cfg.run.val_times} and run.eval_every_steps={cfg.run.eval_every_steps}: "
+                          "choose one validation cadence (set the other to 0)")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr!r}: must be <= optim.lr ({cfg.optim.lr!r})")
     d.check(cfg.model.augment)

@@ -96,7 +96,7 @@ def finetune_steps(minutes: float, steps_at_2_min: int) -> int:
 def finetune_schedule(minutes: float, mode: str, steps_at_2_min: int | None) -> list[str]:
     """The ``dotted.key=value`` overrides of a fine-tune on ``minutes`` of a user's data in ``mode``.
 
-    Steps (:func:`finetune_steps`) in :data:`VALIDATIONS` epochs (a validation after each), the mode's peak rate
+    Steps (:func:`finetune_steps`) in one epoch validated :data:`VALIDATIONS` times, the mode's peak rate
     (:data:`FINETUNE_LR`), a 10 % linear warm-up (Adam's moments start at zero: a full-rate first step on
     a few windows can throw away the generic model's alignment) and a cosine decay to 1 % of the peak.
 
@@ -122,12 +122,12 @@ def finetune_schedule(minutes: float, mode: str, steps_at_2_min: int | None) -> 
     if steps_at_2_min is None:
         return out
     steps = finetune_steps(minutes, steps_at_2_min)
-    epochs = VALIDATIONS if steps >= VALIDATIONS else 1
-    per_epoch = math.ceil(steps / epochs)
-    return [*out, f"run.max_epochs={epochs}", f"run.steps_per_epoch={per_epoch}",
-            f"optim.warmup_epochs={0.1 * epochs if steps >= 10 else 0:g}"]
+    # One epoch of `steps` steps (one data pipeline for the whole fine-tune) validated VALIDATIONS times at
+    # evenly spaced steps (run.val_times), the last at the end.
+    return [*out, "run.max_epochs=1", f"run.steps_per_epoch={steps}", f"run.val_times={min(VALIDATIONS, steps)}",
+            f"optim.warmup_epochs={0.1 if steps >= 10 else 0:g}"]
 
 
-#: Validations of a fine-tune (one per epoch): ``best.pt`` is the best of them, so a fine-tune that starts to
-#: learn its few minutes by heart is caught (the budget's 4 x 15 steps did the same).
-VALIDATIONS = 4
+#: Validations of a fine-tune: ``best.pt`` is the best of them, so a fine-tune that starts to learn its few
+#: minutes by heart is caught (the ``small`` budget's fine-tunes validate as often).
+VALIDATIONS = 3

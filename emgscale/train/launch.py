@@ -47,11 +47,14 @@ from emgscale.run_folder import BEST, LAST, RunFolder, checkpoint_file
 from emgscale.train.config import TrainConfig, TrainResult, check_train_config
 from emgscale.train.scale import resolve_input_gain
 from emgscale.train.loop import Report, train
+from emgscale.train.timings import TIMING_KEYS
 
 #: Fault-injection hook for tests and drills: ``"rank=1,step=4,marker=/tmp/x"`` makes that rank exit
 #: (``os._exit(1)``) right after the first validation report at or past that step has been committed,
 #: once: the marker file records that it happened, so the restarted worker group runs on.
 FAULT_ENV = "EMGSCALE_FAULT_INJECT"
+#: Rank 0's timings travel to the driver in its final report under these names (``timing_step_s``, ...).
+TIMING_PREFIX = "timing_"
 #: Ray keeps this many reported checkpoints (the newest ones) in storage.
 CHECKPOINTS_TO_KEEP = 2
 
@@ -309,7 +312,8 @@ def _worker(config: dict[str, Any]) -> None:
     # One last report carries the final checkpoint (with the SWAD/SWA average, written after the last
     # validation), so Ray's result points at the finished model.
     final = {"final": True, "step": result.steps, "epoch": result.epochs, "best_val_score": result.best_val_score,
-             "wall_s": result.wall_s, "world_size": result.world_size, "resumed_from": resumed_from}
+             "wall_s": result.wall_s, "world_size": result.world_size, "resumed_from": resumed_from,
+             **{TIMING_PREFIX + k: v for k, v in result.timings.items()}}
     last = Path(result.last_checkpoint).parent if result.last_checkpoint else None
     ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(str(last)) if last else None)
 
@@ -320,6 +324,7 @@ def fit_on_ray(cfg: TrainConfig, resume: bool | str = False) -> TrainResult:
     :func:`launch` calls this when :func:`wants_ray`; call it directly only to force Ray Train for a
     run that would otherwise stay in-process (e.g. to measure Ray's overhead with one worker).
     """
+    t_start = time.monotonic()
     import_ray()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -337,7 +342,9 @@ def fit_on_ray(cfg: TrainConfig, resume: bool | str = False) -> TrainResult:
         storage = str(Path(storage).resolve())
     # A fresh name per job: Ray Train V2 would otherwise silently restore an earlier run of that name.
     name = f"{Path(cfg.run.out_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    where = connect(cfg.run.ray_address, use_gpu=cfg.run.use_gpu, workers=workers)
+    t_ray = time.monotonic()
+    where = connect(cfg.run.ray_address, use_gpu=cfg.run.use_gpu, workers=workers)  # reused when connected
+    ray_start_s = time.monotonic() - t_ray
     cluster.require_resources(cluster.worker_needs(workers, cfg.run.use_gpu),
                               0 if cluster.is_local_instance() else cfg.run.resource_timeout_s, where)
     backend = "nccl" if cfg.run.use_gpu else "gloo"
@@ -376,9 +383,20 @@ def fit_on_ray(cfg: TrainConfig, resume: bool | str = False) -> TrainResult:
             "checkpoint": result.checkpoint.path, "run_path": result.path,
             "resumed_from": metrics.get("resumed_from") or None, "started_from": start_from}
     atomic_write_json(local.ray_result, info)
+    timings = ray_timings(metrics, ray_start_s, time.monotonic() - t_start)
+    atomic_write_json(local.timings, timings)
     print0(f"[launch] done; final checkpoint in Ray storage: {result.checkpoint.path}"
            + (f" (the worker group was restarted from {info['resumed_from']})" if info["resumed_from"] else ""))
     return TrainResult(out_dir=cfg.run.out_dir, steps=ck.step, epochs=ck.epoch, best_val_score=ck.best_val_score,
                        best_val_metric=ck.best_val_metric,
                        last_checkpoint=str(last), best_checkpoint=str(best) if best else None,
-                       history=list(ck.history), wall_s=time.monotonic() - t0, world_size=info["world_size"])
+                       history=list(ck.history), wall_s=time.monotonic() - t0, world_size=info["world_size"],
+                       timings=timings)
+
+
+def ray_timings(metrics: dict[str, Any], ray_start_s: float, total_s: float) -> dict[str, float]:
+    """A Ray Train run's :attr:`TrainResult.timings`: rank 0's parts from its final report (``metrics``),
+    ``ray_start_s`` the driver's connect, ``total_s`` the driver's whole fit (worker start-up included)."""
+    parts = {k: float(metrics.get(TIMING_PREFIX + k, 0.0)) for k in TIMING_KEYS}
+    return {**parts, "ray_start_s": ray_start_s, "total_s": max(total_s, ray_start_s + sum(
+        v for k, v in parts.items() if k not in ("ray_start_s", "total_s")))}

@@ -14,29 +14,33 @@ weights or a checkpoint; running statistics a bad batch made non-finite are rest
 named (:mod:`emgscale.train.guard`). The step's one host synchronisation is that finiteness check; the
 loss is read back only at logging steps.
 
-Per epoch (and every ``run.eval_every_steps``): the objective's validation (loss and greedy CER for
-CTC); ``best.pt`` by its metric (``best_val_score`` holds the best value of it, ``best_val_metric`` its name).
+Per epoch (and every ``run.eval_every_steps``), or ``run.val_times`` times per run at evenly spaced steps
+whatever the epoch length (:func:`~emgscale.train.cadence.validation_steps`), and at the end: the objective's validation (loss and
+greedy CER for CTC); ``best.pt`` by its metric (``best_val_score`` holds the best value of it, ``best_val_metric`` its name).
 ``last.pt`` every ``run.ckpt_every_steps`` and at the end, written atomically (the run folder's layout:
 :class:`~emgscale.run_folder.RunFolder`); ``resume``
 restores model, optimiser, scheduler, step, data position and RNG state, so a killed run continues
 exactly. The loop's state is one :class:`TrainState` value, passed explicitly.
+
+The training data come from one loader per epoch, an epoch long however small the data
+(:func:`~emgscale.train.cadence.epoch_batches`). Where the wall time went (pipeline builds, data waits,
+steps, validation, checkpoints) is ``TrainResult.timings`` and ``timings.json`` (:mod:`emgscale.train.timings`).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from emgscale.common import format_seconds, is_main, print0, progress, rank, resolve_device, world_size
+from emgscale.common import atomic_write_json, format_seconds, is_main, print0, progress, rank, resolve_device, world_size
 from emgscale.config import ConfigError, save_config, to_dict
 from emgscale.loader import DataConfig, build_loader
 from emgscale.models import build_model, forward_batch
@@ -48,6 +52,8 @@ from emgscale.train.config import OptimConfig, TrainConfig, TrainResult
 from emgscale.train.finetune import load_plain_weights, plain_state_dict, prepare_finetune
 from emgscale.train.guard import restore_poisoned_stats, running_stats
 from emgscale.train.metrics_log import MetricsLogger
+from emgscale.train.cadence import epoch_batches, validation_steps
+from emgscale.train.timings import Timings
 from emgscale.train.objective import Objective, build_objective
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -91,9 +97,15 @@ class _Run:
     folder: RunFolder
     logger: MetricsLogger | None
     report: Report | None
+    timings: Timings = field(default_factory=Timings)
+    val_steps: frozenset[int] = frozenset()  # run.val_times: the steps that validate (else each epoch's end)
 
-    def loader(self, part: str, train: bool, epoch: int = 0) -> Any:
-        return build_loader(self.data, part, train=train, seed=self.cfg.run.seed, epoch=epoch, rank=self.rank,
+    def loader(self, part: str, train: bool, epoch: int = 0, steps: int | None = None) -> Any:
+        """Batches of ``part``; ``steps``: a training loader exactly that many batches long (as many passes over
+        the data as it takes, each reshuffled), built once however small the data."""
+        data = self.data if steps is None else replace(self.data, train_samples_per_epoch=steps * self.local_batch
+                                                       * self.world)
+        return build_loader(data, part, train=train, seed=self.cfg.run.seed, epoch=epoch, rank=self.rank,
                             world_size=self.world, batch_size=self.local_batch, features=self.cfg.model.features)
 
 
@@ -202,12 +214,14 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
                scaler=torch.amp.GradScaler(device.type, enabled=scaled), world=world, rank=rnk,
                local_batch=global_batch // world, folder=folder, logger=None, report=report)
 
-    steps_per_epoch = cfg.run.steps_per_epoch or len(run.loader("train", True))
+    with run.timings.timed("pipeline_build_s"):
+        steps_per_epoch = cfg.run.steps_per_epoch or len(run.loader("train", True))
     if steps_per_epoch <= 0:
         raise ConfigError("the training data yields no batch: check data.split / data.shards and the window size")
     total_steps = steps_per_epoch * cfg.run.max_epochs
     total_steps_run = min(cfg.run.max_steps, total_steps) if cfg.run.max_steps > 0 else total_steps
     warmup = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
+    run.val_steps = validation_steps(cfg.run.val_times, total_steps_run)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, warmup, total_steps, cfg.optim.min_lr / cfg.optim.lr))
 
@@ -241,7 +255,11 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
     t_loop, step_at_start = time.monotonic(), state.step
     while state.epoch < cfg.run.max_epochs and not done:
-        batches = _epoch_batches(lambda e: run.loader("train", True, e), state.epoch, steps_per_epoch)
+        # One loader per epoch, an epoch long when run.steps_per_epoch sets the length (a few minutes of a
+        # user's data can be a pass every step; rebuilding the pipeline for each cost as much as the step).
+        epoch_steps = steps_per_epoch if cfg.run.steps_per_epoch else None
+        batches = epoch_batches(lambda e: run.timings.batches(lambda: run.loader("train", True, e, epoch_steps)),
+                                 state.epoch, steps_per_epoch)
         for _ in range(state.step_in_epoch):  # fast-forward to the resumed position in this epoch
             next(batches)
         if restored_rng is not None:
@@ -252,7 +270,7 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
         done = cfg.run.max_steps > 0 and state.step >= cfg.run.max_steps
         if state.step_in_epoch >= steps_per_epoch:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
-            if not cfg.run.eval_every_steps or state.step % cfg.run.eval_every_steps:
+            if not run.val_steps and (not cfg.run.eval_every_steps or state.step % cfg.run.eval_every_steps):
                 _validate(run, state)
     if not state.history or state.history[-1]["step"] != state.step:
         _validate(run, state)
@@ -262,9 +280,13 @@ def train(cfg: TrainConfig, *, resume: bool | str = False, report: Report | None
     if run.logger:
         run.logger.close()
     best = folder.best
+    run.timings.add("total_s", time.monotonic() - t_start)
+    timings = run.timings.as_dict()
+    if is_main():
+        atomic_write_json(folder.timings, timings)
     return TrainResult(str(cfg.run.out_dir), state.step, state.epoch, state.best_val_score, run.objective.metric,
                        str(last) if last else None, str(best) if best.exists() else None, state.history,
-                       time.monotonic() - t_start, world)
+                       timings["total_s"], world, timings)
 
 
 def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per_epoch: int, total_steps: int,
@@ -286,6 +308,7 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
     sample_rate = run.cfg.model.features.input_sample_rate_hz
     stats = running_stats(run.model)
     for batch in bar:
+        t_step = time.monotonic()
         emg_samples += int(batch.emg_lengths.sum())  # a CPU tensor: no device sync
         gpu = batch.to(run.device)
         saved = [b.detach().clone() for b in stats]  # restored if this batch's forward poisons them
@@ -308,11 +331,13 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
             restore_poisoned_stats(stats, saved, batch.keys, skip_bad=run.data.skip_bad, world=run.world,
                                    device=run.device)
             _skip_step(run, state)
+            run.timings.add("step_s", time.monotonic() - t_step)
             continue
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
         run.averager.after_step(run.model, state.step)
+        run.timings.add("step_s", time.monotonic() - t_step)
         state.step += 1
         state.step_in_epoch += 1
         loss_sum += loss.detach()
@@ -329,7 +354,7 @@ def _train_epoch(run: _Run, state: TrainState, batches: Iterator[Any], steps_per
                                 "grad_norm": float(grad_norm), "nonfinite_steps": state.nonfinite_steps}, state.step)
         if cfg.ckpt_every_steps and state.step % cfg.ckpt_every_steps == 0:
             _save(run, state, LAST)
-        if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
+        if (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0) or state.step in run.val_steps:
             _validate(run, state)
             run.model.train()
         if cfg.max_steps > 0 and state.step >= cfg.max_steps:
@@ -365,14 +390,16 @@ def _save(run: _Run, state: TrainState, name: str) -> Path | None:
                     best_val_metric=run.objective.metric, run_id=state.run_id, history=state.history,
                     optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), rng=rngs,
                     averager=run.averager.state_dict(), averaged_model=run.averager.averaged_state_dict())
-    return save_checkpoint(run.folder.checkpoints / name, ck)
+    with run.timings.timed("checkpoint_s"):
+        return save_checkpoint(run.folder.checkpoints / name, ck)
 
 
 def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
     """Validation loss and CER; ``last.pt`` (and ``best.pt`` when the CER improved); log and report."""
-    metrics = run.objective.validate(run.model, run.loader("val", False), run.device, run.cfg.run.val_max_batches,
-                                     run.autocast)
-    run.averager.after_validation(run.model, metrics["val_loss"], state.step)
+    with run.timings.timed("validation_s"):
+        metrics = run.objective.validate(run.model, run.loader("val", False), run.device,
+                                         run.cfg.run.val_max_batches, run.autocast)
+        run.averager.after_validation(run.model, metrics["val_loss"], state.step)
     row = {"step": state.step, "epoch": state.epoch, "lr": run.scheduler.get_last_lr()[0], **metrics}
     state.history.append(row)
     score = metrics[run.objective.metric]
@@ -389,18 +416,3 @@ def _validate(run: _Run, state: TrainState) -> dict[str, Any]:
     if run.report is not None:
         run.report(row, path.parent if path is not None else None)
     return row
-
-
-def _epoch_batches(make_loader: Callable[[int], Any], epoch: int, steps: int) -> Iterator[Any]:
-    """Exactly ``steps`` batches for ``epoch``: passes over the training data (each seeded by
-    ``(epoch, pass)``) until the epoch is full, so a fixed epoch length works with any amount of data."""
-    made = 0
-    for n_pass in itertools.count():
-        got = 0
-        for batch in make_loader(epoch * 1_000 + n_pass):
-            yield batch
-            made, got = made + 1, got + 1
-            if made >= steps:
-                return
-        if got == 0:
-            raise ConfigError(f"the training data yields no batch in epoch {epoch}: check data.split / data.shards")
