@@ -211,8 +211,11 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                        lm=_lm(cache, lm_texts, b.lm_order) if name not in SELF_RENDERED else None,
                        shard_workers=shard_workers,
                        jobs=jobs, overrides=list(overrides), out=out_dir,
-    out_dir = Path(out) / (f"{name}_recipes" if recipes else name)
-    cache = Path(cache) if cache else default_cache()
+                       generic_checkpoint=Path(generic_checkpoint) if generic_checkpoint else None,
+                       synthetic_corpus=dict(b.corpus) if data_root is None else None)
+    definition = {**load_definition(definitions_dir, name, budget), **(definition_overrides or {}),
+                  **({"run_recipes": list(recipes)} if recipes else {}), **({"seeds": seeds} if seeds else {})}
+    print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}; cache {cache}")
     res = SUITES[name](ctx, definition)
     out_dir.mkdir(parents=True, exist_ok=True)
     if name in SELF_RENDERED:  # not CER: the suite made its own table and plots in out_dir
