@@ -55,6 +55,9 @@ def reference_tds() -> Any:
     copies, an MLP over explicitly stacked rolled inputs, channel-major ``Conv2d(kernel=(1, 32))`` TDS
     blocks on (N, channels, width, T) copies. Augmentations are left out (they are cheap). emgscale's
     ``tds`` computes the same function (``tests/test_reference.py``) in a copy-free width-major layout.
+    As emg2qwerty's ``modules.py``, the residual adds are in place (``x += inputs``) and the MLP's and
+    fully connected blocks' ReLUs are ``inplace=True`` (the conv block's is not), so its allocations are
+    the reference's own.
     """
     import torch
     from torch import nn
@@ -70,22 +73,25 @@ def reference_tds() -> Any:
             t, n, f = x.shape
             h = torch.relu(self.conv2d(x.movedim(0, -1).reshape(n, self.c, self.w, t)))
             h = h.reshape(n, f, -1).movedim(-1, 0)
-            return self.layer_norm(h + x[-h.shape[0]:])
+            h += x[-h.shape[0]:]  # in place, as the reference
+            return self.layer_norm(h)
 
     class FC(nn.Module):
         def __init__(self, f: int) -> None:
             super().__init__()
-            self.fc_block = nn.Sequential(nn.Linear(f, f), nn.ReLU(), nn.Linear(f, f))
+            self.fc_block = nn.Sequential(nn.Linear(f, f), nn.ReLU(inplace=True), nn.Linear(f, f))
             self.layer_norm = nn.LayerNorm(f)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layer_norm(x + self.fc_block(x))
+            h = self.fc_block(x)
+            h += x  # in place, as the reference
+            return self.layer_norm(h)
 
     class Reference(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.norm = nn.BatchNorm2d(32)
-            self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(528, 384), nn.ReLU()) for _ in range(2))
+            self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(528, 384), nn.ReLU(inplace=True)) for _ in range(2))
             self.tds = nn.Sequential(*[m for _ in range(4) for m in (Block(24, 32, 32), FC(768))])
             self.head = nn.Linear(768, 99)
             self.register_buffer("window", torch.hann_window(64))
