@@ -55,9 +55,9 @@ def reference_tds() -> Any:
     copies, an MLP over explicitly stacked rolled inputs, channel-major ``Conv2d(kernel=(1, 32))`` TDS
     blocks on (N, channels, width, T) copies. Augmentations are left out (they are cheap). emgscale's
     ``tds`` computes the same function (``tests/test_reference.py``) in a copy-free width-major layout.
-    As emg2qwerty's ``modules.py``, the residual adds are in place (``x += inputs``) and the MLP's and
-    fully connected blocks' ReLUs are ``inplace=True`` (the conv block's is not), so its allocations are
-    the reference's own.
+    As emg2qwerty's ``modules.py``, the fully connected blocks add their residual in place and the MLP's
+    and fully connected blocks' ReLUs are ``inplace=True``. The conv block's residual add stays out of
+    place: in place it modifies the ReLU output that ReLU's backward needs (an autograd error here).
     """
     import torch
     from torch import nn
@@ -73,8 +73,7 @@ def reference_tds() -> Any:
             t, n, f = x.shape
             h = torch.relu(self.conv2d(x.movedim(0, -1).reshape(n, self.c, self.w, t)))
             h = h.reshape(n, f, -1).movedim(-1, 0)
-            h += x[-h.shape[0]:]  # in place, as the reference
-            return self.layer_norm(h)
+            return self.layer_norm(h + x[-h.shape[0]:])
 
     class FC(nn.Module):
         def __init__(self, f: int) -> None:
