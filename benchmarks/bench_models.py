@@ -22,12 +22,16 @@ on a shared machine the timings move with it. ``--rounds N`` runs the whole list
 A, B, ...), so a load that drifts slows every row alike; a row's step time is the median over all its
 timed steps. When ``reference_tds`` fp32 is in the run, every row also gets its speed relative to it,
 by wall time and by CPU time (``vs ref``, ``vs ref CPU``): the side-by-side ratio of issue 26.
+emgscale's runs first call :func:`emgscale.malloc.keep_freed_memory` (freed activations stay mapped, so
+a step stops page-faulting them in again); the reference keeps glibc's defaults, as it runs, unless
+``--keep-freed all`` (equal process settings; ``none``: neither).
 
     python benchmarks/bench_models.py                         # TDS, batch 32, fp32 vs bf16
     python benchmarks/bench_models.py --configs tds,conformer,cnn_bigru --batch 8 --steps 2
     python benchmarks/bench_models.py --quick                 # every config, batch 2, short windows
     python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32   # vs the reference layout
     python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32 --rounds 2 --steps 2 --warmup 0
+    python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32 --keep-freed all   # equal malloc
     python benchmarks/bench_models.py --preload /usr/lib/x86_64-linux-gnu/libjemalloc.so.2   # caching malloc
     python benchmarks/bench_models.py --json results/bench_models.json
 """
@@ -118,8 +122,11 @@ def reference_tds() -> Any:
 
 
 def measure(config: str, dtype: str, batch: int, window_samples: int, context_samples: int, steps: int,
-            warmup: int, threads: int | None, device: str) -> dict[str, Any]:
-    """Benchmark one model config in one dtype in this process; returns one result row."""
+            warmup: int, threads: int | None, device: str, keep_freed: bool = False) -> dict[str, Any]:
+    """Benchmark one model config in one dtype in this process; returns one result row.
+
+    ``keep_freed``: first :func:`emgscale.malloc.keep_freed_memory` (a process setting, as the thread count).
+    """
     import torch
     import torch.nn.functional as F
     import yaml
@@ -131,6 +138,10 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
 
     if threads:
         torch.set_num_threads(threads)
+    if keep_freed:
+        from emgscale.malloc import keep_freed_memory
+
+        keep_freed = keep_freed_memory()
     torch.manual_seed(0)
     if config == "reference_tds":
         cfg, model = ModelConfig(arch="tds (ref)"), reference_tds().to(device)
@@ -198,7 +209,7 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
         "window_samples": window_samples, "sample_rate_hz": rate, "gflop_per_s": step_flops / 1e9 / step_s,
         "cpu_s": cpu_s, "page_faults_per_step": faults, "emg_s_per_cpu_s": batch * window_samples / rate / cpu_s, "step_gflop": step_flops / 1e9,
         "peak_mem_mb": peak, "batch": batch, "input_samples": n, "threads": torch.get_num_threads(),
-        "device": device,
+        "device": device, "keep_freed_memory": keep_freed,
     }
 
 
@@ -208,6 +219,8 @@ def _run_isolated(args: argparse.Namespace, config: str, dtype: str) -> dict[str
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.keep_freed == "all" or (args.keep_freed == "ours" and config != "reference_tds"):
+        cmd += ["--keep-freed", "all"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if args.preload:
         # A caching malloc (jemalloc, never returning memory) removes the page faults that fresh
@@ -282,6 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preload", default=None,
                    help="malloc library to LD_PRELOAD in the runs, e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 "
                         "(apt install libjemalloc2); MALLOC_CONF defaults to never returning memory")
+    p.add_argument("--keep-freed", choices=("ours", "all", "none"), default="ours",
+                   help="which runs call emgscale.malloc.keep_freed_memory() first: emgscale's (default; the "
+                        "reference keeps glibc's defaults, as it runs), all (equal process settings), or none")
     p.add_argument("--quick", action="store_true",
                    help="every config (unless --configs), batch 2, 4000 + 1000-sample windows, 2 steps")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -296,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     dtypes = args.dtypes.split(",")
     if args.worker:
         print(json.dumps(measure(names[0], dtypes[0], args.batch, args.window_samples, args.context_samples,
-                                 args.steps, args.warmup, args.threads, args.device)))
+                                 args.steps, args.warmup, args.threads, args.device, args.keep_freed == "all")))
         return
     sys.path.insert(0, str(ROOT))
     from emgscale.common import atomic_write_json, hardware, progress
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
     print(f"# batch {args.batch} x {args.window_samples + args.context_samples} samples, {args.steps} timed steps "
           f"x {args.rounds} round(s) in turn, {args.threads or 'default'} threads per run, "
-          f"malloc: {args.preload or 'default'}", flush=True)
+          f"malloc: {args.preload or 'default'}, keep freed memory: {args.keep_freed}", flush=True)
     runs = [(c, d) for c in names for d in dtypes]
     done = [_run_isolated(args, c, d) for c, d in progress(runs * args.rounds, total=len(runs) * args.rounds,
                                                            desc="bench", unit="run")]
