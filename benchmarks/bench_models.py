@@ -18,12 +18,20 @@ For each model config (``configs/models/<name>.yaml``) it reports:
   machine), and the peak resident memory of the process.
 
 Each (config, dtype) runs in a fresh subprocess, so peak memory is its own. The load average is printed:
-on a shared machine the timings move with it.
+on a shared machine the timings move with it. ``--rounds N`` runs the whole list N times in turn (A, B,
+A, B, ...), so a load that drifts slows every row alike; a row's step time is the median over all its
+timed steps. When ``reference_tds`` fp32 is in the run, every row also gets its speed relative to it,
+by wall time and by CPU time (``vs ref``, ``vs ref CPU``): the side-by-side ratio of issue 26.
+emgscale's runs first call :func:`emgscale.malloc.keep_freed_memory` (freed activations stay mapped, so
+a step stops page-faulting them in again); the reference keeps glibc's defaults, as it runs, unless
+``--keep-freed all`` (equal process settings; ``none``: neither).
 
     python benchmarks/bench_models.py                         # TDS, batch 32, fp32 vs bf16
     python benchmarks/bench_models.py --configs tds,conformer,cnn_bigru --batch 8 --steps 2
     python benchmarks/bench_models.py --quick                 # every config, batch 2, short windows
     python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32   # vs the reference layout
+    python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32 --rounds 2 --steps 2 --warmup 0
+    python benchmarks/bench_models.py --configs tds,reference_tds --dtypes fp32 --keep-freed all   # equal malloc
     python benchmarks/bench_models.py --preload /usr/lib/x86_64-linux-gnu/libjemalloc.so.2   # caching malloc
     python benchmarks/bench_models.py --json results/bench_models.json
 """
@@ -51,6 +59,9 @@ def reference_tds() -> Any:
     copies, an MLP over explicitly stacked rolled inputs, channel-major ``Conv2d(kernel=(1, 32))`` TDS
     blocks on (N, channels, width, T) copies. Augmentations are left out (they are cheap). emgscale's
     ``tds`` computes the same function (``tests/test_reference.py``) in a copy-free width-major layout.
+    As emg2qwerty's ``modules.py``, the fully connected blocks add their residual in place and the MLP's
+    and fully connected blocks' ReLUs are ``inplace=True``. The conv block's residual add stays out of
+    place: in place it modifies the ReLU output that ReLU's backward needs (an autograd error here).
     """
     import torch
     from torch import nn
@@ -71,17 +82,19 @@ def reference_tds() -> Any:
     class FC(nn.Module):
         def __init__(self, f: int) -> None:
             super().__init__()
-            self.fc_block = nn.Sequential(nn.Linear(f, f), nn.ReLU(), nn.Linear(f, f))
+            self.fc_block = nn.Sequential(nn.Linear(f, f), nn.ReLU(inplace=True), nn.Linear(f, f))
             self.layer_norm = nn.LayerNorm(f)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layer_norm(x + self.fc_block(x))
+            h = self.fc_block(x)
+            h += x  # in place, as the reference
+            return self.layer_norm(h)
 
     class Reference(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.norm = nn.BatchNorm2d(32)
-            self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(528, 384), nn.ReLU()) for _ in range(2))
+            self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(528, 384), nn.ReLU(inplace=True)) for _ in range(2))
             self.tds = nn.Sequential(*[m for _ in range(4) for m in (Block(24, 32, 32), FC(768))])
             self.head = nn.Linear(768, 99)
             self.register_buffer("window", torch.hann_window(64))
@@ -109,8 +122,11 @@ def reference_tds() -> Any:
 
 
 def measure(config: str, dtype: str, batch: int, window_samples: int, context_samples: int, steps: int,
-            warmup: int, threads: int | None, device: str) -> dict[str, Any]:
-    """Benchmark one model config in one dtype in this process; returns one result row."""
+            warmup: int, threads: int | None, device: str, keep_freed: bool = False) -> dict[str, Any]:
+    """Benchmark one model config in one dtype in this process; returns one result row.
+
+    ``keep_freed``: first :func:`emgscale.malloc.keep_freed_memory` (a process setting, as the thread count).
+    """
     import torch
     import torch.nn.functional as F
     import yaml
@@ -122,6 +138,10 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
 
     if threads:
         torch.set_num_threads(threads)
+    if keep_freed:
+        from emgscale.malloc import keep_freed_memory
+
+        keep_freed = keep_freed_memory()
     torch.manual_seed(0)
     if config == "reference_tds":
         cfg, model = ModelConfig(arch="tds (ref)"), reference_tds().to(device)
@@ -186,10 +206,11 @@ def measure(config: str, dtype: str, batch: int, window_samples: int, context_sa
     return {
         "config": config, "arch": cfg.arch, "dtype": dtype, "params": count_parameters(model),
         "fwd_gflop_per_emg_s": fwd_flops / 1e9 / (n / rate), "step_s": step_s, "step_times_s": times,
-        "emg_s_per_s": batch * window_samples / rate / step_s, "gflop_per_s": step_flops / 1e9 / step_s,
+        "emg_s_per_s": batch * window_samples / rate / step_s, "cpu_times_s": cpu_times,
+        "window_samples": window_samples, "sample_rate_hz": rate, "gflop_per_s": step_flops / 1e9 / step_s,
         "cpu_s": cpu_s, "page_faults_per_step": faults, "emg_s_per_cpu_s": batch * window_samples / rate / cpu_s, "step_gflop": step_flops / 1e9,
         "peak_mem_mb": peak, "batch": batch, "input_samples": n, "threads": torch.get_num_threads(),
-        "device": device,
+        "device": device, "keep_freed_memory": keep_freed,
     }
 
 
@@ -199,6 +220,8 @@ def _run_isolated(args: argparse.Namespace, config: str, dtype: str) -> dict[str
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.keep_freed == "all" or (args.keep_freed == "ours" and config != "reference_tds"):
+        cmd += ["--keep-freed", "all"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if args.preload:
         # A caching malloc (jemalloc, never returning memory) removes the page faults that fresh
@@ -211,12 +234,33 @@ def _run_isolated(args: argparse.Namespace, config: str, dtype: str) -> dict[str
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rows of the same (config, dtype) in several rounds: the medians over all their
+    timed steps (wall and CPU), the largest peak memory; an error in any round is the row's error."""
+    errors = [r for r in runs if "error" in r]
+    if errors or len(runs) == 1:
+        return errors[0] if errors else runs[0]
+    times = [t for r in runs for t in r["step_times_s"]]
+    cpu_times = [t for r in runs for t in r["cpu_times_s"]]
+    out = {**runs[0], "step_times_s": times, "cpu_times_s": cpu_times, "rounds": len(runs),
+           "peak_mem_mb": max(r["peak_mem_mb"] for r in runs)}
+    step_s, cpu_s = sorted(times)[(len(times) - 1) // 2], sorted(cpu_times)[(len(cpu_times) - 1) // 2]
+    emg_s = out["batch"] * out["window_samples"] / out["sample_rate_hz"]
+    out.update(step_s=step_s, cpu_s=cpu_s, emg_s_per_s=emg_s / step_s, emg_s_per_cpu_s=emg_s / cpu_s,
+               gflop_per_s=out["step_gflop"] / step_s)
+    return out
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The results as a fixed-width table, with the bf16/fp32 speed ratio per config."""
+    """The results as a fixed-width table, with the bf16/fp32 speed ratio per config and, when the run
+    has ``reference_tds`` in fp32, each row's speed relative to it by wall and by CPU time."""
     head = (f"{'config':<18}{'arch':<12}{'params':>9}{'fwd GF/EMG-s':>13}{'dtype':>6}{'step s':>8}"
-            f"{'EMG-s/s':>9}{'GFLOP/s':>9}{'EMG-s/CPU-s':>12}{'peak MB':>9}{'bf16/fp32':>10}")
+            f"{'EMG-s/s':>9}{'GFLOP/s':>9}{'EMG-s/CPU-s':>12}{'peak MB':>9}{'bf16/fp32':>10}"
+            f"{'vs ref':>8}{'vs ref CPU':>11}")
     lines = [head, "-" * len(head)]
     speed = {(r["config"], r.get("dtype")): r.get("emg_s_per_s") for r in rows}
+    ref = next((r for r in rows if r["config"] == "reference_tds" and r.get("dtype") == "fp32" and "error" not in r),
+               None)
     for r in rows:
         if "error" in r:
             lines.append(f"{r['config']:<18}{'':<12}{'error: ' + ' '.join(r['error'])}")
@@ -224,9 +268,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ratio = ""
         if r["dtype"] == "bf16" and speed.get((r["config"], "fp32")):
             ratio = f"{r['emg_s_per_s'] / speed[(r['config'], 'fp32')]:.2f}x"
+        vs_ref = vs_ref_cpu = ""
+        if ref is not None:
+            vs_ref = f"{r['emg_s_per_s'] / ref['emg_s_per_s']:.2f}x"
+            vs_ref_cpu = f"{r['emg_s_per_cpu_s'] / ref['emg_s_per_cpu_s']:.2f}x"
         lines.append(f"{r['config']:<18}{r['arch']:<12}{r['params'] / 1e6:>8.2f}M{r['fwd_gflop_per_emg_s']:>13.2f}"
                      f"{r['dtype']:>6}{r['step_s']:>8.2f}{r['emg_s_per_s']:>9.1f}{r['gflop_per_s']:>9.1f}"
-                     f"{r['emg_s_per_cpu_s']:>12.2f}{r['peak_mem_mb']:>9.0f}{ratio:>10}")
+                     f"{r['emg_s_per_cpu_s']:>12.2f}{r['peak_mem_mb']:>9.0f}{ratio:>10}{vs_ref:>8}{vs_ref_cpu:>11}")
     return "\n".join(lines)
 
 
@@ -240,12 +288,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window-samples", type=int, default=8000, help="labelled samples per window (4 s)")
     p.add_argument("--context-samples", type=int, default=2000, help="extra context samples per window")
     p.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps after the FLOP-counting forward and backward (which also warm up)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole list this many times in turn (A, B, A, B, ...): a drifting load slows all alike")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--preload", default=None,
                    help="malloc library to LD_PRELOAD in the runs, e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 "
                         "(apt install libjemalloc2); MALLOC_CONF defaults to never returning memory")
+    p.add_argument("--keep-freed", choices=("ours", "all", "none"), default="ours",
+                   help="which runs call emgscale.malloc.keep_freed_memory() first: emgscale's (default; the "
+                        "reference keeps glibc's defaults, as it runs), all (equal process settings), or none")
     p.add_argument("--quick", action="store_true",
                    help="every config (unless --configs), batch 2, 4000 + 1000-sample windows, 2 steps")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -260,16 +314,21 @@ def main(argv: list[str] | None = None) -> None:
     dtypes = args.dtypes.split(",")
     if args.worker:
         print(json.dumps(measure(names[0], dtypes[0], args.batch, args.window_samples, args.context_samples,
-                                 args.steps, args.warmup, args.threads, args.device)))
+                                 args.steps, args.warmup, args.threads, args.device, args.keep_freed == "all")))
         return
     sys.path.insert(0, str(ROOT))
     from emgscale.common import atomic_write_json, hardware, progress
 
     print(f"# {hardware()}; load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    print(f"# batch {args.batch} x {args.window_samples + args.context_samples} samples, {args.steps} timed steps, "
-          f"{args.threads or 'default'} threads per run, malloc: {args.preload or 'default'}", flush=True)
-    rows = [_run_isolated(args, c, d) for c, d in progress([(c, d) for c in names for d in dtypes],
-                                                          total=len(names) * len(dtypes), desc="bench", unit="run")]
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    print(f"# batch {args.batch} x {args.window_samples + args.context_samples} samples, {args.steps} timed steps "
+          f"x {args.rounds} round(s) in turn, {args.threads or 'default'} threads per run, "
+          f"malloc: {args.preload or 'default'}, keep freed memory: {args.keep_freed}", flush=True)
+    runs = [(c, d) for c in names for d in dtypes]
+    done = [_run_isolated(args, c, d) for c, d in progress(runs * args.rounds, total=len(runs) * args.rounds,
+                                                           desc="bench", unit="run")]
+    rows = [merge_rounds(done[i::len(runs)]) for i in range(len(runs))]
     print(format_table(rows))
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
     if args.json:

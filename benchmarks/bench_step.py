@@ -1,7 +1,8 @@
 """Where a `small` training step's time goes: data, features, model forward, CTC, backward, optimiser.
 
     python benchmarks/bench_step.py --data-root CORPUS [--split single_user] [--model cnn_bigru_small]
-        [--shards SHARD_DIR] [--feature-cache CACHE_DIR] [--steps 30] [--warmup 5] [--threads 1] [key=value ...]
+        [--shards SHARD_DIR] [--feature-cache CACHE_DIR] [--steps 30] [--warmup 5] [--threads 1] [--keep-freed]
+        [key=value ...]
 
 Times each part of the training step of the ``small`` recipe (batch 16 x 4 s windows, training mode
 with the default augmentations) ``--steps`` times after ``--warmup`` untimed steps, in one process:
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keep-freed", action="store_true",
+                   help="first call emgscale.malloc.keep_freed_memory(): freed activations stay mapped (no page "
+                        "faults per step; the process keeps its peak memory)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     import torch
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from emgscale.train import load_train_config
 
     torch.set_num_threads(a.threads)
+    if a.keep_freed:
+        from emgscale.malloc import keep_freed_memory
+
+        keep_freed_memory()
     base = ["data.batch_size=16", "optim.lr=5e-3", "optim.grad_clip=5", f"data.data_root={a.data_root}",
             f"data.split={Path(a.data_root) / 'splits' / (a.split + '.yaml')}",
             *([f"data.shards={a.shards}"] if a.shards else [])]

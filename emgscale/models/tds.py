@@ -111,7 +111,11 @@ class TDSFullyConnectedBlock(nn.Module):
         self.layer_norm = nn.LayerNorm(num_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer_norm(x + self.dropout(self.fc_block(x)))
+        h = self.dropout(self.fc_block(x))
+        # In place (as the reference) saves a (B, T, F) allocation: neither Linear's nor dropout's backward
+        # reads h. Under autocast h is bf16 and x float32: out of place, so the sum stays float32.
+        h = h.add_(x) if h.dtype == x.dtype else h + x
+        return self.layer_norm(h)
 
 
 class TDSConvEncoder(Encoder):
