@@ -44,3 +44,16 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(malloc.platform, "libc_ver", lambda: ("", ""))
     assert malloc.keep_freed_memory() is False
+
+
+def test_a_training_process_keeps_freed_memory_unless_the_run_says_not(monkeypatch):
+    """launch's process settings call keep_freed_memory() exactly when run.keep_freed_memory is on."""
+    import emgscale.malloc
+    from emgscale.train import load_train_config
+    from emgscale.train.launch import _process_settings
+
+    calls = []
+    monkeypatch.setattr(emgscale.malloc, "keep_freed_memory", lambda: calls.append(1) or True)
+    _process_settings(load_train_config([], []))
+    _process_settings(load_train_config([], ["run.keep_freed_memory=false"]))
+    assert calls == [1]

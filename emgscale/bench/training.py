@@ -23,7 +23,8 @@ from emgscale.bench.steps import DONE, config_hash, content_key, content_sha256,
 from emgscale.common import atomic_write_json, format_seconds, print0
 
 #: Run settings that say where and how a run executes, not what it trains: not part of its identity.
-PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address", "resource_timeout_s", "overwrite")
+PLACEMENT_KEYS = ("out_dir", "tensorboard", "threads", "device", "ray_address", "resource_timeout_s", "overwrite",
+                  "keep_freed_memory")
 #: Seconds between the ETA lines while runs train.
 ETA_EVERY_S = 30.0
 

@@ -65,6 +65,8 @@ class RunConfig:
     bf16: bool = False  # bf16 autocast; on a GPU without bf16: fp16 with loss scaling
     compile: bool = False  # torch.compile the model
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # glibc: the training process keeps freed memory for reuse (emgscale.malloc; the process holds its peak)
+    keep_freed_memory: bool = True
     init_from: str | None = None  # fine-tune: load model weights from this checkpoint
     init_new_head: bool = False  # with init_from: keep this model's fresh head (another task's classes)
     freeze: list[str] = field(default_factory=list)  # parameter name prefixes not trained, e.g. [featurizer, frontend, encoder]

@@ -93,6 +93,7 @@ def launch(cfg: TrainConfig, resume: bool | str = False, report: Report | None =
     try:
         if wants_ray(cfg):
             return fit_on_ray(cfg, resume)  # Ray keeps its own signal handling in the driver
+        _process_settings(cfg)
         with _interrupts():
             return train(cfg, resume=resume, report=report)
     except BaseException as e:
@@ -272,6 +273,15 @@ def _newest_checkpoint(candidates: list[Path]) -> Path:
     return Path(max(readable, key=lambda p: mine[p]))
 
 
+def _process_settings(cfg: TrainConfig) -> None:
+    """What a process that trains sets for itself: glibc keeps freed memory (``run.keep_freed_memory``,
+    :func:`emgscale.malloc.keep_freed_memory`: a step's large activations stop being page-faulted in anew)."""
+    if cfg.run.keep_freed_memory:
+        from emgscale.malloc import keep_freed_memory
+
+        keep_freed_memory()
+
+
 def _worker(config: dict[str, Any]) -> None:
     """Ray Train worker: the loop with Ray reporting, resuming from the newest checkpoint after a restart."""
     import ray.train
@@ -279,6 +289,7 @@ def _worker(config: dict[str, Any]) -> None:
     if config.get("cwd") and os.path.isdir(config["cwd"]):
         os.chdir(config["cwd"])  # relative data paths mean what they meant to the driver
     cfg = from_dict(TrainConfig, config["cfg"])
+    _process_settings(cfg)
     if cfg.run.use_gpu and cfg.run.device == "auto":
         import ray.train.torch
 
