@@ -72,6 +72,46 @@ def test_progress_line_reads_running_queued_and_done_runs(tmp_path):
     assert "ETA 2m" in line or "ETA 3m" in line  # (90 + 100) steps at ~1 s/step
 
 
+def test_runs_planned_for_later_suites_stay_in_the_eta_until_they_are_trained(tmp_path):
+    """With a plan, the progress line queues the benchmark's later runs behind this batch (their expected steps
+    at the measured rate); a run settled (trained or found done) leaves the plan, and so does the batch itself."""
+    from emgscale.bench import plan
+    from emgscale.bench.training import Progress
+
+    folder = tmp_path / "runs" / "now"
+    folder.mkdir(parents=True)
+    plan.set_plan({"now": (100, "k"), "later1": (200, "k"), "later2": (300, "k"), "done": (50, "k")})
+    plan.settle(["done"])
+    later = plan.later_runs({"now"})
+    assert set(later) == {"later1", "later2"}
+    progress = Progress(tmp_path, {folder: (100, "k")}, jobs=1, later=later)
+    (folder / RUNNING).write_text(json.dumps({"pid": os.getpid(), "started_at": time.time() - 10,
+                                              "steps_at_start": 0}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 10}) + "\n")
+    line = progress.line()
+    assert "0 queued (+ 2 later in this benchmark; ETA " in line and "of all its training" in line
+    assert "ETA 9m" in line or "ETA 10m" in line  # (90 + 200 + 300) steps at ~1 s/step
+    plan.settle(["later1"])
+    assert set(plan.later_runs({"now"})) == {"later2"}
+    plan.set_plan({})
+
+
+def test_the_planning_pass_records_runs_and_trains_nothing(tmp_path, tiny_corpus):
+    """Inside planning(), ensure_trained_many records each run not done (plan id, expected steps) and returns its
+    folder untrained; the same runs outside planning() get the same plan ids."""
+    from emgscale.bench import plan
+    from emgscale.bench.training import ensure_trained_many
+
+    base = ["run.max_epochs=2", "run.steps_per_epoch=3", f"data.data_root={tiny_corpus.root}",
+            f"data.split={tiny_corpus.split_path}"]
+    runs = [([], [*base, "run.seed=1"]), ([], [*base, "run.seed=2"])]
+    with plan.planning() as planned:
+        folders = ensure_trained_many(tmp_path / "cache", runs, jobs=2)
+    assert not plan.is_planning() and len(folders) == 2 and not any(f.exists() for f in folders)
+    assert set(planned) == {plan.plan_id(f, o) for f, o in runs}
+    assert all(steps == 6 for steps, _ in planned.values())
+
+
 @pytest.mark.parametrize("timings", [None, {"step_s": 3.0, "total_s": 5.0}])
 def test_a_runs_done_json_holds_its_cost(tmp_path, monkeypatch, tiny_corpus, timings):
     """DONE.json of a run: wall seconds, steps, expected steps, label, rate key, and the loop's timings

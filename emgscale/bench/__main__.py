@@ -96,13 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     if a.seeds is not None and (a.seeds < 1 or recipes is None):
         raise ConfigError(f"--seeds {a.seeds}: give a count >= 1, with --recipes")
     names = list(SUITES) if a.benchmark == "all" else GROUPS.get(a.benchmark, [a.benchmark])
+    kwargs = dict(out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
+                  cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
+                  shard_workers=a.shard_workers, jobs=a.jobs, overrides=a.overrides,
+                  generic_checkpoint=a.generic_checkpoint,
+                  definition_overrides=GROUP_DEFINITIONS.get(a.benchmark), bids_metadata=a.bids_metadata,
+                  recipes=recipes, seeds=a.seeds)
+    # The plan first (every training run of every suite), so that the ETA covers the whole benchmark.
+    from emgscale.bench.plan import set_plan
+    from emgscale.common import print0
+
+    print0(f"[bench] planning the training runs of {', '.join(names)} (corpora, shards and the LM are made now)")
+    planned: dict = {}
     for name in names:
-        run_benchmark(name, out=a.out, budget=a.budget, data_root=a.data_root, splits_dir=a.splits_dir,
-                      cache=a.cache, definitions_dir=a.definitions, configs_dir=a.configs, lm_texts=a.lm_text,
-                      shard_workers=a.shard_workers, jobs=a.jobs, overrides=a.overrides,
-                      generic_checkpoint=a.generic_checkpoint,
-                      definition_overrides=GROUP_DEFINITIONS.get(a.benchmark), bids_metadata=a.bids_metadata,
-                      recipes=recipes, seeds=a.seeds)
+        planned.update(run_benchmark(name, **kwargs, plan_only=True)["planned"])
+    set_plan(planned)
+    print0(f"[bench] {len(planned)} training runs to make, "
+           f"{sum(steps or 0 for steps, _ in planned.values())} steps in all")
+    for name in names:
+        run_benchmark(name, **kwargs)
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from emgscale.bench import plan
 from emgscale.bench.context import BenchContext
 from emgscale.bench.steps import cached, content_key, content_sha256, data_key, ensure_cached_corpus, ensure_shards
 from emgscale.bench.training import ensure_trained_many
@@ -137,6 +138,8 @@ def fingers(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
             runs.append((train_files, [*base, *init, *frozen, *ctx.overrides]))
             keys.append((v, u, label, x))
     folders = ensure_trained_many(ctx.cache, runs, ctx.jobs)
+    if plan.is_planning():  # the planning pass evaluates nothing (emgscale.bench.plan)
+        return {}
     rows = []
     for (v, u, label, x), folder in zip(keys, folders):
         best = RunFolder(folder).best

@@ -40,7 +40,6 @@ note, with the command that reruns them with 3 seeds.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +155,9 @@ def recipes_context(ctx: BenchContext, d: dict[str, Any]) -> BenchContext:
 
 
 def _wall_min(folder: RunFolder) -> float:
-    done = json.loads((folder.root / "DONE.json").read_text())
-    return float(done.get("wall_s") or 0.0) / 60.0
+    from emgscale.bench.eta import read_json
+
+    return float(read_json(folder.root / "DONE.json").get("wall_s") or 0.0) / 60.0
 
 
 def _cost_cells(cost: dict[str, Any]) -> dict[str, str]:

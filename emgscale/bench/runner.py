@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from emgscale.bench.budget import get_budget
+from emgscale.bench.plan import planning
 from emgscale.bench.report import aggregate, cer_axis_label, markdown_table, plot_bars, plot_lines, series_from
 from emgscale.bench.steps import Corpus, default_cache, ensure_cached_corpus, ensure_lm
 from emgscale.bench.suites import SUITES, BenchContext
@@ -159,7 +160,7 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                   generic_checkpoint: "str | Path | None" = None,
                   definition_overrides: dict[str, Any] | None = None,
                   bids_metadata: "str | Path | None" = None, recipes: list[str] | None = None,
-                  seeds: int | None = None) -> dict[str, Any]:
+                  seeds: int | None = None, plan_only: bool = False) -> dict[str, Any]:
     """Run benchmark ``name`` and write ``<out>/<name>/{results.json, table.md, *.png}``
     (``<out>/zero_shot_recipes/`` for the recipes table).
 
@@ -184,6 +185,9 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
         recipes: zero_shot only: compare these recipes of the definition's ``recipes:`` in one table
             (:mod:`emgscale.bench.recipes`) instead of the default zero_shot table.
         seeds: training seeds per recipe (default: the definition's ``seeds``, else 1).
+        plan_only: make the plan only (:mod:`emgscale.bench.plan`): the training runs the benchmark would
+            make, ``{"planned": {plan id: (expected steps, rate key)}}``; corpora, shards and the LM are made,
+            nothing is trained, evaluated or written to ``out``.
 
     Returns:
         The JSON result (rows, aggregated tables, settings, provenance).
@@ -215,6 +219,14 @@ def run_benchmark(name: str, *, out: "str | Path" = "results", budget: str = "sm
                        synthetic_corpus=dict(b.corpus) if data_root is None else None)
     definition = {**load_definition(definitions_dir, name, budget), **(definition_overrides or {}),
                   **({"run_recipes": list(recipes)} if recipes else {}), **({"seeds": seeds} if seeds else {})}
+    if plan_only:
+        with planning() as planned:
+            try:
+                SUITES[name](ctx, definition)
+            except Exception as e:  # a plan is an estimate: it never stops the benchmark (which reports the error)
+                print0(f"[bench] planning {name} stopped early ({type(e).__name__}: {e}); the ETA counts the runs "
+                       "planned before that")
+        return {"benchmark": name, "planned": planned}
     print0(f"[bench] {name} (budget {budget}) on {corpus.data_root}; cache {cache}")
     res = SUITES[name](ctx, definition)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from emgscale.bench import plan
 from emgscale.bench.context import BenchContext
 from emgscale.bench.fingers import fingers
 from emgscale.bench.report import EXTRA_METRICS
@@ -91,6 +92,8 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
     ``insertion_bonus``). ``emission_options``: extra keywords of
     :func:`emgscale.eval.split_emissions` (e.g. ``adapt_seconds``), part of the cache key.
     """
+    if plan.is_planning():  # the planning pass evaluates nothing (emgscale.bench.plan)
+        return []
     from emgscale.decode import DecoderConfig, build_decoder
     from emgscale.eval import split_emissions
 
@@ -159,7 +162,7 @@ def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | li
 
 
 def _has_average(path: Path) -> bool:
-    return load_checkpoint(path).averaged_model is not None
+    return not plan.is_planning() and load_checkpoint(path).averaged_model is not None
 
 
 def single_user(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:

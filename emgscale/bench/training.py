@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emgscale.bench import plan
 from emgscale.bench.eta import RUNNING, RunEstimate, eta_seconds, expected_steps, rate_key, read_json, steps_done
 from emgscale.bench.steps import DONE, config_hash, content_key, content_sha256, data_key, step_lock
 from emgscale.common import atomic_write_json, format_seconds, print0
@@ -145,12 +146,15 @@ class Progress:
         cache: the benchmark cache (runs done before, with the same rate key, give a first s/step).
         todo: the runs to train, in the order they start: folder -> (expected steps, rate key).
         jobs: runs at a time.
+        later: runs the benchmark trains after this batch (:func:`emgscale.bench.plan.later_runs`): queued
+            behind it in the ETA.
     """
 
-    def __init__(self, cache: Path, todo: dict[Path, tuple[int | None, str]], jobs: int) -> None:
-        self.todo, self.jobs = todo, jobs
+    def __init__(self, cache: Path, todo: dict[Path, tuple[int | None, str]], jobs: int,
+                 later: "plan.Plan | None" = None) -> None:
+        self.todo, self.jobs, self.later = todo, jobs, dict(later or {})
         self.since = time.time() - 1.0  # a RUNNING marker older than this batch, of a process gone, is stale
-        keys = {key for _, key in todo.values()}
+        keys = {key for _, key in [*todo.values(), *self.later.values()]}
         self.before: dict[str, list[float]] = {}
         for done in sorted(Path(cache).glob(f"runs/*/{DONE}")):
             d = read_json(done)
@@ -196,12 +200,15 @@ class Progress:
                 self._add(measured, key, time.time() - float(r["started_at"]), n - int(r.get("steps_at_start", 0)))
                 running.append(f"{n}/{expected if expected is not None else '?'}")
             left.append(RunEstimate(expected, n, key, running=now_running))
+        left += [RunEstimate(expected, 0, key) for expected, key in self.later.values()]
         eta = eta_seconds(left, {k: (s, int(n)) for k, (s, n) in measured.items()}, self.jobs)
         what = (f"ETA {format_seconds(eta[0])}" + (f" + {eta[1]} runs of unknown length" if eta[1] else "")
                 if eta else "ETA after the first steps")
         return (f"[bench] training runs: {done}/{len(self.todo)} done, {len(running)} running"
                 + (f" ({', '.join(running)} steps)" if running else "")
-                + f", {len(left) - len(running)} queued; {what}")
+                + f", {len(left) - len(running) - len(self.later)} queued"
+                + (f" (+ {len(self.later)} later in this benchmark; {what} of all its training)" if self.later
+                   else f"; {what}"))
 
     def tick(self, stop: threading.Event) -> None:
         """Print :meth:`line` every :data:`ETA_EVERY_S` seconds until ``stop`` is set (a thread's target)."""
@@ -226,17 +233,37 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
 
     folders = [run_folder(cache, f, o) for f, o in runs]
     todo: dict[Path, tuple[list[str], list[str]]] = {}
+    ids: dict[Path, str] = {}
     for folder, run in zip(folders, runs):
-        if not (folder / DONE).is_file():
+        if (folder / DONE).is_file():
+            plan.settle([plan.plan_id(*run)])
+        else:
             todo.setdefault(folder, run)
+            ids.setdefault(folder, plan.plan_id(*run))
     if not todo:
         return folders
     parallel = jobs > 1 and len(todo) > 1
+    if plan.is_planning():  # the planning pass: record, don't train (emgscale.bench.plan)
+        slots = job_overrides(jobs, _gpus(), os.cpu_count() or 1, None) if parallel else [[]]
+        for i, (folder, (f, o)) in enumerate(todo.items()):
+            cfg = load_train_config(f, [*o, *slots[i % len(slots)]])
+            plan.record(ids[folder], expected_steps(cfg), rate_key(cfg))
+        return folders
     slots = _slots(jobs, [load_train_config(f, o) for f, o in todo.values()]) if parallel else [[]]
     extra = {folder: slots[i % len(slots)] for i, folder in enumerate(todo)}
     cfgs = {folder: load_train_config(f, [*o, *extra[folder]]) for folder, (f, o) in todo.items()}
     progress = Progress(cache, {folder: (expected_steps(c), rate_key(c)) for folder, c in cfgs.items()},
-                        min(jobs, len(todo)))
+                        min(jobs, len(todo)), later=plan.later_runs(set(ids.values())))
+    try:
+        _train_batch(cache, todo, extra, progress, jobs, parallel)
+    finally:
+        plan.settle([ids[f] for f in todo if (f / DONE).is_file()])
+    return folders
+
+
+def _train_batch(cache: Path, todo: dict[Path, tuple[list[str], list[str]]], extra: dict[Path, list[str]],
+                 progress: Progress, jobs: int, parallel: bool) -> None:
+    """Train ``todo`` (one at a time in this process, or ``jobs`` processes), printing ``progress``."""
     if not parallel:
         stop = threading.Event()
         threading.Thread(target=progress.tick, args=(stop,), daemon=True).start()
@@ -246,7 +273,7 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
                 print0(progress.line())
         finally:
             stop.set()
-        return folders
+        return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -266,13 +293,16 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
                 except Exception as e:
                     raise RuntimeError(f"training run {folder} failed ({e}); see {folder / 'train.log'}") from e
             print0(progress.line())
-    return folders
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _slots(jobs: int, cfgs: list[Any]) -> list[list[str]]:
     """:func:`job_overrides` for this machine (its GPUs or cores), joining one Ray cluster when a run wants Ray."""
-    import torch
-
     from emgscale.train import wants_ray
 
     ray_address = None
@@ -280,7 +310,7 @@ def _slots(jobs: int, cfgs: list[Any]) -> list[list[str]]:
         from emgscale.train.launch import connect
 
         ray_address = connect(os.environ.get("RAY_ADDRESS"))  # one cluster for every run's workers
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = _gpus()
     print0(f"[bench] training {len(cfgs)} runs, {jobs} at a time "
            f"({f'one of {gpus} GPUs each' if gpus else f'{max(1, (os.cpu_count() or 1) // jobs)} threads each'}; "
            f"logs: <run>/train.log)")
