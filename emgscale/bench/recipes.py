@@ -46,7 +46,7 @@ from typing import Any
 
 from emgscale.bench.context import BenchContext
 from emgscale.bench.steps import ensure_cached_corpus
-from emgscale.bench.suites import eval_rows, model_files, train_runs
+from emgscale.bench.parts import eval_rows, model_files, train_runs
 from emgscale.common import print0
 from emgscale.config import ConfigError
 from emgscale.run_folder import RunFolder

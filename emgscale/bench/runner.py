@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import shutil
 import time
 from pathlib import Path
 from typing import Any

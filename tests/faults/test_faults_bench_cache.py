@@ -77,7 +77,7 @@ def test_generic_checkpoint_replaced_behind_the_same_path_and_size_is_not_reused
 def test_eval_key_holds_the_data_root(tiny_corpus, tmp_path, corpus_factory):
     """The evaluation key changes with the data behind the split (another data root), and with the checkpoint."""
     from emgscale.bench.steps import Corpus
-    from emgscale.bench.suites import BenchContext, eval_key
+    from emgscale.bench.parts import BenchContext, eval_key
 
     other = corpus_factory("other", seed=5)
     ck = _checkpoint(tmp_path / "m.pt", 1.0)
