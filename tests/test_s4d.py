@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from emgscale.config import from_dict
 from emgscale.models import ModelConfig, build_model
 from emgscale.models import s4d as s4d_module
 from emgscale.models.s4d import S4D, S4DConfig, S4DEncoder
+
+from _overfit import overfit_one_batch
 
 torch.set_num_threads(1)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "emgscale" / "configs" / "models"
@@ -150,19 +151,7 @@ def test_tiny_training_run_lowers_the_loss() -> None:
     torch.manual_seed(0)
     cfg = from_dict(ModelConfig, yaml.safe_load((CONFIG_DIR / "s4d_tiny.yaml").read_text())["model"])
     model = build_model(cfg).train()
-    emg = torch.randn(2, 2400, 2, 16, generator=torch.Generator().manual_seed(0)) * 20.0
-    lengths = torch.tensor([2400, 2000])
-    labels = torch.randint(0, 98, (2, 8), generator=torch.Generator().manual_seed(1))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        lp, out_lengths = model(emg, lengths)
-        loss = F.ctc_loss(lp.transpose(0, 1), labels, out_lengths, torch.tensor([8, 8]), blank=98)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert all(math.isfinite(x) for x in losses)
+    losses = overfit_one_batch(model)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

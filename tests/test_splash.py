@@ -9,6 +9,8 @@ import torch
 from emgscale.features.norm import RollingNorm, build_norm
 from emgscale.models.streaming import NotStreamable
 
+from _overfit import overfit_one_batch
+
 
 def _ref_norm(x: torch.Tensor, lo: int, hi: int, per_bin: bool, eps: float = 1e-5) -> torch.Tensor:
     """(x[:, t] - mean) / std over frames lo..hi-1 of a (1, T, 2, C, K) tensor, for every t (float64)."""
@@ -192,27 +194,11 @@ def test_bad_settings_raise_naming_the_key() -> None:
 
 def test_tiny_splash_training_run_lowers_the_loss() -> None:
     """A tiny split-and-share CTC model trained 30 Adam steps on one batch halves its CTC loss."""
-    import math
-
-    import torch.nn.functional as F
-
     from emgscale.models import build_model
 
     torch.manual_seed(0)
     model = build_model(_splash_cfg()).train()
-    emg = torch.randn(2, 2400, 2, 16, generator=torch.Generator().manual_seed(0)) * 20.0
-    lengths = torch.tensor([2400, 2000])
-    labels = torch.randint(0, 98, (2, 8), generator=torch.Generator().manual_seed(1))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        lp, out_lengths = model(emg, lengths)
-        loss = F.ctc_loss(lp.transpose(0, 1), labels, out_lengths, torch.tensor([8, 8]), blank=98)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert all(math.isfinite(x) for x in losses)
+    losses = overfit_one_batch(model)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
