@@ -50,12 +50,6 @@ def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[RunFolder]:
     return [RunFolder(folder) for folder in ensure_trained_many(ctx.cache, runs, ctx.jobs)]
 
 
-def train_run(ctx: BenchContext, split_file: Path, arch: str, extra: list[str] = (),
-              init_from: Path | None = None) -> RunFolder:
-    """Train on ``split_file`` (cached); returns the run's folder."""
-    return train_runs(ctx, [(split_file, arch, list(extra), init_from)])[0]
-
-
 #: LM weight x insertion bonus tried on val for every +LM column (the reference's 2 / 2 among them).
 LM_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 LM_BONUSES = (0.0, 1.0, 2.0)

@@ -17,17 +17,24 @@ import yaml
 from emgscale.bench import plan
 from emgscale.bench.context import BenchContext
 from emgscale.bench.fingers import fingers
-from emgscale.bench.parts import RunSpec, eval_rows, train_run, train_runs
+from emgscale.bench.parts import RunSpec, eval_rows, train_runs
+from emgscale.bench.recipes import compare_recipes
 from emgscale.bench.steps import cached, content_key, content_sha256
 from emgscale.common import print0
 from emgscale.models.checkpoint import load_checkpoint
 from emgscale.run_folder import RunFolder
 
 
+def generic_spec(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> RunSpec:
+    """The generic (zero-shot) model's run: the definition's training split, with SWAD and the budget's
+    generic settings."""
+    return (ctx.corpus.split(d.get("train_split", "generic")), arch or d.get("arch", "tds"),
+            [f"swad.mode={d.get('swad', 'swad')}", *ctx.budget.generic], None)
+
+
 def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -> RunFolder:
     """The generic (zero-shot) model's run folder, trained with SWAD."""
-    return train_run(ctx, ctx.corpus.split(d.get("train_split", "generic")), arch or d.get("arch", "tds"),
-                     extra=[f"swad.mode={d.get('swad', 'swad')}", *ctx.budget.generic])
+    return train_runs(ctx, [generic_spec(ctx, d, arch)])[0]
 
 
 def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | list[str]"]:
@@ -70,8 +77,6 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     With ``run_recipes`` (``--recipes a,b``): instead, one table comparing those generic-model recipes
     (:func:`emgscale.bench.recipes.compare_recipes`)."""
     if d.get("run_recipes"):
-        from emgscale.bench.recipes import compare_recipes  # it builds on this module's helpers
-
         return compare_recipes(ctx, d)
     if ctx.generic_checkpoint is not None:
         given, _ = generic_model(ctx, d)
@@ -80,7 +85,9 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
         for split in ctx.heldout():
             rows += eval_rows(ctx, given, split, f"given model ({given.name})")
         return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
-    ck = generic_run(ctx, d)
+    # The offline and the causal generic models train side by side (ctx.jobs at a time), then are evaluated.
+    ck, *causal = train_runs(ctx, [generic_spec(ctx, d)] + ([generic_spec(ctx, d, d["causal_arch"])]
+                                                            if d.get("causal_arch") else []))
     rows = eval_rows(ctx, ck.best, ctx.corpus.split(d.get("train_split", "generic")),
                      "seen users, new sessions (best val)", parts=("val",))
     for split in ctx.heldout():
@@ -90,10 +97,9 @@ def zero_shot(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
             rows += eval_rows(ctx, ck.last, split, "SWAD average", which="averaged")
         else:
             print0("[bench] SWAD found no loss valley in this budget: no averaged model to report")
-    if d.get("causal_arch"):
-        causal = generic_run(ctx, d, arch=d["causal_arch"])
+    if causal:
         for split in ctx.heldout():
-            rows += eval_rows(ctx, causal.best, split, f"causal {d['causal_arch']} (best val)")
+            rows += eval_rows(ctx, causal[0].best, split, f"causal {d['causal_arch']} (best val)")
     return {"rows": rows, "variant_header": "generic model", "plots": [{"kind": "bars", "name": "zero_shot"}]}
 
 
