@@ -77,6 +77,7 @@ def test_few_shot_lines_say_which_cer_and_tick_at_the_data():
     xs = [0.5, 1.0, 2.0, 5.0]
     series = {"greedy": (xs, [0.9, 0.8, 0.7, 0.6], [0.1] * 4), "+LM": (xs, [0.8, 0.7, 0.6, 0.5], [0.1] * 4)}
     assert cer_axis_label("test", list(series)) == "test CER (%), greedy and +LM"
+    assert cer_axis_label("test", ["full, greedy", "full, +LM", "lora, greedy"]) == "test CER (%), greedy and +LM"
     fig = lines_figure(series, "minutes", "few shot", logx=True, users=[2] * 4,
                        ylabel=cer_axis_label("test", list(series)))
     fig.canvas.draw()

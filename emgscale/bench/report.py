@@ -151,8 +151,10 @@ def data_ticks(ax: Any, xs: Sequence[float], labels: Sequence[str] | None = None
 
 
 def cer_axis_label(part: str, series: Sequence[str]) -> str:
-    """The y axis of a CER plot: which sessions and which decoders, e.g. ``test CER (%), greedy and +LM``."""
-    return f"{part} CER (%)" + (f", {' and '.join(series)}" if series else "")
+    """The y axis of a CER plot: which sessions and which decoders, e.g. ``test CER (%), greedy and +LM``
+    (series named ``<line>, <decoder>``, e.g. ``full, greedy``, name their decoder last; the legend tells the lines)."""
+    decoders = list(dict.fromkeys(name.rsplit(", ", 1)[-1] for name in series))
+    return f"{part} CER (%)" + (f", {' and '.join(decoders)}" if decoders else "")
 
 
 #: Longest line of a bar's label before it wraps (labels stay horizontal and never overlap).
