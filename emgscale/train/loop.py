@@ -132,7 +132,24 @@ def _precision(bf16: bool, device: torch.device) -> tuple[dict[str, Any], bool]:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print0(f"[train] {torch.cuda.get_device_name(device)} has no bf16: training in fp16 with loss scaling")
         return {"device_type": "cuda", "dtype": torch.float16, "enabled": True}, True
+    if device.type == "cpu" and not cpu_has_bf16():
+        # oneDNN has no bf16 kernels without AVX-512 BF16 / AMX: bf16 matmuls run 10-60x slower than fp32 there.
+        print0("[train] run.bf16: this CPU has no bf16 instructions (avx512_bf16 / amx_bf16), where bf16 is "
+               "10-60x slower than fp32: training in fp32")
+        return {"device_type": "cpu", "enabled": False}, False
     return {"device_type": device.type, "dtype": torch.bfloat16, "enabled": True}, False
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo; other
+    architectures and systems without that file: True, autocast decides)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    if "flags" not in flags:
+        return True  # not an x86 cpuinfo
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _resume_path(folder: RunFolder, resume: bool | str) -> Path | None:
