@@ -69,7 +69,7 @@ def test_shipped_recipes_parse_and_bad_ones_give_one_line():
         assert {r.kind for r in recipes} == set(KINDS)
     d = load_definition(shipped_definitions(), "zero_shot", "small")
     small = parse_recipes(d, ["splashnet"], "small")[0]  # budgets: replaces the recipe's settings
-    assert small.config == "recipes/splashnet" and small.overrides == ["data.batch_size=4"]
+    assert small.config == "recipes/splashnet" and small.overrides == ["data.shards=null", "data.batch_size=4"]
     with pytest.raises(ConfigError, match="no recipe 'nope'"):
         parse_recipes(d, ["nope"], "tiny")
     with pytest.raises(ConfigError, match="recipes.x.kind"):
