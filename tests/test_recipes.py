@@ -137,7 +137,7 @@ def test_recipes_table_end_to_end_tiny(tmp_path):
     for name in ("reference", "s4d", "student_no_teacher"):  # on main's code, without any helper's merge
         assert "test_greedy_mean" in scored[name] and "val_lm_mean" in scored[name]
         cells = table["columns"][name]
-        assert cells["users"] == "2" and cells["seeds"] == "1" and float(cells["train wall (min)"]) > 0
+        assert cells["users"] == "2" and cells["seeds"] == "1" and float(cells["train wall (min)"]) >= 0  # tiny: ~0.0 min
         assert cells["params"].endswith(" M") and float(cells["MFLOPs / EMG-s"]) > 0
     assert table["columns"]["student_no_teacher"]["look-ahead (ms)"] != "offline"
     assert (tmp_path / "zero_shot_recipes" / "recipes.png").stat().st_size > 1000
