@@ -17,7 +17,9 @@ and prints the total wall minutes; per suite its wall minutes and where they wen
 the minutes its steps took; and, for training runs, the split of their time into Ray start, pipeline
 builds, data wait, training steps, validation, checkpoints and the rest (the loop's ``TrainResult.timings``,
 where the loop gives them). With ``--jobs 2`` runs overlap: per-step minutes are process time and sum to
-more than the wall time; both are printed. The summary also goes to ``OUT/bench_suite.json``.
+more than the wall time; both are printed, and how busy the J places were. ``all`` and ``demo`` with
+``--jobs > 1`` run their suites side by side (:mod:`emgscale.bench.together`): each step's ``DONE.json``
+names the suite that made it, and the suites' wall minutes overlap. The summary also goes to ``OUT/bench_suite.json``.
 A cache that already holds steps reuses them: only steps made by this run (finished after it started)
 are counted; the others are listed as reused.
 """
@@ -74,8 +76,9 @@ def build_report(cache: Path, out: Path, suite_starts: dict[str, float] | None =
     Args:
         cache: the benchmark cache (every ``<kind>/<hash>/DONE.json`` in it is read).
         out: the results folder (``<suite>/results.json``).
-        suite_starts: unix time each suite started, in order (steps are given to the suite during
-            which they finished); None: no per-suite split of the steps.
+        suite_starts: unix time each suite started, in order; a step whose ``DONE.json`` names no ``suite``
+            (suites run one after another) is given to the suite during which it finished; None: only the
+            steps that name their suite are split by suite.
         since: unix time the run started: steps finished before it were reused, not made.
         end: unix time the run ended (default: now).
         wall_s: the whole run's wall seconds (default: the suites' ``wall_s`` summed).
@@ -104,7 +107,8 @@ def build_report(cache: Path, out: Path, suite_starts: dict[str, float] | None =
         kind, minutes = step_kind(done), float(done["wall_s"]) / 60
         kinds[kind]["steps"] += 1
         kinds[kind]["process_min"] += minutes
-        suite = next((n for n, t in reversed(starts) if float(done.get("finished_at", end)) >= t), None)
+        suite = done.get("suite") or next((n for n, t in reversed(starts)
+                                           if float(done.get("finished_at", end)) >= t), None)
         step_min = 0.0
         if done.get("kind") == "runs":
             runs += 1
@@ -141,9 +145,11 @@ def _pct(x: float | None) -> str:
 
 def format_report(r: dict[str, Any], jobs: int = 1) -> str:
     """The report as text: total, per suite, per step kind, inside the training runs."""
+    busy = r["process_min"] / (r["wall_min"] * jobs) if r["wall_min"] else 0.0
     lines = [f"total wall {r['wall_min']:.1f} min; steps made {r['process_min']:.1f} process-min"
-             + (f" (--jobs {jobs}: runs overlap, so process minutes sum to more than the wall time)" if jobs > 1
-                else ""),
+             + (f" (--jobs {jobs}: runs overlap, so process minutes sum to more than the wall time; the {jobs} "
+                f"places were busy {100 * busy:.0f} % of the wall time; suites that run side by side overlap, "
+                "so their wall minutes do too)" if jobs > 1 else ""),
              "", "| suite | wall min | steps' process min | of which training steps | overhead |", "|---|---|---|---|---|"]
     for name, s in r["suites"].items():
         lines.append(f"| {name} | {s['wall_min']:.1f} | {s['process_min']:.1f} | {s['training_step_min']:.1f} | "

@@ -69,11 +69,16 @@ def test_report_without_the_loops_timings_says_so(tmp_path):
 
 @pytest.mark.slow  # ~2-3 min: the demo's suites end to end at the tiny budget, 2 runs at a time
 def test_bench_suite_runs_the_benchmark_and_writes_its_summary(tmp_path):
-    """bench_suite.py at --budget tiny runs the benchmark from a fresh cache and writes a summary that has
-    every suite, the steps it made and the training runs."""
+    """bench_suite.py at --budget tiny runs the benchmark (its suites side by side) from a fresh cache and writes
+    a summary that has every suite, the steps each made and the training runs."""
     summary = _script().main(["--budget", "tiny", "--jobs", "2", "--out", str(tmp_path), "--benchmark", "demo"])
     assert set(summary["suites"]) == {"zero_shot", "personalized"} and summary["reused_steps"] == 0
     assert summary["kinds"]["corpus"]["steps"] == 1 and summary["kinds"]["generic runs"]["steps"] == 1
     assert summary["kinds"]["per-user runs"]["steps"] >= 1 and summary["kinds"]["evaluation"]["steps"] >= 1
     assert summary["wall_min"] > 0 and (tmp_path / "bench_suite.json").is_file()
     assert (tmp_path / "zero_shot" / "results.json").is_file() and (tmp_path / "bench_suite.log").stat().st_size
+    # --jobs 2: the suites ran side by side, and every training run and evaluation names the suite that made it
+    assert "side by side" in (tmp_path / "bench_suite.log").read_text()
+    assert all(s["process_min"] > 0 for s in summary["suites"].values())
+    made = [json.loads(p.read_text()) for p in Path(summary["cache"]).glob("*/*/DONE.json")]
+    assert {d.get("suite") for d in made if d["kind"] in ("runs", "eval")} == {"zero_shot", "personalized"}

@@ -240,3 +240,19 @@ def test_real_metadata_parses():
     """The real metadata.csv has 108 users and 1,135 sessions."""
     rows = read_metadata(METADATA)
     assert len(rows) == 1135 and len({r.user for r in rows}) == 108
+
+
+def test_value_rule_on_float16_rows_finds_inf_and_nan_and_accepts_the_largest_half():
+    """The value rule on float16 EMG (the shards' dtype, checked on its bits) names the first row holding
+    inf or NaN, also in a non-contiguous view, and accepts every finite half, 65504 included."""
+    from emgscale.data.values import value_problem
+
+    rows = np.zeros((50, 2, 16), np.float16)
+    rows[7, 1, 3] = 65504.0
+    rows[9, 0, 0] = -65504.0
+    assert value_problem(rows) is None and value_problem(rows[::2]) is None
+    for bad in (np.inf, -np.inf, np.nan):
+        r = rows.copy()
+        r[30, 1, 5] = bad
+        assert value_problem(r) == "EMG has NaN or inf at row 30"
+        assert value_problem(r[::2]) == "EMG has NaN or inf at row 15"

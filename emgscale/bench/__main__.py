@@ -2,6 +2,9 @@
 
 ``zero_shot --recipes reference,s4d,...`` compares generic-model recipes in one table (:mod:`emgscale.bench.recipes`).
 
+``all`` and ``demo`` with ``--jobs J > 1`` run their suites side by side, J training runs or evaluations at a
+time over all of them (:mod:`emgscale.bench.together`).
+
 ``demo`` is the README's main job: the default synthetic corpus -> shards -> a small generic model
 -> zero-shot and personalized evaluation -> tables and plots.
 """
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help=argparse.SUPPRESS)  # the old name: refused with the new ones
     p.add_argument("--jobs", type=int, default=1,
                    help="independent training runs side by side: a GPU each (round robin), or cores/jobs "
-                        "threads each on a CPU machine (default 1)")
+                        "threads each on a CPU machine; all and demo run their suites at once on these J places "
+                        "(default 1)")
     p.add_argument("overrides", nargs="*",
                    help="dotted.key=value for every training run, e.g. run.workers=8 run.use_gpu=true "
                         "(each run on 8 Ray Train DDP workers)")
@@ -113,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     set_plan(planned)
     print0(f"[bench] {len(planned)} training runs to make, "
            f"{sum(steps or 0 for steps, _ in planned.values())} steps in all")
+    if a.jobs > 1 and len(names) > 1:  # suites side by side on one pool of --jobs workers
+        from emgscale.bench.together import run_side_by_side
+
+        kwargs.pop("jobs")
+        run_side_by_side(names, a.jobs, **kwargs)
+        return 0
     for name in names:
         run_benchmark(name, **kwargs)
     return 0

@@ -31,6 +31,7 @@ import numpy as np
 
 from emgscale.bench import plan
 from emgscale.bench.context import BenchContext
+from emgscale.bench.report import PLOT_LOCK
 from emgscale.bench.steps import cached, content_key, content_sha256, data_key, ensure_cached_corpus, ensure_shards
 from emgscale.bench.training import ensure_trained_many
 from emgscale.common import print0
@@ -146,8 +147,9 @@ def fingers(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
         res = _evaluate(ctx, best, root, splits[u])
         rows.append({"variant": v, "user": u, "minutes": label, "x": x, **{k: res[k] for k in METRICS},
                      "confusion": res["confusion"], "steps": load_checkpoint(best).step})
-    return render(rows, ctx.out, synthetic=synthetic, root=root, users=len(users),
-                  confusion_variant=d.get("confusion_variant", variants[-1] if len(variants) < 3 else "pretrained"))
+    with PLOT_LOCK:
+        return render(rows, ctx.out, synthetic=synthetic, root=root, users=len(users),
+                      confusion_variant=d.get("confusion_variant", variants[-1] if len(variants) < 3 else "pretrained"))
 
 
 def _short(root: Path) -> str:

@@ -6,10 +6,12 @@ evaluations (whole sessions, greedy and with the character LM, its weight and bo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from emgscale.bench import plan
+from emgscale.bench import pool as jobpool
 from emgscale.bench.context import BenchContext
 from emgscale.bench.report import EXTRA_METRICS
 from emgscale.bench.steps import cached, content_key, content_sha256, data_key, ensure_shards, score_sessions
@@ -81,6 +83,12 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
     """
     if plan.is_planning():  # the planning pass evaluates nothing (emgscale.bench.plan)
         return []
+    pool = jobpool.current()
+    if pool is not None:  # suites side by side: the evaluation takes a place in the shared job pool
+        return pool.run(_eval_rows_in_worker, max(1, (os.cpu_count() or 1) // pool.jobs), jobpool.suite(), ctx,
+                        checkpoint, split_file, variant, which, parts, emission_options,
+                        key=("eval", str(checkpoint), str(split_file), variant, which, tuple(parts),
+                             repr(emission_options)))
     from emgscale.decode import DecoderConfig, build_decoder
     from emgscale.eval import split_emissions
 
@@ -110,6 +118,15 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
     _, res = cached(ctx.cache, "eval", key, make, f"same checkpoint, LM (sha256), split contents and session "
                                                    f"files ({variant})")
     return [{"variant": variant, **r} for r in res["rows"]]
+
+
+def _eval_rows_in_worker(threads: int, suite: "str | None", *args: Any) -> list[dict[str, Any]]:
+    """:func:`eval_rows` in a job-pool worker, on ``threads`` torch threads, for ``suite``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    jobpool.set_suite(suite)
+    return eval_rows(*args)
 
 
 def eval_key(ctx: BenchContext, checkpoint: Path, split_file: Path, which: str = "model",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,9 @@ COLUMNS = (("val", "greedy"), ("val", "lm"), ("test", "greedy"), ("test", "lm"))
 #: Per-user metrics a CER row may carry beside ``cer`` (:mod:`emgscale.metrics`); aggregated like it, in the
 #: results JSON only (the markdown tables keep their CER columns).
 EXTRA_METRICS = ("insertion_rate", "deletion_rate", "substitution_rate", "rendered_cer")
+#: Held while a figure is drawn and saved: pyplot's figure manager is one per process, and suites that run
+#: side by side (:mod:`emgscale.bench.together`) render in threads of one process.
+PLOT_LOCK = threading.Lock()
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import yaml
 
 from emgscale.bench.budget import get_budget
 from emgscale.bench.plan import planning
-from emgscale.bench.report import aggregate, cer_axis_label, markdown_table, plot_bars, plot_lines, series_from
+from emgscale.bench.report import PLOT_LOCK, aggregate, cer_axis_label, markdown_table, plot_bars, plot_lines, series_from
 from emgscale.bench.steps import Corpus, default_cache, ensure_cached_corpus, ensure_lm
 from emgscale.bench.suites import SUITES, BenchContext
 from emgscale.common import atomic_write_json, atomic_write_text, git_commit, hardware, print0
@@ -136,7 +136,8 @@ def _render_tables(name: str, res: dict[str, Any], out_dir: Path, budget: str, l
     for tname, table in tables.items():
         title = name.replace("_", " ") if tname == name else f"{name}: {tname.replace('_', ' ')}"
         root = Path(table.get("data_root") or corpus.data_root)  # a suite may use a corpus of its own
-        md, pngs = _render(tname, title, table, out_dir, data_label(root))
+        with PLOT_LOCK:
+            md, pngs = _render(tname, title, table, out_dir, data_label(root))
         md_parts.append(md)
         result_tables[tname] = {"rows": table["rows"], "aggregate": aggregate(table["rows"]), "plots": pngs,
                                 **{k: table[k] for k in ("columns", "note", "data_root") if table.get(k)}}

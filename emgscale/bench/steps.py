@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from emgscale.bench import pool as jobpool
 from emgscale.common import DirLock, LockedError, atomic_write_json, print0
 
 DONE = "DONE.json"
@@ -140,7 +141,8 @@ def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, An
     (with one line naming the step reused and ``why``: what its key covers).
 
     The step's ``DONE.json`` holds its key, ``make``'s result, its ``kind``, the wall seconds ``make`` took
-    (``wall_s``) and when it started and finished (``started_at``, ``finished_at``: unix seconds), for
+    (``wall_s``), when it started and finished (``started_at``, ``finished_at``: unix seconds) and the suite
+    that made it where suites run side by side (``suite``, :func:`emgscale.bench.pool.suite`), for
     ``benchmarks/bench_suite.py``.
     """
     folder = Path(cache) / kind / config_hash(key)
@@ -153,7 +155,7 @@ def cached(cache: Path, kind: str, key: Any, make: Callable[[Path], dict[str, An
                 result = make(folder)
                 atomic_write_json(marker, {"key": key, "result": result, "kind": kind,
                                            "wall_s": time.monotonic() - t0, "started_at": started,
-                                           "finished_at": time.time()})
+                                           "finished_at": time.time(), "suite": jobpool.suite()})
                 return folder, result
     print0(f"[bench] reusing {kind}/{folder.name}: {why}")
     return folder, json.loads(marker.read_text())["result"]

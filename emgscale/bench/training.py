@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from emgscale.bench import plan
+from emgscale.bench import pool as jobpool
 from emgscale.bench.eta import RUNNING, RunEstimate, eta_seconds, expected_steps, rate_key, read_json, steps_done
 from emgscale.bench.steps import DONE, config_hash, content_key, content_sha256, data_key, step_lock
 from emgscale.common import atomic_write_json, format_seconds, print0
@@ -114,7 +115,8 @@ def _train(folder: Path, key: dict[str, Any], cfg: Any, overrides: list[str], lo
         "best_val_score": result.best_val_score, "best_val_metric": result.best_val_metric,
         "steps": result.steps, "steps_at_start": first_step, "expected_steps": expected_steps(cfg),
         "wall_s": time.monotonic() - t0, "train_wall_s": result.wall_s, "started_at": started,
-        "finished_at": time.time(), "world_size": result.world_size, "timings": _timings(result)})
+        "finished_at": time.time(), "world_size": result.world_size, "timings": _timings(result),
+        "suite": jobpool.suite()})
 
 
 def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
@@ -124,7 +126,8 @@ def run_folder(cache: Path, files: list[str], overrides: list[str]) -> Path:
     return Path(cache) / "runs" / config_hash(run_key(load_train_config(files, overrides)))
 
 
-def _train_in_worker(cache: str, files: list[str], overrides: list[str]) -> str:
+def _train_in_worker(cache: str, files: list[str], overrides: list[str], suite: "str | None" = None) -> str:
+    jobpool.set_suite(suite)
     return str(ensure_trained(Path(cache), files, overrides, log_to_file=True))
 
 
@@ -242,6 +245,10 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
             ids.setdefault(folder, plan.plan_id(*run))
     if not todo:
         return folders
+    pool = jobpool.current()
+    if pool is not None and not plan.is_planning():  # suites side by side: one pool for all their runs
+        _train_in_pool(pool, cache, todo, ids)
+        return folders
     parallel = jobs > 1 and len(todo) > 1
     if plan.is_planning():  # the planning pass: record, don't train (emgscale.bench.plan)
         slots = job_overrides(jobs, _gpus(), os.cpu_count() or 1, None) if parallel else [[]]
@@ -259,6 +266,45 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
     finally:
         plan.settle([ids[f] for f in todo if (f / DONE).is_file()])
     return folders
+
+
+#: The runs given to the open job pool (:mod:`emgscale.bench.pool`) in this process: folder -> (expected steps,
+#: rate key), and their plan ids, for the ETA of every suite running side by side (:func:`pool_progress_line`).
+_pool_runs: dict[Path, tuple["int | None", str]] = {}
+_pool_ids: set[str] = set()
+_pool_lock = threading.Lock()
+
+
+def _train_in_pool(pool: jobpool.JobPool, cache: Path, todo: dict[Path, tuple[list[str], list[str]]],
+                   ids: dict[Path, str]) -> None:
+    """Train ``todo`` on the shared job pool (a run another suite already gave it is trained once) and wait."""
+    from emgscale.train import load_train_config
+
+    slots = _slots(pool.jobs, [load_train_config(f, o) for f, o in todo.values()])
+    futures = {}
+    for i, (folder, (files, overrides)) in enumerate(todo.items()):
+        run_overrides = [*overrides, *slots[i % len(slots)]]
+        cfg = load_train_config(files, run_overrides)
+        with _pool_lock:
+            _pool_runs.setdefault(folder, (expected_steps(cfg), rate_key(cfg)))
+            _pool_ids.add(ids[folder])
+        futures[folder] = pool.submit(_train_in_worker, str(cache), files, run_overrides, jobpool.suite(),
+                                      key=("run", str(folder)))
+    try:
+        for folder, fut in futures.items():
+            try:
+                fut.result()
+            except Exception as e:
+                raise RuntimeError(f"training run {folder} failed ({e}); see {folder / 'train.log'}") from e
+    finally:
+        plan.settle([ids[f] for f in todo if (f / DONE).is_file()])
+
+
+def pool_progress_line(cache: Path, jobs: int) -> str:
+    """Where every run given to the job pool stands, with the ETA of all the benchmark's training left."""
+    with _pool_lock:
+        todo, ids = dict(_pool_runs), set(_pool_ids)
+    return Progress(cache, todo, jobs, later=plan.later_runs(ids)).line()
 
 
 def _train_batch(cache: Path, todo: dict[Path, tuple[list[str], list[str]]], extra: dict[Path, list[str]],

@@ -27,7 +27,11 @@ def _first_row(mask: np.ndarray) -> int:
 
 def _within(x: np.ndarray) -> bool:
     """Fast path: every value finite and within :data:`MAX_ABS_EMG` (two reductions, no temporaries; a
-    NaN makes both comparisons false)."""
+    NaN makes both comparisons false). float16 (the shards' dtype) tops out at 65504, so only inf and NaN
+    can break the rule: they are the values whose exponent bits are all set, found on the integer view
+    (numpy's float16 min/max convert every element: ~35x slower)."""
+    if x.dtype == np.float16:
+        return not bool(np.any((np.ascontiguousarray(x).view(np.uint16) & 0x7C00) == 0x7C00))
     bound = min(MAX_ABS_EMG, float(np.finfo(x.dtype).max)) if x.dtype.kind == "f" else MAX_ABS_EMG
     return bool(x.min() >= -bound) and bool(x.max() <= bound)
 

@@ -241,6 +241,17 @@ def _bad_values(rec: dict[str, Any]) -> str | None:
     return None
 
 
+def _float32(rows: np.ndarray) -> np.ndarray:
+    """``rows`` as a new float32 array (exact for float16: torch's vectorised conversion, ~10x numpy's)."""
+    if rows.dtype != np.float16:
+        return rows.astype(np.float32)
+    import torch
+
+    out = np.empty(rows.shape, np.float32)
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+    return out
+
+
 def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.random.Generator | None = None,
                    max_rows: int | None = None, float32: bool = True) -> Iterator[dict[str, Any]]:
     """The samples of a decoded record, in the :mod:`emgscale.data.windows` format.
@@ -257,7 +268,7 @@ def record_samples(record: dict[str, Any], *, jitter: bool = False, rng: np.rand
     Yields:
         Sample dicts with float32 ``emg`` (or views in the stored dtype).
     """
-    as_emg = (lambda rows: rows.astype(np.float32)) if float32 else (lambda rows: rows)
+    as_emg = _float32 if float32 else (lambda rows: rows)
     meta = record["meta"]
     n = int(meta["num_rows"]) if max_rows is None else min(int(meta["num_rows"]), int(max_rows))
     common = {"user": meta["user"], "session": meta["session"], "sample_rate_hz": meta["sample_rate_hz"]}
