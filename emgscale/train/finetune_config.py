@@ -79,18 +79,23 @@ FINETUNE_LR = {"full": 1e-3, "frontend": 3e-3, "lora": 3e-3}
 
 
 def finetune_steps(minutes: float, steps_at_2_min: int) -> int:
-    """Optimiser steps for ``minutes`` of a user's data: ``steps_at_2_min * sqrt(minutes / 2)``, at least 1.
+    """Optimiser steps for ``minutes`` of a user's data: ``steps_at_2_min * sqrt(minutes / 2)``, never fewer
+    than ``steps_at_2_min``.
 
-    Why the square root: a step reads one batch (16 x 4 s windows = 64 s of EMG at the ``small`` budget),
-    so ``minutes`` of data take ~``minutes`` steps a pass. Steps that grow linearly with the data would give
-    every amount the same passes: too few to learn from 6 minutes in the steps 30 s can take without being
-    learnt by heart. The square root gives 30 s about 2.8x the passes of 2 minutes and 6 minutes 0.6x:
-    with 60 steps at 2 min (the ``small`` budget), 30 / 42 / 60 / 95 / 104 steps at 0.5 / 1 / 2 / 5 / 6 min
-    — ~60 passes over 30 s, ~17 over 6 minutes.
+    Why the square root above 2 minutes: a step reads one batch (16 x 4 s windows = 64 s of EMG at the
+    ``small`` budget), so ``minutes`` of data take ~``minutes`` steps a pass. Steps that grow linearly with the
+    data would give every amount the same passes: too many steps to be cheap at 6 minutes. The square root
+    gives 5 minutes 95 steps and 6 minutes 104 (~17 passes over 6 minutes where a fixed 60 gave ~10).
+
+    Why not below 2 minutes: the square root went on down to 30 / 42 steps at 0.5 / 1 min, and at the
+    ``small`` budget those fine-tunes ended 2.4 / 3.6 points of test greedy CER worse than the fixed 60 steps
+    they replaced (the timed ``bench all`` of issue 26): on 30 s - 1 min the generic model still had more
+    to learn after 30-42 steps, and ``best.pt`` (the best of the fine-tune's validations) keeps a fine-tune that
+    goes on too long from costing accuracy. So 60 / 60 / 60 / 95 / 104 steps at 0.5 / 1 / 2 / 5 / 6 min.
     """
     if minutes <= 0 or steps_at_2_min < 1:
         raise ValueError(f"finetune_steps: minutes ({minutes}) must be > 0 and steps_at_2_min ({steps_at_2_min}) >= 1")
-    return max(1, round(steps_at_2_min * math.sqrt(minutes / 2.0)))
+    return max(steps_at_2_min, round(steps_at_2_min * math.sqrt(minutes / 2.0)))
 
 
 def finetune_schedule(minutes: float, mode: str, steps_at_2_min: int | None) -> list[str]:
