@@ -167,13 +167,6 @@ class Featurizer(nn.Module):
         x, lengths = self.decimator(self.scale_input(x), lengths)
         return self.spectral(x, lengths)
 
-    def _finish(self, feats: Tensor, frames: Tensor, aug: AugmentConfig | None) -> Tensor:
-        """The raw path's augmentations of the log features (training: channel masks, SpecAugment) and
-        normalisation of (B, T', 2, C, K) log features."""
-        if aug is not None:
-            feats, frames = augment(feats, frames, aug, "after_raw")
-        return self.norm(feats, frames)
-
     def forward(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Features of a batch (the raw path).
 
@@ -184,6 +177,44 @@ class Featurizer(nn.Module):
         Returns:
             feats (B, T', 2, C, K) float32 (zero on padding frames) and frame_lengths (B,) long.
         """
+        feats, frames = self._before_norm(emg, lengths)
+        with torch.autocast(feats.device.type, enabled=False):
+            return self.norm(feats, frames), frames
+
+    @property
+    def defers_norm(self) -> bool:
+        """True when the norm is one affine map per channel (``features.norm: batch``), which
+        :meth:`forward_deferred` hands to the next layer instead of applying it."""
+        return isinstance(self.norm, MaskedBatchNorm)
+
+    def forward_deferred(self, emg: Tensor, lengths: Tensor, spectra: bool = False
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`forward` (or :meth:`from_spectra`, with ``spectra``) up to the norm, which is returned as
+        its affine map instead of being applied (:meth:`MaskedBatchNorm.scale_shift`; running statistics
+        updated in training as by :meth:`forward`).
+
+        ``forward(emg)`` equals ``feats * scale + shift`` on the valid frames. A first linear layer that takes
+        ``scale`` and ``shift`` into its weights computes the same outputs without the gradient of its
+        input (the features need none): one matmul of the three in its backward, ~10 % of a CNN+BiGRU-small
+        step.
+
+        Returns:
+            feats (B, T', bands, C, K) float32, zero on padding frames; frame_lengths (B,); scale and shift
+            (bands, C, 1).
+
+        Raises:
+            ValueError: the norm is not ``batch`` (:attr:`defers_norm`).
+        """
+        if not self.defers_norm:
+            raise ValueError(f"features.norm={self.cfg.norm!r} is not one affine map per channel: nothing to defer")
+        feats, frames = self._before_norm_spectra(emg, lengths) if spectra else self._before_norm(emg, lengths)
+        with torch.autocast(feats.device.type, enabled=False):
+            scale, shift, full = self.norm.scale_shift(feats, frames)
+            return (feats if full else zero_padding(feats, frames)), frames, scale, shift
+
+    def _before_norm(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The raw path up to the norm: padding, electrode selection, the raw augmentations, decimation,
+        log spectra and the augmentations of the log features (training: channel masks, SpecAugment)."""
         lengths = self._check_emg(emg, lengths)
         with torch.autocast(emg.device.type, enabled=False):
             x = zero_padding(emg.float(), lengths)
@@ -192,7 +223,8 @@ class Featurizer(nn.Module):
             if aug is not None:
                 x, lengths = augment(x, lengths, aug, "raw")
             feats, frames = self._spectrum(x, lengths)
-            feats = self._finish(feats, frames, aug)
+            if aug is not None:
+                feats, frames = augment(feats, frames, aug, "after_raw")
         return feats, frames
 
     def spectra(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -230,6 +262,12 @@ class Featurizer(nn.Module):
             ValueError: a bad shape, or in training mode an augmentation that needs raw EMG
                 (:meth:`~emgscale.features.config.AugmentConfig.needs_raw_emg`).
         """
+        feats, frames = self._before_norm_spectra(spectra, frames)
+        with torch.autocast(feats.device.type, enabled=False):
+            return self.norm(feats, frames), frames
+
+    def _before_norm_spectra(self, spectra: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`from_spectra` up to the norm."""
         want = (self.num_bands, self.num_electrodes, self.num_bins)
         if spectra.dim() != 5 or tuple(spectra.shape[2:]) != want:
             raise ValueError(f"expected spectra of shape (B, T', {', '.join(map(str, want))}), "
@@ -242,8 +280,7 @@ class Featurizer(nn.Module):
             x = select_electrodes(spectra.float(), self.channel_index, aug.band_rotation if aug else 0)
             if aug is not None:
                 x, frames = augment(x, frames, aug, "spectra")
-            feats = self.norm(x, frames)
-        return feats, frames
+        return x, frames
 
 
 def frames_for_samples(num_samples: int, cfg: FeatureConfig) -> int:

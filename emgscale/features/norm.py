@@ -65,6 +65,18 @@ class MaskedBatchNorm(nn.Module):
         Returns:
             (B, T, 2, C, K), zero on padding frames.
         """
+        scale, shift, full = self.scale_shift(x, lengths)
+        y = torch.addcmul(shift, x, scale)
+        return y if full else zero_padding(y, lengths)
+
+    def scale_shift(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """This batch's normalisation as one affine map per channel, ``y = x * scale + shift`` on the valid
+        frames, (bands, C, 1) each, and whether every frame is valid; in training the batch statistics
+        (over valid frames) are used and the running ones updated, as :meth:`forward` does.
+
+        ``scale`` and ``shift`` carry the gradient of ``weight`` and ``bias``: a linear layer that reads the
+        normalised features can take them into its weights (:class:`~emgscale.models.frontend.RotationInvariantMLP`)
+        and never needs the gradient of its input."""
         B, T, bands, C, K = x.shape
         shape = (bands, C, 1)
         if self.training:
@@ -85,15 +97,12 @@ class MaskedBatchNorm(nn.Module):
                     self.running_var.lerp_(unbiased, self.momentum)
         else:
             mean, var, full = self.running_mean, self.running_var, False
-        y = self._affine(x, mean, var)
-        return y if full else zero_padding(y, lengths)
+        return (*self._affine_of(mean, var, shape), full)
 
-    def _affine(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        """``(x - mean) / sqrt(var + eps) * weight + bias`` per (band, electrode) channel, in one pass over x."""
-        shape = (x.shape[2], x.shape[3], 1)
+    def _affine_of(self, mean: Tensor, var: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """``(scale, shift)`` of ``(x - mean) / sqrt(var + eps) * weight + bias``, per channel, in ``shape``."""
         scale = self.weight.view(shape) * torch.rsqrt(var.view(shape) + self.eps)
-        shift = self.bias.view(shape) - mean.view(shape) * scale
-        return torch.addcmul(shift, x, scale)
+        return scale, self.bias.view(shape) - mean.view(shape) * scale
 
     def init_state(self) -> list[Tensor]:
         """No state: in eval mode the norm is a fixed affine map."""
@@ -101,7 +110,8 @@ class MaskedBatchNorm(nn.Module):
 
     def streaming_forward(self, x: Tensor) -> tuple[Tensor]:
         """(1, T, 2, C, K) -> (1, T, 2, C, K) by the running statistics (eval mode)."""
-        return (self._affine(x, self.running_mean, self.running_var),)
+        scale, shift = self._affine_of(self.running_mean, self.running_var, (x.shape[2], x.shape[3], 1))
+        return (torch.addcmul(shift, x, scale),)
 
 
 class RollingNorm(nn.Module):

@@ -32,7 +32,7 @@ from emgscale.features import Featurizer
 from emgscale.models.common import Encoder, Span
 from emgscale.models.conformer import ConformerEncoder
 from emgscale.models.config import ModelConfig
-from emgscale.models.frontend import build_frontend
+from emgscale.models.frontend import MultiBandRotationInvariantMLP, build_frontend
 from emgscale.models.rnn import CNNRNNEncoder, RNNEncoder
 from emgscale.models.s4d import S4DEncoder
 from emgscale.models.splash import SplashEncoder
@@ -82,6 +82,9 @@ class CTCModel(nn.Module):
                                        self.featurizer.num_bins)
         self.encoder = ENCODERS[cfg.arch](cfg, self.frontend.out_features)
         self.head = nn.Linear(self.encoder.out_features, self.num_classes)
+        #: Take the features' batch norm into the rotation-invariant MLP's first layer (the same outputs; its
+        #: backward skips the gradient of the features: :meth:`emgscale.features.Featurizer.forward_deferred`).
+        self.fold_norm = True
         if cfg.head_blank_prior and self.blank is not None:
             init_head_prior(self.head, self.blank, cfg.head_blank_prior)
 
@@ -140,14 +143,16 @@ class CTCModel(nn.Module):
             ``out_lengths`` are padding) and out_lengths (B,) long. In training mode augmentations
             are applied and ``out_lengths`` accounts for the samples trimmed by temporal jitter.
         """
-        if spectra:
-            feats, frames = self.featurizer.from_spectra(emg, lengths)
+        if not spectra and emg.dim() == 4 and emg.shape[1] < self.min_input_samples:
+            raise ValueError(f"input of {emg.shape[1]} samples is shorter than the model's minimum "
+                             f"({self.min_input_samples} samples)")
+        if self.fold_norm and self.featurizer.defers_norm and isinstance(self.frontend, MultiBandRotationInvariantMLP):
+            # The norm's affine map goes into the front end's first layer: no gradient of the features.
+            feats, frames, scale, shift = self.featurizer.forward_deferred(emg, lengths, spectra=spectra)
+            x = self.frontend(feats, (scale, shift), frames)
         else:
-            if emg.dim() == 4 and emg.shape[1] < self.min_input_samples:
-                raise ValueError(f"input of {emg.shape[1]} samples is shorter than the model's minimum "
-                                 f"({self.min_input_samples} samples)")
-            feats, frames = self.featurizer(emg, lengths)
-        x = self.frontend(feats)
+            feats, frames = self.featurizer.from_spectra(emg, lengths) if spectra else self.featurizer(emg, lengths)
+            x = self.frontend(feats)
         y, out_lengths = self.encoder(x, frames)
         return self.head(y).float().log_softmax(-1), out_lengths
 

@@ -47,15 +47,32 @@ class RotationInvariantMLP(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.out_features = n_in
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, C, K) (any strides) -> (B, T, D)."""
+    def forward(self, x: Tensor, affine: "tuple[Tensor, Tensor] | None" = None,
+                valid: Tensor | None = None) -> Tensor:
+        """(B, T, C, K) (any strides) -> (B, T, D).
+
+        With ``affine = (scale, shift)`` ((C, 1) each, :meth:`~emgscale.features.Featurizer.forward_deferred`),
+        the MLP reads ``x * scale + shift`` per electrode, zero on the frames where ``valid`` (B, T) is False,
+        without forming it: the first layer's weights take ``scale`` and its bias ``W @ shift``, so the
+        backward computes no gradient of ``x``. ``valid`` None: every frame is valid.
+        """
         first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
         d = first.out_features
         w = first.weight.view(d, self.num_electrodes, self.num_bins)
-        w_cat = torch.cat([w.roll(-o, dims=1) for o in self.offsets], 0).flatten(1)  # (R*D, C*K)
+        w_cat = torch.cat([w.roll(-o, dims=1) for o in self.offsets], 0)  # (R*D, C, K)
         b_cat = first.bias.repeat(len(self.offsets))
         B, T = x.shape[:2]
-        h = self.mlp[1](F.linear(x.reshape(B, T, -1), w_cat, b_cat))  # ReLU in place on the base tensor, not a view
+        if affine is None:
+            z = F.linear(x.reshape(B, T, -1), w_cat.flatten(1), b_cat)
+        else:
+            scale, shift = affine
+            from_shift = w_cat.sum(2) @ shift.view(-1)  # (R*D,): what the shift adds on a valid frame
+            if valid is None:
+                z = F.linear(x.reshape(B, T, -1), (w_cat * scale).flatten(1), b_cat + from_shift)
+            else:  # padding frames are zero after the norm: their outputs are the bias alone
+                z = F.linear(x.reshape(B, T, -1), (w_cat * scale).flatten(1), b_cat)
+                z = torch.addcmul(z, valid.unsqueeze(-1).to(z.dtype), from_shift)
+        h = self.mlp[1](z)  # ReLU in place on the base tensor, not a view
         h = self.mlp[2:](h.view(B, T, len(self.offsets), d))  # further layers, per rotation
         return h.mean(2) if self.pooling == "mean" else h.amax(2)
 
@@ -70,9 +87,18 @@ class MultiBandRotationInvariantMLP(nn.Module):
         self.dropout = drop(cfg.dropout)
         self.out_features = num_bands * self.mlps[0].out_features
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, bands, C, K) -> (B, T, bands * D)."""
-        return self.dropout(torch.cat([mlp(x[:, :, i]) for i, mlp in enumerate(self.mlps)], -1))
+    def forward(self, x: Tensor, affine: "tuple[Tensor, Tensor] | None" = None,
+                lengths: Tensor | None = None) -> Tensor:
+        """(B, T, bands, C, K) -> (B, T, bands * D); with ``affine = (scale, shift)`` ((bands, C, 1) each)
+        and the valid ``lengths`` (B,), the features' deferred norm (:meth:`RotationInvariantMLP.forward`)."""
+        if affine is None:
+            return self.dropout(torch.cat([mlp(x[:, :, i]) for i, mlp in enumerate(self.mlps)], -1))
+        T = x.shape[1]
+        valid = None if lengths is None or bool((lengths >= T).all()) else \
+            torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        scale, shift = affine
+        return self.dropout(torch.cat([mlp(x[:, :, i], (scale[i], shift[i]), valid)
+                                       for i, mlp in enumerate(self.mlps)], -1))
 
 
 class Flatten(nn.Module):
