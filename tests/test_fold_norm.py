@@ -31,8 +31,9 @@ def test_folded_norm_equals_norm_then_mlp_in_float64(lengths):
         for p in [*norm.parameters(), *mlp.parameters()]:
             p.grad = None
         if fold:
-            scale, shift, _ = norm.scale_shift(x, lens)
-            out = mlp(x * valid, (scale, shift), lens)
+            scale, shift, zeroed, _ = norm.scale_shift(x, lens)
+            assert torch.equal(zeroed, x * valid)
+            out = mlp(zeroed, (scale, shift), lens)
         else:
             out = mlp(norm(x, lens))
         (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()

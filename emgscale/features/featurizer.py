@@ -209,8 +209,8 @@ class Featurizer(nn.Module):
             raise ValueError(f"features.norm={self.cfg.norm!r} is not one affine map per channel: nothing to defer")
         feats, frames = self._before_norm_spectra(emg, lengths) if spectra else self._before_norm(emg, lengths)
         with torch.autocast(feats.device.type, enabled=False):
-            scale, shift, full = self.norm.scale_shift(feats, frames)
-            return (feats if full else zero_padding(feats, frames)), frames, scale, shift
+            scale, shift, feats, _ = self.norm.scale_shift(feats, frames)
+            return feats, frames, scale, shift
 
     def _before_norm(self, emg: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The raw path up to the norm: padding, electrode selection, the raw augmentations, decimation,

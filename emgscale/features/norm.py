@@ -65,30 +65,33 @@ class MaskedBatchNorm(nn.Module):
         Returns:
             (B, T, 2, C, K), zero on padding frames.
         """
-        scale, shift, full = self.scale_shift(x, lengths)
+        scale, shift, x, full = self.scale_shift(x, lengths)
         y = torch.addcmul(shift, x, scale)
         return y if full else zero_padding(y, lengths)
 
-    def scale_shift(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, bool]:
+    def scale_shift(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
         """This batch's normalisation as one affine map per channel, ``y = x * scale + shift`` on the valid
-        frames, (bands, C, 1) each, and whether every frame is valid; in training the batch statistics
-        (over valid frames) are used and the running ones updated, as :meth:`forward` does.
+        frames, (bands, C, 1) each; ``x`` with its padding frames zeroed; and whether every frame is valid.
+        In training the batch statistics (over valid frames) are used and the running ones updated, as
+        :meth:`forward` does.
 
         ``scale`` and ``shift`` carry the gradient of ``weight`` and ``bias``: a linear layer that reads the
         normalised features can take them into its weights (:class:`~emgscale.models.frontend.RotationInvariantMLP`)
-        and never needs the gradient of its input."""
+        and never needs the gradient of its input. With padding, the statistics are sums over the zeroed ``x``
+        (``var = E[x^2] - E[x]^2``: two passes over it, not five)."""
         B, T, bands, C, K = x.shape
         shape = (bands, C, 1)
+        full = bool((lengths >= T).all())
+        if not full:
+            x = zero_padding(x, lengths)
         if self.training:
-            full = bool((lengths >= T).all())
             if full:
                 var, mean = torch.var_mean(x, dim=(0, 1, 4), unbiased=False)
                 count = B * T * K
             else:
-                m = time_mask(lengths, T).to(x.dtype).view(B, T, 1, 1, 1)
                 count = int(lengths.clamp(max=T).sum()) * K
-                mean = (x * m).sum(dim=(0, 1, 4)) / max(count, 1)
-                var = ((x - mean.view(shape)).pow(2) * m).sum(dim=(0, 1, 4)) / max(count, 1)
+                mean = x.sum(dim=(0, 1, 4)) / max(count, 1)
+                var = ((x * x).sum(dim=(0, 1, 4)) / max(count, 1) - mean * mean).clamp(min=0.0)
             if count > 1:
                 with torch.no_grad():
                     self.num_batches_tracked += 1
@@ -96,8 +99,8 @@ class MaskedBatchNorm(nn.Module):
                     self.running_mean.lerp_(mean.detach().flatten(), self.momentum)
                     self.running_var.lerp_(unbiased, self.momentum)
         else:
-            mean, var, full = self.running_mean, self.running_var, False
-        return (*self._affine_of(mean, var, shape), full)
+            mean, var = self.running_mean, self.running_var
+        return (*self._affine_of(mean, var, shape), x, full)
 
     def _affine_of(self, mean: Tensor, var: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``(scale, shift)`` of ``(x - mean) / sqrt(var + eps) * weight + bias``, per channel, in ``shape``."""
