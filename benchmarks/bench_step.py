@@ -9,7 +9,8 @@ with the default augmentations) ``--steps`` times after ``--warmup`` untimed ste
 
 * data: the next batch from :func:`emgscale.loader.build_loader` (HDF5 sessions, or ``--shards``);
 * features: the model's :class:`~emgscale.features.Featurizer` (augmentations, decimation, log
-  spectrogram, normalisation) — it has no parameters and its input needs no gradient, so its whole
+  spectrogram, normalisation; :meth:`~emgscale.models.ctc.CTCModel.featurize`, which leaves a batch norm's
+  affine map to the front end where the model folds it) — its input needs no gradient, so its whole
   cost is this forward;
 * model forward: front end, encoder, head and log-softmax;
 * ctc: the CTC loss (forward);
@@ -85,12 +86,11 @@ def _step(cfg: Any, model: Any, opt: Any, it: Any) -> list[float]:
     batch = next(it)
     t.append(time.perf_counter())
     if batch.features is not None:  # data.feature_cache: only the feature-space half runs
-        feats, frames = model.featurizer.from_spectra(batch.features, batch.feature_lengths)
+        feats = model.featurize(batch.features, batch.feature_lengths, spectra=True)
     else:
-        feats, frames = model.featurizer(batch.emg, batch.emg_lengths)
+        feats = model.featurize(batch.emg, batch.emg_lengths)
     t.append(time.perf_counter())
-    y, out_lengths = model.encoder(model.frontend(feats), frames)
-    log_probs = model.head(y).float().log_softmax(-1)
+    log_probs, out_lengths = model.from_features(*feats)
     t.append(time.perf_counter())
     loss = ctc_loss(log_probs, out_lengths, batch.labels, batch.label_lengths)
     t.append(time.perf_counter())

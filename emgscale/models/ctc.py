@@ -143,16 +143,26 @@ class CTCModel(nn.Module):
             ``out_lengths`` are padding) and out_lengths (B,) long. In training mode augmentations
             are applied and ``out_lengths`` accounts for the samples trimmed by temporal jitter.
         """
+        return self.from_features(*self.featurize(emg, lengths, spectra))
+
+    def featurize(self, emg: Tensor, lengths: Tensor, spectra: bool = False
+                  ) -> tuple[Tensor, Tensor, "tuple[Tensor, Tensor] | None"]:
+        """The featurizer's half of :meth:`forward`: features (B, T', bands, C, K), frame lengths (B,), and the
+        norm's affine map ``(scale, shift)`` where it is left to the front end (:attr:`fold_norm`), else None."""
         if not spectra and emg.dim() == 4 and emg.shape[1] < self.min_input_samples:
             raise ValueError(f"input of {emg.shape[1]} samples is shorter than the model's minimum "
                              f"({self.min_input_samples} samples)")
         if self.fold_norm and self.featurizer.defers_norm and isinstance(self.frontend, MultiBandRotationInvariantMLP):
             # The norm's affine map goes into the front end's first layer: no gradient of the features.
             feats, frames, scale, shift = self.featurizer.forward_deferred(emg, lengths, spectra=spectra)
-            x = self.frontend(feats, (scale, shift), frames)
-        else:
-            feats, frames = self.featurizer.from_spectra(emg, lengths) if spectra else self.featurizer(emg, lengths)
-            x = self.frontend(feats)
+            return feats, frames, (scale, shift)
+        feats, frames = self.featurizer.from_spectra(emg, lengths) if spectra else self.featurizer(emg, lengths)
+        return feats, frames, None
+
+    def from_features(self, feats: Tensor, frames: Tensor, affine: "tuple[Tensor, Tensor] | None" = None
+                      ) -> tuple[Tensor, Tensor]:
+        """The rest of :meth:`forward` on :meth:`featurize`'s output: front end, encoder, head, log-softmax."""
+        x = self.frontend(feats) if affine is None else self.frontend(feats, affine, frames)
         y, out_lengths = self.encoder(x, frames)
         return self.head(y).float().log_softmax(-1), out_lengths
 
