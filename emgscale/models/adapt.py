@@ -21,8 +21,9 @@ equal-length windows (never padded); a piece shorter than the model's minimum in
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,9 +34,37 @@ from emgscale.features.norm import RollingNorm, zero_padding
 
 
 def batch_norms(model: nn.Module) -> list[nn.Module]:
-    """The modules with running statistics (``running_mean``, ``running_var`` tensors and a ``momentum``)."""
+    """The modules with running statistics (``running_mean``, ``running_var`` tensors and a ``momentum``):
+    ``nn.BatchNorm*`` and the featurizer's ``MaskedBatchNorm`` (which has no ``reset_running_stats`` and no
+    ``momentum=None`` mode)."""
     return [m for m in model.modules() if isinstance(getattr(m, "running_mean", None), Tensor)
             and isinstance(getattr(m, "running_var", None), Tensor) and hasattr(m, "momentum")]
+
+
+@contextlib.contextmanager
+def cumulative_statistics(norms: Sequence[nn.Module]) -> Iterator[Callable[[int], None]]:
+    """Re-estimate ``norms``' running statistics as the cumulative average over the batches run within.
+
+    Yields ``weigh(k)``, to call before the k-th batch's forward pass (k from 1): the first call replaces the
+    old statistics (mean 0, variance 1, none tracked) and each call gives the k-th batch the weight 1/k (as
+    ``momentum=None`` does). Without a call the statistics stay as they were. Each module's momentum is
+    restored at the end (the one rule of :func:`adapt_norm` and SWAD's ``recompute_norm_stats``)."""
+    saved = {m: m.momentum for m in norms}
+
+    def weigh(k: int) -> None:
+        for m in norms:
+            if k == 1:
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+                if isinstance(getattr(m, "num_batches_tracked", None), Tensor):
+                    m.num_batches_tracked.zero_()
+            m.momentum = 1.0 / k
+
+    try:
+        yield weigh
+    finally:
+        for m, momentum in saved.items():
+            m.momentum = momentum
 
 
 class StartStateRollingNorm(RollingNorm):
@@ -142,29 +171,21 @@ def adapt_norm(model: nn.Module, sources: Iterable["np.ndarray | EMGSession"], s
         captured[m] += [x[b: b + 1, : int(lengths[b])] for b in range(x.shape[0])]
 
     hooks = [m.register_forward_pre_hook(capture) for m in rolling]
-    saved = {m: m.momentum for m in norms}
     model.eval()
-    used, windows, k = 0, 0, 0
+    used, windows = 0, 0
     try:
-        for k, batch in enumerate(_batches(pieces, batch_windows), start=1):
-            if k == 1:  # the first window replaces the old statistics
+        with cumulative_statistics(norms) as weigh:
+            for k, batch in enumerate(_batches(pieces, batch_windows), start=1):
+                weigh(k)  # the first window replaces the old statistics
                 for m in norms:
-                    m.running_mean.zero_()
-                    m.running_var.fill_(1.0)
-                    if isinstance(getattr(m, "num_batches_tracked", None), Tensor):
-                        m.num_batches_tracked.zero_()
                     m.train()
-            for m in norms:
-                m.momentum = 1.0 / k  # cumulative average, as momentum=None
-            x = torch.from_numpy(batch).to(device)
-            model(x, torch.full((len(batch),), batch.shape[1], dtype=torch.long, device=device))
-            used += batch.shape[0] * batch.shape[1]
-            windows += batch.shape[0]
+                x = torch.from_numpy(batch).to(device)
+                model(x, torch.full((len(batch),), batch.shape[1], dtype=torch.long, device=device))
+                used += batch.shape[0] * batch.shape[1]
+                windows += batch.shape[0]
     finally:
         for h in hooks:
             h.remove()
-        for m, momentum in saved.items():
-            m.momentum = momentum
         model.eval()
     for m in rolling:
         if captured[m]:
@@ -173,5 +194,5 @@ def adapt_norm(model: nn.Module, sources: Iterable["np.ndarray | EMGSession"], s
             "rolling_norms": sum(1 for m in rolling if captured[m])}
 
 
-__all__ = ["StartStateRollingNorm", "adapt_norm", "batch_norms", "emg_pieces", "rolling_start_state",
+__all__ = ["StartStateRollingNorm", "adapt_norm", "batch_norms", "cumulative_statistics", "emg_pieces", "rolling_start_state",
            "with_start_state"]

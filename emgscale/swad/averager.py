@@ -306,9 +306,8 @@ def recompute_norm_stats(model: torch.nn.Module, loader_fn: Callable[[], Iterabl
                          device: torch.device) -> None:
     """Give ``model`` fresh normalisation statistics: the cumulative mean over ``n_batches`` training batches.
 
-    Any module with ``running_mean``/``running_var`` and a ``momentum`` counts: ``nn.BatchNorm*`` and
-    the models' own ``MaskedBatchNorm`` (which has no ``reset_running_stats`` and no momentum=None mode).
-    The model is left in eval mode.
+    The norm modules are :func:`emgscale.models.adapt.batch_norms`, re-estimated by
+    :func:`~emgscale.models.adapt.cumulative_statistics`. The model is left in eval mode.
 
     Args:
         model: modified in place.
@@ -318,23 +317,15 @@ def recompute_norm_stats(model: torch.nn.Module, loader_fn: Callable[[], Iterabl
         device: where the forward passes run.
     """
     from emgscale.models import forward_batch
+    from emgscale.models.adapt import batch_norms, cumulative_statistics
 
-    norms = [m for m in model.modules() if isinstance(getattr(m, "running_mean", None), torch.Tensor)
-             and isinstance(getattr(m, "running_var", None), torch.Tensor) and hasattr(m, "momentum")]
+    norms = batch_norms(model)
     if norms and n_batches > 0:
-        saved = {m: m.momentum for m in norms}
-        for m in norms:
-            m.running_mean.zero_()
-            m.running_var.fill_(1.0)
-            if isinstance(getattr(m, "num_batches_tracked", None), torch.Tensor):
-                m.num_batches_tracked.zero_()
         model.train()
-        for i, batch in enumerate(loader_fn()):
-            if i >= n_batches:
-                break
-            for m in norms:  # cumulative average: the k-th batch weighs 1/k (as momentum=None does)
-                m.momentum = 1.0 / (i + 1)
-            forward_batch(model, batch.to(device))
-        for m, mom in saved.items():
-            m.momentum = mom
+        with cumulative_statistics(norms) as weigh:
+            for i, batch in enumerate(loader_fn()):
+                if i >= n_batches:
+                    break
+                weigh(i + 1)
+                forward_batch(model, batch.to(device))
     model.eval()
