@@ -36,6 +36,30 @@ def test_an_unmeasured_config_takes_the_pooled_rate_and_unknown_lengths_are_coun
     assert eta_seconds([RunEstimate(50)], {}) is None and eta_seconds([RunEstimate(50)], {"a": (5.0, 0)}) is None
 
 
+def test_an_unmeasured_config_is_priced_by_its_step_flops():
+    """A config not measured yet, whose step's MFLOPs are known, costs the measured seconds per MFLOP times
+    them (a small model's step is not a generic model's); without its cost it takes the pooled rate."""
+    measured = {"big": (200.0, 100)}  # 2 s/step for a 40-MFLOP step: 0.05 s per MFLOP
+    costs = {"big": 40.0, "small": 4.0}
+    assert eta_seconds([RunEstimate(300, 0, "small")], measured, costs=costs)[0] == pytest.approx(60.0)
+    assert eta_seconds([RunEstimate(300, 0, "other")], measured, costs=costs)[0] == pytest.approx(600.0)
+
+
+def test_step_cost_counts_a_training_batch_of_any_model_config(tmp_path):
+    """step_cost is the forward MFLOPs of a training batch (batch size x a window with its context), for an
+    EMG model and an 8-channel finger model alike; cached per rate key."""
+    from emgscale.bench.eta import known_step_costs, rate_key, step_cost
+    from emgscale.config import shipped_configs
+
+    tiny = ["model.arch=cnn_rnn", "model.frontend.mlp_features=[16]", "model.cnn_rnn.conv_channels=[8]",
+            "model.cnn_rnn.strides=[2]", "model.cnn_rnn.hidden_size=8"]
+    one, two = (load_train_config([], [*tiny, f"data.batch_size={b}"]) for b in (1, 2))
+    assert step_cost(two) == pytest.approx(2 * step_cost(one)) and step_cost(one) > 0
+    fingers = shipped_configs() / "fingers"
+    cfg = load_train_config([str(fingers / "train.yaml"), str(fingers / "cnn_gru_causal.yaml")], [])
+    assert step_cost(cfg) > 0 and known_step_costs()[rate_key(cfg)] == step_cost(cfg)
+
+
 def test_expected_steps_come_from_the_config():
     """Expected steps = steps_per_epoch x max_epochs, capped by max_steps; unknown when steps_per_epoch is 0."""
     assert expected_steps(load_train_config([], ["run.steps_per_epoch=50", "run.max_epochs=8"])) == 400

@@ -9,7 +9,8 @@ finished first while a long generic model was still queued; this one counts step
 * **seconds per step** are measured per model config (:func:`rate_key`: the model section, the batch
   size and the threads / device / workers it runs on) from runs finished (their ``DONE.json``) and running (their ``RUNNING.json`` and the last step in
   ``metrics.jsonl``), all-in (start-up, validation and checkpoints included); a config not measured yet
-  takes the pooled rate of all the others;
+  takes the measured seconds per forward MFLOP times its own step's MFLOPs (:func:`step_cost`: a finger
+  model's step is not a generic model's), else the pooled rate of all the others;
 * runs go onto ``jobs`` slots as the process pool starts them: running runs first, then the queued ones
   in order, each to the slot that frees first; the ETA is when the last slot frees.
 """
@@ -44,14 +45,16 @@ class RunEstimate:
 
 
 def eta_seconds(runs: list[RunEstimate], measured: dict[str, tuple[float, int]],
-                jobs: int = 1) -> tuple[float, int] | None:
+                jobs: int = 1, costs: dict[str, "float | None"] | None = None) -> tuple[float, int] | None:
     """Wall seconds until every run in ``runs`` is done.
 
     Args:
         runs: the runs not done yet (running and queued, in the order they start).
-        measured: per rate key, (seconds, steps) measured so far; a key not in it takes the pooled rate
-            (all seconds / all steps).
+        measured: per rate key, (seconds, steps) measured so far; a key not in it takes, where ``costs``
+            has its step's MFLOPs and those of measured keys, the measured seconds per MFLOP times them, else
+            the pooled rate (all seconds / all steps).
         jobs: runs trained at a time.
+        costs: per rate key, the forward MFLOPs of one training step (:func:`step_cost`; None: not counted).
 
     Returns:
         (seconds, runs of unknown length, counted as 0 s), or None when nothing has been measured yet.
@@ -61,6 +64,9 @@ def eta_seconds(runs: list[RunEstimate], measured: dict[str, tuple[float, int]],
     if steps <= 0:
         return None
     pooled = seconds / steps
+    costs = costs or {}
+    counted = [(s, n * costs[k]) for k, (s, n) in measured.items() if n > 0 and costs.get(k)]
+    per_mflop = sum(s for s, _ in counted) / sum(f for _, f in counted) if counted else None
     unknown = 0
     slots = [0.0] * max(1, jobs)
     for run in sorted(runs, key=lambda r: not r.running):  # stable: running first, then queued in order
@@ -68,7 +74,9 @@ def eta_seconds(runs: list[RunEstimate], measured: dict[str, tuple[float, int]],
             unknown += 1
             continue
         s, n = measured.get(run.rate_key, (0.0, 0))
-        left = max(0, run.expected_steps - run.steps_done) * (s / n if n > 0 else pooled)
+        cost = costs.get(run.rate_key)
+        rate = s / n if n > 0 else per_mflop * cost if per_mflop and cost else pooled
+        left = max(0, run.expected_steps - run.steps_done) * rate
         heapq.heapreplace(slots, slots[0] + left)  # onto the slot that frees first
     return max(slots), unknown
 
@@ -92,6 +100,40 @@ def rate_key(cfg: Any) -> str:
     return config_hash({"model": to_dict(cfg.model), "batch_size": cfg.data.batch_size,
                         "batch_size_per_device": cfg.data.batch_size_per_device, "threads": cfg.run.threads,
                         "device": cfg.run.device, "workers": cfg.run.workers})
+
+
+#: :func:`step_cost` per rate key, counted once per process.
+_step_costs: dict[str, "float | None"] = {}
+
+
+def step_cost(cfg: Any) -> float | None:
+    """Forward MFLOPs of one training step of ``cfg`` (its batch of windows with their context, counted by
+    :func:`emgscale.models.cost.forward_flops`), cached per :func:`rate_key`; None where it cannot be counted
+    (the ETA then uses the pooled rate). Steps cost about a fixed multiple of this (backward ~2x forward,
+    plus the featurizer and data work it does not count), so measured seconds per MFLOP carry from one model
+    config to another."""
+    key = rate_key(cfg)
+    if key not in _step_costs:
+        try:
+            from emgscale.models.cost import forward_flops
+            from emgscale.models.ctc import build_model
+
+            w = cfg.data.window
+            samples = int(w.window_samples or 8000) + int(w.pad_left_samples) + int(w.pad_right_samples)
+            model = build_model(cfg.model)
+            # Counted on at most one second (the counter sees an RNN step by step: seconds per config) and
+            # scaled to the window: these models' FLOPs grow linearly with the input.
+            counted = min(samples, max(int(model.min_input_samples), int(model.input_sample_rate_hz)))
+            flops = forward_flops(model, counted) * samples / counted
+            _step_costs[key] = flops * int(cfg.data.batch_size) / 1e6
+        except Exception:  # an estimate only: a model the counter cannot run falls back to the pooled rate
+            _step_costs[key] = None
+    return _step_costs[key]
+
+
+def known_step_costs() -> dict[str, "float | None"]:
+    """The step costs counted so far in this process (:func:`step_cost`), by rate key."""
+    return dict(_step_costs)
 
 
 def steps_done(folder: Path) -> int:

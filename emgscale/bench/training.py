@@ -20,7 +20,8 @@ from typing import Any
 
 from emgscale.bench import plan
 from emgscale.bench import pool as jobpool
-from emgscale.bench.eta import RUNNING, RunEstimate, eta_seconds, expected_steps, rate_key, read_json, steps_done
+from emgscale.bench.eta import (RUNNING, RunEstimate, eta_seconds, expected_steps, known_step_costs, rate_key,
+                                read_json, step_cost, steps_done)
 from emgscale.bench.steps import DONE, config_hash, content_key, content_sha256, data_key, step_lock
 from emgscale.common import atomic_write_json, format_seconds, print0
 
@@ -204,7 +205,7 @@ class Progress:
                 running.append(f"{n}/{expected if expected is not None else '?'}")
             left.append(RunEstimate(expected, n, key, running=now_running))
         left += [RunEstimate(expected, 0, key) for expected, key in self.later.values()]
-        eta = eta_seconds(left, {k: (s, int(n)) for k, (s, n) in measured.items()}, self.jobs)
+        eta = eta_seconds(left, {k: (s, int(n)) for k, (s, n) in measured.items()}, self.jobs, known_step_costs())
         what = (f"ETA {format_seconds(eta[0])}" + (f" + {eta[1]} runs of unknown length" if eta[1] else "")
                 if eta else "ETA after the first steps")
         return (f"[bench] training runs: {done}/{len(self.todo)} done, {len(running)} running"
@@ -255,10 +256,13 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
         for i, (folder, (f, o)) in enumerate(todo.items()):
             cfg = load_train_config(f, [*o, *slots[i % len(slots)]])
             plan.record(ids[folder], expected_steps(cfg), rate_key(cfg))
+            step_cost(cfg)  # counted now, for the ETA of runs whose model config is not measured yet
         return folders
     slots = _slots(jobs, [load_train_config(f, o) for f, o in todo.values()]) if parallel else [[]]
     extra = {folder: slots[i % len(slots)] for i, folder in enumerate(todo)}
     cfgs = {folder: load_train_config(f, [*o, *extra[folder]]) for folder, (f, o) in todo.items()}
+    for c in cfgs.values():
+        step_cost(c)
     progress = Progress(cache, {folder: (expected_steps(c), rate_key(c)) for folder, c in cfgs.items()},
                         min(jobs, len(todo)), later=plan.later_runs(set(ids.values())))
     try:
@@ -285,6 +289,7 @@ def _train_in_pool(pool: jobpool.JobPool, cache: Path, todo: dict[Path, tuple[li
     for i, (folder, (files, overrides)) in enumerate(todo.items()):
         run_overrides = [*overrides, *slots[i % len(slots)]]
         cfg = load_train_config(files, run_overrides)
+        step_cost(cfg)
         with _pool_lock:
             _pool_runs.setdefault(folder, (expected_steps(cfg), rate_key(cfg)))
             _pool_ids.add(ids[folder])

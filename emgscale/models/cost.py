@@ -47,7 +47,8 @@ def forward_flops(model: torch.nn.Module, samples: int) -> int:
 
     was_training = model.training
     model.eval()
-    emg = torch.randn(1, samples, 2, 16) * 20.0  # (B, T, bands, electrodes); FLOPs do not depend on values
+    f = model.featurizer  # (B, T, bands, electrodes); FLOPs do not depend on values
+    emg = torch.randn(1, samples, f.num_bands, f.num_electrodes) * 20.0
     lengths = torch.full((1,), samples)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
