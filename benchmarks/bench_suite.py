@@ -91,7 +91,8 @@ def build_report(cache: Path, out: Path, suite_starts: dict[str, float] | None =
     end = time.time() if end is None else end
     starts = sorted((suite_starts or {}).items(), key=lambda kv: kv[1])
     suites: dict[str, dict[str, Any]] = {}
-    for name in [n for n, _ in starts] or sorted(p.parent.name for p in Path(out).glob("*/results.json")):
+    named = [n for n, _ in starts]  # then suites whose start line was not seen (their results.json is there)
+    for name in [*named, *sorted(p.parent.name for p in Path(out).glob("*/results.json") if p.parent.name not in named)]:
         res = read_json(Path(out) / name / "results.json")
         suites[name] = {"wall_min": float(res.get("wall_s", 0.0)) / 60, "kinds": {}, "training_step_min": 0.0,
                         "process_min": 0.0}

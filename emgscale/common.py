@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
@@ -52,10 +53,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_print_lock = threading.Lock()
+
+
 def print0(*args: Any, **kwargs: Any) -> None:
-    """``print`` on rank 0 only, flushed."""
+    """``print`` on rank 0 only, flushed; one call's text stays whole when threads print at once (the suites of
+    ``bench all`` run side by side in threads)."""
     if is_main():
-        print(*args, **kwargs, flush=True)
+        with _print_lock:
+            print(*args, **kwargs, flush=True)
 
 
 class RateLimitedLog:
