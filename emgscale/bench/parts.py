@@ -6,7 +6,6 @@ evaluations (whole sessions, greedy and with the character LM, its weight and bo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +84,7 @@ def eval_rows(ctx: BenchContext, checkpoint: Path, split_file: Path, variant: st
         return []
     pool = jobpool.current()
     if pool is not None:  # suites side by side: the evaluation takes a place in the shared job pool
-        return pool.run(_eval_rows_in_worker, max(1, (os.cpu_count() or 1) // pool.jobs), jobpool.suite(), ctx,
+        return pool.run(_eval_rows_in_worker, jobpool.threads_each(pool.jobs), jobpool.suite(), ctx,
                         checkpoint, split_file, variant, which, parts, emission_options,
                         key=("eval", str(checkpoint), str(split_file), variant, which, tuple(parts),
                              repr(emission_options)))

@@ -26,6 +26,12 @@ _current: "JobPool | None" = None
 _local = threading.local()
 
 
+def threads_each(jobs: int, cpus: "int | None" = None) -> int:
+    """Torch threads of each of ``jobs`` tasks side by side on a CPU machine of ``cpus`` cores (default: this
+    one's): ``cpus // jobs``, at least 1."""
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // max(1, jobs))
+
+
 def current() -> "JobPool | None":
     """The pool open in this process (:func:`open_pool`), or None: tasks run as each caller decides."""
     return _current

@@ -86,5 +86,5 @@ def _tick(stop: threading.Event, cache: Path, jobs: int) -> None:
     """Every :data:`ETA_EVERY_S` seconds, where all the training stands (once some run has been given)."""
     while not stop.wait(ETA_EVERY_S):
         line = pool_progress_line(cache, jobs)
-        if " 0/0 done" not in line:
+        if line:
             print0(line)

@@ -137,7 +137,7 @@ def job_overrides(jobs: int, gpus: int, cpus: int, ray_address: str | None) -> l
     ``cpus // jobs`` threads each; every slot joins the Ray cluster at ``ray_address`` when given."""
     slots = []
     for i in range(jobs):
-        extra = [f"run.device=cuda:{i % gpus}"] if gpus else [f"run.threads={max(1, cpus // jobs)}"]
+        extra = [f"run.device=cuda:{i % gpus}"] if gpus else [f"run.threads={jobpool.threads_each(jobs, cpus)}"]
         slots.append(extra + ([f"run.ray_address={ray_address}"] if ray_address else []))
     return slots
 
@@ -305,11 +305,12 @@ def _train_in_pool(pool: jobpool.JobPool, cache: Path, todo: dict[Path, tuple[li
         plan.settle([ids[f] for f in todo if (f / DONE).is_file()])
 
 
-def pool_progress_line(cache: Path, jobs: int) -> str:
-    """Where every run given to the job pool stands, with the ETA of all the benchmark's training left."""
+def pool_progress_line(cache: Path, jobs: int) -> str | None:
+    """Where every run given to the job pool stands, with the ETA of all the benchmark's training left (None
+    before the first run is given)."""
     with _pool_lock:
         todo, ids = dict(_pool_runs), set(_pool_ids)
-    return Progress(cache, todo, jobs, later=plan.later_runs(ids)).line()
+    return Progress(cache, todo, jobs, later=plan.later_runs(ids)).line() if todo else None
 
 
 def _train_batch(cache: Path, todo: dict[Path, tuple[list[str], list[str]]], extra: dict[Path, list[str]],
@@ -363,6 +364,6 @@ def _slots(jobs: int, cfgs: list[Any]) -> list[list[str]]:
         ray_address = connect(os.environ.get("RAY_ADDRESS"))  # one cluster for every run's workers
     gpus = _gpus()
     print0(f"[bench] training {len(cfgs)} runs, {jobs} at a time "
-           f"({f'one of {gpus} GPUs each' if gpus else f'{max(1, (os.cpu_count() or 1) // jobs)} threads each'}; "
+           f"({f'one of {gpus} GPUs each' if gpus else f'{jobpool.threads_each(jobs)} threads each'}; "
            f"logs: <run>/train.log)")
     return job_overrides(jobs, gpus, os.cpu_count() or 1, ray_address)

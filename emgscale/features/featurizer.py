@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from emgscale.features.augment import augment, select_electrodes, spec_augment, check_augment
+from emgscale.features.augment import augment, check_augment, select_electrodes
 from emgscale.features.config import REFERENCE_RATE_HZ, AugmentConfig, FeatureConfig
-from emgscale.features.norm import MaskedBatchNorm, RollingNorm, build_norm, time_mask, zero_padding
-from emgscale.features.spectral import Decimator, SpectralFeatures, log_band_matrix
+from emgscale.features.norm import MaskedBatchNorm, RollingNorm, build_norm, zero_padding
+from emgscale.features.spectral import Decimator, SpectralFeatures
 
 NUM_BANDS = 2
 NUM_ELECTRODES = 16

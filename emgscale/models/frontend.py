@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emgscale.models.common import drop
+from emgscale.models.common import drop, time_mask
 from emgscale.models.config import FrontendConfig
 
 
@@ -94,8 +94,7 @@ class MultiBandRotationInvariantMLP(nn.Module):
         if affine is None:
             return self.dropout(torch.cat([mlp(x[:, :, i]) for i, mlp in enumerate(self.mlps)], -1))
         T = x.shape[1]
-        valid = None if lengths is None or bool((lengths >= T).all()) else \
-            torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        valid = None if lengths is None or bool((lengths >= T).all()) else time_mask(lengths.to(x.device), T)
         scale, shift = affine
         return self.dropout(torch.cat([mlp(x[:, :, i], (scale[i], shift[i]), valid)
                                        for i, mlp in enumerate(self.mlps)], -1))
