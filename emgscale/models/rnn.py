@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from emgscale.models.common import Encoder, MaskedConv1d, Span, autocast_enabled, drop, zero_padding
 from emgscale.models.config import CNNRNNConfig, RNNConfig
+from emgscale.models.gru import gru_directions
 from emgscale.models.streaming import LengthsOrState, NotStreamable, StreamState
 
 
@@ -87,13 +88,38 @@ class StackedRNN(nn.Module):
             for i, layer in enumerate(self.forward_layers):
                 if i > 0:
                     h = self.dropout(h)
-                out = layer(h)[0] if step is None else _layer_step(layer, h, step)
+                back_layer = self.backward_layers[i] if rev is not None else None
+                back_in = h.gather(1, rev.expand(B, T, h.shape[-1])) if rev is not None else None
+                if step is not None:
+                    out = _layer_step(layer, h, step)
+                elif _fused_gru(layer, h):
+                    out, back = _gru_layer(layer, back_layer, h, back_in)
+                else:
+                    out = layer(h)[0]
+                    back = back_layer(back_in)[0] if back_layer is not None else None
                 if rev is not None:
-                    idx = rev.expand(B, T, h.shape[-1])
-                    back = self.backward_layers[i](h.gather(1, idx))[0]
                     out = torch.cat([out, back.gather(1, rev.expand(B, T, back.shape[-1]))], -1)
                 h = out
         return h if isinstance(lengths, StreamState) else zero_padding(h, lengths)
+
+
+def _fused_gru(layer: nn.Module, x: Tensor) -> bool:
+    """Whether a GRU layer runs :func:`~emgscale.models.gru.gru_directions` on ``x``: on the CPU, with
+    biases, outside ``torch.compile`` (which would unroll its time loop)."""
+    return (isinstance(layer, nn.GRU) and layer.bias and x.device.type == "cpu"
+            and not torch.compiler.is_compiling())
+
+
+def _gru_layer(forward: nn.GRU, backward: nn.GRU | None, x: Tensor, x_reversed: Tensor | None
+               ) -> tuple[Tensor, Tensor | None]:
+    """One GRU layer's directions in one loop: the forward one's output on ``x`` and the backward one's on
+    ``x_reversed`` (None without it); each equals ``layer(input)[0]``."""
+    layers = [forward] if backward is None else [forward, backward]
+    xs = x.unsqueeze(0) if backward is None else torch.stack([x, x_reversed])
+    params = [torch.stack([getattr(m, name) for m in layers])
+              for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    y = gru_directions(xs, *params)
+    return y[0], (y[1] if backward is not None else None)
 
 
 def _layer_step(layer: nn.Module, x: Tensor, step: StreamState) -> Tensor:
