@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,8 @@ def test_pool_shares_a_task_given_twice_and_raises_its_error():
 
 
 def test_pool_keeps_tasks_to_jobs_at_a_time():
-    """Tasks from many threads never run more than ``jobs`` at once (two workers: four 1 s sleeps take ~2 s)."""
+    """Tasks from many threads never run more than ``jobs`` at once, and do run side by side (two workers: four
+    1 s sleeps take at least 2 s, and less than the 4 s of one at a time)."""
     with jobpool.open_pool(2) as p:
         t0 = time.monotonic()
         threads = [threading.Thread(target=p.run, args=(time.sleep, 1.0)) for _ in range(4)]
@@ -47,7 +49,21 @@ def test_pool_keeps_tasks_to_jobs_at_a_time():
         for t in threads:
             t.join()
         took = time.monotonic() - t0
-    assert 1.9 < took < 3.5
+    assert 1.9 < took < 3.9
+
+
+def test_pool_notes_belong_to_their_pool():
+    """A note about a task stays with its pool (the first note of a key stays); the next pool starts without
+    any, and its ETA line is None until a run is given."""
+    from emgscale.bench.training import pool_progress_line
+
+    with jobpool.open_pool(1) as p:
+        p.note(("run", "a"), 1)
+        p.note(("run", "a"), 2)
+        assert p.notes() == {("run", "a"): 1}
+    with jobpool.open_pool(1) as p:
+        assert p.notes() == {}
+        assert pool_progress_line(p, Path("unused-cache")) is None
 
 
 def test_suite_order_puts_the_generic_model_first():

@@ -73,6 +73,7 @@ class JobPool:
         self._queue: "queue.PriorityQueue[tuple[int, int, Any]]" = queue.PriorityQueue()
         self._order = itertools.count()
         self._tasks: dict[Any, Future] = {}
+        self._notes: dict[Any, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._dispatchers = [threading.Thread(target=self._dispatch, daemon=True, name=f"jobpool-{i}")
@@ -93,6 +94,17 @@ class JobPool:
                 self._tasks[key] = fut
             self._queue.put((getattr(_local, "priority", 0), next(self._order), (fut, fn, args, kwargs)))
             return fut
+
+    def note(self, key: Any, value: Any) -> None:
+        """Keep ``value`` about a task given to this pool (the first note of a ``key`` stays): what its callers
+        know of it that the pool does not (a training run's expected steps, for the ETA of all of them)."""
+        with self._lock:
+            self._notes.setdefault(key, value)
+
+    def notes(self) -> dict[Any, Any]:
+        """A copy of every :meth:`note` kept so far, in the order they were given."""
+        with self._lock:
+            return dict(self._notes)
 
     def run(self, fn: Callable[..., Any], *args: Any, key: Any = None, **kwargs: Any) -> Any:
         """:meth:`submit` and wait for the result (a task's exception is raised here)."""

@@ -20,7 +20,7 @@ from typing import Any
 from emgscale.bench import pool as jobpool
 from emgscale.bench.runner import run_benchmark
 from emgscale.bench.steps import default_cache
-from emgscale.bench.training import ETA_EVERY_S, pool_progress_line
+from emgscale.bench.training import tick_pool
 from emgscale.common import print0
 
 #: The order the suites' tasks take the pool's places in (lower first): the suites whose later runs wait for
@@ -47,9 +47,9 @@ def run_side_by_side(names: list[str], jobs: int, **kwargs: Any) -> dict[str, di
     errors: dict[str, BaseException] = {}
     print0(f"[bench] {', '.join(names)} side by side: {jobs} training runs or evaluations at a time, "
            f"in the order {', '.join(n for n in SUITE_ORDER if n in names)}")
-    with jobpool.open_pool(jobs):
+    with jobpool.open_pool(jobs) as pool:
         stop = threading.Event()
-        threading.Thread(target=_tick, args=(stop, kwargs["cache"], jobs), daemon=True).start()
+        threading.Thread(target=tick_pool, args=(stop, pool, kwargs["cache"]), daemon=True).start()
         threads = [threading.Thread(target=_one, args=(name, kwargs, jobs, results, errors), daemon=True,
                                     name=f"suite-{name}") for name in names]
         try:
@@ -80,11 +80,3 @@ def _one(name: str, kwargs: dict[str, Any], jobs: int, results: dict[str, Any],
     except BaseException as e:  # the other suites go on; the caller raises it at the end
         errors[name] = e
         print0(f"[bench] {name} stopped: {type(e).__name__}: {e}")
-
-
-def _tick(stop: threading.Event, cache: Path, jobs: int) -> None:
-    """Every :data:`ETA_EVERY_S` seconds, where all the training stands (once some run has been given)."""
-    while not stop.wait(ETA_EVERY_S):
-        line = pool_progress_line(cache, jobs)
-        if line:
-            print0(line)

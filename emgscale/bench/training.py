@@ -228,10 +228,12 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
     the visible GPUs, or ``cpu_count // jobs`` torch threads on a CPU machine. Runs on Ray Train share
     one Ray cluster (started or joined here) that schedules their workers by the resources each asks
     for. Runs already done are not started again, and a run listed twice trains once. With
-    ``jobs > 1`` each run's output goes to its folder's ``train.log``. Every :data:`ETA_EVERY_S` seconds
-    while runs train, and when one finishes, a line says where the batch stands and its ETA (expected
-    steps of every running and queued run x measured seconds per step, :class:`Progress`). The
-    processes are spawned, so a script that calls this needs the usual ``if __name__ == "__main__":`` guard.
+    ``jobs > 1`` each run's output goes to its folder's ``train.log``, and the runs go to a job pool of their
+    own (:mod:`emgscale.bench.pool`; the one open already when suites run side by side). Every
+    :data:`ETA_EVERY_S` seconds while runs train, and when the batch (or, one at a time, a run) ends, a line
+    says where the batch stands and its ETA (expected steps of every running and queued run x measured
+    seconds per step, :class:`Progress`). The pool's processes are spawned, so a script that calls this
+    needs the usual ``if __name__ == "__main__":`` guard.
     """
     from emgscale.train import load_train_config
 
@@ -258,25 +260,26 @@ def ensure_trained_many(cache: Path, runs: list[tuple[list[str], list[str]]], jo
             plan.record(ids[folder], expected_steps(cfg), rate_key(cfg))
             step_cost(cfg)  # counted now, for the ETA of runs whose model config is not measured yet
         return folders
-    slots = _slots(jobs, [load_train_config(f, o) for f, o in todo.values()]) if parallel else [[]]
-    extra = {folder: slots[i % len(slots)] for i, folder in enumerate(todo)}
-    cfgs = {folder: load_train_config(f, [*o, *extra[folder]]) for folder, (f, o) in todo.items()}
+    if parallel:  # this suite's runs side by side, on a job pool of their own
+        with jobpool.open_pool(jobs) as pool:
+            stop = threading.Event()
+            threading.Thread(target=tick_pool, args=(stop, pool, cache), daemon=True).start()
+            try:
+                _train_in_pool(pool, cache, todo, ids)
+            finally:
+                stop.set()
+            print0(pool_progress_line(pool, cache))
+        return folders
+    cfgs = {folder: load_train_config(f, o) for folder, (f, o) in todo.items()}
     for c in cfgs.values():
         step_cost(c)
-    progress = Progress(cache, {folder: (expected_steps(c), rate_key(c)) for folder, c in cfgs.items()},
-                        min(jobs, len(todo)), later=plan.later_runs(set(ids.values())))
+    progress = Progress(cache, {folder: (expected_steps(c), rate_key(c)) for folder, c in cfgs.items()}, 1,
+                        later=plan.later_runs(set(ids.values())))
     try:
-        _train_batch(cache, todo, extra, progress, jobs, parallel)
+        _train_here(cache, todo, progress)
     finally:
         plan.settle([ids[f] for f in todo if (f / DONE).is_file()])
     return folders
-
-
-#: The runs given to the open job pool (:mod:`emgscale.bench.pool`) in this process: folder -> (expected steps,
-#: rate key), and their plan ids, for the ETA of every suite running side by side (:func:`pool_progress_line`).
-_pool_runs: dict[Path, tuple["int | None", str]] = {}
-_pool_ids: set[str] = set()
-_pool_lock = threading.Lock()
 
 
 def _train_in_pool(pool: jobpool.JobPool, cache: Path, todo: dict[Path, tuple[list[str], list[str]]],
@@ -290,9 +293,7 @@ def _train_in_pool(pool: jobpool.JobPool, cache: Path, todo: dict[Path, tuple[li
         run_overrides = [*overrides, *slots[i % len(slots)]]
         cfg = load_train_config(files, run_overrides)
         step_cost(cfg)
-        with _pool_lock:
-            _pool_runs.setdefault(folder, (expected_steps(cfg), rate_key(cfg)))
-            _pool_ids.add(ids[folder])
+        pool.note(("run", folder), (expected_steps(cfg), rate_key(cfg), ids[folder]))
         futures[folder] = pool.submit(_train_in_worker, str(cache), files, run_overrides, jobpool.suite(),
                                       key=("run", str(folder)))
     try:
@@ -305,46 +306,35 @@ def _train_in_pool(pool: jobpool.JobPool, cache: Path, todo: dict[Path, tuple[li
         plan.settle([ids[f] for f in todo if (f / DONE).is_file()])
 
 
-def pool_progress_line(cache: Path, jobs: int) -> str | None:
-    """Where every run given to the job pool stands, with the ETA of all the benchmark's training left (None
-    before the first run is given)."""
-    with _pool_lock:
-        todo, ids = dict(_pool_runs), set(_pool_ids)
-    return Progress(cache, todo, jobs, later=plan.later_runs(ids)).line() if todo else None
+def pool_progress_line(pool: jobpool.JobPool, cache: Path) -> str | None:
+    """Where every run given to ``pool`` stands (its notes, :func:`_train_in_pool`), with the ETA of all the
+    benchmark's training left (None before the first run is given)."""
+    runs = {key[1]: value for key, value in pool.notes().items() if key[0] == "run"}
+    if not runs:
+        return None
+    todo = {folder: (steps, rate) for folder, (steps, rate, _) in runs.items()}
+    ids = {plan_id for _, _, plan_id in runs.values()}
+    return Progress(cache, todo, pool.jobs, later=plan.later_runs(ids)).line()
 
 
-def _train_batch(cache: Path, todo: dict[Path, tuple[list[str], list[str]]], extra: dict[Path, list[str]],
-                 progress: Progress, jobs: int, parallel: bool) -> None:
-    """Train ``todo`` (one at a time in this process, or ``jobs`` processes), printing ``progress``."""
-    if not parallel:
-        stop = threading.Event()
-        threading.Thread(target=progress.tick, args=(stop,), daemon=True).start()
-        try:
-            for files, overrides in todo.values():
-                ensure_trained(cache, files, overrides)
-                print0(progress.line())
-        finally:
-            stop.set()
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+def tick_pool(stop: threading.Event, pool: jobpool.JobPool, cache: Path) -> None:
+    """Every :data:`ETA_EVERY_S` seconds until ``stop``, where all the runs given to ``pool`` stand (once one is)."""
+    while not stop.wait(ETA_EVERY_S):
+        line = pool_progress_line(pool, cache)
+        if line:
+            print0(line)
 
-    from emgscale.common import exit_with_parent
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(_train_in_worker, str(cache), files, [*overrides, *extra[folder]]): folder
-                   for folder, (files, overrides) in todo.items()}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=ETA_EVERY_S, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                folder = futures[fut]
-                try:
-                    fut.result()
-                except Exception as e:
-                    raise RuntimeError(f"training run {folder} failed ({e}); see {folder / 'train.log'}") from e
+def _train_here(cache: Path, todo: dict[Path, tuple[list[str], list[str]]], progress: Progress) -> None:
+    """Train ``todo`` one at a time in this process, printing ``progress``."""
+    stop = threading.Event()
+    threading.Thread(target=progress.tick, args=(stop,), daemon=True).start()
+    try:
+        for files, overrides in todo.values():
+            ensure_trained(cache, files, overrides)
             print0(progress.line())
+    finally:
+        stop.set()
 
 
 def _gpus() -> int:

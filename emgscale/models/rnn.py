@@ -27,7 +27,9 @@ class StackedRNN(nn.Module):
     padding after a sequence; the backward direction runs on each sequence reversed *within its own
     length* (padding stays at the end) and is reversed back, so padding never reaches valid outputs
     either. This avoids packed sequences, whose CPU GRU backward is ~10x slower, and keeps oneDNN's
-    LSTM kernels in use. The parameter count equals ``nn.LSTM/GRU(num_layers, bidirectional)``.
+    LSTM kernels in use. On the CPU a GRU layer's directions run together in
+    :func:`~emgscale.models.gru.gru_directions` (the same function, a backward of its own; not in streaming
+    steps or under ``torch.compile``). The parameter count equals ``nn.LSTM/GRU(num_layers, bidirectional)``.
 
     Args:
         rnn_type: ``"lstm"`` or ``"gru"``.
