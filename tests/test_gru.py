@@ -68,3 +68,23 @@ def test_gru_directions_skips_frozen_weights() -> None:
     xr = x[0].detach().clone().requires_grad_(True)
     (want,) = torch.autograd.grad(m(xr)[0].sum(), [xr])
     torch.testing.assert_close(dx[0], want, rtol=0, atol=1e-12)
+
+
+def test_bench_kernels_times_each_piece_against_what_it_replaced() -> None:
+    """benchmarks/bench_kernels.py prints a row per piece and pass with both timings, and the rfft spectra
+    agree with the DFT-basis matmul they replaced."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_kernels.py"), "--repeats", "1"],
+                         capture_output=True, text=True, check=True, cwd=root).stdout
+    rows = [line for line in out.splitlines() if re.match(r"\| (BiGRU|GRU|spectra)", line)]
+    assert len(rows) == 5
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[4].endswith(("x", ")"))
+    diff = float(re.search(r"largest difference ([0-9.e+-]+)", rows[-1]).group(1))
+    assert diff < 1e-3

@@ -1,9 +1,8 @@
 """Budgets: how much compute a benchmark spends (epochs, model sizes, corpus size, users).
 
-``tiny`` is for tests (seconds), ``small`` is sized so ``bench all --jobs 2`` fits ~1 hour on 2 unloaded CPU
+``tiny`` is for tests (seconds), ``small`` is sized so ``bench all --jobs 2`` fits an hour on 2 unloaded CPU
 cores (400-step models, an 800-step generic model, the keystroke-time auxiliary loss and a label-prior
-output bias; an estimate from
-measured per-step costs, see benchmarks/README.md), ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
+output bias; timed end to end: 49.5 min, ``benchmarks/bench_suite.py``, see benchmarks/README.md), ``paper`` uses the paper's settings (150 epochs, batch 32, full-size models)
 and is meant for GPUs and Ray clusters (``run.workers``).
 """
 

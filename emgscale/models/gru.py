@@ -15,9 +15,12 @@ state; its gate order ``r, z, n`` and ``n = tanh(W_in x + b_in + r * (W_hn h + b
   elementwise ops a step, into buffers), with each step's gate derivatives computed for all steps at
   once before the loop, and the weight gradients after it as one matmul over all steps.
 
-:class:`~emgscale.models.rnn.StackedRNN` uses it for GRU layers on the CPU outside streaming and
-``torch.compile``; ``nn.GRU`` keeps the parameters (checkpoints are unchanged) and runs everywhere else
-(CUDA's cuDNN kernels, a streaming step's stateful call). ``tests/test_gru.py`` holds the two equal,
+:class:`~emgscale.models.rnn.StackedRNN` uses it for GRU layers on the CPU when a backward follows
+(training), outside streaming and ``torch.compile``; ``nn.GRU`` keeps the parameters (checkpoints are
+unchanged) and runs everywhere else: CUDA's cuDNN kernels, a streaming step's stateful call, and forwards
+without gradients (validation, evaluation), where this one's forward alone is no faster
+(``benchmarks/bench_kernels.py``: forward + backward ~1.4-1.5x ``nn.GRU``'s; without gradients the
+forwards measured 0.93-0.98x). ``tests/test_gru.py`` holds the two equal,
 outputs and every gradient, in float64.
 """
 

@@ -27,9 +27,9 @@ class StackedRNN(nn.Module):
     padding after a sequence; the backward direction runs on each sequence reversed *within its own
     length* (padding stays at the end) and is reversed back, so padding never reaches valid outputs
     either. This avoids packed sequences, whose CPU GRU backward is ~10x slower, and keeps oneDNN's
-    LSTM kernels in use. On the CPU a GRU layer's directions run together in
-    :func:`~emgscale.models.gru.gru_directions` (the same function, a backward of its own; not in streaming
-    steps or under ``torch.compile``). The parameter count equals ``nn.LSTM/GRU(num_layers, bidirectional)``.
+    LSTM kernels in use. In CPU training a GRU layer's directions run together in
+    :func:`~emgscale.models.gru.gru_directions` (the same function, a backward of its own; not without
+    gradients, in streaming steps or under ``torch.compile``). The parameter count equals ``nn.LSTM/GRU(num_layers, bidirectional)``.
 
     Args:
         rnn_type: ``"lstm"`` or ``"gru"``.
@@ -107,9 +107,10 @@ class StackedRNN(nn.Module):
 
 def _fused_gru(layer: nn.Module, x: Tensor) -> bool:
     """Whether a GRU layer runs :func:`~emgscale.models.gru.gru_directions` on ``x``: on the CPU, with
-    biases, outside ``torch.compile`` (which would unroll its time loop)."""
-    return (isinstance(layer, nn.GRU) and layer.bias and x.device.type == "cpu"
-            and not torch.compiler.is_compiling())
+    biases, when a backward will follow (its forward alone is no faster than ``nn.GRU``'s), outside
+    ``torch.compile`` (which would unroll its time loop)."""
+    return (isinstance(layer, nn.GRU) and layer.bias and x.device.type == "cpu" and torch.is_grad_enabled()
+            and (x.requires_grad or layer.weight_hh_l0.requires_grad) and not torch.compiler.is_compiling())
 
 
 def _gru_layer(forward: nn.GRU, backward: nn.GRU | None, x: Tensor, x_reversed: Tensor | None
