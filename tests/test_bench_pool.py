@@ -73,3 +73,38 @@ def test_suite_order_puts_the_generic_model_first():
 
     assert priority("zero_shot") < priority("personalized") < priority("fingers") < priority("new_suite")
     assert set(SUITE_ORDER) == set(__import__("emgscale.bench.suites", fromlist=["SUITES"]).SUITES)
+
+
+def test_train_runs_meanwhile_gives_runs_to_the_pool_at_once(monkeypatch):
+    """With a pool open, runs that need nothing else are handed over at once, from a helper thread carrying the
+    suite's priority and name; without one they train only when their result is asked for."""
+    from emgscale.bench import parts
+
+    calls = []
+    started = threading.Event()
+
+    def fake_train_runs(ctx, specs):
+        calls.append((list(specs), jobpool.priority(), jobpool.suite(), threading.current_thread().name))
+        started.set()
+        return ["folder"]
+
+    monkeypatch.setattr(parts, "train_runs", fake_train_runs)
+    later = parts.train_runs_meanwhile(None, ["spec"])
+    assert calls == []
+    assert later() == ["folder"] and len(calls) == 1
+
+    calls.clear()
+    started.clear()
+    jobpool.set_priority(3)
+    jobpool.set_suite("personalized")
+    try:
+        with jobpool.open_pool(1):
+            later = parts.train_runs_meanwhile(None, ["spec"])
+            assert started.wait(10)
+            assert later() == ["folder"]
+    finally:
+        jobpool.set_priority(0)
+        jobpool.set_suite(None)
+    (specs, priority, suite, thread), = calls
+    assert (specs, priority, suite) == (["spec"], 3, "personalized")
+    assert thread != threading.current_thread().name

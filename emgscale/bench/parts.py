@@ -6,8 +6,9 @@ evaluations (whole sessions, greedy and with the character LM, its weight and bo
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from emgscale.bench import plan
 from emgscale.bench import pool as jobpool
@@ -49,6 +50,27 @@ def train_runs(ctx: BenchContext, specs: list[RunSpec]) -> list[RunFolder]:
                      *(["run.init_from=" + str(init_from)] if init_from else []), *extra, *ctx.overrides]
         runs.append((model_files(ctx, arch), overrides))
     return [RunFolder(folder) for folder in ensure_trained_many(ctx.cache, runs, ctx.jobs)]
+
+
+def train_runs_meanwhile(ctx: BenchContext, specs: list[RunSpec]) -> Callable[[], list[RunFolder]]:
+    """:func:`train_runs` of ``specs`` that do not wait for what this thread does next: with a job pool open
+    (suites side by side), they are given to it now, at this thread's priority and suite, from a helper
+    thread; the function returned waits for their folders. Without a pool (one run at a time in this
+    process, or the planning pass) they train when it is called."""
+    pool = jobpool.current()
+    if pool is None or plan.is_planning():
+        return lambda: train_runs(ctx, specs)
+    priority, suite = jobpool.priority(), jobpool.suite()
+
+    def run() -> list[RunFolder]:
+        jobpool.set_priority(priority)
+        jobpool.set_suite(suite)
+        return train_runs(ctx, specs)
+
+    executor = ThreadPoolExecutor(1, thread_name_prefix=f"{suite}-meanwhile")
+    future = executor.submit(run)
+    executor.shutdown(wait=False)
+    return future.result
 
 
 #: LM weight x insertion bonus tried on val for every +LM column (the reference's 2 / 2 among them).

@@ -42,6 +42,11 @@ def set_priority(priority: int) -> None:
     _local.priority = priority
 
 
+def priority() -> int:
+    """The priority of the tasks this thread submits (:func:`set_priority`; default 0)."""
+    return getattr(_local, "priority", 0)
+
+
 def set_suite(name: "str | None") -> None:
     """The suite this thread runs (tasks carry it into the cache steps they make, for ``bench_suite.py``)."""
     _local.suite = name
@@ -92,7 +97,7 @@ class JobPool:
             fut: Future = Future()
             if key is not None:
                 self._tasks[key] = fut
-            self._queue.put((getattr(_local, "priority", 0), next(self._order), (fut, fn, args, kwargs)))
+            self._queue.put((priority(), next(self._order), (fut, fn, args, kwargs)))
             return fut
 
     def note(self, key: Any, value: Any) -> None:

@@ -17,7 +17,7 @@ import yaml
 from emgscale.bench import plan
 from emgscale.bench.context import BenchContext
 from emgscale.bench.fingers import fingers
-from emgscale.bench.parts import RunSpec, eval_rows, train_runs
+from emgscale.bench.parts import RunSpec, eval_rows, train_runs, train_runs_meanwhile
 from emgscale.bench.recipes import compare_recipes
 from emgscale.bench.steps import cached, content_key, content_sha256
 from emgscale.common import print0
@@ -38,10 +38,18 @@ def generic_run(ctx: BenchContext, d: dict[str, Any], arch: str | None = None) -
 
 
 def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | list[str]"]:
-    """The generic model's checkpoint file and the model config the user models train with: the given
-    ``--generic-checkpoint`` (its own model config, so fine-tuning fits its weights), or the trained one's."""
+    """The generic model's checkpoint file and the model config the user models train with
+    (:func:`user_arch`): the given ``--generic-checkpoint``, or the one trained here."""
     if ctx.generic_checkpoint is None:
-        return generic_run(ctx, d).best, d.get("arch", "tds")
+        return generic_run(ctx, d).best, user_arch(ctx, d)
+    return ctx.generic_checkpoint, user_arch(ctx, d)
+
+
+def user_arch(ctx: BenchContext, d: dict[str, Any]) -> "str | list[str]":
+    """The model config the per-user models train with (known before any training): the definition's
+    ``arch``, or a given ``--generic-checkpoint``'s own model config (so fine-tuning fits its weights)."""
+    if ctx.generic_checkpoint is None:
+        return d.get("arch", "tds")
     key = content_key({"checkpoint_sha256": content_sha256(ctx.generic_checkpoint)})
 
     def make(folder: Path) -> dict[str, Any]:
@@ -53,7 +61,7 @@ def generic_model(ctx: BenchContext, d: dict[str, Any]) -> tuple[Path, "str | li
         return {"model_yaml": str(folder / "model.yaml")}
 
     _, res = cached(ctx.cache, "given", key, make, f"same checkpoint (sha256) as {ctx.generic_checkpoint}")
-    return ctx.generic_checkpoint, [res["model_yaml"]]
+    return [res["model_yaml"]]
 
 
 def _has_average(path: Path) -> bool:
@@ -167,21 +175,21 @@ def finetune_overrides(ctx: BenchContext, d: dict[str, Any], minutes: float, mod
 def personalized(ctx: BenchContext, d: dict[str, Any]) -> dict[str, Any]:
     """Per held-out user: zero-shot generic, from random init, and fine-tuned from the generic model in each
     mode of the definition's ``finetune`` axis (full, frontend, lora), steps and rate by the user's minutes."""
-    generic, arch = generic_model(ctx, d)
     splits = ctx.heldout()
     modes = list(finetune_modes(d))
-    specs: list[RunSpec] = []
-    for split in splits:
-        minutes = split_train_minutes(ctx, split)
-        specs += [(split, arch, [], None)] + [(split, arch, finetune_overrides(ctx, d, minutes, m), generic)
-                                              for m in modes]
-    cks = iter(train_runs(ctx, specs))
+    # The random-init runs need no generic model: they go to the job pool (suites side by side) before this
+    # suite waits for it, so a core is not left idle while the generic model trains.
+    scratch = train_runs_meanwhile(ctx, [(split, user_arch(ctx, d), [], None) for split in splits])
+    generic, arch = generic_model(ctx, d)
+    specs: list[RunSpec] = [(split, arch, finetune_overrides(ctx, d, split_train_minutes(ctx, split), m), generic)
+                            for split in splits for m in modes]
+    tuned = iter(train_runs(ctx, specs))
     rows = []
-    for split in splits:
+    for split, random_init in zip(splits, scratch()):
         rows += eval_rows(ctx, generic, split, "generic (zero-shot)")
-        rows += eval_rows(ctx, next(cks).best, split, "personalized, random init")
+        rows += eval_rows(ctx, random_init.best, split, "personalized, random init")
         for mode in modes:
-            rows += eval_rows(ctx, next(cks).best, split, f"personalized, fine-tuned generic, {mode}")
+            rows += eval_rows(ctx, next(tuned).best, split, f"personalized, fine-tuned generic, {mode}")
     return {"rows": rows, "variant_header": "model", "plots": [{"kind": "bars", "name": "personalized"}]}
 
 
