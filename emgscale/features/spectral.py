@@ -104,8 +104,8 @@ class SpectralFeatures(nn.Module):
     Equal to ``torch.stft(n_fft, hop, Hann window, center=False)`` power divided by the window's energy
     (torchaudio's ``normalized=True``), then ``log10(power + 1e-6)``. It is computed as the real FFT of the
     framed signal times the scaled window, which reads the (B, T, 2, C) input in place and writes
-    (B, T', 2, C, K) directly, without ``torch.stft``'s two transposes (on one CPU thread, batch 16 x 5 s:
-    ~3x faster than a matmul with the windowed DFT basis, 24 vs 71 ms). Frame ``t`` covers samples
+    (B, T', 2, C, K) directly, without ``torch.stft``'s two transposes (one CPU thread, batch 16 x 5 s x 32
+    electrodes, log included: 1.25x a matmul with the windowed DFT basis, ``benchmarks/bench_kernels.py``). Frame ``t`` covers samples
     ``[t * hop, t * hop + n_fft)``, so a sequence of ``n`` samples has ``(n - n_fft) // hop + 1`` frames.
 
     Args:

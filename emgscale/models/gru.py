@@ -11,7 +11,7 @@ state; its gate order ``r, z, n`` and ``n = tanh(W_in x + b_in + r * (W_hn h + b
 * the input projections of every step and direction are one batched matmul;
 * the loop runs the ``D`` directions side by side (one ``bmm`` a step) without recording a graph, and
   keeps the gates;
-* the backward runs only what is sequential (the hidden state's gradient: one ``bmm`` and five
+* the backward runs only what is sequential (the hidden state's gradient: one ``bmm`` and six
   elementwise ops a step, into buffers), with each step's gate derivatives computed for all steps at
   once before the loop, and the weight gradients after it as one matmul over all steps.
 
@@ -20,7 +20,8 @@ state; its gate order ``r, z, n`` and ``n = tanh(W_in x + b_in + r * (W_hn h + b
 unchanged) and runs everywhere else: CUDA's cuDNN kernels, a streaming step's stateful call, and forwards
 without gradients (validation, evaluation), where this one's forward alone is no faster
 (``benchmarks/bench_kernels.py``: forward + backward ~1.4-1.5x ``nn.GRU``'s; without gradients the
-forwards measured 0.93-0.98x). ``tests/test_gru.py`` holds the two equal,
+forwards measured 0.93-0.98x in a scratch timing while this was written: that script times the forward
+with gradients on, as training runs it). ``tests/test_gru.py`` holds the two equal,
 outputs and every gradient, in float64.
 """
 
